@@ -1,0 +1,7 @@
+"""``python -m gradprobe``."""
+
+import sys
+
+from gradprobe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""Plain dataclasses describing what one probe run observed.
+
+Facts are the contract between the torch side (target, engine, trackers) and
+everything downstream (judges, renderers).  They hold only Python scalars,
+strings and tuples -- never tensors -- so judges and renderers stay torch-free
+and can be unit-tested with hand-made values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Shape = tuple[int, ...]
+
+MODES = ("train", "eval")
+GRAD_MODES = ("grad", "no_grad", "inference_mode")
+
+
+@dataclass(frozen=True)
+class ParamFact:
+    """One distinct ``nn.Parameter`` (tied parameters appear once, with aliases)."""
+
+    name: str
+    aliases: tuple[str, ...]
+    shape: Shape
+    dtype: str
+    requires_grad: bool
+    grad: str | None  # "none" | "zero" | "nonzero" | "present" (meta) | None (no backward)
+    grad_norm: float | None
+    module: str  # qualified name of the owning module ("" for the root)
+    module_training: bool
+    numel: int
+    nbytes: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True)
+class BufferFact:
+    """A registered buffer and whether the forward changed it."""
+
+    name: str
+    shape: Shape
+    dtype: str
+    changed: bool | None  # None when it cannot be told
+    module: str
+
+
+@dataclass(frozen=True)
+class TensorFact:
+    """Autograd flags of one tensor produced by a module call or the model."""
+
+    module: str  # qualified module name, "" for the model itself
+    call: int  # 0 for the module's first call
+    path: str  # "output", "output[1]", "output.logits"
+    shape: Shape
+    dtype: str
+    requires_grad: bool
+    grad_fn: str | None
+    is_leaf: bool
+    is_inference: bool
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class ModuleFact:
+    """One module of the model: its type, training flag and how often it ran."""
+
+    name: str
+    type: str
+    training: bool
+    calls: int
+    direct_params: tuple[str, ...]  # canonical names of parameters it owns directly
+    requires_grad_attr: bool | None  # a plain ``module.requires_grad`` attribute, if set
+    training_dependent: bool  # a type known to behave differently in train mode (Dropout, BatchNorm)
+
+
+@dataclass(frozen=True)
+class GraphTree:
+    """Depth-limited, collapsed view of the grad_fn graph for display."""
+
+    label: str  # node name, "AccumulateGrad (encoder.weight)", ...
+    repeat: int = 1  # >1: a chain of ``repeat`` periods of ``label`` collapsed into one line
+    shared: bool = False  # already shown elsewhere in the tree; children omitted
+    truncated: int = 0  # children not shown because of the depth limit
+    children: tuple[GraphTree, ...] = ()
+
+
+@dataclass(frozen=True)
+class GraphFact:
+    """The autograd graph reachable from the loss."""
+
+    nodes: int
+    depth: int
+    reached_params: frozenset[str] = frozenset()  # canonical names under AccumulateGrad nodes
+    tree: GraphTree | None = None
+
+
+@dataclass(frozen=True)
+class ModuleMemory:
+    """Bytes attributed to one module call (innermost module running at the time)."""
+
+    module: str
+    call: int
+    saved_for_backward_bytes: int
+    output_bytes: int
+
+
+@dataclass(frozen=True)
+class MemoryFact:
+    """Tensor-storage bytes seen by the trackers (not allocator workspaces)."""
+
+    method: str
+    forward_peak_bytes: int | None
+    backward_peak_bytes: int | None
+    saved_for_backward_bytes: int | None
+    parameter_bytes: int
+    gradient_bytes: int | None
+    cuda_max_allocated_bytes: int | None = None
+    by_module: tuple[ModuleMemory, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """Everything one run in one mode observed."""
+
+    target: str
+    torch_version: str
+    device: str
+    mode: str
+    grad_mode: str
+    backward: bool
+    backward_skipped_reason: str | None
+    loss: float | None
+    parameters: tuple[ParamFact, ...]
+    buffers: tuple[BufferFact, ...]
+    modules: tuple[ModuleFact, ...]
+    tensors: tuple[TensorFact, ...]
+    outputs: tuple[TensorFact, ...]
+    graph: GraphFact | None
+    memory: MemoryFact | None
+    global_grad_enabled: bool  # the ambient grad mode found before the run
+    forward_time_s: float | None = None
+    backward_time_s: float | None = None
+    skipped: tuple[str, ...] = ()  # trackers switched off
+    notes: tuple[str, ...] = ()  # facts about loading: weights keys, unwrapped wrappers
+    missing_keys: tuple[str, ...] = ()
+    unexpected_keys: tuple[str, ...] = ()
+    nonfinite_outputs: tuple[str, ...] = ()  # output paths holding NaN/Inf
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A plain-language diagnosis with a stable code."""
+
+    code: str
+    severity: str  # "error" | "warning" | "info"
+    subject: str
+    message: str
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    """The result of ``gradprobe inspect``: the facts of one run and the judges' findings."""
+
+    facts: RunFacts
+    findings: tuple[Finding, ...] = field(default_factory=tuple)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(f.severity == "error" for f in self.findings)

@@ -1,0 +1,188 @@
+"""Judges: plain-language diagnoses of one run's facts.
+
+Pure functions of ``RunFacts`` -- no torch -- so each diagnosis is tested
+with hand-made facts as well as real runs.  Codes are a public contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gradprobe.facts import Finding, ModuleFact, ParamFact, RunFacts
+
+CODES = {
+    "grad-none": "a parameter requires grad but received no gradient",
+    "grad-zero": "a parameter's gradient is exactly zero",
+    "requires-grad-attr": "module.requires_grad set as a plain attribute (freezes nothing)",
+    "frozen-bn-drift": "a frozen module's BatchNorm statistics changed in the forward",
+    "train-mode-no-grad": "Dropout/BatchNorm in train mode while grad is disabled",
+    "inference-output": "the model's outputs are inference tensors",
+    "global-grad-disabled": "the global grad mode was found disabled",
+    "nonfinite-output": "an output holds NaN or Inf",
+    "no-backward": "no backward pass was possible",
+    "weights-missing-keys": "the weights file lacks some of the model's keys",
+    "weights-unexpected-keys": "the weights file has keys the model lacks",
+}
+
+
+def _in_subtree(name: str, module: str) -> bool:
+    return module == "" or name == module or name.startswith(module + ".")
+
+
+def _cut_off_roots(facts: RunFacts, missing: list[ParamFact]) -> list[tuple[ModuleFact, list[ParamFact]]]:
+    """Group parameters without gradient under the outermost module all of whose trainable parameters lack one."""
+    missing_names = {p.name for p in missing}
+    trainable = [p for p in facts.parameters if p.requires_grad]
+    groups: list[tuple[ModuleFact, list[ParamFact]]] = []
+    covered: set[str] = set()
+    for mod in facts.modules:  # named_modules order: parents before children
+        if any(_in_subtree(mod.name, c) for c in covered):
+            continue
+        inside = [p for p in trainable if _in_subtree(p.module, mod.name)]
+        if inside and all(p.name in missing_names for p in inside):
+            groups.append((mod, inside))
+            covered.add(mod.name)
+    return groups
+
+
+def _cause(facts: RunFacts, mod: ModuleFact) -> str:
+    """Why a module's parameters were cut off from the loss, as far as the facts tell."""
+    label = f"'{mod.name}'" if mod.name else "the model"
+    subtree = [m for m in facts.modules if _in_subtree(m.name, mod.name)]
+    if all(m.calls == 0 for m in subtree if m.direct_params):
+        return f"{label} was never called in forward"
+    outs = [t for t in facts.tensors if _in_subtree(t.module, mod.name) and t.module == mod.name]
+    if outs and all(t.grad_fn is None for t in outs):
+        if facts.grad_mode == "grad":
+            return (f"the output of {label} has no grad_fn: forward runs it under torch.no_grad() "
+                    f"(or detaches inside it)")
+    if outs:
+        return (f"{label} built a graph, but the loss does not reach it: its output is detached "
+                f"(.detach(), .data) or goes through a non-differentiable op before the loss")
+    return f"the loss does not depend on {label}'s parameters"
+
+
+def judge_run(facts: RunFacts) -> list[Finding]:
+    """Every diagnosis the facts of one run support, most severe first."""
+    findings: list[Finding] = []
+    findings += _gradient_findings(facts)
+    findings += _module_findings(facts)
+    findings += _output_findings(facts)
+    if not facts.global_grad_enabled:
+        findings.append(Finding(
+            "global-grad-disabled", "warning", "torch.is_grad_enabled()",
+            "the global grad mode was disabled when the run started (imported code called "
+            "torch.set_grad_enabled(False)); gradprobe enabled grad explicitly for this run",
+            "find the torch.set_grad_enabled(False) at import time and scope it with a `with` block",
+        ))
+    if facts.missing_keys:
+        findings.append(Finding(
+            "weights-missing-keys", "warning", facts.missing_keys[0],
+            f"{len(facts.missing_keys)} model key(s) not in the weights file: {_short(facts.missing_keys)}",
+            "those tensors keep their initial values; check the checkpoint matches the model",
+        ))
+    if facts.unexpected_keys:
+        findings.append(Finding(
+            "weights-unexpected-keys", "warning", facts.unexpected_keys[0],
+            f"{len(facts.unexpected_keys)} key(s) in the weights file the model lacks: "
+            f"{_short(facts.unexpected_keys)}",
+            "a renamed module or a prefix such as 'module.' from DataParallel",
+        ))
+    order = {"error": 0, "warning": 1, "info": 2}
+    return sorted(findings, key=lambda f: order[f.severity])
+
+
+def _short(names: Iterable[str], limit: int = 4) -> str:
+    names = list(names)
+    text = ", ".join(names[:limit])
+    return text + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _gradient_findings(facts: RunFacts) -> list[Finding]:
+    if not facts.backward:
+        if facts.backward_skipped_reason and facts.grad_mode == "grad":
+            return [Finding("no-backward", "info", "", f"no backward: {facts.backward_skipped_reason}")]
+        return []
+    findings: list[Finding] = []
+    missing = [p for p in facts.parameters if p.requires_grad and p.grad == "none"]
+    for mod, params in _cut_off_roots(facts, missing):
+        label = f"module '{mod.name}'" if mod.name else "the model"
+        findings.append(Finding(
+            "grad-none", "error", mod.name or "(model)",
+            f"{len(params)} parameter(s) of {label} require grad but received no gradient: "
+            f"{_cause(facts, mod)}",
+            "freeze them with requires_grad_(False) (and keep them out of the optimizer), or remove the "
+            "no_grad/detach that cuts them off; under DDP they need find_unused_parameters=True",
+        ))
+    for p in facts.parameters:
+        if p.requires_grad and p.grad == "zero":
+            findings.append(Finding(
+                "grad-zero", "warning", p.name,
+                f"parameter '{p.name}' received a gradient that is exactly zero",
+                "a dead ReLU, a zero mask, or a loss that does not depend on it",
+            ))
+    return findings
+
+
+def _module_findings(facts: RunFacts) -> list[Finding]:
+    findings: list[Finding] = []
+    params_by_module: dict[str, list[ParamFact]] = {}
+    for p in facts.parameters:
+        params_by_module.setdefault(p.module, []).append(p)
+    for mod in facts.modules:
+        if mod.requires_grad_attr is not None:
+            inside = [p for p in facts.parameters if _in_subtree(p.module, mod.name)]
+            still = sum(p.requires_grad for p in inside)
+            findings.append(Finding(
+                "requires-grad-attr", "error", mod.name or "(model)",
+                f"module '{mod.name or '(model)'}' has a plain attribute requires_grad={mod.requires_grad_attr}, "
+                f"which freezes nothing: {still} of its {len(inside)} parameter(s) still require grad",
+                f"call {('model.' + mod.name) if mod.name else 'model'}.requires_grad_({mod.requires_grad_attr})",
+            ))
+    drifted = [b for b in facts.buffers if b.changed]
+    for b in drifted:
+        inside = [p for p in facts.parameters if _in_subtree(p.module, b.module)]
+        if inside and not any(p.requires_grad for p in inside):
+            findings.append(Finding(
+                "frozen-bn-drift", "warning", b.name,
+                f"buffer '{b.name}' of frozen module '{b.module}' changed in the forward: its running "
+                f"statistics drift although its parameters are frozen",
+                f"put it in eval mode after model.train() ({'model.' + b.module}.eval()) or use a frozen BatchNorm",
+            ))
+    if facts.grad_mode != "grad" and facts.mode == "train":
+        active = [m for m in facts.modules if m.training_dependent and m.training and m.calls > 0]
+        if active:
+            findings.append(Finding(
+                "train-mode-no-grad", "warning", active[0].name,
+                f"{len(active)} Dropout/BatchNorm module(s) ran in train mode under {facts.grad_mode} "
+                f"(e.g. '{active[0].name}', {active[0].type}): an evaluation loop without model.eval() "
+                f"gets random dropout and updates BatchNorm statistics",
+                "call model.eval() before validation and model.train() after it",
+            ))
+    return findings
+
+
+def _output_findings(facts: RunFacts) -> list[Finding]:
+    findings: list[Finding] = []
+    inference = [o for o in facts.outputs if o.is_inference]
+    if inference:
+        if facts.grad_mode == "inference_mode":
+            findings.append(Finding(
+                "inference-output", "info", inference[0].path,
+                f"{len(inference)} output(s) are inference tensors: they can never join a graph later "
+                f"(fine for serving, an error if reused for training)",
+            ))
+        else:
+            findings.append(Finding(
+                "inference-output", "error", inference[0].path,
+                f"output '{inference[0].path}' is an inference tensor although the forward ran with "
+                f"{facts.grad_mode}: torch.inference_mode() inside forward (or a cached inference tensor) "
+                f"leaks into training",
+                "use torch.no_grad() there, or .clone() the tensor outside inference_mode",
+            ))
+    for path in facts.nonfinite_outputs:
+        findings.append(Finding(
+            "nonfinite-output", "error", path, f"output '{path}' contains NaN or Inf",
+            "check inputs, initialisation, and ops such as log/sqrt/division on zero",
+        ))
+    return findings

@@ -1,0 +1,1 @@
+"""Renderers: facts and reports → rich tables, JSON, Markdown, JUnit.  No torch here."""

@@ -1,0 +1,35 @@
+"""Small formatting helpers shared by the text renderers."""
+
+from __future__ import annotations
+
+
+def human_bytes(n: int | None) -> str:
+    """1536 → '1.5 KiB'; None → '-'."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def human_count(n: int) -> str:
+    """124439808 → '124.4M'."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def shape_text(shape: tuple[int, ...] | list[int]) -> str:
+    """(8, 3, 32, 32) → '8×3×32×32'; () → 'scalar'."""
+    return "×".join(str(d) for d in shape) if shape else "scalar"
+
+
+def seconds(t: float | None) -> str:
+    """A duration for people: '12.3 ms' or '1.24 s'."""
+    if t is None:
+        return "-"
+    return f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"

@@ -1,0 +1,1 @@
+"""Trackers: the torch-side observers that turn one probe run into facts."""

@@ -1,0 +1,96 @@
+"""Record every module call: which module is running, and the autograd flags of its outputs.
+
+One pair of global forward hooks (as ``torch.utils.module_tracker`` does)
+sees every call of every submodule, including repeated calls, without
+touching the user's modules; the hooks are always removed on exit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+from gradprobe.facts import TensorFact
+from gradprobe.flatten import flatten_tensors
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` → ``float32``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def tensor_fact(module: str, call: int, path: str, t: torch.Tensor) -> TensorFact:
+    """Autograd flags of one tensor, read outside any dispatch mode's view."""
+    grad_fn = t.grad_fn
+    return TensorFact(
+        module=module,
+        call=call,
+        path=path,
+        shape=tuple(t.shape),
+        dtype=dtype_name(t.dtype),
+        requires_grad=t.requires_grad,
+        grad_fn=type(grad_fn).__name__ if grad_fn is not None else None,
+        is_leaf=t.is_leaf,
+        is_inference=t.is_inference(),
+        nbytes=t.numel() * t.element_size(),
+    )
+
+
+class ModuleRecorder:
+    """Context manager tracking the module call stack and (optionally) every module output."""
+
+    def __init__(self, model: nn.Module, record_tensors: bool = True) -> None:
+        self.names: dict[int, str] = {}
+        for name, mod in model.named_modules(remove_duplicate=False):
+            self.names.setdefault(id(mod), name)
+        self.record_tensors = record_tensors
+        self.stack: list[tuple[str, int]] = []
+        self.calls: dict[str, int] = {}
+        self.tensors: list[TensorFact] = []
+        self.output_bytes: dict[tuple[str, int], int] = {}
+        self.failed_in: tuple[str, int] | None = None
+        self._handles: list[Any] = []
+
+    def current(self) -> tuple[str, int] | None:
+        """The innermost module call running now."""
+        return self.stack[-1] if self.stack else None
+
+    def __enter__(self) -> ModuleRecorder:
+        self._handles = [
+            register_module_forward_pre_hook(self._pre),
+            register_module_forward_hook(self._post),
+        ]
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if exc_type is not None and self.stack:
+            self.failed_in = self.stack[-1]
+        self.stack.clear()
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        name = self.names.get(id(module))
+        if name is None:
+            return
+        call = self.calls.get(name, 0)
+        self.calls[name] = call + 1
+        self.stack.append((name, call))
+
+    def _post(self, module: nn.Module, args: Any, output: Any) -> None:
+        name = self.names.get(id(module))
+        if name is None or not self.stack:
+            return
+        key = self.stack.pop()
+        if key[0] != name:  # a hook of the user's skipped our pre-hook: resynchronise
+            while self.stack and self.stack[-1][0] != name:
+                self.stack.pop()
+            key = self.stack.pop() if self.stack else (name, self.calls.get(name, 1) - 1)
+        tensors = flatten_tensors(output)
+        self.output_bytes[key] = sum(t.numel() * t.element_size() for _, t in tensors)
+        if self.record_tensors:
+            self.tensors.extend(tensor_fact(key[0], key[1], path, t) for path, t in tensors)
