@@ -17,6 +17,8 @@ from torch import nn
 
 from gradprobe.engine import LossFn, ProbeOptions, run_probe
 from gradprobe.errors import InputError, UsageError
+from gradprobe.estimate import cast_floating, with_training_step
+from gradprobe.estimate import check_options as check_estimate_options
 from gradprobe.facts import InspectReport
 from gradprobe.findings import judge_run
 from gradprobe.target import (
@@ -29,6 +31,7 @@ from gradprobe.target import (
     parse_init,
     resolve_device,
     to_device,
+    unwrap_model,
 )
 
 
@@ -69,8 +72,9 @@ def as_inputs(inputs: Any, model: nn.Module) -> ExampleInputs:
     """A tensor, tuple/list (positional) or dict (keyword) → ``ExampleInputs``; None uses example_input_array."""
     if isinstance(inputs, ExampleInputs):
         return inputs
-    if inputs is None:
-        return make_inputs(model, target=type(model).__name__)
+    if inputs is None:  # on the model's device: a model built on meta has meta example inputs
+        device = next((p.device for p in model.parameters()), None)
+        return make_inputs(model, target=type(model).__name__, device=device)
     if isinstance(inputs, torch.Tensor):
         return ExampleInputs((inputs,), {}, "inputs")
     if isinstance(inputs, (tuple, list)):
@@ -94,18 +98,36 @@ def probe(
     seed: int | None = 0,
     target: str | None = None,
     loaded: LoadedModel | None = None,
+    optimizer_state: str = "adam",
+    param_dtype: str | None = None,
 ) -> InspectReport:
-    """Run ``model`` once in ``mode``/``grad_mode`` and return facts plus findings; the model is left as found."""
+    """Run ``model`` once in ``mode``/``grad_mode`` and return facts plus findings; the model is left as found.
+
+    ``optimizer_state`` (sgd|momentum|adam) and ``param_dtype`` (float32|bfloat16|float16) shape the
+    training-step memory estimate; on the meta device ``param_dtype`` casts the run (gradprobe.estimate).
+    """
     if depth < 0:
         raise UsageError(f"--depth {depth}: use 0 or more")
+    check_estimate_options(optimizer_state, param_dtype)
+    notes: list[str] = []
+    if loaded is None:  # a model object from Python: see through torch.compile/DataParallel as the CLI does
+        model = unwrap_model(model, notes)
     example = as_inputs(inputs, model)
     options = ProbeOptions(mode=mode, grad_mode=grad_mode, loss=loss, backward=backward, memory=memory,
                            tensors=tensors, tree_depth=depth, seed=seed)
-    result = run_probe(model, example, options, target or type(model).__name__)
+    cast = param_dtype is not None and any(p.device.type == "meta" for p in model.parameters())
+    with cast_floating(model, example.args, example.kwargs, param_dtype) if cast else \
+            contextlib.nullcontext((example.args, example.kwargs)) as (args, kwargs):  # type: ignore[arg-type]
+        run_inputs = ExampleInputs(args, kwargs, example.source)
+        result = run_probe(model, run_inputs, options, target or type(model).__name__)
     facts = result.facts
+    facts = replace(facts, memory=with_training_step(facts.memory, facts.parameters, optimizer_state, param_dtype,
+                                                     cast=cast))
     if loaded is not None:
         facts = replace(facts, notes=tuple(loaded.notes) + facts.notes, missing_keys=loaded.missing_keys,
                         unexpected_keys=loaded.unexpected_keys)
+    elif notes:
+        facts = replace(facts, notes=tuple(notes) + facts.notes)
     return InspectReport(facts, tuple(judge_run(facts)))
 
 
@@ -120,3 +142,46 @@ def resolve_loss(spec: str | None) -> str | LossFn:
 
 
 __all__ = ["load", "probe", "as_inputs", "resolve_loss", "to_device", "user_output_to_stderr"]
+
+# freeze-check (issue 4): implemented in gradprobe/freeze/check.py, part of the public API here.
+from gradprobe.freeze.check import assert_frozen, freeze_check  # noqa: E402
+
+__all__ += ["assert_frozen", "freeze_check"]
+
+# compare-modes (issue 3): implemented in gradprobe/compare.py (torch side) and gradprobe/compare_judges.py.
+from gradprobe.compare_facts import CompareReport  # noqa: E402
+
+
+def compare_modes(
+    model: nn.Module,
+    inputs: Any = None,
+    *,
+    modes: Any = None,
+    repeat: int = 5,
+    backward: bool = False,
+    seed: int | None = 0,
+    target: str | None = None,
+    loaded: LoadedModel | None = None,
+    progress: Any = None,
+) -> CompareReport:
+    """Run ``model`` under every train/eval x grad-mode combination (or ``modes``, e.g. ``"train:grad,eval:no_grad"``)
+    from the same starting state and compare them; findings and verdict included, the model is left as found.
+
+    ``progress``, if given, is called as ``progress(description, done, total)`` after each step.
+    """
+    from gradprobe.compare import run_compare
+    from gradprobe.compare_judges import compare_verdict, judge_compare
+
+    notes: list[str] = list(loaded.notes) if loaded is not None else []
+    if loaded is None:  # a model object from Python: see through torch.compile/DataParallel as probe() does
+        model = unwrap_model(model, notes)
+    example = as_inputs(inputs, model)
+    comparison = run_compare(model, example, modes=modes, repeat=repeat, backward=backward, seed=seed,
+                             target=target or type(model).__name__, progress=progress)
+    comparison = replace(comparison, notes=tuple(notes) + comparison.notes,
+                         missing_keys=loaded.missing_keys if loaded is not None else (),
+                         unexpected_keys=loaded.unexpected_keys if loaded is not None else ())
+    return CompareReport(comparison, tuple(judge_compare(comparison)), tuple(compare_verdict(comparison)))
+
+
+__all__ += ["compare_modes"]

@@ -6,9 +6,10 @@ measurement and guarantees the model is restored, also when the run raises.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -20,18 +21,19 @@ from gradprobe.facts import (
     GraphFact,
     MemoryFact,
     ModuleFact,
-    ModuleMemory,
     ParamFact,
     RunFacts,
-    TensorFact,
 )
 from gradprobe.flatten import describe_leaf_types, flatten_tensors
-from gradprobe.modes import ModelState, check_mode, clear_grads, grad_context
+from gradprobe.modes import ModelState, check_mode, clear_grads, grad_context, table_get
 from gradprobe.target import ExampleInputs
+from gradprobe.trackers.grads import grad_states
 from gradprobe.trackers.graph import walk_graph
 from gradprobe.trackers.memory import LiveBytesTracker
+from gradprobe.trackers.meta import explain_meta_failure, meta_failure_message, meta_fidelity
 from gradprobe.trackers.modules import ModuleRecorder, dtype_name, tensor_fact
-from gradprobe.trackers.saved import SavedTensorTracker
+from gradprobe.trackers.release import release_on_big_stack
+from gradprobe.trackers.saved import SavedTensorTracker, module_memory
 
 LossFn = Callable[[Any, ExampleInputs], torch.Tensor]
 
@@ -71,7 +73,9 @@ def param_names(model: nn.Module) -> dict[int, list[str]]:
     """``id(param)`` → every qualified name it has (tied parameters have several), in model order."""
     names: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
+        known = names.setdefault(id(param), [])
+        if name not in known:  # an overridden named_parameters may yield the same (name, param) twice
+            known.append(name)
     return names
 
 
@@ -96,13 +100,18 @@ def _is_training_dependent(mod: nn.Module) -> bool:
 def _sum_loss(outputs: list[tuple[str, torch.Tensor]], reduce: str) -> torch.Tensor | None:
     terms = []
     for _, t in outputs:
+        if t.is_nested:  # sum/mean are not implemented for nested tensors; their elements are values()
+            t = t.values()
         if t.is_floating_point():
             value = t.float()
         elif t.is_complex():
             value = t.real.float()
         else:
             continue
-        terms.append(value.mean() if reduce == "mean" else value.sum())
+        if reduce == "mean":  # sparse tensors have no mean(): average over every element, zeros included
+            terms.append(value.mean() if value.layout == torch.strided else value.sum() / max(1, value.numel()))
+        else:
+            terms.append(value.sum())
     if not terms:
         return None
     total = terms[0]
@@ -142,9 +151,18 @@ def _nonfinite(outputs: list[tuple[str, torch.Tensor]]) -> tuple[str, ...]:
     for path, t in outputs:
         if t.device.type == "meta" or not (t.is_floating_point() or t.is_complex()):
             continue
-        if not bool(torch.isfinite(t).all()):
+        if not bool(torch.isfinite(_elements(t)).all()):
             bad.append(path)
     return tuple(bad)
+
+
+def _elements(t: torch.Tensor) -> torch.Tensor:
+    """The stored elements of a sparse or nested tensor as a dense one (elementwise checks need strided)."""
+    if t.is_sparse:
+        return t._values()
+    if t.is_nested or t.layout != torch.strided:
+        return t.values()
+    return t
 
 
 def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str = "") -> ProbeResult:
@@ -152,14 +170,27 @@ def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, ta
     check_mode(options.mode, options.grad_mode)
     state = ModelState.capture(model)
     ambient_grad = state.grad_enabled
+    # inputs that require grad receive gradients too: put their .grad back as well
+    input_grads = [(t, t.grad) for _, t in flatten_tensors((inputs.args, inputs.kwargs)) if t.requires_grad]
+    # _run moves every tensor that owns the autograd graph here: a walked deep graph must be freed on a big stack
+    graph_refs: list[Any] = []
     try:
-        return _run(model, inputs, options, target or type(model).__name__, state, ambient_grad)
+        for tensor, _ in input_grads:  # so backward never accumulates into the user's gradient
+            tensor.grad = None
+        return _run(model, inputs, options, target or type(model).__name__, state, ambient_grad, graph_refs)
+    except BaseException as exc:
+        if graph_refs:  # the traceback's frames hold the graph too: clear them there as well
+            release_on_big_stack(graph_refs, exc)
+        raise
     finally:
         state.restore()
+        for tensor, grad in input_grads:
+            tensor.grad = grad
+        release_on_big_stack(graph_refs)
 
 
 def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str,
-         state: ModelState, ambient_grad: bool) -> ProbeResult:
+         state: ModelState, ambient_grad: bool, graph_refs: list[Any]) -> ProbeResult:
     if options.seed is not None:
         torch.manual_seed(options.seed)
     model.train(options.mode == "train")
@@ -177,17 +208,19 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     if not options.tensors:
         skipped.append("module output tensors (--no-tensors)")
 
-    recorder = ModuleRecorder(model, record_tensors=options.tensors)
+    recorder = ModuleRecorder(model, record_tensors=options.tensors, record_inputs=options.memory)
     live = LiveBytesTracker(known=model_state_tensors + input_tensors) if options.memory else None
-    saved = SavedTensorTracker(exclude=model_state_tensors, where=recorder.current) \
+    saved = SavedTensorTracker(exclude=model_state_tensors, stack=recorder.stack, inputs=recorder.inputs) \
         if options.memory and options.grad_mode == "grad" else None
+    # on meta, ops take the kernels (and give the outputs) a CPU run would: see gradprobe.trackers.meta
+    kernels = meta_fidelity() if device.type == "meta" else contextlib.nullcontext()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     # ---- forward
     t0 = time.perf_counter()
     try:
-        with recorder, grad_context(options.grad_mode):
+        with recorder, grad_context(options.grad_mode), kernels:
             if live is not None:
                 live.__enter__()
             try:
@@ -205,15 +238,20 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
         raise RunError(f"forward of {target} called sys.exit({exc.code!r}); a model must not exit the process") from exc
     except Exception as exc:
         where = recorder.failed_in
-        module = _module_label(model, where[0]) if where else f"{target} (the model itself)"
+        module = _module_label(model, where[0] if where else "")
+        value_op = explain_meta_failure(exc) if device.type == "meta" else None
+        if value_op is not None:
+            raise RunError(meta_failure_message(value_op, module)) from exc
         raise RunError(
-            f"forward raised in module {module}: {describe_exception(exc)}; inputs: {inputs.describe()}"
+            f"forward raised in {'module ' if where and where[0] else ''}{module}: {describe_exception(exc)}; "
+            f"inputs: {inputs.describe()}"
             f" (run with --debug for the traceback)"
         ) from exc
     forward_time = time.perf_counter() - t0
     forward_peak = live.peak if live is not None else None
 
     flat_out = flatten_tensors(output)
+    graph_refs += (output, flat_out)  # with the loss: the last owners of the graph, freed by run_probe
     if not flat_out:
         raise RunError(f"forward of {target} returned {describe_leaf_types(output)}, not tensors; "
                        f"return the output tensor(s) (a tensor, tuple, dict or dataclass of tensors)")
@@ -223,6 +261,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     # ---- loss
     with torch.enable_grad():
         loss = _make_loss(options.loss, output, flat_out, inputs)
+    graph_refs.append(loss)
     loss_value: float | None = None
     if loss is not None and loss.device.type != "meta":
         loss_value = float(loss.detach())
@@ -230,7 +269,9 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     reason = _backward_blocker(options, loss, flat_out)
     graph: GraphFact | None = None
     if loss is not None and loss.grad_fn is not None and options.graph:
-        graph = walk_graph([loss.grad_fn], canonical, tree_depth=options.tree_depth)
+        graph = walk_graph([loss.grad_fn], canonical, tree_depth=max(1, options.tree_depth))
+        if options.tree_depth == 0:  # --depth 0: counts only, no tree
+            graph = replace(graph, tree=None)
 
     backward_peak = None
     backward_time = None
@@ -245,7 +286,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            raise RunError(f"backward raised: {describe_exception(exc)}; the forward of {target} ran, "
+            raise RunError(f"backward raised: {describe_exception(exc).rstrip('.')}; the forward of {target} ran, "
                            f"the gradient computation failed (run with --debug for the traceback)") from exc
         finally:
             if live is not None:
@@ -259,8 +300,9 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     training = {name: mod.training for name, mod in model.named_modules(remove_duplicate=False)}
     param_facts = []
     grad_bytes = 0
+    states = iter(grad_states(list(params.values())) if did_backward else ())
     for pid, param in params.items():
-        grad, norm = _grad_state(param) if did_backward else (None, None)
+        grad, norm = next(states) if did_backward else (None, None)
         if param.grad is not None:
             grad_bytes += param.grad.numel() * param.grad.element_size()
         owner = owners.get(pid, "")
@@ -274,7 +316,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     buffer_facts = []
     for mod, bname, buf, before in state.buffers:
         mod_name = recorder.names.get(id(mod), "")
-        current = mod._buffers.get(bname)
+        current = table_get(mod._buffers, bname)
         full = f"{mod_name}.{bname}" if mod_name else bname
         if current is not buf and current is not None and buf is not None:
             changed: bool | None = True
@@ -294,8 +336,6 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
         ))
     memory = None
     if live is not None:
-        by_call = saved.by_call if saved is not None else {}
-        keys = sorted(set(recorder.output_bytes) | set(by_call), key=lambda k: (-by_call.get(k, 0), k))
         memory = MemoryFact(
             method=f"tensor storage bytes via TorchDispatchMode on {device.type}"
                    + (" (estimate: no memory allocated)" if device.type == "meta" else ""),
@@ -305,8 +345,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
             parameter_bytes=sum(p.numel() * p.element_size() for p in params.values()),
             gradient_bytes=grad_bytes if did_backward else None,
             cuda_max_allocated_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-            by_module=tuple(ModuleMemory(k[0], k[1], by_call.get(k, 0), recorder.output_bytes.get(k, 0))
-                            for k in keys),
+            by_module=module_memory(saved, recorder.output_bytes),
         )
     facts = RunFacts(
         target=target, torch_version=torch.__version__, device=str(device), mode=options.mode,
@@ -335,7 +374,7 @@ def _device_of(model: nn.Module, inputs: list[torch.Tensor]) -> torch.device:
 def _module_label(model: nn.Module, name: str) -> str:
     mod = dict(model.named_modules(remove_duplicate=False)).get(name)
     kind = type(mod).__name__ if mod is not None else "?"
-    return f"'{name}' ({kind})" if name else f"'' ({kind}, the model itself)"
+    return f"'{name}' ({kind})" if name else f"the model itself ({kind})"
 
 
 def _make_loss(spec: str | LossFn, output: Any, flat_out: list[tuple[str, torch.Tensor]],
@@ -365,6 +404,9 @@ def _backward_blocker(options: ProbeOptions, loss: torch.Tensor | None,
     if loss is None:
         return "the model returned no floating-point tensor to build a loss from"
     if not loss.requires_grad:
+        if any(t.is_inference() for _, t in flat_out):
+            return ("the outputs are inference tensors (torch.inference_mode() inside forward, or a cached "
+                    "inference tensor): no graph was built")
         return ("no output requires grad: every parameter is frozen, or the graph is cut inside forward "
                 "(no_grad, detach)")
     if not options.backward:

@@ -106,6 +106,22 @@ class ModuleMemory:
     call: int
     saved_for_backward_bytes: int
     output_bytes: int
+    inside_saved_bytes: int = 0  # storages saved only while this call ran (its submodules included)
+    checkpoint_saving_bytes: int | None = None  # drop in saved bytes if the call were checkpointed
+
+
+@dataclass(frozen=True)
+class TrainingStepEstimate:
+    """Memory of one training step: parameters, gradients, optimizer state and activations."""
+
+    optimizer: str  # "sgd" | "momentum" | "adam"
+    param_dtype: str  # dtype the parameter/gradient/optimizer figures are for
+    method: str  # how param_dtype was applied: measured as is, model cast on meta, or scaled
+    parameter_bytes: int
+    gradient_bytes: int
+    optimizer_state_bytes: int
+    activation_peak_bytes: int  # largest of forward peak and backward peak (gradients included there)
+    total_bytes: int
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,7 @@ class MemoryFact:
     gradient_bytes: int | None
     cuda_max_allocated_bytes: int | None = None
     by_module: tuple[ModuleMemory, ...] = ()
+    training_step: TrainingStepEstimate | None = None
 
 
 @dataclass(frozen=True)

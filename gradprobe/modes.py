@@ -46,6 +46,14 @@ def _restore_tensor(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src)
 
 
+def table_get(table: Any, key: str) -> Any:
+    """``table.get(key)`` that also works on TorchScript's ``OrderedDictWrapper`` (it has no ``get``)."""
+    try:
+        return table[key]
+    except KeyError:
+        return None
+
+
 @dataclass
 class ModelState:
     """Everything a run may change on a model and in the process, captured by reference or copy."""
@@ -94,7 +102,7 @@ class ModelState:
         for mod, flag in self.training:
             mod.training = flag
         for mod, pname, param in self.params:
-            if mod._parameters.get(pname) is not param:
+            if table_get(mod._parameters, pname) is not param:
                 mod._parameters[pname] = param
         for param, flag in self.requires_grad:
             if param.requires_grad != flag:
@@ -105,7 +113,7 @@ class ModelState:
         for param, value in self.param_values:
             _restore_tensor(param, value)
         for mod, bname, buf, copy in self.buffers:
-            if mod._buffers.get(bname) is not buf:
+            if table_get(mod._buffers, bname) is not buf:
                 mod._buffers[bname] = buf
             if buf is not None and copy is not None:
                 _restore_tensor(buf, copy)

@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,12 @@ def _import_file(path_text: str, option: str) -> ModuleType:
     try:
         with _on_sys_path(str(path.parent)):
             _run_user_import(lambda: spec.loader.exec_module(module), path_text, option)  # type: ignore[union-attr]
+    except ModuleNotFoundError as exc:  # the file imports a package this environment lacks
+        sys.modules.pop(name, None)
+        raise TargetError(
+            f"{option}: importing '{path_text}' failed: {describe_exception(exc)} "
+            f"(a dependency of your code); install it in this environment"
+        ) from exc
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -138,9 +145,21 @@ def _import_module(module_name: str, option: str) -> ModuleType:
             ) from exc
 
 
+@contextlib.contextmanager
+def _no_bytecode() -> Iterator[None]:
+    """Import user code without writing ``__pycache__`` into the user's project (gradprobe writes no files)."""
+    before = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
+
+
 def _run_user_import(load: Any, label: str, option: str) -> Any:
     try:
-        return load()
+        with _no_bytecode():
+            return load()
     except ModuleNotFoundError:
         raise
     except SyntaxError as exc:
@@ -231,9 +250,11 @@ def parse_init(init: str | None) -> dict[str, Any]:
     try:
         value = json.loads(init)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--init is not valid JSON ({exc.msg} at column {exc.colno}): write e.g. --init '{{\"hidden\": 64}}'") from exc
+        raise UsageError(f"--init is not valid JSON ({exc.msg} at column {exc.colno}): "
+                         f"write e.g. --init '{{\"hidden\": 64}}'") from exc
     if not isinstance(value, dict):
-        raise UsageError(f"--init must be a JSON object of keyword arguments, not {type(value).__name__}: e.g. --init '{{\"hidden\": 64}}'")
+        raise UsageError(f"--init must be a JSON object of keyword arguments, not {type(value).__name__}: "
+                         f"e.g. --init '{{\"hidden\": 64}}'")
     return value
 
 
@@ -256,7 +277,23 @@ def unwrap_model(model: nn.Module, notes: list[str]) -> nn.Module:
     if isinstance(model, torch.jit.ScriptModule):
         notes.append("TorchScript module: parameters, outputs and the grad_fn graph are visible; "
                      "submodule calls are not (scripted code runs no Python hooks)")
+    _refuse_lazy(model)
     return model
+
+
+def _refuse_lazy(model: nn.Module) -> None:
+    """Uninitialized Lazy* parameters have no shape or storage: probing them cannot work (and must not
+    materialize the user's model behind their back)."""
+    from torch.nn.parameter import is_lazy
+
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if is_lazy(tensor):
+            owner = dict(model.named_modules()).get(name.rpartition(".")[0])
+            kind = f" ({type(owner).__name__})" if owner is not None else ""
+            raise TargetError(
+                f"'{name}'{kind} is an uninitialized lazy parameter: run one forward on example inputs first "
+                f"(model(x)) so its shape is known, e.g. in a factory function, then probe the model"
+            )
 
 
 def build_model(obj: Any, spec: str, init: dict[str, Any], device: torch.device) -> LoadedModel:
@@ -272,17 +309,19 @@ def build_model(obj: Any, spec: str, init: dict[str, Any], device: torch.device)
             model = model.to(device)
         return LoadedModel(model, notes)
     if inspect.isclass(obj) and not issubclass(obj, nn.Module):
-        raise TargetError(f"'{spec}' is the class {obj.__name__}, not an nn.Module subclass; name a model class or factory")
+        raise TargetError(f"'{spec}' is the class {obj.__name__}, not an nn.Module subclass; "
+                          f"name a model class or factory")
     if not callable(obj):
         raise TargetError(f"'{spec}' is a {type(obj).__name__}, not an nn.Module class, instance or factory function")
     kind = "constructor" if inspect.isclass(obj) else "factory"
+    _check_init_args(obj, init, spec, kind)
     try:
         ctx = torch.device(device) if device.type != "cpu" else contextlib.nullcontext()
         with ctx:
             built = obj(**init)
     except TypeError as exc:
         msg = describe_exception(exc)
-        if "argument" in str(exc):
+        if "argument" in str(exc) and _raised_by_call(exc):
             raise TargetError(
                 f"building '{spec}' ({kind}) raised {msg}; pass its arguments as JSON with "
                 f"--init '{{\"name\": value}}'{_signature_hint(obj)}"
@@ -300,6 +339,43 @@ def build_model(obj: Any, spec: str, init: dict[str, Any], device: torch.device)
     if device.type not in ("cpu", "meta"):
         model = model.to(device)
     return LoadedModel(model, notes)
+
+
+def _raised_by_call(exc: BaseException) -> bool:
+    """True when a TypeError comes from the call itself (wrong arguments), not from code inside the callee."""
+    tb = exc.__traceback__
+    frames = 0
+    while tb is not None:
+        frames += 1
+        tb = tb.tb_next
+    return frames <= 1  # only our own frame: Python rejected the call before running the user's code
+
+
+def _check_init_args(obj: Any, init: dict[str, Any], spec: str, kind: str) -> None:
+    """Match --init against the signature before calling, so a TypeError raised *inside* the user's
+    constructor is not mistaken for a wrong --init."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(**init)
+    except TypeError as exc:
+        params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        required = [p.name for p in params if p.default is p.empty]
+        accepted = ", ".join(p.name for p in params) or "none"
+        unknown = [k for k in init if k not in {p.name for p in params}]
+        has_var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        if unknown and not has_var_kw:
+            raise TargetError(
+                f"--init: {kind} of '{spec}' takes no argument {', '.join(repr(k) for k in unknown)}; "
+                f"its arguments are: {accepted}"
+            ) from exc
+        example = ", ".join(f'"{name}": ...' for name in required) or '"name": value'
+        raise TargetError(
+            f"building '{spec}' ({kind}) failed: {exc}; pass its arguments as JSON with --init '{{{example}}}'"
+            f"{_signature_hint(obj)}"
+        ) from exc
 
 
 def _signature_hint(obj: Any) -> str:
@@ -333,29 +409,41 @@ def move_instance_to_meta(model: nn.Module, notes: list[str]) -> nn.Module:
 
 
 def load_weights(loaded: LoadedModel, path_text: str) -> None:
-    """Load a ``.pt``/``.pth`` (weights_only) or ``.safetensors`` state dict, non-strictly, and record key mismatches."""
+    """Load a ``.pt``/``.pth`` (weights_only) or ``.safetensors`` state dict, non-strictly; record key mismatches."""
     path = Path(path_text).expanduser()
     if not path.is_file():
-        raise WeightsError(f"--weights: '{path_text}' {'is a directory' if path.is_dir() else 'not found'}; name a state-dict file")
+        problem = "is a directory" if path.is_dir() else "not found"
+        raise WeightsError(f"--weights: '{path_text}' {problem}; name a state-dict file")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError as exc:
-            raise WeightsError("--weights: reading .safetensors needs the 'safetensors' package: pip install safetensors") from exc
+            raise WeightsError("--weights: reading .safetensors needs the 'safetensors' package: "
+                               "pip install safetensors") from exc
         try:
             state = load_file(str(path))
         except Exception as exc:
-            raise WeightsError(f"--weights: '{path_text}' is not a readable safetensors file ({describe_exception(exc)})") from exc
+            raise WeightsError(f"--weights: '{path_text}' is not a readable safetensors file "
+                               f"({describe_exception(exc)})") from exc
     else:
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol warnings would break the one-line error
+                warnings.simplefilter("ignore")
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:
             text = str(exc)
-            if "weights_only" in text or "Unpickl" in type(exc).__name__ or "GLOBAL" in text:
+            if "GLOBAL" in text:  # a real pickled object; any other unpickling error is a corrupt/foreign file
+                found = text.split("GLOBAL", 1)[1].split()
+                what = f" ({found[0]})" if found else ""
                 raise WeightsError(
-                    f"--weights: refused '{path_text}': it holds pickled Python objects, and gradprobe loads only "
-                    f"tensors (torch.load weights_only=True); save it with torch.save(model.state_dict(), path)"
+                    f"--weights: refused '{path_text}': it holds a pickled Python object{what}, and gradprobe "
+                    f"loads only tensors (torch.load weights_only=True, so loading runs no code); "
+                    f"save it with torch.save(model.state_dict(), path)"
                 ) from exc
+            if "Unpickl" in type(exc).__name__ or isinstance(exc, EOFError):
+                raise WeightsError(f"--weights: cannot read '{path_text}': not a file written by torch.save "
+                                   f"(corrupt, truncated or another format); pass a file written by "
+                                   f"torch.save(model.state_dict(), path)") from exc
             raise WeightsError(f"--weights: cannot read '{path_text}' ({describe_exception(exc)}); "
                                f"pass a file written by torch.save(model.state_dict(), path)") from exc
     if isinstance(state, dict):
@@ -365,7 +453,8 @@ def load_weights(loaded: LoadedModel, path_text: str) -> None:
                 loaded.notes.append(f"weights: used the '{key}' entry of the checkpoint")
                 state = inner
                 break
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         raise WeightsError(f"--weights: '{path_text}' holds a {type(state).__name__}, not a state dict of "
                            f"name → tensor; save it with torch.save(model.state_dict(), path)")
     model_state = loaded.model.state_dict()
@@ -407,9 +496,10 @@ def parse_dtype(name: str, option: str = "--dtype") -> torch.dtype:
 def parse_shape(text: str) -> tuple[int, ...]:
     """``8,3,32,32`` → (8, 3, 32, 32)."""
     try:
-        dims = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+        dims = tuple(int(p) for p in text.replace("x", ",").split(","))  # an empty part ("3,x") is an error
     except ValueError as exc:
-        raise UsageError(f"--shape '{text}' is not a shape: write comma-separated sizes, e.g. --shape 8,3,32,32") from exc
+        raise UsageError(f"--shape '{text}' is not a shape: write comma-separated sizes, "
+                         f"e.g. --shape 8,3,32,32") from exc
     if not dims or any(d < 0 for d in dims):
         raise UsageError(f"--shape '{text}' is not a shape: write comma-separated non-negative sizes, e.g. 8,3,32,32")
     return dims

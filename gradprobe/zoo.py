@@ -36,6 +36,8 @@ __all__ = [
     "ResNet",
     "gpt2_small",
     "gpt2_xl",
+    "hf_llama_7b",
+    "hf_tiny_llama",
     "llama_7b",
     "mlp",
     "resnet50",
@@ -521,3 +523,72 @@ def tiny_llama(
         max_position_embeddings=64,
     )
     return Llama(config, batch=batch, seq=seq)
+
+
+# ------------------------------------------------------------------------------- Hugging Face (optional)
+
+
+def _hf_llama(config_kwargs: dict[str, int | float], batch: int, seq: int) -> nn.Module:
+    try:
+        from transformers import LlamaConfig as HFLlamaConfig
+        from transformers import LlamaForCausalLM
+    except ImportError as exc:  # an optional extra: say how to get it
+        raise ImportError("the Hugging Face Llama targets need the 'transformers' package: "
+                          "pip install transformers") from exc
+    config = HFLlamaConfig(**config_kwargs, attn_implementation="sdpa", use_cache=False)
+    model = LlamaForCausalLM(config)
+    model.example_input_array = torch.randint(0, config.vocab_size, (batch, seq))
+    _unpacked_on_meta(model)
+    return model
+
+
+_META_FORWARDS = [0]  # forwards of zoo HF models running now
+
+
+def _unpacked_on_meta(model: nn.Module) -> None:
+    """Let this model's forward run on meta: answer transformers' packed-sequence probe without values.
+
+    With no attention mask, ``transformers.masking_utils`` asks ``(diff(position_ids) != 1).cumsum(-1)[:, -1]
+    == 0).all()`` -- a value a meta tensor does not have -- to detect several sequences packed into one row.
+    The position ids here are the model's own ``arange`` (one sequence per row), for which the real answer is
+    "not packed" (None): that is what is returned, only for meta tensors and only during this model's forward
+    (a pair of hooks on the instance), so the model takes exactly the path it takes on a real device.
+    """
+    import transformers.masking_utils as masking
+
+    original = masking.find_packed_sequence_indices
+    if not getattr(original, "_gradprobe_zoo", False):
+
+        def find_packed_sequence_indices(position_ids: Tensor) -> Tensor | None:
+            if _META_FORWARDS[0] and position_ids.device.type == "meta":
+                return None
+            return original(position_ids)
+
+        find_packed_sequence_indices._gradprobe_zoo = True  # type: ignore[attr-defined]
+        masking.find_packed_sequence_indices = find_packed_sequence_indices
+
+    def enter(*_: object) -> None:
+        _META_FORWARDS[0] += 1
+
+    def leave(*_: object) -> None:
+        _META_FORWARDS[0] -= 1
+
+    model.register_forward_pre_hook(enter)
+    model.register_forward_hook(leave, always_call=True)
+
+
+def hf_llama_7b(batch: int = 1, seq: int = 1024) -> nn.Module:
+    """``transformers.LlamaForCausalLM`` with Llama-7B sizes (6,738,415,616 params): meant for ``--device meta``.
+
+    Built from a ``LlamaConfig`` only, never from downloaded weights; needs ``transformers``.
+    """
+    return _hf_llama(dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                          num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
+                          rms_norm_eps=1e-6, tie_word_embeddings=False), batch, seq)
+
+
+def hf_tiny_llama(batch: int = 2, seq: int = 16, num_hidden_layers: int = 2) -> nn.Module:
+    """``transformers.LlamaForCausalLM`` at toy size, for tests (same module names as :func:`hf_llama_7b`)."""
+    return _hf_llama(dict(vocab_size=100, hidden_size=32, intermediate_size=88, num_hidden_layers=num_hidden_layers,
+                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                          tie_word_embeddings=False), batch, seq)

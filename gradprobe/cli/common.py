@@ -36,7 +36,8 @@ InputsOpt = Annotated[str | None, typer.Option(
     "(keyword); it may take the model as its one argument.")]
 ShapeOpt = Annotated[list[str] | None, typer.Option(
     "--shape", metavar="DIMS", help="Random input of this shape, e.g. 8,3,32,32; repeat once per positional input.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="dtype of --shape inputs (integer dtypes draw from [0, --high)).")]
+DtypeOpt = Annotated[str, typer.Option(
+    "--dtype", help="dtype of --shape inputs (integer dtypes draw from [0, --high)).")]
 HighOpt = Annotated[int, typer.Option("--high", help="Upper bound (exclusive) for integer --shape inputs.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, mps, or meta (estimates without memory).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for inputs, initialisation and dropout.")]

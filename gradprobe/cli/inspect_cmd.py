@@ -38,6 +38,18 @@ class GradMode(str, Enum):
     inference_mode = "inference_mode"
 
 
+class OptimizerState(str, Enum):
+    sgd = "sgd"
+    momentum = "momentum"
+    adam = "adam"
+
+
+class ParamDtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 def inspect(
     target: TargetArg,
     mode: Annotated[Mode, typer.Option("--mode", help="Module mode for the forward.")] = Mode.train,
@@ -60,6 +72,13 @@ def inspect(
                                                 help="Show only names matching GLOB in the tables.")] = None,
     no_memory: Annotated[bool, typer.Option("--no-memory", help="Switch off the memory trackers.")] = False,
     no_tensors: Annotated[bool, typer.Option("--no-tensors", help="Do not record module output tensors.")] = False,
+    optimizer_state: Annotated[OptimizerState, typer.Option(
+        "--optimizer-state", help="Optimizer state in the training-step memory estimate: sgd (none), momentum "
+        "(1 copy of the trainable parameters), adam (2 copies).")] = OptimizerState.adam,
+    param_dtype: Annotated[ParamDtype | None, typer.Option(
+        "--param-dtype", help="Estimate the training step with parameters in this dtype. On --device meta the "
+        "model and its float inputs are cast for the run; elsewhere parameter, gradient and optimizer bytes are "
+        "scaled.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when an error finding exists.")] = False,
     format_: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
@@ -69,16 +88,27 @@ def inspect(
 
     def body() -> int:
         from gradprobe.api import load, probe, resolve_loss, user_output_to_stderr
+        from gradprobe.cli.progress import progress
         from gradprobe.errors import UsageError
 
         if top < 0:
             raise UsageError(f"--top {top}: use 0 (all rows) or more")
-        with user_output_to_stderr():
+        if depth < 0:  # checked before the user's code runs
+            raise UsageError(f"--depth {depth}: use 0 or more")
+        if loss not in ("sum", "mean") and ":" not in loss:
+            raise UsageError(f"--loss '{loss}' is not a loss: use sum, mean, or MOD:fn (a function of "
+                             f"(outputs, inputs) returning a scalar)")
+        with progress("inspect") as step, user_output_to_stderr():
+            step(f"loading {target}")
+            loss_fn = resolve_loss(loss)
             loaded, example = load(target, init=init, weights=weights, device=device, inputs=inputs,
                                    shapes=shape, dtype=dtype, high=high, seed=seed)
+            step(f"running {target} on {device} ({mode.value} + {grad.value})")
             report = probe(loaded.model, example, mode=mode.value, grad_mode=grad.value,
-                           loss=resolve_loss(loss), backward=not no_backward, memory=not no_memory,
-                           tensors=not no_tensors, depth=depth, seed=seed, target=target, loaded=loaded)
+                           loss=loss_fn, backward=not no_backward, memory=not no_memory,
+                           tensors=not no_tensors, depth=depth, seed=seed, target=target, loaded=loaded,
+                           optimizer_state=optimizer_state.value,
+                           param_dtype=param_dtype.value if param_dtype is not None else None)
         if format_ is OutputFormat.json:
             from gradprobe.render.json_out import dumps, inspect_json
 

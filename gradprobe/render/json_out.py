@@ -9,6 +9,7 @@ import json
 import math
 from typing import Any
 
+from gradprobe.advice import checkpoint_advice
 from gradprobe.facts import (
     BufferFact,
     Finding,
@@ -16,7 +17,9 @@ from gradprobe.facts import (
     InspectReport,
     MemoryFact,
     ParamFact,
+    RunFacts,
     TensorFact,
+    TrainingStepEstimate,
 )
 
 INSPECT_SCHEMA = "gradprobe.inspect/1"
@@ -55,7 +58,33 @@ def graph_json(g: GraphFact | None) -> dict[str, Any] | None:
     return {"nodes": g.nodes, "depth": g.depth, "reached_parameters": sorted(g.reached_params)}
 
 
-def memory_json(m: MemoryFact | None) -> dict[str, Any] | None:
+def training_step_json(t: TrainingStepEstimate | None) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    return {
+        "optimizer_state": t.optimizer, "param_dtype": t.param_dtype, "method": t.method,
+        "parameter_bytes": t.parameter_bytes, "gradient_bytes": t.gradient_bytes,
+        "optimizer_state_bytes": t.optimizer_state_bytes, "activation_peak_bytes": t.activation_peak_bytes,
+        "total_bytes": t.total_bytes,
+    }
+
+
+def checkpoint_json(facts: RunFacts) -> dict[str, Any]:
+    """``memory.checkpoint_advice[]`` and ``memory.checkpoint_plan`` (gradprobe.advice)."""
+    candidates, plan = checkpoint_advice(facts, top=10)
+    return {
+        "checkpoint_advice": [
+            {"module": c.module, "call": c.call, "type": c.module_type, "inside_saved_bytes": c.inside_saved_bytes,
+             "expected_saving_bytes": c.expected_saving_bytes}
+            for c in candidates
+        ],
+        "checkpoint_plan": None if plan is None else {
+            "type": plan.module_type, "calls": plan.calls, "expected_saving_bytes": plan.expected_saving_bytes,
+        },
+    }
+
+
+def memory_json(m: MemoryFact | None, facts: RunFacts | None = None) -> dict[str, Any] | None:
     if m is None:
         return None
     return {
@@ -68,9 +97,12 @@ def memory_json(m: MemoryFact | None) -> dict[str, Any] | None:
         "cuda_max_allocated_bytes": m.cuda_max_allocated_bytes,
         "by_module": [
             {"module": x.module, "call": x.call, "saved_for_backward_bytes": x.saved_for_backward_bytes,
-             "output_bytes": x.output_bytes}
+             "output_bytes": x.output_bytes, "inside_saved_bytes": x.inside_saved_bytes,
+             "checkpoint_saving_bytes": x.checkpoint_saving_bytes}
             for x in m.by_module
         ],
+        "training_step": training_step_json(m.training_step),
+        **(checkpoint_json(facts) if facts is not None else {}),
     }
 
 
@@ -111,7 +143,7 @@ def inspect_json(report: InspectReport) -> dict[str, Any]:
         "tensors": [tensor_json(t) for t in f.tensors],
         "outputs": [tensor_json(t) for t in f.outputs],
         "graph": graph_json(f.graph),
-        "memory": memory_json(f.memory),
+        "memory": memory_json(f.memory, f),
         "findings": [finding_json(x) for x in report.findings],
         "notes": list(f.notes),
         "skipped": list(f.skipped),

@@ -23,8 +23,9 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def findings_md(findings: Sequence[Finding]) -> str:
     if not findings:
         return "No findings."
-    return md_table(["severity", "code", "subject", "message"],
-                    [(f.severity, f"`{f.code}`", f"`{f.subject}`" if f.subject else "", f.message) for f in findings])
+    return md_table(["severity", "code", "subject", "message", "fix"],
+                    [(f.severity, f"`{f.code}`", f"`{f.subject}`" if f.subject else "", f.message, f.hint)
+                     for f in findings])
 
 
 def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:

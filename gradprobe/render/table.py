@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import fnmatch
 
+from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from gradprobe.facts import Finding, GraphTree, InspectReport, RunFacts
+from gradprobe.advice import checkpoint_advice
+from gradprobe.facts import Finding, GraphTree, InspectReport, RunFacts, TensorFact
 from gradprobe.render.units import human_bytes, human_count, seconds, shape_text
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -19,6 +22,25 @@ GRAD_STYLE = {"none": "red", "zero": "yellow", "nonzero": "green", "present": "g
 
 def _flag(value: bool) -> Text:
     return Text("yes", style="green") if value else Text("no", style="dim")
+
+
+def _table() -> Table:
+    """A light table: no vertical rules, so names get the width on an 80-column terminal."""
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+
+
+def _titled(title: str, table: Table, caption: str | None = None) -> Group:
+    """Title and caption outside the table, so a narrow table does not wrap them."""
+    parts: list[RenderableType] = [Text(title, style="bold"), table]
+    if caption:
+        parts.append(Text(caption, style="dim"))
+    return Group(*parts)
+
+
+def _uniform(values: list[str]) -> str | None:
+    """The single value every row shares (a column worth dropping), else None."""
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else None
 
 
 def summary_table(f: RunFacts) -> Table:
@@ -63,67 +85,124 @@ def _match(name: str, pattern: str | None) -> bool:
     return pattern is None or fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
 
 
-def parameters_table(f: RunFacts, top: int | None, pattern: str | None) -> Table:
+def _name_width(names: list[str]) -> int:
+    """Room for the longest name (16 to 48 columns): names stay on one line while the short columns wrap first."""
+    return max(16, min(48, max((len(n) for n in names), default=0)))
+
+
+def parameters_table(f: RunFacts, top: int | None, pattern: str | None) -> RenderableType:
     rows = [p for p in f.parameters if any(_match(n, pattern) for n in p.names)]
     # show the interesting ones first when cutting: missing gradients, then by size
     if top and len(rows) > top:
         rows.sort(key=lambda p: (not (p.requires_grad and p.grad in ("none", "zero")), -p.numel))
     shown, hidden = _limit(rows, top)
-    t = Table(title=f"Parameters ({len(f.parameters)})", title_justify="left", expand=False)
-    t.add_column("name", overflow="fold")
-    t.add_column("shape", overflow="fold")
-    t.add_column("dtype")
-    t.add_column("req. grad")
-    t.add_column("grad")
-    t.add_column("module mode")
+    # a column whose value every parameter shares moves into the title: more room for names at 80 columns
+    dtype = _uniform([p.dtype for p in f.parameters])
+    requires = _uniform([str(p.requires_grad) for p in f.parameters])
+    training = _uniform([str(p.module_training) for p in f.parameters])
+    shared = [f"all {dtype}"] if dtype else []
+    shared += [{"True": "all require grad", "False": "all frozen"}[requires]] if requires else []
+    shared += [f"modules in {'train' if training == 'True' else 'eval'} mode"] if training else []
+    title = f"Parameters ({len(f.parameters)}{'; ' + ', '.join(shared) if shared else ''})"
+    t = _table()
+    t.add_column("name", overflow="fold", ratio=1, min_width=_name_width([p.name for p in shown]))
+    t.add_column("shape", no_wrap=True)
+    if dtype is None:
+        t.add_column("dtype", no_wrap=True)
+    if requires is None:
+        t.add_column("req. grad", no_wrap=True)
+    t.add_column("grad", min_width=7)
+    if training is None:
+        t.add_column("module", no_wrap=True)
     for p in shown:
-        name = p.name + ("".join(f"\n= {a}" for a in p.aliases))
+        name = Text(p.name)
+        for alias in p.aliases:
+            name.append(f"\n= {alias}", style="dim")
         grad = "-" if p.grad is None else p.grad
         if p.grad == "nonzero" and p.grad_norm is not None:
             grad = f"nonzero ‖{p.grad_norm:.3g}‖"
-        t.add_row(name, shape_text(p.shape), p.dtype, _flag(p.requires_grad),
-                  Text(grad, style=GRAD_STYLE.get(p.grad or "", "")), "train" if p.module_training else "eval")
-    if hidden:
-        t.caption = f"{hidden} more rows (--top to change, --format json for all)"
-    return t
+        cells: list[RenderableType] = [name, shape_text(p.shape)]
+        if dtype is None:
+            cells.append(p.dtype)
+        if requires is None:
+            cells.append(_flag(p.requires_grad))
+        cells.append(Text(grad, style=GRAD_STYLE.get(p.grad or "", "")))
+        if training is None:
+            cells.append(Text("train") if p.module_training else Text("eval", style="dim"))
+        t.add_row(*cells)
+    return _titled(title, t, f"{hidden} more rows (--top to change, --format json for all)" if hidden else None)
 
 
-def buffers_table(f: RunFacts, top: int | None, pattern: str | None) -> Table:
+def buffers_table(f: RunFacts, top: int | None, pattern: str | None) -> RenderableType:
     rows = [b for b in f.buffers if _match(b.name, pattern)]
     shown, hidden = _limit(rows, top)
-    t = Table(title=f"Buffers ({len(f.buffers)})", title_justify="left")
-    t.add_column("name", overflow="fold")
-    t.add_column("shape")
-    t.add_column("dtype")
-    t.add_column("changed by forward")
+    changed_count = sum(bool(b.changed) for b in f.buffers)
+    t = _table()
+    t.add_column("name", overflow="fold", ratio=1, min_width=16)
+    t.add_column("shape", no_wrap=True)
+    t.add_column("dtype", no_wrap=True)
+    t.add_column("changed", no_wrap=True)
     for b in shown:
         changed = Text("?", style="dim") if b.changed is None else (
             Text("yes", style="yellow") if b.changed else Text("no", style="dim"))
         t.add_row(b.name, shape_text(b.shape), b.dtype, changed)
-    if hidden:
-        t.caption = f"{hidden} more rows"
-    return t
+    return _titled(f"Buffers ({len(f.buffers)}, {changed_count} changed by the forward)", t,
+                   f"{hidden} more rows (--top to change, --format json for all)" if hidden else None)
 
 
-def tensors_table(f: RunFacts, top: int | None, pattern: str | None) -> Table:
+def _tensor_label(x: TensorFact, repeated: set[str]) -> Text:
+    """``encoder.layers.0``, ``block #1`` (a repeated call), ``lstm [1][0]`` (inside a structure), ``output.logits``."""
+    if not x.module:
+        return Text(x.path)
+    label = Text(x.module)
+    if x.module in repeated:
+        label.append(f" #{x.call}", style="bold")
+    if x.path != "output":
+        label.append(" " + x.path.removeprefix("output"), style="dim")
+    return label
+
+
+def tensors_table(f: RunFacts, top: int | None, pattern: str | None) -> RenderableType:
     rows = [x for x in f.tensors if _match(x.module, pattern)]
     shown, hidden = _limit(rows, top)
-    t = Table(title=f"Tensors ({len(f.tensors)} from module calls and outputs)", title_justify="left")
-    t.add_column("module (call)", overflow="fold")
-    t.add_column("path")
-    t.add_column("shape", overflow="fold")
-    t.add_column("req. grad")
+    repeated = {x.module for x in f.tensors if x.call > 0}
+    dtype = _uniform([x.dtype for x in f.tensors])
+    requires = _uniform([str(x.requires_grad) for x in f.tensors])
+    leaf = _uniform([str(x.is_leaf) for x in f.tensors])
+    inference = _uniform([str(x.is_inference) for x in f.tensors])
+    shared = [f"all {dtype}"] if dtype else []
+    shared += [f"requires_grad={requires}"] if requires else []
+    shared += [f"is_leaf={leaf}"] if leaf else []
+    shared += [f"is_inference={inference}"] if inference else []
+    title = f"Tensors ({len(f.tensors)}{'; ' + ', '.join(shared) if shared else ''})"
+    labels = [_tensor_label(x, repeated) for x in shown]
+    t = _table()
+    t.add_column("module (call) / output", overflow="fold", ratio=1,
+                 min_width=_name_width([label.plain for label in labels]))
+    t.add_column("shape", no_wrap=True)
+    if dtype is None:
+        t.add_column("dtype", no_wrap=True)
+    if requires is None:
+        t.add_column("req. grad", no_wrap=True)
     t.add_column("grad_fn", overflow="fold")
-    t.add_column("leaf")
-    t.add_column("infer.")
-    for x in shown:
-        module = (x.module or "(model)") + (f" #{x.call}" if x.call else "")
-        t.add_row(module, x.path.removeprefix("output") or "-", f"{shape_text(x.shape)} {x.dtype}",
-                  _flag(x.requires_grad), x.grad_fn or Text("None", style="dim"), _flag(x.is_leaf),
-                  _flag(x.is_inference))
-    if hidden:
-        t.caption = f"{hidden} more rows (--top to change, --filter GLOB, --format json for all)"
-    return t
+    if leaf is None:
+        t.add_column("leaf", no_wrap=True)
+    if inference is None:
+        t.add_column("inference", no_wrap=True)
+    for x, label in zip(shown, labels, strict=True):
+        cells: list[RenderableType] = [label, shape_text(x.shape)]
+        if dtype is None:
+            cells.append(x.dtype)
+        if requires is None:
+            cells.append(_flag(x.requires_grad))
+        cells.append(x.grad_fn or Text("None", style="dim"))
+        if leaf is None:
+            cells.append(_flag(x.is_leaf))
+        if inference is None:
+            cells.append(Text("yes", style="red") if x.is_inference else Text("no", style="dim"))
+        t.add_row(*cells)
+    return _titled(title, t, f"{hidden} more rows (--top to change, --filter GLOB, --format json for all)"
+                   if hidden else None)
 
 
 def graph_tree(f: RunFacts) -> RenderableType | None:
@@ -150,7 +229,44 @@ def graph_tree(f: RunFacts) -> RenderableType | None:
     return root
 
 
-def memory_table(f: RunFacts, top: int | None) -> RenderableType | None:
+def training_step_table(f: RunFacts) -> RenderableType | None:
+    """Parameters + gradients + optimizer state + activations: what one training step needs."""
+    m = f.memory
+    step = m.training_step if m is not None else None
+    if step is None:
+        return None
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_row(f"training step ({step.optimizer}, {step.param_dtype})", human_bytes(step.total_bytes))
+    t.add_row("  parameters", human_bytes(step.parameter_bytes))
+    t.add_row("  optimizer state", human_bytes(step.optimizer_state_bytes))
+    t.add_row("  activations peak", human_bytes(step.activation_peak_bytes))
+    t.add_row("  gradients", human_bytes(step.gradient_bytes))
+    return Group(t, Text(step.method, style="dim"))
+
+
+def checkpoint_table(f: RunFacts, top: int | None) -> RenderableType | None:
+    """The module calls whose checkpointing would drop the most saved-for-backward bytes."""
+    candidates, plan = checkpoint_advice(f, top=min(top or 5, 5))
+    if not candidates or plan is None:
+        return None
+    t = _table()
+    t.add_column("module (call)", overflow="fold", ratio=1, min_width=16)
+    t.add_column("type", overflow="fold")
+    t.add_column("saved inside", justify="right", no_wrap=True)
+    t.add_column("expected saving", justify="right", no_wrap=True)
+    for c in candidates:
+        t.add_row((c.module or "(model)") + (f" #{c.call}" if c.call else ""), c.module_type,
+                  human_bytes(c.inside_saved_bytes), human_bytes(c.expected_saving_bytes))
+    share = plan.expected_saving_bytes / plan.saved_for_backward_bytes if plan.saved_for_backward_bytes else 0.0
+    caption = (f"wrapping every {plan.module_type} call ({plan.calls}): about "
+               f"{human_bytes(plan.expected_saving_bytes)} less saved for backward ({share:.0%}), "
+               f"for one more forward of each inside backward")
+    return _titled("Activation checkpointing (torch.utils.checkpoint, use_reentrant=False)", t, caption)
+
+
+def memory_table(f: RunFacts, top: int | None, pattern: str | None = None) -> RenderableType | None:
     m = f.memory
     if m is None:
         return None
@@ -165,36 +281,45 @@ def memory_table(f: RunFacts, top: int | None) -> RenderableType | None:
     if m.cuda_max_allocated_bytes is not None:
         t.add_row("cuda max allocated", human_bytes(m.cuda_max_allocated_bytes))
     parts: list[RenderableType] = [Text("Memory", style="bold italic"), t, Text(m.method, style="dim")]
-    saved = [x for x in m.by_module if x.saved_for_backward_bytes]
+    step = training_step_table(f)
+    if step is not None:
+        parts.append(step)
+    saved = [x for x in m.by_module if x.saved_for_backward_bytes and _match(x.module, pattern)]
     if saved:
         shown, hidden = _limit(saved, top or 10)
-        bt = Table(title="Saved for backward, by module call (innermost module)", title_justify="left")
-        bt.add_column("module (call)", overflow="fold")
-        bt.add_column("saved", justify="right")
-        bt.add_column("output", justify="right")
+        bt = _table()
+        bt.add_column("module (call)", overflow="fold", ratio=1, min_width=16)
+        bt.add_column("saved", justify="right", no_wrap=True)
+        bt.add_column("output", justify="right", no_wrap=True)
         for x in shown:
             bt.add_row((x.module or "(model)") + (f" #{x.call}" if x.call else ""),
                        human_bytes(x.saved_for_backward_bytes), human_bytes(x.output_bytes))
-        if hidden:
-            bt.caption = f"{hidden} more module calls"
-        parts.append(bt)
+        parts.append(_titled("Saved for backward, by module call (innermost module)", bt,
+                             f"{hidden} more module calls" if hidden else None))
+    advice = checkpoint_table(f, top)
+    if advice is not None:
+        parts.append(advice)
     return Group(*parts)
 
 
-def findings_table(findings: tuple[Finding, ...] | list[Finding]) -> RenderableType:
+def findings_table(findings: tuple[Finding, ...] | list[Finding], top: int | None = None) -> RenderableType:
+    """Findings as a list: ``error  grad-none  aux_head`` and the message and fix indented below, full width."""
     if not findings:
         return Text("No findings: autograd sees what a training run expects.", style="green")
-    t = Table(title=f"Findings ({len(findings)})", title_justify="left", show_lines=True)
-    t.add_column("severity")
-    t.add_column("code")
-    t.add_column("subject", overflow="fold")
-    t.add_column("message", overflow="fold", ratio=1)
-    for x in findings:
-        msg = Text(x.message)
+    parts: list[RenderableType] = [Text(f"Findings ({len(findings)})", style="bold")]
+    width = max(len(x.severity) for x in findings)
+    shown, hidden = _limit(list(findings), top)  # a huge model can have thousands (one per zero gradient)
+    for x in shown:
+        head = Text.assemble((x.severity.ljust(width), SEVERITY_STYLE[x.severity]), "  ", (x.code, "bold"))
+        if x.subject:
+            head.append(f"  {x.subject}", style="cyan")
+        body = Text(x.message)
         if x.hint:
-            msg.append(f"\nfix: {x.hint}", style="dim")
-        t.add_row(Text(x.severity, style=SEVERITY_STYLE[x.severity]), x.code, x.subject or "-", msg)
-    return t
+            body.append(f"\nfix: {x.hint}", style="dim")
+        parts += [head, Padding(body, (0, 0, 0, width + 2), expand=False)]
+    if hidden:
+        parts.append(Text(f"{hidden} more findings (--top to change, --format json for all)", style="dim"))
+    return Group(*parts)
 
 
 def render_inspect(report: InspectReport, console: Console, *, top: int | None = 40,
@@ -215,8 +340,8 @@ def render_inspect(report: InspectReport, console: Console, *, top: int | None =
         if tree is not None:
             console.print(tree)
     if "memory" in want:
-        mem = memory_table(f, top)
+        mem = memory_table(f, top, pattern)
         if mem is not None:
             console.print(mem)
     if "findings" in want:
-        console.print(findings_table(report.findings))
+        console.print(findings_table(report.findings, top))

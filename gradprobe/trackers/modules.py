@@ -7,6 +7,7 @@ touching the user's modules; the hooks are always removed on exit.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -22,6 +23,20 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def shape_of(t: torch.Tensor) -> tuple[int, ...]:
+    """``tuple(t.shape)``; a nested tensor's ragged dimensions are -1 (it has no single size there)."""
+    if not t.is_nested:
+        return tuple(t.shape)
+    dims = []
+    for d in range(t.dim()):
+        try:
+            size = t.size(d)
+        except RuntimeError:  # strided nested tensors raise for an irregular dimension
+            size = -1
+        dims.append(size if isinstance(size, int) else -1)  # jagged ones give a symbolic size
+    return tuple(dims)
+
+
 def tensor_fact(module: str, call: int, path: str, t: torch.Tensor) -> TensorFact:
     """Autograd flags of one tensor, read outside any dispatch mode's view."""
     grad_fn = t.grad_fn
@@ -29,7 +44,7 @@ def tensor_fact(module: str, call: int, path: str, t: torch.Tensor) -> TensorFac
         module=module,
         call=call,
         path=path,
-        shape=tuple(t.shape),
+        shape=shape_of(t),
         dtype=dtype_name(t.dtype),
         requires_grad=t.requires_grad,
         grad_fn=type(grad_fn).__name__ if grad_fn is not None else None,
@@ -42,15 +57,20 @@ def tensor_fact(module: str, call: int, path: str, t: torch.Tensor) -> TensorFac
 class ModuleRecorder:
     """Context manager tracking the module call stack and (optionally) every module output."""
 
-    def __init__(self, model: nn.Module, record_tensors: bool = True) -> None:
+    def __init__(self, model: nn.Module, record_tensors: bool = True, record_inputs: bool = True) -> None:
         self.names: dict[int, str] = {}
         for name, mod in model.named_modules(remove_duplicate=False):
             self.names.setdefault(id(mod), name)
         self.record_tensors = record_tensors
+        self.record_inputs = record_inputs
         self.stack: list[tuple[str, int]] = []
         self.calls: dict[str, int] = {}
         self.tensors: list[TensorFact] = []
         self.output_bytes: dict[tuple[str, int], int] = {}
+        # (storage key, storage bytes, weak reference) of each call's positional tensor arguments: what
+        # torch.utils.checkpoint would keep alive if the call were wrapped in it.  The weak reference
+        # tells whether the key still names that storage (a freed storage's address gets reused).
+        self.inputs: dict[tuple[str, int], tuple[tuple[int, int, weakref.ref[Any]], ...]] = {}
         self.failed_in: tuple[str, int] | None = None
         self._handles: list[Any] = []
 
@@ -79,7 +99,19 @@ class ModuleRecorder:
             return
         call = self.calls.get(name, 0)
         self.calls[name] = call + 1
-        self.stack.append((name, call))
+        key = (name, call)
+        self.stack.append(key)
+        if self.record_inputs:
+            found = []
+            for arg in args:
+                if isinstance(arg, torch.Tensor):
+                    try:
+                        storage = arg.untyped_storage()
+                    except (RuntimeError, NotImplementedError):
+                        continue
+                    found.append((storage._cdata, storage.nbytes(), weakref.ref(storage)))
+            if found:
+                self.inputs[key] = tuple(found)
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
         name = self.names.get(id(module))

@@ -1,0 +1,102 @@
+"""Shared test fixtures: the real CLI (in a subprocess and in-process), golden files, global-state hygiene."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+GOLDEN = TESTS / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="Rewrite the expected-output files under tests/golden/ from the current output.")
+
+
+@dataclass
+class CliResult:
+    """Exit code and the two streams of one ``gradprobe`` invocation."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def gradprobe_command() -> list[str]:
+    """The installed console script next to this interpreter, else ``python -m gradprobe``."""
+    script = Path(sys.executable).with_name("gradprobe")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gradprobe"]
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., CliResult]:
+    """Run the installed ``gradprobe`` command in a fresh process (the real user path)."""
+
+    def run(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> CliResult:
+        full_env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", **(env or {})}
+        full_env.pop("FORCE_COLOR", None)
+        proc = subprocess.run([*gradprobe_command(), *args], cwd=cwd or REPO, env=full_env, capture_output=True,
+                              text=True, timeout=timeout)
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    return run
+
+
+@pytest.fixture
+def cli(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """Run ``gradprobe.cli.main`` in this process: the same code path as the command, without the torch import."""
+    from gradprobe.cli import main
+
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    def run(*args: str) -> CliResult:
+        capfd.readouterr()
+        code = main(list(args))
+        captured = capfd.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_torch_state() -> Iterator[None]:
+    """Tests import user modules that switch the global grad mode off; never let that leak into the next test."""
+    torch = sys.modules.get("torch")
+    enabled = torch.is_grad_enabled() if torch is not None else True
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_grad_enabled(enabled)
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
+    """Compare text with ``tests/golden/NAME``; ``pytest --update-golden`` rewrites the file instead."""
+    update = bool(request.config.getoption("--update-golden"))
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            return
+        if not path.exists():
+            pytest.fail(f"no golden file {path}: run pytest with --update-golden once and review the file")
+        expected = path.read_text(encoding="utf-8")
+        assert text == expected, f"output differs from {path} (rerun with --update-golden if intended)"
+
+    return check

@@ -1,0 +1,3 @@
+"""Ctrl-C while importing."""
+
+raise KeyboardInterrupt

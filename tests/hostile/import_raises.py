@@ -1,0 +1,4 @@
+"""Raises while being imported."""
+
+CONFIG = {}
+HIDDEN = CONFIG["hidden"]

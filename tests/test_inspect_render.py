@@ -1,0 +1,124 @@
+"""The rich view: key lines at a fixed width, golden files (``pytest --update-golden``), and 80-column readability."""
+
+from __future__ import annotations
+
+import io
+
+import models_inspect as mi
+import pytest
+import torch
+from rich.console import Console
+
+from gradprobe.api import load, probe
+from gradprobe.facts import InspectReport
+from gradprobe.render.table import render_inspect
+
+STABLE_SECTIONS = {"parameters", "buffers", "tensors", "graph", "findings"}  # no timings, no torch version
+
+
+def render(report: InspectReport, width: int = 100, **kwargs) -> str:
+    console = Console(record=True, width=width, file=io.StringIO(), force_terminal=False, color_system=None)
+    render_inspect(report, console, **kwargs)
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+
+
+def _report(factory) -> InspectReport:
+    torch.manual_seed(0)
+    return probe(factory())
+
+
+@pytest.mark.parametrize(("name", "factory"), [
+    ("frozen_backbone", mi.FrozenBackbone),
+    ("tied", mi.Tied),
+    ("called_twice", mi.CalledTwice),
+    ("never_called", mi.NeverCalled),
+])
+def test_golden_sections(golden, name: str, factory) -> None:
+    golden(f"inspect_{name}.txt", render(_report(factory), sections=STABLE_SECTIONS))
+
+
+def test_summary_key_lines() -> None:
+    report = _report(mi.FrozenBackbone)
+    text = render(report, sections={"summary"})
+    lines = text.splitlines()
+    assert any("target" in line and "FrozenBackbone" in line for line in lines)
+    assert any(f"{torch.__version__} / cpu" in line for line in lines)
+    assert any("mode" in line and "train + grad" in line for line in lines)
+    assert any("require grad" in line and "2 (" in line for line in lines)  # head.weight, head.bias
+    assert any("frozen" in line and "8 (" in line for line in lines)
+    assert any("backward" in line and "ran" in line for line in lines)
+    assert any("requires_grad=True" in line and "grad_fn=AddmmBackward0" in line for line in lines)
+
+
+def test_memory_key_lines() -> None:
+    text = render(_report(mi.MLP), sections={"memory"})
+    saved = mi.B * (mi.IN + mi.HIDDEN) * 4
+    assert any(line.split()[:3] == ["saved", "for", "backward"] and f"{saved} B" in line for line in text.splitlines())
+    assert "TorchDispatchMode" in text
+
+
+def test_no_backward_line_says_why() -> None:
+    text = render(probe(mi.MLP(), grad_mode="no_grad"), sections={"summary"})
+    assert "not run: the forward ran under no_grad" in " ".join(text.split())
+
+
+def test_findings_render_as_a_list_with_fix_lines() -> None:
+    text = render(_report(mi.NeverCalled), sections={"findings"})
+    lines = text.splitlines()
+    assert lines[0] == "Findings (1)"
+    assert lines[1].split() == ["error", "grad-none", "aux"]
+    assert lines[2].startswith(" " * 5) and "require grad but received no gradient" in lines[2]
+    assert any(line.strip().startswith("fix: ") for line in lines)
+
+
+def test_uniform_columns_are_folded_into_the_title() -> None:
+    text = render(_report(mi.MLP), sections={"parameters", "tensors"})
+    assert "Parameters (4; all float32" in text
+    assert "dtype" not in text.split("Tensors", 1)[0]
+    mixed = render(probe(mi.IntOutput()), sections={"tensors"})
+    assert "is_inference=False" in mixed and "all float32" not in mixed
+
+
+def test_repeated_calls_are_numbered_and_paths_shown() -> None:
+    text = render(_report(mi.CalledTwice), sections={"tensors"})
+    assert "block #0" in text and "block #1" in text and "head #" not in text
+    text = render(probe(mi.StructuredOut("dict")), sections={"tensors"})
+    assert "output['logits']" in text and "output['hidden']" in text
+
+
+@pytest.mark.parametrize("factory", [mi.FrozenBackbone, mi.Tied, mi.NeverCalled])
+def test_readable_at_80_columns(factory) -> None:
+    text = render(_report(factory), width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    report = _report(factory)
+    for p in report.facts.parameters:  # names are never folded across lines at 80 columns
+        assert p.name in text
+    for b in report.facts.buffers:
+        assert b.name in text
+
+
+def test_example_model_at_80_columns() -> None:
+    torch.manual_seed(0)
+    loaded, example = load("gradprobe.examples:FineTuneNet")
+    report = probe(loaded.model, example)
+    text = render(report, width=80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "backbone.block1.1.num_batches_tracked" in text
+    assert "backbone.block2.0.weight" in text
+    lines = text.splitlines()
+    drift = [i for i, line in enumerate(lines) if "frozen-bn-drift" in line]
+    assert len(drift) == 1 and lines[drift[0]].split()[-1] == "backbone"  # grouped per frozen module
+
+
+def test_top_limits_rows_and_says_so() -> None:
+    torch.manual_seed(0)
+    report = probe(load("gradprobe.examples:FineTuneNet")[0].model)
+    text = render(report, top=2, sections={"parameters"})
+    assert "8 more rows" in text
+    rows = [line for line in text.splitlines() if line.startswith(("aux_head", "backbone", "head"))]
+    assert [r.split()[0] for r in rows] == ["aux_head.weight", "aux_head.bias"]  # missing gradients first
+
+
+def test_filter_limits_rows() -> None:
+    text = render(_report(mi.NeverCalled), pattern="aux", sections={"parameters", "tensors"})
+    assert "aux.weight" in text and "main.weight" not in text
