@@ -57,14 +57,16 @@ def load(
     """Import and build ``target``, load weights, and make example inputs, as the CLI does."""
     torch_device = resolve_device(device)
     kwargs = init if isinstance(init, dict) else parse_init(init)
-    if seed is not None:
-        torch.manual_seed(seed)
-    obj = load_object(target)
-    loaded = build_model(obj, target, kwargs, torch_device)
-    if weights:
-        load_weights(loaded, weights)
-    example = make_inputs(loaded.model, spec=inputs, shapes=shapes, dtype=dtype, high=high,
-                          device=torch_device, target=target)
+    # seeded for a reproducible build and inputs, on a forked RNG so the caller's random state is untouched
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        obj = load_object(target)
+        loaded = build_model(obj, target, kwargs, torch_device)
+        if weights:
+            load_weights(loaded, weights)
+        example = make_inputs(loaded.model, spec=inputs, shapes=shapes, dtype=dtype, high=high,
+                              device=torch_device, target=target)
     return loaded, example
 
 
@@ -141,7 +143,7 @@ def resolve_loss(spec: str | None) -> str | LossFn:
     return fn  # type: ignore[no-any-return]
 
 
-__all__ = ["load", "probe", "as_inputs", "resolve_loss", "to_device", "user_output_to_stderr"]
+__all__ = ["as_inputs", "load", "probe", "resolve_loss", "to_device", "user_output_to_stderr"]
 
 # freeze-check (issue 4): implemented in gradprobe/freeze/check.py, part of the public API here.
 from gradprobe.freeze.check import assert_frozen, freeze_check  # noqa: E402

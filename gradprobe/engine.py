@@ -29,7 +29,7 @@ from gradprobe.modes import ModelState, check_mode, clear_grads, grad_context, t
 from gradprobe.target import ExampleInputs
 from gradprobe.trackers.grads import grad_states
 from gradprobe.trackers.graph import walk_graph
-from gradprobe.trackers.memory import LiveBytesTracker
+from gradprobe.trackers.memory import LiveBytesTracker, storage_key
 from gradprobe.trackers.meta import explain_meta_failure, meta_failure_message, meta_fidelity
 from gradprobe.trackers.modules import ModuleRecorder, dtype_name, tensor_fact
 from gradprobe.trackers.release import release_on_big_stack
@@ -220,7 +220,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     # ---- forward
     t0 = time.perf_counter()
     try:
-        with recorder, grad_context(options.grad_mode), kernels:
+        with recorder, grad_context(options.grad_mode), kernels as fidelity:
             if live is not None:
                 live.__enter__()
             try:
@@ -322,6 +322,8 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
             changed: bool | None = True
         else:
             changed = _buffer_changed(current, before, buffer_versions.get(id(buf)))
+            if changed is False and fidelity is not None and storage_key(current) in fidelity.written:
+                changed = True  # written on meta by a kernel that does not bump the version (BatchNorm stats)
         shape = tuple(current.shape) if current is not None else ()
         buffer_facts.append(BufferFact(full, shape, dtype_name(current.dtype) if current is not None else "none",
                                        changed, mod_name))

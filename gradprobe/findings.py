@@ -64,6 +64,19 @@ def _cause(facts: RunFacts, mod: ModuleFact) -> str:
     return f"the loss does not depend on {label}'s parameters"
 
 
+def _cut_off_hint(cause: str, module: str) -> str:
+    """The fix that matches the cause: an unused layer, a no_grad freeze, or a detached output."""
+    ref = f"model.{module}" if module else "model"
+    if "never called" in cause:
+        return (f"call it in forward or delete it; if it is meant to stay unused, freeze it with "
+                f"{ref}.requires_grad_(False) (DDP fails on unused parameters unless find_unused_parameters=True)")
+    if "no grad_fn" in cause:
+        return (f"to freeze it, use {ref}.requires_grad_(False) and keep its parameters out of the optimizer "
+                f"instead of no_grad in forward; to train it, remove the no_grad")
+    return (f"to freeze it, use {ref}.requires_grad_(False); to train it, remove the .detach()/.data "
+            f"between it and the loss")
+
+
 def judge_run(facts: RunFacts) -> list[Finding]:
     """Every diagnosis the facts of one run support, most severe first."""
     findings: list[Finding] = []
@@ -109,12 +122,12 @@ def _gradient_findings(facts: RunFacts) -> list[Finding]:
     missing = [p for p in facts.parameters if p.requires_grad and p.grad == "none"]
     for mod, params in _cut_off_roots(facts, missing):
         label = f"module '{mod.name}'" if mod.name else "the model"
+        cause = _cause(facts, mod)
         findings.append(Finding(
             "grad-none", "error", mod.name or "(model)",
             f"{len(params)} parameter(s) of {label} require grad but received no gradient: "
-            f"{_cause(facts, mod)}",
-            "freeze them with requires_grad_(False) (and keep them out of the optimizer), or remove the "
-            "no_grad/detach that cuts them off; under DDP they need find_unused_parameters=True",
+            f"{cause}",
+            _cut_off_hint(cause, mod.name),
         ))
     for p in facts.parameters:
         if p.requires_grad and p.grad == "zero":

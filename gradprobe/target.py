@@ -101,7 +101,8 @@ def _import_file(path_text: str, option: str) -> ModuleType:
     if not path.exists():
         raise TargetError(f"{option}: file '{path_text}' not found (looked in {Path.cwd()}); check the path")
     if path.is_dir():
-        raise TargetError(f"{option}: '{path_text}' is a directory; name a .py file, e.g. '{path_text}/model.py:Net'")
+        raise TargetError(f"{option}: '{path_text}' is a directory; name a .py file, "
+                          f"e.g. '{path_text.rstrip('/')}/model.py:Net'")
     path = path.resolve()
     name = f"_gradprobe_user_{path.stem}_{abs(hash(str(path)))}"
     if name in sys.modules:

@@ -586,9 +586,14 @@ def test_cli_failing_row_strict_and_markdown_file(run_cli: Callable[..., Any], t
     assert res.out == "" and "hello from forward" in res.err
     text = out.read_text()
     assert "`mode-failed`" in text and "FAILED" in text
-    res = run_cli("compare-modes", f"{src}:Net", "--format", "json", "--repeat", "1", "--modes", "train:grad")
+    res = run_cli("compare-modes", f"{src}:Net", "--format", "json", "--repeat", "1", "--modes", "train:grad,eval:no_grad")
     assert res.code == 0  # a failing row is not a failing command
-    assert json.loads(res.out)["rows"][0]["ok"] is False
+    rows = json.loads(res.out)["rows"]
+    assert rows[0]["ok"] is False and rows[1]["ok"] is True
+    # when no requested mode runs at all there is nothing to compare: one error line, exit 2
+    res = run_cli("compare-modes", f"{src}:Net", "--format", "json", "--repeat", "1", "--modes", "train:grad")
+    assert res.code == 2 and res.out == ""
+    assert "every mode failed" in res.err and "Traceback" not in res.err
 
 
 def test_cli_bad_options_exit_2(cli: Callable[..., Any]) -> None:

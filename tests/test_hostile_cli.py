@@ -188,6 +188,8 @@ CASES: list[Case] = [
 
 # the report is complete and printed; writing the extra file the user named fails afterwards
 REPORT_THEN_FAIL = {"freeze-junit-unwritable"}
+# errors only on a machine without CUDA (CI's torch is the CPU build)
+NEEDS_NO_CUDA = {"device-cuda-missing", "device-cuda-index-missing", "compare-cuda-missing"}
 
 
 def test_corpus_is_large_enough() -> None:
@@ -262,6 +264,8 @@ def test_hostile_case_in_process(c: Case, workdir: Path, in_tests_dir: None,
                                  capfd: pytest.CaptureFixture[str]) -> None:
     from gradprobe.cli import main
 
+    if c.id in NEEDS_NO_CUDA and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
     grad_before = torch.is_grad_enabled()
     capfd.readouterr()
     code = main(argv_for(c, workdir))
@@ -284,9 +288,10 @@ def run_process(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
-SUBPROCESS_CASES = [c for c in CASES if c.subprocess]
+SUBPROCESS_CASES = [c for c in CASES if c.subprocess and not (c.id in NEEDS_NO_CUDA and torch.cuda.is_available())]
 
 
+@pytest.mark.slow
 def test_hostile_sample_in_subprocesses(workdir: Path) -> None:
     """The installed command, in fresh processes (three at a time: each one pays the torch import)."""
     assert len(SUBPROCESS_CASES) >= 12

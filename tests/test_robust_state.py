@@ -269,3 +269,26 @@ def test_compare_and_freeze_check_leave_everything_as_found(failure: str, run: C
     after = snapshot(model)
     torch.set_grad_enabled(True)
     assert_unchanged(before, after)
+
+
+class EMAInForward(nn.Module):
+    """Updates its own weights in place inside forward (an EMA/weight-norm style update)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            self.fc.weight.mul_(0.5)
+        return self.fc(x)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: inspect does not copy parameter values (memory), so a forward "
+                   "that writes into its own weights leaves them changed; see docs/troubleshooting.md")
+def test_forward_writing_parameter_values_in_place_is_undone() -> None:
+    model = EMAInForward()
+    x = torch.randn(3, 4)
+    before = snapshot(model)
+    probe(model, x)
+    assert_unchanged(before, snapshot(model))

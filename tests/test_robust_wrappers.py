@@ -457,3 +457,25 @@ def test_lazy_modules_are_refused_until_materialized_and_left_untouched() -> Non
     assert all(is_lazy(p) for p in model.parameters())  # not materialized behind the user's back
     model(X)  # the user's own first forward
     assert_grads_match(probe(model, X), reference_grads(model, X))
+
+
+def test_users_global_module_hooks_keep_working() -> None:
+    """gradprobe's own global hooks come and go; a user's global hooks fire for every call and stay."""
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    seen: list[str] = []
+    pre = register_module_forward_pre_hook(lambda m, a: seen.append(f"pre {type(m).__name__}"))
+    post = register_module_forward_hook(lambda m, a, o: seen.append(f"post {type(m).__name__}"))
+    try:
+        model = MLP()
+        model(X)
+        plain_calls, seen[:] = list(seen), []
+        report = probe(model, X)
+        assert seen == plain_calls == ["pre MLP", "pre Linear", "post Linear", "pre Linear", "post Linear", "post MLP"]
+        assert {t.module for t in report.facts.tensors} == {"", "fc1", "fc2"}
+        seen.clear()
+        model(X)
+        assert seen == plain_calls
+    finally:
+        pre.remove()
+        post.remove()

@@ -91,8 +91,11 @@ def guarded(debug: bool, body: Callable[[], int]) -> None:
 def write_text(text: str, output: Path | None) -> None:
     """Write a JSON/Markdown document to stdout or the file the user named."""
     if output is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # `gradprobe ... | head`: the reader left; keep the exit code, say nothing
+            _silence_stdout()
         return
     try:
         output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
@@ -101,12 +104,24 @@ def write_text(text: str, output: Path | None) -> None:
     sys.stderr.write(f"gradprobe: wrote {output}\n")
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail on a closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def render_rich(draw: Callable[[Any], None], output: Path | None) -> None:
     """Draw rich renderables on stdout, or into a plain-text file at a fixed width."""
     from rich.console import Console
 
     if output is None:
-        draw(Console(soft_wrap=False))
+        try:
+            draw(Console(soft_wrap=False))
+        except (BrokenPipeError, SystemExit):  # rich turns a closed pipe into SystemExit(1)
+            _silence_stdout()
         return
     try:
         with output.open("w", encoding="utf-8") as fh:

@@ -87,6 +87,11 @@ def compare_modes(
             with progress_bar() as update:
                 report = api_compare_modes(loaded.model, example, modes=pairs, repeat=repeat, backward=backward,
                                            seed=seed, target=target, loaded=loaded, progress=update)
+        if report.rows and not any(row.ok for row in report.rows):  # nothing ran: no comparison to show
+            from gradprobe.errors import RunError
+
+            first = report.rows[0]
+            raise RunError(f"every mode failed; {first.mode}:{first.grad_mode}: {first.error}")
         from gradprobe.render.compare_render import compare_json, compare_markdown, render_compare
 
         if format_ is OutputFormat.json:

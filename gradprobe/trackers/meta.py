@@ -73,6 +73,10 @@ class MetaAttentionChoice(TorchFunctionMode):
             return None
         if not _cpu_would_use_flash(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
             return None  # the CPU would take the math path too, which meta runs as is
+        if attn_mask is not None and attn_mask.dtype == torch.bool:  # as sdpa's convert_boolean_attn_mask does
+            float_mask = torch.zeros_like(attn_mask, dtype=query.dtype)
+            float_mask.masked_fill_(attn_mask.logical_not(), float("-inf"))
+            attn_mask = float_mask
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
 
@@ -84,7 +88,16 @@ class MetaKernelFidelity(TorchDispatchMode):
     sizes of every output): the only difference is BatchNorm in eval mode, whose CPU kernel returns empty
     ``save_mean``/``save_invstd`` (backward uses the running statistics) while the meta kernel returns
     ``[C]``-shaped ones -- which autograd then saves, 8 bytes per channel per BatchNorm call.
+
+    Also, ``native_batch_norm`` in training writes the running statistics although its schema does not
+    say so, so nothing bumps their version counter; on CPU gradprobe sees the new values, on meta the
+    version counter is all there is.  The writes are recorded in ``written`` (storage keys); bumping the
+    version instead would trip autograd's check, which saved the statistics before the kernel ran.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: set[int] = set()
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
@@ -92,6 +105,9 @@ class MetaKernelFidelity(TorchDispatchMode):
             training = func is _NATIVE_BN and (args[5] if len(args) > 5 else (kwargs or {}).get("training"))
             if not training:
                 return (out[0], out[1].new_empty((0,)), out[2].new_empty((0,)))
+            for stat in args[3:5]:  # running_mean, running_var: updated in place by the real kernel
+                if isinstance(stat, torch.Tensor):
+                    self.written.add(stat.untyped_storage()._cdata)
         return out
 
 
@@ -100,10 +116,10 @@ _NO_TRAINING_BN = (_NATIVE_BN, torch.ops.aten._native_batch_norm_legit_no_traini
 
 
 @contextlib.contextmanager
-def meta_fidelity() -> Iterator[None]:
+def meta_fidelity() -> Iterator[MetaKernelFidelity]:
     """Both adjustments at once: the CPU attention kernel choice and the CPU kernels' outputs."""
-    with MetaAttentionChoice(), MetaKernelFidelity():
-        yield
+    with MetaAttentionChoice(), MetaKernelFidelity() as kernels:
+        yield kernels
 
 
 _MESSAGES = (

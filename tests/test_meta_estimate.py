@@ -1,0 +1,114 @@
+"""The training-step estimate and the checkpoint advice as pure functions of hand-made facts."""
+
+from __future__ import annotations
+
+import pytest
+
+from gradprobe.advice import checkpoint_advice
+from gradprobe.errors import UsageError
+from gradprobe.estimate import training_step
+from gradprobe.facts import MemoryFact, ModuleFact, ModuleMemory, ParamFact, RunFacts
+
+MIB = 2**20
+
+
+def param(name: str, numel: int, dtype: str = "float32", requires_grad: bool = True, grad: str | None = "nonzero",
+          ) -> ParamFact:
+    size = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8}[dtype]
+    return ParamFact(name, (), (numel,), dtype, requires_grad, grad if requires_grad else "none", None, "", True,
+                     numel, numel * size)
+
+
+def memory(params: list[ParamFact], forward: int, backward: int | None, by_module: tuple[ModuleMemory, ...] = (),
+           saved: int = 0) -> MemoryFact:
+    grads = None if backward is None else sum(p.nbytes for p in params if p.requires_grad)
+    return MemoryFact("test", forward, backward, saved, sum(p.nbytes for p in params), grads, by_module=by_module)
+
+
+PARAMS = [param("w", 1000), param("frozen", 500, requires_grad=False), param("b", 24)]
+
+
+@pytest.mark.parametrize(("optimizer", "copies"), [("sgd", 0), ("momentum", 1), ("adam", 2)])
+def test_optimizer_state_is_copies_of_the_trainable_parameters(optimizer: str, copies: int) -> None:
+    step = training_step(memory(PARAMS, 10 * MIB, 12 * MIB), PARAMS, optimizer)
+    trainable = (1000 + 24) * 4
+    assert step.optimizer_state_bytes == copies * trainable
+    assert step.parameter_bytes == (1000 + 500 + 24) * 4
+    assert step.gradient_bytes == trainable
+    assert step.activation_peak_bytes == 12 * MIB
+    assert step.total_bytes == step.parameter_bytes + copies * trainable + 12 * MIB
+
+
+def test_forward_peak_can_be_the_larger_one() -> None:
+    step = training_step(memory(PARAMS, 20 * MIB, 12 * MIB), PARAMS, "sgd")
+    assert step.activation_peak_bytes == 20 * MIB
+    assert step.total_bytes == (1000 + 500 + 24) * 4 + 20 * MIB
+
+
+def test_scaled_param_dtype_on_a_real_device() -> None:
+    """Parameters, gradients and optimizer state in bf16; the backward peak's gradients re-priced too."""
+    m = memory(PARAMS, 10 * MIB, 12 * MIB)
+    step = training_step(m, PARAMS, "adam", "bfloat16")
+    assert step.parameter_bytes == (1000 + 500 + 24) * 2
+    assert step.gradient_bytes == (1000 + 24) * 2
+    assert step.optimizer_state_bytes == 2 * (1000 + 24) * 2
+    assert step.activation_peak_bytes == 12 * MIB - (1000 + 24) * 4 + (1000 + 24) * 2
+    assert "scaled" in step.method and step.param_dtype == "bfloat16"
+
+
+def test_cast_run_is_taken_as_measured() -> None:
+    params = [param("w", 1000, "bfloat16")]
+    step = training_step(memory(params, MIB, 2 * MIB), params, "adam", "bfloat16", cast=True)
+    assert step.parameter_bytes == 2000 and step.optimizer_state_bytes == 4000
+    assert "cast" in step.method
+
+
+def test_integer_parameters_keep_their_size() -> None:
+    params = [param("w", 100), param("index", 10, "int64", requires_grad=False)]
+    step = training_step(memory(params, 0, 0), params, "sgd", "float16")
+    assert step.parameter_bytes == 100 * 2 + 10 * 8
+
+
+def test_without_backward_every_trainable_parameter_would_get_a_gradient() -> None:
+    step = training_step(memory(PARAMS, 5 * MIB, None), PARAMS, "sgd")
+    assert step.gradient_bytes == (1000 + 24) * 4
+    assert step.total_bytes == (1000 + 500 + 24) * 4 + 5 * MIB
+
+
+@pytest.mark.parametrize(("optimizer", "dtype"), [("lion", None), ("adam", "int8")])
+def test_bad_names_are_usage_errors(optimizer: str, dtype: str | None) -> None:
+    with pytest.raises(UsageError):
+        training_step(memory(PARAMS, 0, 0), PARAMS, optimizer, dtype)
+
+
+# ---- checkpoint advice
+
+
+def facts_with(rows: list[tuple[str, str, int, int]], saved: int) -> RunFacts:
+    """rows: (module, type, inside_saved, checkpoint_saving)."""
+    modules = tuple(ModuleFact(name, kind, True, 1, (), None, False) for name, kind, _, _ in rows)
+    by_module = tuple(ModuleMemory(name, 0, 0, 0, inside, saving) for name, _, inside, saving in rows)
+    mem = MemoryFact("test", saved, saved, saved, 0, 0, by_module=by_module)
+    return RunFacts("t", "2", "cpu", "train", "grad", True, None, None, (), (), modules, (), (), None, mem, True)
+
+
+def test_advice_picks_repeated_blocks_largest_first_without_nesting() -> None:
+    rows = [
+        ("", "Net", 1000, 990),  # the model itself: never advised
+        ("trunk", "Trunk", 900, 880),  # one call only: repeated blocks are preferred
+        ("trunk.blocks.0", "Block", 300, 290),
+        ("trunk.blocks.0.attn", "Attn", 200, 195),  # nested in a chosen block
+        ("trunk.blocks.1", "Block", 300, 290),
+        ("trunk.blocks.10", "Block", 310, 300),
+        ("trunk.blocks.1.attn", "Attn", 200, 195),
+        ("trunk.blocks.10.attn", "Attn", 200, 195),
+        ("head", "Linear", 5, 1),
+        ("tail", "Linear", 5, 1),
+    ]
+    candidates, plan = checkpoint_advice(facts_with(rows, 1000), top=5)
+    assert [c.module for c in candidates] == ["trunk.blocks.10", "trunk.blocks.0", "trunk.blocks.1"]
+    assert plan is not None and (plan.module_type, plan.calls, plan.expected_saving_bytes) == ("Block", 3, 880)
+
+
+def test_no_advice_without_saved_bytes() -> None:
+    assert checkpoint_advice(facts_with([("a", "A", 0, 0)], 0)) == ([], None)
