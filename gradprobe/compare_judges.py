@@ -241,6 +241,13 @@ def _change(base: int, other: int, unit: str = "lower") -> str:
     return f"a peak {human_bytes(abs(diff))} {word} ({_percent(abs(diff), base)})"
 
 
+def _overlapping(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """True when two timing samples' ranges overlap: a busy machine, not the mode, explains the difference."""
+    if len(a) < 2 or len(b) < 2:
+        return False
+    return min(a) <= max(b) and min(b) <= max(a)
+
+
 def _savings(c: Comparison, mode: str) -> list[str]:
     """Memory and time of no_grad and inference_mode relative to grad, in bytes and percent."""
     grad = c.row(mode, "grad")
@@ -260,8 +267,11 @@ def _savings(c: Comparison, mode: str) -> list[str]:
             text += f" has {_change(grad.forward_peak_bytes, r.forward_peak_bytes)}"
         if grad.time_s and r.time_s is not None:
             dt = grad.time_s - r.time_s
-            text += (f" and runs {_percent(abs(dt), grad.time_s)} {'faster' if dt >= 0 else 'slower'} "
-                     f"({duration(r.time_s)})")
+            if _overlapping(grad.times_s, r.times_s):
+                text += f" and runs within timing noise of it ({duration(r.time_s)})"
+            else:
+                text += (f" and runs {_percent(abs(dt), grad.time_s)} {'faster' if dt >= 0 else 'slower'} "
+                         f"({duration(r.time_s)})")
         parts.append(text)
     line = f"{mode.capitalize()} mode against grad ({', '.join(base)}): {'; '.join(parts)}."
     kept = [r for r in others if r.saved_for_backward_bytes]

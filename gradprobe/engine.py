@@ -199,6 +199,9 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     canonical = {pid: ns[0] for pid, ns in names.items()}
     params = {id(p): p for p in model.parameters()}
     buffer_versions = {id(buf): buf._version for _, _, buf, _ in state.buffers if buf is not None}
+    # cloning every parameter per run would double the probe's cost; the version counter tells us cheaply
+    # whether the forward wrote into one (an in-place EMA, weight normalisation), which no restore can undo
+    param_versions = {pid: p._version for pid, p in params.items()}
     model_state_tensors = list(params.values()) + [b for _, _, b, _ in state.buffers if b is not None]
     input_tensors = [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))]
     device = _device_of(model, input_tensors)
@@ -357,6 +360,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
         outputs=output_facts, graph=graph, memory=memory, global_grad_enabled=ambient_grad,
         forward_time_s=forward_time, backward_time_s=backward_time, skipped=tuple(skipped),
         nonfinite_outputs=nonfinite,
+        modified_parameters=tuple(names[pid][0] for pid, p in params.items() if p._version != param_versions[pid]),
     )
     kept = [(p, t.detach().clone() if t.device.type != "meta" else t.detach()) for p, t in flat_out] \
         if options.keep_outputs else []

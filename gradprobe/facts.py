@@ -166,6 +166,7 @@ class RunFacts:
     missing_keys: tuple[str, ...] = ()
     unexpected_keys: tuple[str, ...] = ()
     nonfinite_outputs: tuple[str, ...] = ()  # output paths holding NaN/Inf
+    modified_parameters: tuple[str, ...] = ()  # parameters the forward wrote into in place (not restorable)
 
 
 @dataclass(frozen=True)

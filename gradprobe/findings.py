@@ -19,6 +19,7 @@ CODES = {
     "inference-output": "the model's outputs are inference tensors",
     "global-grad-disabled": "the global grad mode was found disabled",
     "nonfinite-output": "an output holds NaN or Inf",
+    "param-modified-in-forward": "the forward wrote into a parameter in place",
     "no-backward": "no backward pass was possible",
     "weights-missing-keys": "the weights file lacks some of the model's keys",
     "weights-unexpected-keys": "the weights file has keys the model lacks",
@@ -89,6 +90,14 @@ def judge_run(facts: RunFacts) -> list[Finding]:
             "the global grad mode was disabled when the run started (imported code called "
             "torch.set_grad_enabled(False)); gradprobe enabled grad explicitly for this run",
             "find the torch.set_grad_enabled(False) at import time and scope it with a `with` block",
+        ))
+    if facts.modified_parameters:
+        findings.append(Finding(
+            "param-modified-in-forward", "warning", facts.modified_parameters[0],
+            f"the forward wrote into {len(facts.modified_parameters)} parameter(s) in place "
+            f"({_short(facts.modified_parameters)}): every call changes the model, and gradprobe cannot undo it "
+            f"(it does not copy parameters, to stay cheap)",
+            "update such state under torch.no_grad() in a training step or in a buffer, not in forward",
         ))
     if facts.missing_keys:
         findings.append(Finding(

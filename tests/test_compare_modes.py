@@ -586,7 +586,8 @@ def test_cli_failing_row_strict_and_markdown_file(run_cli: Callable[..., Any], t
     assert res.out == "" and "hello from forward" in res.err
     text = out.read_text()
     assert "`mode-failed`" in text and "FAILED" in text
-    res = run_cli("compare-modes", f"{src}:Net", "--format", "json", "--repeat", "1", "--modes", "train:grad,eval:no_grad")
+    res = run_cli("compare-modes", f"{src}:Net", "--format", "json", "--repeat", "1",
+                  "--modes", "train:grad,eval:no_grad")
     assert res.code == 0  # a failing row is not a failing command
     rows = json.loads(res.out)["rows"]
     assert rows[0]["ok"] is False and rows[1]["ok"] is True

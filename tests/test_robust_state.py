@@ -284,6 +284,17 @@ class EMAInForward(nn.Module):
         return self.fc(x)
 
 
+def test_forward_writing_parameter_values_is_reported() -> None:
+    """The change cannot be undone without copying every parameter, so it is named instead of passed over."""
+    report = probe(EMAInForward(), torch.randn(3, 4))
+    assert report.facts.modified_parameters == ("fc.weight",)
+    (finding,) = [f for f in report.findings if f.code == "param-modified-in-forward"]
+    assert finding.subject == "fc.weight" and finding.severity == "warning"
+    clean = probe(nn.Linear(4, 2), torch.randn(3, 4))
+    assert clean.facts.modified_parameters == ()
+    assert not [f for f in clean.findings if f.code == "param-modified-in-forward"]
+
+
 @pytest.mark.xfail(strict=True, reason="known gap: inspect does not copy parameter values (memory), so a forward "
                    "that writes into its own weights leaves them changed; see docs/troubleshooting.md")
 def test_forward_writing_parameter_values_in_place_is_undone() -> None:

@@ -147,6 +147,8 @@ def inspect_json(report: InspectReport) -> dict[str, Any]:
         "findings": [finding_json(x) for x in report.findings],
         "notes": list(f.notes),
         "skipped": list(f.skipped),
+        "nonfinite_outputs": list(f.nonfinite_outputs),
+        "modified_parameters": list(f.modified_parameters),
         "weights": {"missing_keys": list(f.missing_keys), "unexpected_keys": list(f.unexpected_keys)},
     }
 
