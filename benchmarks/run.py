@@ -45,7 +45,8 @@ from rich.table import Table  # noqa: E402
 from gradprobe import zoo  # noqa: E402
 from gradprobe.api import probe  # noqa: E402
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)  # piped output: wide enough for every column
+MARKDOWN: list[str] = []  # the same tables as Markdown, for --markdown
 MIB = 2**20
 
 # name -> (factory, kwargs): the models of the overhead section (repo-written, see gradprobe/zoo.py)
@@ -353,6 +354,8 @@ def show(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, Callab
     table = Table(title=title, title_justify="left")
     for header, _ in columns:
         table.add_column(header, justify="left" if header in ("model", "target") else "right")
+    MARKDOWN.extend([f"**{title}**", "", "| " + " | ".join(h for h, _ in columns) + " |",
+                     "|" + "|".join("---" if h in ("model", "target") else "---:" for h, _ in columns) + "|"])
     for row in rows:
         cells = []
         for _, read in columns:
@@ -362,6 +365,8 @@ def show(title: str, rows: list[dict[str, Any]], columns: list[tuple[str, Callab
                 value = "-"
             cells.append("-" if value is None else str(value))
         table.add_row(*cells)
+        MARKDOWN.append("| " + " | ".join(cells) + " |")
+    MARKDOWN.append("")
     console.print(table)
 
 
@@ -410,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="overhead,process,meta,large,graph,help",
                         help="comma-separated sections to run")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results.json"), help="where to write results")
+    parser.add_argument("--markdown", default=None, metavar="PATH", help="also write the tables as Markdown")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
     torch.set_num_threads(args.threads)
@@ -444,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     console.print(f"wrote {args.json}")
+    if args.markdown:
+        m = results["machine"]
+        head = (f"Measured {results['started']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
+                f"torch {m['torch']}, {args.threads} torch thread(s), medians of {repeats} alternating runs.")
+        Path(args.markdown).write_text(head + "\n\n" + "\n".join(MARKDOWN))
+        console.print(f"wrote {args.markdown}")
     return 0
 
 

@@ -120,19 +120,6 @@ def _sum_loss(outputs: list[tuple[str, torch.Tensor]], reduce: str) -> torch.Ten
     return total
 
 
-def _grad_state(param: torch.Tensor) -> tuple[str, float | None]:
-    grad = param.grad
-    if grad is None:
-        return "none", None
-    if grad.device.type == "meta":
-        return "present", None
-    if grad.is_sparse:
-        grad = grad.coalesce().values()
-    if not bool(torch.any(grad != 0)):
-        return "zero", 0.0
-    return "nonzero", float(grad.detach().float().norm())
-
-
 def _buffer_changed(buf: torch.Tensor | None, before: torch.Tensor | None, version: int | None) -> bool | None:
     if buf is None:
         return None

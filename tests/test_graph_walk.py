@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import traceback
 import weakref
 from collections.abc import Callable
@@ -638,13 +637,10 @@ def test_million_node_chain() -> None:
     for _ in range(1_000_000):
         x = x.view(1)  # the cheapest op that adds a node (~1 µs)
     loss = x.sum()
-    start = time.perf_counter()
-    fact = walk_graph([loss.grad_fn], {id(w): "w"})
-    elapsed = time.perf_counter() - start
+    fact = walk_graph([loss.grad_fn], {id(w): "w"})  # its time is measured in benchmarks/run.py
     assert (fact.nodes, fact.depth) == (1_000_002, 1_000_002)
     assert fact.tree == GraphTree("SumBackward0", children=(
         GraphTree("ViewBackward0", repeat=1_000_000, children=(acc("w"),)),))
-    assert elapsed < 8  # measured ~1.5-2.5 s on a loaded 2-core machine
     held = [loss, x]
     del loss, x
     release_on_big_stack(held)  # in the main thread this would overflow the C stack

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import models_inspect as mi
@@ -54,16 +53,13 @@ def test_help_does_not_import_torch() -> None:
 
 
 def test_help_importtime_has_no_torch() -> None:
-    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "gradprobe", "--help"], capture_output=True,
                           text=True, timeout=60)
-    elapsed = time.perf_counter() - start
     assert proc.returncode == 0
     imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")]
     assert "gradprobe.cli" in imported
     assert not [name for name in imported if name == "torch" or name.startswith("torch.")]
     assert "inspect" in proc.stdout
-    assert elapsed < 10  # generous: it is ~0.15 s on an idle core; torch alone takes several times that
 
 
 # ------------------------------------------------------------------ stdout carries only the report

@@ -61,24 +61,28 @@ def _json(run_cli, *args: str, cwd: Path | None = None) -> dict:
 
 
 RSS_SCRIPT = textwrap.dedent("""
-    import resource, sys
+    import sys
     from gradprobe.api import load
     loaded, example = load(sys.argv[1], device="meta")
     devices = {p.device.type for p in loaded.model.parameters()} | {t.device.type for t in example.args}
     numel = sum(p.numel() for p in loaded.model.parameters())
-    print(sorted(devices), numel, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # VmHWM: this process's own peak (ru_maxrss would include the parent's size at fork, inherited over exec)
+    with open("/proc/self/status") as fh:
+        peak = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+    print(sorted(devices), numel, peak)
 """)
 
 
 def test_factory_is_built_on_meta_without_allocating() -> None:
-    """Llama-7B holds 27 GB of float32 parameters; built on meta the whole process stays far below 1.5 GiB."""
+    """Llama-7B holds 27 GB of float32 parameters; built on meta the whole process stays a small fraction of that
+    (~330 MB measured; the bound is loose so a busy machine cannot fail it)."""
     proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT, "gradprobe.zoo:llama_7b"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     devices, numel, rss = proc.stdout.split("] ")[0] + "]", *proc.stdout.split("] ")[1].split()
     assert devices == "['meta']"
     assert int(numel) == 6_738_415_616
-    assert int(rss) < 1.5 * 2**30
+    assert int(rss) < 4 * 2**30
 
 
 def test_instance_moved_to_meta_keeps_its_tied_weights(run_cli, model_dir: Path) -> None:

@@ -52,11 +52,10 @@ def _walk(nodes: int, mode: str) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_million_node_walk_is_fast() -> None:
-    """Measured ~1.8 s on a shared 2-core machine."""
+def test_million_node_walk_in_a_fresh_process() -> None:
+    """Its time (~1.2-1.8 s on a 2-core machine) is measured by benchmarks/run.py, not asserted here."""
     result = _walk(1_000_000, "time")
     assert (result["nodes"], result["depth"]) == (1_000_002, 1_000_002)
-    assert result["seconds"] < 5
 
 
 def test_walk_memory_is_linear_and_small() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -53,21 +52,16 @@ def test_wide_model_has_more_than_10000_calls(wide_report: InspectReport) -> Non
     assert len(facts.tensors) == 3 * BLOCKS + 1
 
 
-def test_terminal_view_renders_in_under_2_seconds(wide_report: InspectReport) -> None:
+def test_terminal_view_summarises_a_huge_model(wide_report: InspectReport) -> None:
     console = Console(file=io.StringIO(), width=100, color_system=None)
-    start = time.perf_counter()
-    render_inspect(wide_report, console, top=40)
-    elapsed = time.perf_counter() - start
+    render_inspect(wide_report, console, top=40)  # its time is measured by benchmarks/run.py
     text = console.file.getvalue()  # type: ignore[attr-defined]
-    assert elapsed < 2.0, f"{elapsed:.2f} s"
     assert len(text.splitlines()) < 600  # summarised: top rows plus "N more rows" captions
     assert "more rows" in text
 
 
 def test_json_keeps_every_row(wide_report: InspectReport) -> None:
-    start = time.perf_counter()
     doc = json.loads(dumps(inspect_json(wide_report)))
-    assert time.perf_counter() - start < 5
     assert len(doc["tensors"]) == 3 * BLOCKS + 1
     assert len(doc["memory"]["by_module"]) == 3 * BLOCKS + 1
     assert len(doc["parameters"]) == 2 * BLOCKS

@@ -7,7 +7,6 @@ seconds on CPU.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 
 import pytest
@@ -227,10 +226,7 @@ def test_factories_take_batch_and_seq() -> None:
 
 @pytest.mark.parametrize("factory", [zoo.llama_7b, zoo.gpt2_xl], ids=lambda f: f.__name__)
 def test_big_model_meta_build_forward_backward(factory: Callable[[], nn.Module]) -> None:
-    on_meta(zoo.tiny_gpt)  # one-off meta-dispatch warm-up (~0.7 s) should not count against the build
-    t0 = time.perf_counter()
-    model = on_meta(factory)
-    assert time.perf_counter() - t0 < 2.0
+    model = on_meta(factory)  # build time is measured in benchmarks/run.py, not asserted here
     assert model.training  # dropout (GPT) must also run on meta in train mode
     logits = forward_backward(model)
     b, t = model.example_input_array.shape
@@ -247,9 +243,7 @@ def test_big_model_meta_build_forward_backward(factory: Callable[[], nn.Module])
 def test_cheap_model_cpu_forward_backward(factory: Callable[[], nn.Module]) -> None:
     torch.manual_seed(0)
     model = factory()
-    t0 = time.perf_counter()
     out = forward_backward(model)
-    assert time.perf_counter() - t0 < 1.0
     assert torch.isfinite(out).all()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name

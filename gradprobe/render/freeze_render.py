@@ -1,4 +1,4 @@
-"""freeze-check output: a rich table plus a one-line verdict, JSON ``gradprobe.freeze/1``, and Markdown.
+"""freeze-check output: a grouped issue list plus a one-line verdict, JSON ``gradprobe.freeze/1``, and Markdown.
 
 No torch here.  The JSON field names are a public contract: add fields freely, never rename.
 """
@@ -8,14 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from gradprobe.freeze.facts import FreezeIssue, FreezeReport
+from gradprobe.render.freeze_groups import MODULE, NAME, IssueGroup, group_issues, module_label
 from gradprobe.render.markdown import md_escape, md_table
 
 FREEZE_SCHEMA = "gradprobe.freeze/1"
+DEFAULT_TOP = 40  # entries per list in the terminal; the JSON report keeps every issue
+MODULE_LINES = 8  # modules listed under a roll-up entry
 
 
 def _patterns(patterns: Sequence[str]) -> str:
@@ -39,21 +42,61 @@ def spec_lines(report: FreezeReport) -> list[tuple[str, str]]:
     return rows
 
 
-def _issue_table(title: str, issues: Sequence[FreezeIssue], style: str) -> Table:
-    t = Table(title=f"{title} ({len(issues)})", title_justify="left", title_style=style, expand=True)
-    t.add_column("check", no_wrap=True)
-    t.add_column("subject", overflow="fold", ratio=2, min_width=12)
-    t.add_column("expected / found", overflow="fold", ratio=2, min_width=12)
-    t.add_column("message", overflow="fold", ratio=5)
-    for i in issues:  # Text, not str: messages hold brackets that rich would read as markup
-        ef = Text(i.expected)
-        ef.append("\n" + i.found, style=style)
-        t.add_row(Text(i.check, style=style), Text(i.subject), ef, Text(i.message))
-    return t
+def _subject(g: IssueGroup) -> Text:
+    """``aux_head.weight``, ``aux_head: weight, bias`` or ``backbone (2 modules, 6 buffers)``."""
+    if g.single:
+        return Text(g.where, style="cyan")
+    if not g.rolled_up:
+        module, leaves = g.modules[0]
+        return Text.assemble((module_label(module), "cyan"), ": " + ", ".join(leaves))
+    return Text.assemble((module_label(g.where), "cyan"), f" ({len(g.modules)} modules, {len(g.issues)} {g.noun})")
 
 
-def render_freeze(report: FreezeReport, console: Console) -> None:
-    """Spec summary, violations and warnings tables, and the verdict as the last line."""
+def _placeholders(text: str) -> Text:
+    out = Text(text)  # Text, not markup: messages hold brackets that rich would read as markup
+    out.highlight_regex(f"{NAME}|{MODULE}", "cyan")
+    return out
+
+
+def _entry(g: IssueGroup, style: str) -> Group:
+    """The lines under the subject: each module of a roll-up, expected/found, the message, the fix."""
+    lines: list[RenderableType] = [_subject(g)]
+    if g.rolled_up:
+        for module, leaves in g.modules[:MODULE_LINES]:
+            lines.append(Text.assemble("  ", (module_label(module), "cyan"), ": " + ", ".join(leaves)))
+        if len(g.modules) > MODULE_LINES:
+            lines.append(Text(f"  {len(g.modules) - MODULE_LINES} more modules (--format json for all)", style="dim"))
+    found = _placeholders(g.found)
+    found.stylize(style)
+    lines.append(Text.assemble(("expected ", "dim"), _placeholders(g.expected), ("; found ", "dim"), found))
+    lines.append(_placeholders(g.message))
+    if g.fix:
+        lines.append(Text(f"fix: {g.fix}", style="dim"))
+    return Group(*lines)
+
+
+def issues_list(title: str, issues: Sequence[FreezeIssue], style: str, top: int | None = DEFAULT_TOP) -> Group:
+    """Issues as a list like ``inspect``'s findings: ``check  subject``, then the cause and the fix, indented.
+
+    Issues with the same check, module and cause share one entry; ``top`` entries at most.
+    """
+    groups = group_issues(issues)
+    shown = groups if top is None or top <= 0 else groups[:top]
+    head = f"{title} ({len(issues)}" + (f" in {len(groups)} entries)" if len(groups) < len(issues) else ")")
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for g in shown:
+        grid.add_row(Text(g.check, style=style), _entry(g, style))
+    parts: list[RenderableType] = [Text(head, style=style), grid]
+    if len(shown) < len(groups):
+        parts.append(Text(f"{len(groups) - len(shown)} more entries ({sum(len(g.issues) for g in groups[len(shown):])} "
+                          f"{title.lower()}; --format json for all)", style="dim"))
+    return Group(*parts)
+
+
+def render_freeze(report: FreezeReport, console: Console, top: int | None = DEFAULT_TOP) -> None:
+    """Spec summary, violations and warnings (``top`` entries each), and the verdict as the last line."""
     console.print(Text(f"gradprobe freeze-check {report.target}", style="bold"))
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -62,9 +105,9 @@ def render_freeze(report: FreezeReport, console: Console) -> None:
         grid.add_row(label, Text(value))
     console.print(grid)
     if report.violations:
-        console.print(_issue_table("Violations", report.violations, "bold red"))
+        console.print(issues_list("Violations", report.violations, "bold red", top))
     if report.warnings:
-        console.print(_issue_table("Warnings", report.warnings, "yellow"))
+        console.print(issues_list("Warnings", report.warnings, "yellow", top))
     # one line, never wrapped: CI logs and `tail -1` read the verdict
     console.print(Text(report.summary(), style="bold green" if report.passed else "bold red"), soft_wrap=True)
 
@@ -105,21 +148,56 @@ def freeze_json(report: FreezeReport) -> dict[str, Any]:
     }
 
 
-def _issues_md(issues: Sequence[FreezeIssue]) -> str:
-    return md_table(["check", "subject", "expected", "found", "message"],
-                    [(f"`{i.check}`", f"`{i.subject}`", i.expected, i.found, i.message) for i in issues])
+def _md_text(text: str) -> str:
+    """Placeholders as code: GitHub would drop ``<name>`` as an unknown HTML tag."""
+    return text.replace(NAME, f"`{NAME}`").replace(MODULE, f"`{MODULE}`")
 
 
-def freeze_markdown(report: FreezeReport, max_params: int = 200) -> str:
-    """Markdown for pull-request comments and ``$GITHUB_STEP_SUMMARY``."""
+def _subject_md(g: IssueGroup, max_modules: int = MODULE_LINES) -> str:
+    if g.single:
+        return f"`{g.where}`"
+    if not g.rolled_up:
+        module, leaves = g.modules[0]
+        return f"`{module_label(module)}`: " + ", ".join(f"`{leaf}`" for leaf in leaves)
+    lines = [f"`{module_label(g.where)}` ({len(g.modules)} modules, {len(g.issues)} {g.noun})"]
+    lines += [f"`{module_label(m)}`: " + ", ".join(f"`{leaf}`" for leaf in leaves)
+              for m, leaves in g.modules[:max_modules]]
+    if len(g.modules) > max_modules:
+        lines.append(f"{len(g.modules) - max_modules} more modules")
+    return "<br>".join(lines)
+
+
+def _issues_md(title: str, issues: Sequence[FreezeIssue], top: int, max_issues: int) -> list[str]:
+    """The grouped entries (``top`` at most), then every issue in a collapsed table when grouping merged some."""
+    groups = group_issues(issues)
+    shown = groups[:top]
+    head = f"### {title} ({len(issues)}" + (f" in {len(groups)} entries)" if len(groups) < len(issues) else ")")
+    out = ["", head, "", md_table(["check", "subject", "expected", "found", "message", "fix"], [
+        (f"`{g.check}`", _subject_md(g), _md_text(g.expected), _md_text(g.found), _md_text(g.message),
+         g.fix or "") for g in shown])]
+    if len(shown) < len(groups):
+        out.append(f"\n_{len(groups) - len(shown)} more entries in the JSON report (--format json)._")
+    if len(groups) < len(issues):
+        every = list(issues)[:max_issues]
+        out += ["", f"<details><summary>Every {title.lower().removesuffix('s')} ({len(issues)})</summary>", "",
+                md_table(["check", "subject", "expected", "found", "message"],
+                         [(f"`{i.check}`", f"`{i.subject}`", i.expected, i.found, i.message) for i in every])]
+        if len(issues) > len(every):
+            out.append(f"\n(+{len(issues) - len(every)} more in the JSON report)")
+        out += ["", "</details>"]
+    return out
+
+
+def freeze_markdown(report: FreezeReport, max_params: int = 200, top: int = DEFAULT_TOP, max_issues: int = 200) -> str:
+    """Markdown for pull-request comments and ``$GITHUB_STEP_SUMMARY``: grouped entries, every issue collapsed."""
     mark = "PASS" if report.passed else "FAIL"
     out = [f"## gradprobe freeze-check `{md_escape(report.target)}`: {mark}", "", f"**{md_escape(report.summary())}**",
            ""]
     out += [f"- {label}: {md_escape(value)}" for label, value in spec_lines(report)]
     if report.violations:
-        out += ["", f"### Violations ({len(report.violations)})", "", _issues_md(report.violations)]
+        out += _issues_md("Violations", report.violations, top, max_issues)
     if report.warnings:
-        out += ["", f"### Warnings ({len(report.warnings)})", "", _issues_md(report.warnings)]
+        out += _issues_md("Warnings", report.warnings, top, max_issues)
     params = list(report.parameters)
     shown = params[:max_params]
     out += ["", f"<details><summary>Parameters ({len(params)})</summary>", "",

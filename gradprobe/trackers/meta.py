@@ -12,6 +12,8 @@ Three things differ on meta, and all are handled here (``meta_fidelity`` switche
 * A few meta kernels return differently sized outputs than the CPU kernels (BatchNorm in eval mode):
   :class:`MetaKernelFidelity` gives the CPU's outputs.  With both, the op streams of the reference models
   (every output's shape and storage size, forward and backward, train and eval) are identical on CPU and meta.
+  It also records the BatchNorm running-statistics writes that no version counter shows, so "buffer changed"
+  is right on meta too (``written``).
 * Ops whose output shape depends on values (``nonzero``, boolean masks, ``.item()``, ``one_hot``
   without ``num_classes``) cannot run on meta; :func:`explain_meta_failure` turns torch's various
   messages into one line naming the op.

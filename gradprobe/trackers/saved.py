@@ -18,6 +18,7 @@ expected saving of checkpointing a call exact arithmetic (see ``module_memory``)
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -141,6 +142,11 @@ class SavedTensorTracker:
         return tensor
 
 
+def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
+    """``layers.2`` before ``layers.10``."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name))
+
+
 def module_memory(saved: SavedTensorTracker | None, output_bytes: Mapping[Call, int]) -> tuple[ModuleMemory, ...]:
     """Per module call: saved bytes (innermost call), saved bytes inside it, output bytes, checkpoint saving.
 
@@ -172,7 +178,7 @@ def module_memory(saved: SavedTensorTracker | None, output_bytes: Mapping[Call, 
             cost += nbytes  # checkpoint would keep it (a storage that died in the forward, or saved only inside)
         saving[call] = inside.get(call, 0) - cost
     keys = set(output_bytes) | set(by_call) | set(inside)
-    ordered = sorted(keys, key=lambda k: (-by_call.get(k, 0), -inside.get(k, 0), k))
+    ordered = sorted(keys, key=lambda k: (-by_call.get(k, 0), -inside.get(k, 0), _natural(k[0]), k[1]))
     return tuple(
         ModuleMemory(k[0], k[1], by_call.get(k, 0), output_bytes.get(k, 0), inside.get(k, 0),
                      saving.get(k, inside.get(k, 0)))

@@ -1,0 +1,158 @@
+"""freeze-check's terminal and Markdown views: grouped, readable at 80 columns, bounded for big models.
+
+Expected names come from plain PyTorch (``named_modules``, ``named_buffers``, a train-mode forward),
+never from gradprobe's output; the hand-built issues check the grouping rules themselves.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+import gradprobe
+from gradprobe.examples import FineTuneNet
+from gradprobe.freeze.facts import FreezeIssue
+from gradprobe.render.freeze_groups import group_issues, split_fix
+from gradprobe.render.freeze_render import DEFAULT_TOP, freeze_json, freeze_markdown, issues_list, render_freeze
+
+SPEC: dict[str, Any] = {"frozen": ["backbone"], "trainable": ["head", "aux_head"]}
+
+
+def text_of(draw: Callable[[Console], None], width: int = 80) -> list[str]:
+    console = Console(record=True, width=width, file=io.StringIO(), color_system=None)
+    draw(console)
+    return console.export_text().rstrip("\n").splitlines()
+
+
+def drifting_buffers(model: nn.Module, prefix: str) -> dict[str, list[str]]:
+    """Module → leaf names of the buffers under ``prefix`` that one train-mode forward changes (plain PyTorch)."""
+    twin = copy.deepcopy(model).train()
+    before = {n: b.clone() for n, b in twin.named_buffers()}
+    with torch.no_grad():
+        twin(model.example_input_array)
+    out: dict[str, list[str]] = {}
+    for name, buf in twin.named_buffers():
+        if name.startswith(prefix + ".") and not torch.equal(before[name], buf):
+            module, _, leaf = name.rpartition(".")
+            out.setdefault(module, []).append(leaf)
+    return out
+
+
+def entries(lines: list[str], check: str) -> list[str]:
+    """Entry heads: a line that starts with the check name in the first column."""
+    return [line for line in lines if re.match(rf"{check}\s{{2,}}\S", line)]
+
+
+def test_buffers_of_two_modules_become_one_entry_at_80_columns() -> None:
+    model = FineTuneNet()
+    drift = drifting_buffers(model, "backbone")
+    assert len(drift) == 2 and sum(map(len, drift.values())) == 6  # 2 BatchNorms x 3 buffers, per plain torch
+    report = gradprobe.freeze_check(model, **SPEC)
+    assert len(report.violations) == 8  # the JSON keeps one entry per buffer/parameter
+    lines = text_of(lambda c: render_freeze(report, c))
+    assert lines[-1] == report.summary()  # the verdict stays last, one line, unchanged
+    assert all(len(line) <= 80 for line in lines[:-1]), "\n".join(x for x in lines if len(x) > 80)
+    buffer_entries = entries(lines, "buffer")
+    assert 1 <= len(buffer_entries) <= 2, lines
+    text = " ".join(" ".join(lines).split())  # wrapped lines read as one text
+    for module, leaves in drift.items():  # every subject: its module and leaf names on one line
+        line = next(x for x in lines if module + ":" in x)
+        assert all(leaf in line for leaf in leaves), line
+    # the long message appears once, not once per buffer
+    assert text.count("running statistics drift") == 1
+    assert text.count("fix: put those modules in eval mode") == 1
+    # the two never-called aux_head parameters: one entry naming both
+    aux = [n for n, _ in model.aux_head.named_parameters()]
+    (gradient,) = entries(lines, "gradient")
+    assert "aux_head" in gradient and all(leaf in gradient for leaf in aux)
+    assert text.count("is never called in forward") == 1
+    assert len(lines) < 30
+
+
+def test_json_and_markdown_keep_every_violation() -> None:
+    model = FineTuneNet()
+    report = gradprobe.freeze_check(model, **SPEC)
+    drift = drifting_buffers(model, "backbone")
+    names = {f"{m}.{leaf}" for m, leaves in drift.items() for leaf in leaves}
+    names |= {f"aux_head.{n}" for n, _ in model.aux_head.named_parameters()}
+    doc = freeze_json(report)
+    assert {v["subject"] for v in doc["violations"]} == names
+    md = freeze_markdown(report)
+    assert "### Violations (8 in 2 entries)" in md
+    for name in names:  # the collapsed table keeps a row per violation
+        assert f"| `{name}` |" in md
+    assert "<name>" not in md.replace("`<name>`", "")  # placeholders are code, not HTML tags GitHub would drop
+
+
+def _never_called(module: str, leaf: str = "weight") -> FreezeIssue:
+    name = f"{module}.{leaf}"
+    return FreezeIssue("gradient", name, "a gradient", ".grad is None",
+                       f"trainable parameter '{name}' received no gradient: module '{module}' is never called in "
+                       f"forward; it is cut off from the loss", ("trainable aux",))
+
+
+def test_row_limit_counts_entries_and_points_to_json() -> None:
+    issues = [_never_called(f"aux{i}", leaf) for i in range(DEFAULT_TOP + 5) for leaf in ("weight", "bias")]
+    assert len(group_issues(issues)) == DEFAULT_TOP + 5  # top-level modules never roll up into the model
+    lines = text_of(lambda c: c.print(issues_list("Violations", issues, "bold red")))
+    assert len(entries(lines, "gradient")) == DEFAULT_TOP
+    assert lines[-1] == "5 more entries (10 violations; --format json for all)"
+    assert all(len(line) <= 80 for line in lines)
+    everything = text_of(lambda c: c.print(issues_list("Violations", issues, "bold red", top=None)))
+    assert len(entries(everything, "gradient")) == DEFAULT_TOP + 5
+
+
+def test_roll_up_only_when_every_module_below_has_the_same_cause() -> None:
+    same = [_never_called(f"aux.{i}", leaf) for i in range(3) for leaf in ("weight", "bias")]
+    (group,) = group_issues(same)
+    assert group.where == "aux" and group.rolled_up and len(group.issues) == 6
+    assert [m for m, _ in group.modules] == ["aux.0", "aux.1", "aux.2"]
+    assert "'aux.0" not in group.message and "<name>" in group.message and "<module>" in group.message
+    other = FreezeIssue("gradient", "aux.3.weight", "a gradient", ".grad is None",
+                        "trainable parameter 'aux.3.weight' received no gradient: its output is detached", ())
+    groups = group_issues([*same, other])  # a different cause under 'aux': no roll-up, one entry per module
+    assert [g.where for g in groups] == ["aux.0", "aux.1", "aux.2", "aux.3.weight"]
+    # another check or another spec group never merges
+    flag = FreezeIssue("flag", "aux.0.weight", "requires_grad=True", "requires_grad=False", "x", ())
+    assert len(group_issues([*same, flag])) == 2
+    regrouped = FreezeIssue(**{**vars(same[0]), "subject": "aux.9.weight", "groups": ("trainable other",),
+                               "message": same[0].message.replace("aux.0", "aux.9")})
+    assert [g.where for g in group_issues([*same, regrouped])] == ["aux.0", "aux.1", "aux.2", "aux.9.weight"]
+
+
+def test_numbers_that_differ_per_parameter_become_a_range() -> None:
+    deltas = ["0.05", "0.224", "1e-05"]
+    issues = [FreezeIssue("step", f"b.{i}.weight", "unchanged", f"moved by up to {d} with momentum=0.9",
+                          f"frozen parameter 'b.{i}.weight' still moves; keep frozen parameters out of it", ())
+              for i, d in enumerate(deltas)]
+    (group,) = group_issues(issues)
+    assert group.found == "moved by up to 1e-05–0.224 with momentum=0.9"
+    assert group.fix == "keep frozen parameters out of it"
+    assert group.message == "frozen parameter <name> still moves"
+
+
+def test_split_fix_keeps_every_word() -> None:
+    for message in ("buffer 'x' changed: its statistics drift; put those modules in eval mode",
+                    "2 parameter(s) of module 'h' matched by no pattern: add 'h' to frozen or trainable",
+                    "frozen parameter 'w' received a gradient in backward: any optimizer will update it"):
+        cause, fix = split_fix(message)
+        assert cause == message if fix is None else message == cause + message[len(cause):][:2] + fix
+    assert split_fix("a; call requires_grad_(False) on it") == ("a", "call requires_grad_(False) on it")
+    assert split_fix("no remedy: it is being trained")[1] is None
+
+
+def test_real_cli_at_80_columns(run_cli: Callable[..., Any]) -> None:
+    res = run_cli("freeze-check", "gradprobe.examples:FineTuneNet", "--frozen", "backbone", "--trainable", "head",
+                  "--trainable", "aux_head", env={"COLUMNS": "80"})
+    assert res.code == 1, res.err
+    lines = res.out.rstrip("\n").splitlines()
+    assert lines[-1].startswith("FAIL: the freeze does not hold") and "8 violation(s)" in lines[-1]
+    assert all(len(line) <= 80 for line in lines[:-1])
+    assert len(entries(lines, "buffer")) == 1 and len(entries(lines, "gradient")) == 1
