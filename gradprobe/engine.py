@@ -160,31 +160,54 @@ def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, ta
     # inputs that require grad receive gradients too: put their .grad back as well
     input_grads = [(t, t.grad) for _, t in flatten_tensors((inputs.args, inputs.kwargs)) if t.requires_grad]
     # _run moves every tensor that owns the autograd graph here: a walked deep graph must be freed on a big stack
-    graph_refs: list[Any] = []
+    owners = _GraphOwners()
     try:
         for tensor, _ in input_grads:  # so backward never accumulates into the user's gradient
             tensor.grad = None
-        return _run(model, inputs, options, target or type(model).__name__, state, ambient_grad, graph_refs)
+        return _run(model, inputs, options, target or type(model).__name__, state, ambient_grad, owners)
     except BaseException as exc:
-        if graph_refs:  # the traceback's frames hold the graph too: clear them there as well
-            release_on_big_stack(graph_refs, exc)
+        if owners.refs:  # the traceback's frames hold the graph too: clear them there as well
+            release_on_big_stack(owners.refs, exc)
         raise
     finally:
         state.restore()
         for tensor, grad in input_grads:
             tensor.grad = grad
-        release_on_big_stack(graph_refs)
+        if owners.shallow:
+            owners.refs.clear()
+        else:
+            release_on_big_stack(owners.refs)
+
+
+_SHALLOW_DEPTH = 10_000  # freeing recurses ~205 B of C stack per level: 10k levels fit the main thread's 8 MiB
+
+
+@dataclass
+class _GraphOwners:
+    """The tensors that own the run's autograd graph, and whether freeing it here is safe."""
+
+    refs: list[Any] = field(default_factory=list)
+    shallow: bool = False  # walked, and at most _SHALLOW_DEPTH deep: no thread with a big stack is needed
+
+
+def _seed(seed: int, device: torch.device) -> None:
+    """torch.manual_seed also seeds every lazy accelerator backend (formatting a stack trace each, ~0.4 ms):
+    a CPU or meta run needs only the CPU generator."""
+    if device.type in ("cpu", "meta"):
+        torch.random.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
 
 
 def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str,
-         state: ModelState, ambient_grad: bool, graph_refs: list[Any]) -> ProbeResult:
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
-    model.train(options.mode == "train")
-    clear_grads(model)
+         state: ModelState, ambient_grad: bool, owners: _GraphOwners) -> ProbeResult:
     names = param_names(model)
     canonical = {pid: ns[0] for pid, ns in names.items()}
     params = {id(p): p for p in model.parameters()}
+    if options.seed is not None:
+        _seed(options.seed, next(iter(params.values())).device if params else torch.device("cpu"))
+    model.train(options.mode == "train")
+    clear_grads(model)
     buffer_versions = {id(buf): buf._version for _, _, buf, _ in state.buffers if buf is not None}
     # cloning every parameter per run would double the probe's cost; the version counter tells us cheaply
     # whether the forward wrote into one (an in-place EMA, weight normalisation), which no restore can undo
@@ -241,7 +264,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     forward_peak = live.peak if live is not None else None
 
     flat_out = flatten_tensors(output)
-    graph_refs += (output, flat_out)  # with the loss: the last owners of the graph, freed by run_probe
+    owners.refs += (output, flat_out)  # with the loss: the last owners of the graph, freed by run_probe
     if not flat_out:
         raise RunError(f"forward of {target} returned {describe_leaf_types(output)}, not tensors; "
                        f"return the output tensor(s) (a tensor, tuple, dict or dataclass of tensors)")
@@ -251,7 +274,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     # ---- loss
     with torch.enable_grad():
         loss = _make_loss(options.loss, output, flat_out, inputs)
-    graph_refs.append(loss)
+    owners.refs.append(loss)
     loss_value: float | None = None
     if loss is not None and loss.device.type != "meta":
         loss_value = float(loss.detach())
@@ -260,6 +283,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     graph: GraphFact | None = None
     if loss is not None and loss.grad_fn is not None and options.graph:
         graph = walk_graph([loss.grad_fn], canonical, tree_depth=max(1, options.tree_depth))
+        owners.shallow = graph.depth <= _SHALLOW_DEPTH
         if options.tree_depth == 0:  # --depth 0: counts only, no tree
             graph = replace(graph, tree=None)
 
