@@ -34,10 +34,11 @@ from gradprobe.compare_facts import (
     parse_modes,
 )
 from gradprobe.engine import ProbeOptions, run_probe
+from gradprobe.engine import _sum_loss as sum_loss
 from gradprobe.errors import RunError, UsageError, describe_exception
 from gradprobe.facts import RunFacts
 from gradprobe.flatten import flatten_tensors
-from gradprobe.modes import ModelState, clear_grads, grad_context
+from gradprobe.modes import ModelState, clear_grads, grad_context, table_get
 from gradprobe.target import ExampleInputs
 
 ProgressFn = Callable[[str, int, int], None]  # (description, steps done, steps in total)
@@ -53,9 +54,21 @@ def _inexact(dtype: str) -> bool:
 
 
 def snapshot(output: Any) -> Snapshot:
-    """Detached copies of every output tensor: later runs and state restores must not change them."""
-    return [(path, t.detach() if t.device.type == "meta" else t.detach().clone()) for path, t in
-            flatten_tensors(output)]
+    """Detached copies of every output tensor: later runs and state restores must not change them.
+
+    Sparse outputs are kept dense and nested ones as their stored elements: the elementwise comparison
+    below needs strided tensors (a nested tensor has no single shape, a sparse one no ``&``).
+    """
+    return [(path, t if t.device.type == "meta" else t.clone()) for path, t in
+            ((path, _strided(t.detach())) for path, t in flatten_tensors(output))]
+
+
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    if t.is_nested:
+        return t.values()
+    if t.layout != torch.strided and t.device.type != "meta":
+        return t.to_dense()
+    return t
 
 
 def compare_outputs(a: Snapshot, b: Snapshot) -> tuple[float | None, bool | None, str | None]:
@@ -91,20 +104,6 @@ def _max_abs_diff(x: torch.Tensor, y: torch.Tensor) -> float:
     if bool(torch.isnan(diff).any()):  # NaN on one side only
         return float("inf")
     return float(diff.max())
-
-
-def _loss(flat: list[tuple[str, torch.Tensor]]) -> torch.Tensor | None:
-    """The engine's default loss: the sum over every floating-point output (complex: real part)."""
-    total = None
-    for _, t in flat:
-        if t.is_floating_point():
-            term = t.float().sum()
-        elif t.is_complex():
-            term = t.real.float().sum()
-        else:
-            continue
-        total = term if total is None else total + term
-    return total
 
 
 # ---------------------------------------------------------------------------------- starting state
@@ -157,7 +156,7 @@ class StartState:
         """Back to the starting values and RNG state, before every run."""
         for entry in self.tensors:
             store, key, t, copy, version = entry
-            if store.get(key) is not t:
+            if table_get(store, key) is not t:  # TorchScript's parameter/buffer tables have no .get
                 store[key] = t
             if copy is not None and t._version != version:
                 _copy_into(t, copy)
@@ -241,6 +240,7 @@ def _timed(model: nn.Module, inputs: ExampleInputs, mode: str, grad_mode: str, r
     params = list(model.parameters())
     result = _Timed()
     start.set_mode(mode)
+    i = 0
     try:
         for i in range(repeat):
             start.reset()
@@ -252,7 +252,7 @@ def _timed(model: nn.Module, inputs: ExampleInputs, mode: str, grad_mode: str, r
             t1 = time.perf_counter()
             result.forward.append(t1 - t0)
             if backward:
-                loss = _loss(flatten_tensors(out))
+                loss = sum_loss(flatten_tensors(out), "sum")  # the engine's default loss, nested/sparse too
                 if loss is not None and loss.requires_grad:
                     loss.backward()
                     sync()
@@ -266,7 +266,7 @@ def _timed(model: nn.Module, inputs: ExampleInputs, mode: str, grad_mode: str, r
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
-        result.error = f"timed run {len(result.forward) + 1} raised {describe_exception(exc)}"
+        result.error = f"timed run {i + 1} raised {describe_exception(exc)}"  # its forward may have been timed
     return result
 
 

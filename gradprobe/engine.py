@@ -310,7 +310,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
         did_backward = True
 
     # ---- facts (outside every tracker)
-    owners = _owners(model)
+    owner_of = _owners(model)  # not `owners`: that is the graph holder run_probe frees
     training = {name: mod.training for name, mod in model.named_modules(remove_duplicate=False)}
     param_facts = []
     grad_bytes = 0
@@ -319,7 +319,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
         grad, norm = next(states) if did_backward else (None, None)
         if param.grad is not None:
             grad_bytes += param.grad.numel() * param.grad.element_size()
-        owner = owners.get(pid, "")
+        owner = owner_of.get(pid, "")
         all_names = names[pid]
         param_facts.append(ParamFact(
             name=all_names[0], aliases=tuple(all_names[1:]), shape=tuple(param.shape),

@@ -30,12 +30,6 @@ def _in_subtree(name: str, module: str) -> bool:
     return module == "" or name == module or name.startswith(module + ".")
 
 
-def _ancestors(name: str) -> list[str]:
-    """``"a.b.c"`` → ``["a.b.c", "a.b", "a", ""]``: the module and every module above it."""
-    parts = name.split(".") if name else []
-    return [".".join(parts[:i]) for i in range(len(parts), -1, -1)]
-
-
 def _cut_off_roots(facts: RunFacts, missing: list[ParamFact]) -> list[tuple[ModuleFact, list[ParamFact]]]:
     """Group parameters without gradient under the outermost module all of whose trainable parameters lack one.
 
@@ -167,9 +161,6 @@ def _gradient_findings(facts: RunFacts) -> list[Finding]:
 
 def _module_findings(facts: RunFacts) -> list[Finding]:
     findings: list[Finding] = []
-    params_by_module: dict[str, list[ParamFact]] = {}
-    for p in facts.parameters:
-        params_by_module.setdefault(p.module, []).append(p)
     for mod in facts.modules:
         if mod.requires_grad_attr is not None:
             inside = [p for p in facts.parameters if _in_subtree(p.module, mod.name)]

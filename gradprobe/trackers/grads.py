@@ -22,7 +22,15 @@ def _one(grad: torch.Tensor) -> GradState:
         grad = grad.values()
     if not bool(torch.any(grad != 0)):
         return "zero", 0.0
-    return "nonzero", float(grad.detach().float().norm())
+    # linalg.vector_norm of a complex tensor is the real norm of |z|; .float() would drop the imaginary part
+    return "nonzero", float(torch.linalg.vector_norm(grad.detach(), dtype=_wide(grad.dtype)))
+
+
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a norm is accumulated in: float32 at least, float64/complex128 kept."""
+    if dtype.is_complex:
+        return dtype if dtype == torch.complex128 else torch.complex64
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def grad_states(params: Sequence[torch.Tensor]) -> list[GradState]:
@@ -41,7 +49,7 @@ def grad_states(params: Sequence[torch.Tensor]) -> list[GradState]:
             states[i] = _one(grad)
     for idx in batch.values():
         grads = [params[i].grad.detach() for i in idx]  # type: ignore[union-attr]
-        wide = grads[0].dtype if grads[0].dtype in (torch.float32, torch.float64) else torch.float32
+        wide = _wide(grads[0].dtype)
         with torch.no_grad():
             norms = torch.stack(torch._foreach_norm(grads, 2, dtype=wide)).double().tolist()
         for i, norm in zip(idx, norms, strict=True):

@@ -74,10 +74,6 @@ class ModuleRecorder:
         self.failed_in: tuple[str, int] | None = None
         self._handles: list[Any] = []
 
-    def current(self) -> tuple[str, int] | None:
-        """The innermost module call running now."""
-        return self.stack[-1] if self.stack else None
-
     def __enter__(self) -> ModuleRecorder:
         self._handles = [
             register_module_forward_pre_hook(self._pre),

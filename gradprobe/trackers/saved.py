@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +28,6 @@ import torch
 from gradprobe.facts import ModuleMemory
 from gradprobe.trackers.memory import storage_key
 
-Where = Callable[[], tuple[str, int] | None]
 Call = tuple[str, int]
 Input = tuple[int, int, Any]  # storage key, bytes, weak reference to the storage
 
@@ -49,17 +48,16 @@ class SavedTensorTracker:
     """Context manager: counts saved-for-backward bytes and attributes them to module calls.
 
     ``stack`` is the live call stack of a :class:`~gradprobe.trackers.modules.ModuleRecorder`
-    (read at every pack); ``where`` is the older, innermost-call-only form.  The figures are
+    (read at every pack; without it nothing is attributed to a call).  The figures are
     frozen when the context exits, i.e. at the end of the forward, before backward frees them.
     """
 
-    def __init__(self, exclude: Iterable[torch.Tensor] = (), where: Where | None = None,
+    def __init__(self, exclude: Iterable[torch.Tensor] = (),
                  stack: Sequence[Call] | None = None, inputs: Mapping[Call, Sequence[Input]] | None = None) -> None:
         self.total_bytes = 0
         self.by_call: dict[Call, int] = {}
         self._records: dict[int, _Saved] = {}
         self._exclude: set[int] = {k for k in (storage_key(t) for t in exclude) if k is not None}
-        self._where = where
         self._stack = stack
         self._frozen: dict[int, _Saved] | None = None
         self._inputs = inputs
@@ -105,12 +103,8 @@ class SavedTensorTracker:
                 record = self._records.get(key)
                 stack = self._stack
                 if record is None:
-                    if stack is not None:
-                        prefix = tuple(stack)
-                        first = prefix[-1] if prefix else None
-                    else:
-                        prefix = ()
-                        first = self._where() if self._where is not None else None
+                    prefix = tuple(stack) if stack is not None else ()
+                    first = prefix[-1] if prefix else None
                     records = self._records
 
                     def _freed(_: Any, key: int = key) -> None:
