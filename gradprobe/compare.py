@@ -496,7 +496,7 @@ def run_compare(
     pairs = parse_modes(modes)
     target = target or type(model).__name__
     device = _device(model, inputs)
-    total = len(pairs) * (1 + repeat) + 2
+    total = len(pairs) * (1 + repeat) + 3
     done = 0
 
     def step(description: str) -> None:
@@ -521,6 +521,11 @@ def run_compare(
         ref_key, ref_out = _reference(model, inputs, pairs, rows, outs, start)
         rows = [_with_diff(r, outs.get((r.mode, r.grad_mode)), ref_out) for r in rows]
         grad_mode_diffs = _grad_mode_diffs(rows, outs)
+        step("eval output from another random state")
+        eval_random: tuple[float | None, bool | None, str | None] = (None, None, None)
+        eval_random_error = None
+        if ref_key == REFERENCE and ref_out is not None and device.type != "meta":
+            eval_random, eval_random_error = _eval_random(model, inputs, ref_out, seed, start)
         step("which modules depend on training")
         attribution = None
         if ref_key is not None and ref_key[0] == "eval" and device.type != "meta":
@@ -529,12 +534,15 @@ def run_compare(
         state.restore()
     if progress is not None:
         progress("done", total, total)
-    notes = ("meta device: bytes are estimates; no times, output values or training attribution",) \
+    notes: tuple[str, ...] = ("meta device: bytes are estimates; no times, output values or training attribution",) \
         if device.type == "meta" else ()
+    if eval_random_error is not None:
+        notes += (eval_random_error,)
     return Comparison(
         target=target, torch_version=torch.__version__, device=str(device), seed=seed, repeat=repeat, notes=notes,
         backward=backward, rows=tuple(rows), reference=label(*ref_key) if ref_key else None,
-        attribution=attribution, grad_mode_diffs=grad_mode_diffs,
+        attribution=attribution, grad_mode_diffs=grad_mode_diffs, eval_random_max_abs_diff=eval_random[0],
+        eval_random_int_equal=eval_random[1], eval_random_note=eval_random[2],
     )
 
 
@@ -555,6 +563,37 @@ def _reference(model: nn.Module, inputs: ExampleInputs, pairs: list[tuple[str, s
         if (r.mode, r.grad_mode) in outs:
             return (r.mode, r.grad_mode), outs[(r.mode, r.grad_mode)]
     return None, None
+
+
+def _eval_random(model: nn.Module, inputs: ExampleInputs, ref_out: Snapshot, seed: int | None,
+                 start: StartState) -> tuple[tuple[float | None, bool | None, str | None], str | None]:
+    """One eval + no_grad forward from another RNG state, against the reference: eval must not sample.
+
+    Every other run starts from the same RNG state, so ``F.dropout(x, training=True)`` or ``torch.rand``
+    in forward draws the same numbers in train and eval and hides; a second seed shows it.  Returns
+    :func:`compare_outputs`'s triple and, when that forward raised, why (the triple is then all ``None``).
+    """
+    other = (seed if seed is not None else torch.initial_seed()) + 1
+    try:
+        start.reset()
+        start.set_mode("eval")
+        for device in {torch.device("cpu"), start.device}:  # only the generators the run uses; restored after
+            gen = torch.Generator(device=device)
+            gen.manual_seed(other)
+            if device.type == "cpu":
+                torch.random.set_rng_state(gen.get_state())
+            elif device.type == "cuda":
+                torch.cuda.set_rng_state(gen.get_state(), device)
+        with grad_context("no_grad"):
+            out = snapshot(model(*inputs.args, **inputs.kwargs))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        return (None, None, None), (f"the eval check from another random state (seed {other}) raised "
+                                    f"{describe_exception(exc)}")
+    finally:
+        start.reset()
+    return compare_outputs(out, ref_out), None
 
 
 def _with_diff(row: ModeRow, out: Snapshot | None, ref: Snapshot | None) -> ModeRow:

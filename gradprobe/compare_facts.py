@@ -154,8 +154,18 @@ class Comparison:
     attribution: Attribution | None = None
     grad_mode_diffs: tuple[GradModeDiff, ...] = ()
     notes: tuple[str, ...] = ()
+    # eval + no_grad from another RNG state against the reference (None: not run, e.g. on meta)
+    eval_random_max_abs_diff: float | None = None
+    eval_random_int_equal: bool | None = None
+    eval_random_note: str | None = None  # why the diff is missing: the outputs differ in structure or shape
     missing_keys: tuple[str, ...] = ()
     unexpected_keys: tuple[str, ...] = ()
+
+    @property
+    def eval_random(self) -> bool:
+        """Eval outputs change with the RNG state: something samples randomness although the model is in eval."""
+        return bool(self.eval_random_max_abs_diff) or self.eval_random_int_equal is False \
+            or self.eval_random_note is not None
 
     def row(self, mode: str, grad_mode: str) -> ModeRow | None:
         for r in self.rows:

@@ -18,6 +18,7 @@ CODES = {
     "eval-grad-graph": "eval + grad builds an autograd graph an evaluation never uses (with its bytes)",
     "train-no-grad-buffers": "a validation-style run (grad off) in train mode changes buffers",
     "nondeterministic-output": "two runs from the same seed and starting state give different outputs",
+    "eval-output-random": "eval outputs change with the random state: something samples randomness in eval mode",
     "train-eval-difference": "train and eval outputs differ, attributed to the modules that cause it",
     "train-eval-unexplained": "flipping single modules' training flags does not reproduce the train output",
     "grad-mode-changes-output": "outputs differ between grad modes within train or within eval",
@@ -53,7 +54,7 @@ def _percent(part: float, whole: float) -> str:
 
 
 def _effect_text(e: ModuleEffect) -> str:
-    what = f"max |diff| {_num(e.max_abs_diff)}" if e.max_abs_diff is not None else "output changes"
+    what = f"max |diff| {_num(e.max_abs_diff)} on its own output" if e.max_abs_diff is not None else "output changes"
     return f"{e.name or '(model)'} ({e.type}, {what})"
 
 
@@ -85,6 +86,7 @@ def judge_compare(c: Comparison) -> list[Finding]:
     findings += _eval_grad(c)
     findings += _buffers(c)
     findings += _nondeterminism(c)
+    findings += _eval_random(c)
     findings += _train_eval(c)
     findings += _grad_mode_changes(c)
     ints = [r.label for r in c.rows if r.ok and r.int_outputs_equal is False]
@@ -153,6 +155,42 @@ def _nondeterminism(c: Comparison) -> list[Finding]:
     )]
 
 
+def _random_in_eval(c: Comparison) -> bool:
+    """Eval outputs follow the RNG state while two runs from the same state agree: torch's RNG is sampled in eval."""
+    ref = c.row("eval", "no_grad")
+    return c.eval_random and not (ref is not None and ref.nondeterministic)
+
+
+def _random_runs(c: Comparison) -> str:
+    """Which two eval:no_grad forwards were compared: the seeds when known."""
+    if c.seed is None:
+        return "the eval:no_grad forward from another random state differs from the one from the starting state"
+    return f"the eval:no_grad forward from seed {c.seed + 1} differs from the one from seed {c.seed}"
+
+
+def _random_size(c: Comparison) -> str:
+    if c.eval_random_max_abs_diff:
+        return f"max |diff| {_num(c.eval_random_max_abs_diff)}"
+    return c.eval_random_note or "integer/bool outputs differ"
+
+
+_RANDOM_CAUSE = ("something samples randomness although the model is in eval mode: F.dropout(..., training=True) "
+                 "instead of training=self.training, or torch.rand/randn in forward")
+
+
+def _eval_random(c: Comparison) -> list[Finding]:
+    if not _random_in_eval(c):
+        return []
+    return [Finding(
+        "eval-output-random", "error", "eval:no_grad",
+        f"eval outputs change with the random state: {_random_runs(c)} ({_random_size(c)}); {_RANDOM_CAUSE}",
+        "pass training=self.training to F.dropout (or use nn.Dropout), and draw noise only when self.training",
+    )]
+
+
+_RANDOM_NOTE = "part of it can be randomness that model.eval() does not turn off (see eval-output-random)"
+
+
 def _train_eval(c: Comparison) -> list[Finding]:
     row = _train_row(c)
     if row is None or not row.differs or row.nondeterministic or c.reference is None \
@@ -166,7 +204,8 @@ def _train_eval(c: Comparison) -> list[Finding]:
         out = [Finding(
             "train-eval-difference", "info", a.modules[0].name or "(model)",
             f"{row.label} and {c.reference} outputs differ ({size}) {why}: "
-            f"{_names((_effect_text(e) for e in a.modules), 6)}",
+            f"{_names((_effect_text(e) for e in a.modules), 6)}"
+            + (f"; {_RANDOM_NOTE}" if _random_in_eval(c) else ""),
             "expected in training; evaluate after model.eval()",
         )]
         if a.explained is False:
@@ -213,6 +252,7 @@ def compare_verdict(c: Comparison) -> list[str]:
     for mode in ("eval", "train"):
         lines += _savings(c, mode)
     lines += _train_eval_lines(c)
+    lines += _eval_random_lines(c)
     lines += _buffer_lines(c)
     lines += _determinism_lines(c)
     ints = [r.label for r in c.rows if r.ok and r.int_outputs_equal is False]
@@ -276,7 +316,7 @@ def _savings(c: Comparison, mode: str) -> list[str]:
     line = f"{mode.capitalize()} mode against grad ({', '.join(base)}): {'; '.join(parts)}."
     kept = [r for r in others if r.saved_for_backward_bytes]
     if grad.saved_for_backward_bytes and not kept:
-        line += f" Without grad nothing is kept for backward ({human_bytes(grad.saved_for_backward_bytes)} saved)."
+        line += f" Without grad nothing is kept for backward (grad keeps {human_bytes(grad.saved_for_backward_bytes)})."
     return [line]
 
 
@@ -285,6 +325,10 @@ def _train_eval_lines(c: Comparison) -> list[str]:
     if row is None or c.reference is None or not c.reference.startswith("eval"):
         return []
     if not row.differs:
+        if _random_in_eval(c):
+            return [f"Train and eval outputs are identical from the same random state ({row.label} vs {c.reference}, "
+                    f"max |diff| {_num(row.max_abs_diff)}): the training flag changes nothing, but the forward samples "
+                    f"randomness in both modes (see below)."]
         return [f"Train and eval outputs are identical ({row.label} vs {c.reference}, max |diff| "
                 f"{_num(row.max_abs_diff)}): nothing in this forward behaves differently in train mode."]
     size = f"by up to {_num(row.max_abs_diff)}" if row.max_abs_diff is not None else f"({row.diff_note})"
@@ -302,13 +346,27 @@ def _train_eval_lines(c: Comparison) -> list[str]:
         line += " Switching only these to train mode reproduces the train output exactly."
     elif a.explained is False:
         line += " Switching only these to train mode does not reproduce the train output: something else differs."
-    if all(_is_dropout(e) for e in a.modules):
+    if all(_is_dropout(e) for e in a.modules) and not _random_in_eval(c):
         line += " The difference is only dropout: it disappears with model.eval()."
     elif any(_is_norm(e) for e in a.modules):
         line += " BatchNorm uses batch statistics in train mode and running statistics in eval mode."
     if a.note and a.explained is not None:
         line += f" Note: {a.note}."
+    if _random_in_eval(c):
+        line += f" Note: {_RANDOM_NOTE}."
     return [line]
+
+
+def _eval_random_lines(c: Comparison) -> list[str]:
+    if c.eval_random_max_abs_diff is None and c.eval_random_int_equal is None and c.eval_random_note is None:
+        return []  # not checked (meta device, eval:no_grad failed)
+    if not c.eval_random:
+        return ["Eval outputs do not depend on the random state: an eval:no_grad forward from another seed gives "
+                "identical outputs."]
+    line = f"Eval outputs change with the random state: {_random_runs(c)} ({_random_size(c)})"
+    if not _random_in_eval(c):
+        return [line + ", but two runs from the same seed differ too, so it cannot be pinned on the RNG."]
+    return [line + f"; {_RANDOM_CAUSE}. model.eval() does not make this forward deterministic."]
 
 
 def _buffer_lines(c: Comparison) -> list[str]:

@@ -349,6 +349,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
             direct_params=tuple(canonical[id(p)] for p in mod._parameters.values() if p is not None),
             requires_grad_attr=attr if isinstance(attr, bool) else None,
             training_dependent=_is_training_dependent(mod),
+            output_grad_fn=recorder.graph_outputs.get(mod_name),
         ))
     memory = None
     if live is not None:

@@ -75,6 +75,7 @@ class ModuleFact:
     direct_params: tuple[str, ...]  # canonical names of parameters it owns directly
     requires_grad_attr: bool | None  # a plain ``module.requires_grad`` attribute, if set
     training_dependent: bool  # a type known to behave differently in train mode (Dropout, BatchNorm)
+    output_grad_fn: bool | None = None  # any output tensor of any call had a grad_fn; None: no tensor output seen
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ CODES = {
     "nonfinite-output": "an output holds NaN or Inf",
     "param-modified-in-forward": "the forward wrote into a parameter in place",
     "no-backward": "no backward pass was possible",
+    "no-trainable-params": "no parameter requires grad: nothing will train",
     "weights-missing-keys": "the weights file lacks some of the model's keys",
     "weights-unexpected-keys": "the weights file has keys the model lacks",
 }
@@ -47,6 +48,11 @@ def _cut_off_roots(facts: RunFacts, missing: list[ParamFact]) -> list[tuple[Modu
             total[prefix] = total.get(prefix, 0) + 1
             if p.name in missing_names:
                 lacking.setdefault(prefix, []).append(p)
+    by_name = {m.name: m for m in facts.modules}
+    lacking_children: dict[str, list[str]] = {}
+    for name in lacking:
+        if name:
+            lacking_children.setdefault(_parent(name), []).append(name)
     groups: list[tuple[ModuleFact, list[ParamFact]]] = []
     covered: set[str] = set()
     for mod in facts.modules:  # named_modules order: parents before children
@@ -55,9 +61,20 @@ def _cut_off_roots(facts: RunFacts, missing: list[ParamFact]) -> list[tuple[Modu
             continue
         if any(prefix in covered for prefix in _ancestors(mod.name)):
             continue
-        groups.append((mod, inside))
         covered.add(mod.name)
+        # name the top-level module holding all of them ('backbone'), not the model around a frozen head
+        while mod.name == "":
+            child = next((name for name in lacking_children.get(mod.name, ())
+                          if len(lacking[name]) == len(inside) and name in by_name), None)
+            if child is None:
+                break
+            mod = by_name[child]
+        groups.append((mod, inside))
     return groups
+
+
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
 
 
 def _cause(facts: RunFacts, mod: ModuleFact) -> str:
@@ -66,14 +83,13 @@ def _cause(facts: RunFacts, mod: ModuleFact) -> str:
     subtree = [m for m in facts.modules if _in_subtree(m.name, mod.name)]
     if all(m.calls == 0 for m in subtree if m.direct_params):
         return f"{label} was never called in forward"
-    outs = [t for t in facts.tensors if t.module == mod.name]
-    if outs and all(t.grad_fn is None for t in outs) and facts.grad_mode == "grad":
+    if mod.output_grad_fn is False and facts.grad_mode == "grad":
         return (f"the output of {label} has no grad_fn: forward runs it under torch.no_grad() "
                 f"(or detaches inside it)")
-    if outs:
+    if mod.output_grad_fn:
         return (f"{label} built a graph, but the loss does not reach it: its output is detached "
                 f"(.detach(), .data) or goes through a non-differentiable op before the loss")
-    return f"the loss does not depend on {label}'s parameters"
+    return f"the loss does not depend on the parameters of {label}"
 
 
 def _cut_off_hint(cause: str, module: str) -> str:
@@ -134,19 +150,33 @@ def _short(names: Iterable[str], limit: int = 4) -> str:
 
 
 def _gradient_findings(facts: RunFacts) -> list[Finding]:
-    if not facts.backward:
-        if facts.backward_skipped_reason and facts.grad_mode == "grad":
-            return [Finding("no-backward", "info", "", f"no backward: {facts.backward_skipped_reason}")]
-        return []
     findings: list[Finding] = []
-    missing = [p for p in facts.parameters if p.requires_grad and p.grad == "none"]
+    if not facts.backward:
+        if not facts.backward_skipped_reason or facts.grad_mode != "grad":
+            return []
+        trainable = [p for p in facts.parameters if p.requires_grad]
+        graph_cut = facts.outputs and any(o.dtype.startswith(("float", "bfloat", "complex")) for o in facts.outputs) \
+            and not any(o.requires_grad for o in facts.outputs)
+        if graph_cut and facts.parameters and not trainable:
+            return [Finding(
+                "no-trainable-params", "warning", "(model)",
+                f"no parameter requires grad: all {len(facts.parameters)} are frozen, so nothing in this model "
+                f"will train and no backward is possible",
+                "unfreeze what should train, e.g. model.head.requires_grad_(True), and give those parameters "
+                "to the optimizer",
+            )]
+        if not (graph_cut and trainable):
+            return [Finding("no-backward", "info", "", f"no backward: {facts.backward_skipped_reason}")]
+        missing, verb = trainable, "can receive no gradient (no output requires grad, so no backward is possible)"
+    else:
+        missing = [p for p in facts.parameters if p.requires_grad and p.grad == "none"]
+        verb = "received no gradient"
     for mod, params in _cut_off_roots(facts, missing):
         label = f"module '{mod.name}'" if mod.name else "the model"
         cause = _cause(facts, mod)
         findings.append(Finding(
             "grad-none", "error", mod.name or "(model)",
-            f"{len(params)} parameter(s) of {label} require grad but received no gradient: "
-            f"{cause}",
+            f"{len(params)} parameter(s) of {label} require grad but {verb}: {cause}",
             _cut_off_hint(cause, mod.name),
         ))
     for p in facts.parameters:
@@ -165,9 +195,10 @@ def _module_findings(facts: RunFacts) -> list[Finding]:
         if mod.requires_grad_attr is not None:
             inside = [p for p in facts.parameters if _in_subtree(p.module, mod.name)]
             still = sum(p.requires_grad for p in inside)
+            who = f"module '{mod.name}'" if mod.name else "the model"
             findings.append(Finding(
                 "requires-grad-attr", "error", mod.name or "(model)",
-                f"module '{mod.name or '(model)'}' has a plain attribute requires_grad={mod.requires_grad_attr}, "
+                f"{who} has a plain attribute requires_grad={mod.requires_grad_attr}, "
                 f"which freezes nothing: {still} of its {len(inside)} parameter(s) still require grad",
                 f"call {('model.' + mod.name) if mod.name else 'model'}.requires_grad_({mod.requires_grad_attr})",
             ))

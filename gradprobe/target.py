@@ -308,6 +308,7 @@ def build_model(obj: Any, spec: str, init: dict[str, Any], device: torch.device)
             model = move_instance_to_meta(model, notes)
         elif device.type != "cpu":
             model = model.to(device)
+        _refuse_meta_on_real_device(model, spec, device)
         return LoadedModel(model, notes)
     if inspect.isclass(obj) and not issubclass(obj, nn.Module):
         raise TargetError(f"'{spec}' is the class {obj.__name__}, not an nn.Module subclass; "
@@ -339,7 +340,18 @@ def build_model(obj: Any, spec: str, init: dict[str, Any], device: torch.device)
     model = unwrap_model(built, notes)
     if device.type not in ("cpu", "meta"):
         model = model.to(device)
+    _refuse_meta_on_real_device(model, spec, device)
     return LoadedModel(model, notes)
+
+
+def _refuse_meta_on_real_device(model: nn.Module, spec: str, device: torch.device) -> None:
+    """A model built on meta has no values: a real-device run would fail deep inside torch."""
+    if device.type == "meta":
+        return
+    on_meta = next((name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if on_meta is not None:
+        raise TargetError(f"'{spec}' is on the meta device ('{on_meta}' has no data), but --device is {device}; "
+                          f"pass --device meta for a size estimate, or build the model with real weights")
 
 
 def _raised_by_call(exc: BaseException) -> bool:

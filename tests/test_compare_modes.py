@@ -60,6 +60,19 @@ def bn_net() -> nn.Sequential:
     return nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
 
 
+class EvalDropout(nn.Module):
+    """The classic bug: F.dropout's training defaults to True, so eval mode still drops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.lin = nn.Linear(6, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(nn.functional.dropout(self.lin(x), 0.5, training=True))
+
+
 def x_in() -> torch.Tensor:
     return torch.randn(B, 6, generator=torch.Generator().manual_seed(4))
 
@@ -304,6 +317,7 @@ def test_meta_device_estimates_the_same_bytes() -> None:
     assert rows[("eval", "no_grad")].forward_peak_bytes == 2 * 4 * B * 8
     assert all(r.ok and r.time_s is None and r.max_abs_diff is None for r in report.rows)
     assert report.comparison.device == "meta" and report.comparison.notes
+    assert report.comparison.eval_random_max_abs_diff is None and "eval-output-random" not in codes(report)
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -397,6 +411,7 @@ def test_dropout_only_difference(drop_report: CompareReport) -> None:
     assert "nondeterministic-output" not in codes(drop_report)
     assert all(r.repeat_max_abs_diff == 0.0 for r in drop_report.rows)
     assert any("only dropout" in line for line in drop_report.verdict)
+    assert any(f"max |diff| {a.modules[0].max_abs_diff:.3g} on its own output" in line for line in drop_report.verdict)
 
 
 def test_batchnorm_attribution_and_validation_buffers(bn_report: CompareReport) -> None:
@@ -430,6 +445,57 @@ def test_no_attribution_when_train_equals_eval(mlp_report: CompareReport) -> Non
     assert mlp_report.comparison.attribution is None
     assert any(line.startswith("Train and eval outputs are identical") for line in mlp_report.verdict)
     assert "train-eval-difference" not in codes(mlp_report)
+
+
+def test_dropout_that_ignores_eval_is_caught() -> None:
+    model = EvalDropout()
+    twin = copy.deepcopy(model).eval()
+    with torch.no_grad():  # plain torch: the eval forward from seed 0 (the default) and from seed 1
+        torch.manual_seed(0)
+        out0 = twin(x_in())
+        torch.manual_seed(1)
+        out1 = twin(x_in())
+    expected = (out1 - out0).abs().max().item()
+    assert expected > 0
+    rng = torch.random.get_rng_state()
+    report = compare_modes(model, x_in(), repeat=2)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the user's RNG is left as found
+    c = report.comparison
+    assert c.eval_random_max_abs_diff == expected and c.eval_random
+    f = next(f for f in report.findings if f.code == "eval-output-random")
+    assert f.severity == "error" and report.has_errors
+    assert "training=self.training" in f.message and "seed 1" in f.message and "F.dropout" in f.hint
+    assert any(line.startswith("Eval outputs change with the random state") for line in report.verdict)
+    # the same RNG state in every other run hides it there: train and eval outputs agree exactly
+    assert all(r.max_abs_diff == 0.0 and not r.nondeterministic for r in report.rows)
+    assert any("samples randomness in both modes" in line for line in report.verdict)
+    doc = json.loads(json.dumps(compare_json(report), allow_nan=False))
+    assert doc["eval_random_max_abs_diff"] == expected
+    assert "eval-output-random" in {x["code"] for x in doc["findings"]}
+
+
+def test_dropout_module_and_deterministic_models_are_not_random(drop_report: CompareReport,
+                                                                 mlp_report: CompareReport) -> None:
+    for report in (drop_report, mlp_report):
+        assert report.comparison.eval_random_max_abs_diff == 0.0 and not report.comparison.eval_random
+        assert "eval-output-random" not in codes(report)
+        assert any(line.startswith("Eval outputs do not depend on the random state") for line in report.verdict)
+
+
+def test_eval_randomness_is_noted_on_attributed_differences() -> None:
+    rows = (_row("train", "no_grad", max_abs_diff=0.5), _row("eval", "no_grad"))
+    a = Attribution((ModuleEffect("drop", "Dropout", 0.4),), ("drop",), explained=True)
+    c = Comparison("t", "x", "cpu", 3, 5, False, rows, "eval:no_grad", attribution=a, eval_random_max_abs_diff=0.25)
+    found = {x.code: x for x in judge_compare(c)}
+    assert found["eval-output-random"].severity == "error" and "seed 4" in found["eval-output-random"].message
+    assert "eval-output-random" in found["train-eval-difference"].message
+    verdict = compare_verdict(c)
+    line = next(v for v in verdict if v.startswith("Train and eval outputs differ"))
+    assert "eval-output-random" in line and "disappears with model.eval()" not in line
+    # an eval row that is nondeterministic from the same seed: the RNG is not to blame, no eval-output-random
+    noisy = (rows[0], _row("eval", "no_grad", repeat_max_abs_diff=0.1))
+    c = Comparison("t", "x", "cpu", 3, 5, False, noisy, "eval:no_grad", eval_random_max_abs_diff=0.25)
+    assert "eval-output-random" not in {x.code for x in judge_compare(c)}
 
 
 def test_nondeterminism_is_reported() -> None:
@@ -508,6 +574,7 @@ def test_verdict_arithmetic_from_hand_made_rows() -> None:
     verdict = " ".join(compare_verdict(c))
     assert "no_grad has a peak 750 B lower (75%) and runs 20% faster" in verdict
     assert "inference_mode has a peak 800 B lower (80%) and runs 50% faster" in verdict
+    assert "Without grad nothing is kept for backward (grad keeps 600 B)." in verdict
     f = judge_compare(c)
     assert [x.code for x in f] == ["eval-grad-graph"]
     assert "7 nodes" in f[0].message and "600 B" in f[0].message and "750 B" in f[0].message
@@ -553,6 +620,15 @@ def test_rich_table_fits_80_columns(bn_report: CompareReport) -> None:
     assert "fwd peak" in text and "verdict" in text and "train-no-grad-buf" in text
 
 
+def test_table_and_verdict_share_the_console_width(bn_report: CompareReport) -> None:
+    console = Console(record=True, width=100, color_system=None)
+    render_compare(bn_report, console)
+    lines = console.export_text().splitlines()
+    table_top = next(line for line in lines if line.startswith("┏"))
+    panel_top = next(line for line in lines if line.startswith("╭"))
+    assert len(table_top.rstrip()) == len(panel_top.rstrip()) == 100
+
+
 # -------------------------------------------------------------------------------------------- the CLI
 
 
@@ -595,6 +671,20 @@ def test_cli_failing_row_strict_and_markdown_file(run_cli: Callable[..., Any], t
     res = run_cli("compare-modes", f"{src}:Net", "--format", "json", "--repeat", "1", "--modes", "train:grad")
     assert res.code == 2 and res.out == ""
     assert "every mode failed" in res.err and "Traceback" not in res.err
+
+
+def test_cli_catches_dropout_that_ignores_eval(run_cli: Callable[..., Any], tmp_path: Path) -> None:
+    src = tmp_path / "evaldrop.py"
+    src.write_text("import torch\nfrom torch import nn\nimport torch.nn.functional as F\n\n"
+                   "class Net(nn.Module):\n"
+                   "    def __init__(self):\n        super().__init__()\n        self.lin = nn.Linear(6, 3)\n"
+                   "        self.example_input_array = torch.randn(5, 6)\n\n"
+                   "    def forward(self, x):\n        return F.dropout(self.lin(x), 0.5, training=True)\n")
+    res = run_cli("compare-modes", f"{src}:Net", "--format", "json", "--repeat", "1", "--strict")
+    assert res.code == 1, res.err  # an error finding with --strict
+    doc = json.loads(res.out)
+    assert doc["eval_random_max_abs_diff"] > 0
+    assert "eval-output-random" in {f["code"] for f in doc["findings"]}
 
 
 def test_cli_bad_options_exit_2(cli: Callable[..., Any]) -> None:

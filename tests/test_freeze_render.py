@@ -133,7 +133,9 @@ def test_numbers_that_differ_per_parameter_become_a_range() -> None:
                           f"frozen parameter 'b.{i}.weight' still moves; keep frozen parameters out of it", ())
               for i, d in enumerate(deltas)]
     (group,) = group_issues(issues)
-    assert group.found == "moved by up to 1e-05–0.224 with momentum=0.9"
+    assert group.found == "moved by 1e-05–0.224 with momentum=0.9"  # a range: no "up to" in front of it
+    same = [FreezeIssue(**{**vars(i), "found": "moved by up to 0.5 with momentum=0.9"}) for i in issues]
+    assert group_issues(same)[0].found == "moved by up to 0.5 with momentum=0.9"  # one value: the bound stays
     assert group.fix == "keep frozen parameters out of it"
     assert group.message == "frozen parameter <name> still moves"
 
@@ -156,3 +158,14 @@ def test_real_cli_at_80_columns(run_cli: Callable[..., Any]) -> None:
     assert lines[-1].startswith("FAIL: the freeze does not hold") and "8 violation(s)" in lines[-1]
     assert all(len(line) <= 80 for line in lines[:-1])
     assert len(entries(lines, "buffer")) == 1 and len(entries(lines, "gradient")) == 1
+
+
+def test_one_entry_is_singular() -> None:
+    issues = [FreezeIssue("step", f"b.{i}.weight", "unchanged", f"moved by up to {d}",
+                          f"frozen parameter 'b.{i}.weight' still moves; keep frozen parameters out of it", ())
+              for i, d in enumerate(["1.76e-06", "1e-05"])]
+    lines = text_of(lambda c: c.print(issues_list("Violations", issues, "red")))
+    assert lines[0] == "Violations (2 in 1 entry)"
+    assert "moved by 1.76e-06–1e-05" in " ".join(lines) and "up to" not in " ".join(lines)
+    more = [*issues, _never_called("aux"), _never_called("other")]  # 3 entries, 2 shown: one more entry
+    assert text_of(lambda c: c.print(issues_list("Violations", more, "red", top=2)))[-1].startswith("1 more entry (")

@@ -139,3 +139,60 @@ def test_compare_modes_failed_timed_backward_names_the_right_run() -> None:
     assert not row.ok
     assert row.error is not None and row.error.startswith("timed run 1 raised"), row.error
 
+
+
+# ---------------------------------------------------------------- found by a new user trying the CLI
+
+
+class _NoGradBackbone(nn.Module):
+    """The backbone runs under no_grad inside forward; ``head_frozen`` also freezes the head."""
+
+    def __init__(self, head_frozen: bool = False) -> None:
+        super().__init__()
+        self.backbone = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+        self.head.requires_grad_(not head_frozen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.backbone(x)
+        return self.head(features)
+
+
+def test_cut_off_parameters_are_an_error_even_when_no_backward_is_possible() -> None:
+    model = _NoGradBackbone(head_frozen=True)
+    out = model(torch.randn(4, 8))
+    assert not out.requires_grad  # plain PyTorch: nothing to call backward on
+    report = probe(model, torch.randn(4, 8))
+    assert not report.facts.backward
+    (finding,) = [f for f in report.findings if f.code == "grad-none"]
+    assert finding.severity == "error" and finding.subject == "backbone" and "no grad_fn" in finding.message
+
+
+def test_a_fully_frozen_model_says_nothing_will_train() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)).requires_grad_(False)
+    codes = {f.code: f for f in probe(model, torch.randn(4, 8)).findings}
+    assert codes["no-trainable-params"].severity == "warning"
+    assert "no-backward" not in codes and "grad-none" not in codes
+    trainable = nn.Sequential(nn.Linear(8, 2))
+    assert "no-trainable-params" not in {f.code for f in probe(trainable, torch.randn(4, 8)).findings}
+
+
+def test_the_cause_does_not_depend_on_recording_tensors() -> None:
+    model = _NoGradBackbone()
+    with_tensors = [f for f in probe(model, torch.randn(4, 8)).findings if f.code == "grad-none"]
+    without = [f for f in probe(model, torch.randn(4, 8), tensors=False).findings if f.code == "grad-none"]
+    assert with_tensors == without and "no grad_fn" in without[0].message
+
+
+def test_an_instance_on_meta_without_device_meta_is_one_clear_error(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "m.py").write_text(
+        "import torch\nfrom torch import nn\nwith torch.device('meta'):\n    inst = nn.Linear(8, 2)\n")
+    proc = subprocess.run([sys.executable, "-m", "gradprobe", "inspect", "m.py:inst", "--shape", "4,8"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "meta" in lines[0] and "--device meta" in lines[0], proc.stderr

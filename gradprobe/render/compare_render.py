@@ -69,6 +69,9 @@ def compare_json(report: CompareReport) -> dict[str, Any]:
             "explained": a.explained,
             "note": a.note,
         },
+        "eval_random_max_abs_diff": _num(c.eval_random_max_abs_diff),
+        "eval_random_int_equal": c.eval_random_int_equal,
+        "eval_random_note": c.eval_random_note,
         "grad_mode_diffs": [{"row": d.row, "base": d.base, "max_abs_diff": _num(d.max_abs_diff),
                              "int_outputs_equal": d.int_outputs_equal, "note": d.note} for d in c.grad_mode_diffs],
         "findings": [finding_json(f) for f in report.findings],
@@ -150,8 +153,9 @@ def render_compare(report: CompareReport, console: Any) -> None:
 
     c = report.comparison
     header, lines = grid(report)
+    # as wide as the console, like the verdict panel and the findings under it
     table = Table(title=f"gradprobe compare-modes {c.target}", title_justify="left", caption=_caption(report),
-                  caption_justify="left")
+                  caption_justify="left", expand=True)
     table.add_column("", style="bold", no_wrap=True)
     for r, name in zip(c.rows, header[1:], strict=True):
         table.add_column(name.replace(":", "\n").replace("inference_mode", "infer."), justify="right",

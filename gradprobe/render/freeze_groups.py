@@ -19,6 +19,7 @@ NAME = "<name>"
 MODULE = "<module>"
 # a number that is a whole token (not the 32 of float32): step deltas differ per parameter, the cause does not
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
+_UP_TO_NUMBER = re.compile(r"(up to )?" + _NUMBER.pattern)  # the same numbers, with a bound word before them
 # where a rule message turns from the cause to the remedy: "...; call requires_grad_(False) on it"
 _FIX = re.compile(r"[;:] (?=(?:call|put|build|add|keep|untie|make|review|fix|use|remove|move|wrap|set) )")
 
@@ -82,19 +83,22 @@ def _template(text: str) -> str:
 
 
 def _merge_numbers(texts: Sequence[str]) -> str:
-    """Texts that differ only in numbers → one text with ``min–max`` where they differ."""
+    """Texts that differ only in numbers → one text with ``min–max`` where they differ.
+
+    A range drops an ``up to`` in front of it: "moved by up to 1e-06–1e-05" reads as a bound of a range.
+    """
     first = texts[0]
     columns = list(zip(*(_NUMBER.findall(t) for t in texts), strict=True))
     if not columns:
         return first
     values = iter(columns)
 
-    def span(_: re.Match[str]) -> str:
+    def span(m: re.Match[str]) -> str:
         column = next(values)
         low, high = min(column, key=float), max(column, key=float)
-        return low if float(low) == float(high) else f"{low}–{high}"
+        return (m.group(1) or "") + low if float(low) == float(high) else f"{low}–{high}"
 
-    return _NUMBER.sub(span, first)
+    return _UP_TO_NUMBER.sub(span, first)
 
 
 def _key(issue: FreezeIssue, module: str | None) -> tuple[str, ...]:

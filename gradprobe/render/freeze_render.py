@@ -75,6 +75,11 @@ def _entry(g: IssueGroup, style: str) -> Group:
     return Group(*lines)
 
 
+def _entries(n: int, adjective: str = "") -> str:
+    """``1 entry`` / ``3 more entries``: the count decides the noun."""
+    return f"{n} {adjective}{'entry' if n == 1 else 'entries'}"
+
+
 def issues_list(title: str, issues: Sequence[FreezeIssue], style: str, top: int | None = DEFAULT_TOP) -> Group:
     """Issues as a list like ``inspect``'s findings: ``check  subject``, then the cause and the fix, indented.
 
@@ -82,7 +87,7 @@ def issues_list(title: str, issues: Sequence[FreezeIssue], style: str, top: int 
     """
     groups = group_issues(issues)
     shown = groups if top is None or top <= 0 else groups[:top]
-    head = f"{title} ({len(issues)}" + (f" in {len(groups)} entries)" if len(groups) < len(issues) else ")")
+    head = f"{title} ({len(issues)}" + (f" in {_entries(len(groups))})" if len(groups) < len(issues) else ")")
     grid = Table.grid(padding=(0, 2))
     grid.add_column(no_wrap=True)
     grid.add_column(overflow="fold")
@@ -90,8 +95,9 @@ def issues_list(title: str, issues: Sequence[FreezeIssue], style: str, top: int 
         grid.add_row(Text(g.check, style=style), _entry(g, style))
     parts: list[RenderableType] = [Text(head, style=style), grid]
     if len(shown) < len(groups):
-        parts.append(Text(f"{len(groups) - len(shown)} more entries ({sum(len(g.issues) for g in groups[len(shown):])} "
-                          f"{title.lower()}; --format json for all)", style="dim"))
+        hidden = sum(len(g.issues) for g in groups[len(shown):])
+        parts.append(Text(f"{_entries(len(groups) - len(shown), 'more ')} ({hidden} {title.lower()}; --format json "
+                          f"for all)", style="dim"))
     return Group(*parts)
 
 
@@ -171,12 +177,12 @@ def _issues_md(title: str, issues: Sequence[FreezeIssue], top: int, max_issues: 
     """The grouped entries (``top`` at most), then every issue in a collapsed table when grouping merged some."""
     groups = group_issues(issues)
     shown = groups[:top]
-    head = f"### {title} ({len(issues)}" + (f" in {len(groups)} entries)" if len(groups) < len(issues) else ")")
+    head = f"### {title} ({len(issues)}" + (f" in {_entries(len(groups))})" if len(groups) < len(issues) else ")")
     out = ["", head, "", md_table(["check", "subject", "expected", "found", "message", "fix"], [
         (f"`{g.check}`", _subject_md(g), _md_text(g.expected), _md_text(g.found), _md_text(g.message),
          g.fix or "") for g in shown])]
     if len(shown) < len(groups):
-        out.append(f"\n_{len(groups) - len(shown)} more entries in the JSON report (--format json)._")
+        out.append(f"\n_{_entries(len(groups) - len(shown), 'more ')} in the JSON report (--format json)._")
     if len(groups) < len(issues):
         every = list(issues)[:max_issues]
         out += ["", f"<details><summary>Every {title.lower().removesuffix('s')} ({len(issues)})</summary>", "",

@@ -241,8 +241,8 @@ def training_step_table(f: RunFacts) -> RenderableType | None:
     t.add_row(f"training step ({step.optimizer}, {step.param_dtype})", human_bytes(step.total_bytes))
     t.add_row("  parameters", human_bytes(step.parameter_bytes))
     t.add_row("  optimizer state", human_bytes(step.optimizer_state_bytes))
-    t.add_row("  activations peak", human_bytes(step.activation_peak_bytes))
-    t.add_row("  gradients", human_bytes(step.gradient_bytes))
+    t.add_row("  forward/backward peak", human_bytes(step.activation_peak_bytes))
+    t.add_row("    gradients (inside that peak)", human_bytes(step.gradient_bytes))
     return Group(t, Text(step.method, style="dim"))
 
 

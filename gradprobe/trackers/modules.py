@@ -67,6 +67,7 @@ class ModuleRecorder:
         self.calls: dict[str, int] = {}
         self.tensors: list[TensorFact] = []
         self.output_bytes: dict[tuple[str, int], int] = {}
+        self.graph_outputs: dict[str, bool] = {}  # module → did any output of any call have a grad_fn
         # (storage key, storage bytes, weak reference) of each call's positional tensor arguments: what
         # torch.utils.checkpoint would keep alive if the call were wrapped in it.  The weak reference
         # tells whether the key still names that storage (a freed storage's address gets reused).
@@ -120,5 +121,8 @@ class ModuleRecorder:
             key = self.stack.pop() if self.stack else (name, self.calls.get(name, 1) - 1)
         tensors = flatten_tensors(output)
         self.output_bytes[key] = sum(t.numel() * t.element_size() for _, t in tensors)
+        if tensors:  # kept even with --no-tensors: the findings explain cut-off parameters with it
+            self.graph_outputs[name] = self.graph_outputs.get(name, False) or any(
+                t.grad_fn is not None for _, t in tensors)
         if self.record_tensors:
             self.tensors.extend(tensor_fact(key[0], key[1], path, t) for path, t in tensors)
