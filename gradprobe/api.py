@@ -67,6 +67,8 @@ def load(
             load_weights(loaded, weights)
         example = make_inputs(loaded.model, spec=inputs, shapes=shapes, dtype=dtype, high=high,
                               device=torch_device, target=target)
+    if inputs and shapes:
+        loaded.notes.append("--shape ignored: --inputs takes precedence")
     return loaded, example
 
 

@@ -410,7 +410,7 @@ def _make_loss(spec: str | LossFn, output: Any, flat_out: list[tuple[str, torch.
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise RunError(f"the loss function returned {got}; return a scalar tensor (e.g. outputs.sum())")
-    return loss.reshape(())
+    return loss if loss.dim() == 0 else loss.reshape(())  # no gradprobe-made ViewBackward0 atop the user's graph
 
 
 def _backward_blocker(options: ProbeOptions, loss: torch.Tensor | None,

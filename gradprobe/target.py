@@ -77,10 +77,26 @@ def split_spec(spec: str, option: str = "TARGET") -> tuple[str, str]:
     """Split ``mod:Name`` / ``file.py:Name`` into its module part and dotted attribute path."""
     module_part, sep, attr = spec.rpartition(":")
     if not sep or not module_part or not attr:
-        raise UsageError(f"{option} '{spec}' is not a spec: write it as {SPEC_FORMS}")
+        raise UsageError(f"{option} '{spec}' is not a spec: write it as {SPEC_FORMS}{_names_in_file(spec)}")
     if not all(part.isidentifier() for part in attr.split(".")):
         raise UsageError(f"{option} '{spec}': '{attr}' is not a (dotted) Python name")
     return module_part, attr
+
+
+def _names_in_file(path_text: str) -> str:
+    """``; it defines: Net, build`` for a .py path given without ``:Name`` (read with ast, nothing is run)."""
+    import ast
+
+    path = Path(path_text.rstrip(":"))
+    if path.suffix != ".py" or not path.is_file():
+        return ""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return ""
+    names = [node.name for node in tree.body
+             if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and not node.name.startswith("_")]
+    return f"; '{path_text.rstrip(':')}' defines: {', '.join(names[:8])}" if names else ""
 
 
 @contextlib.contextmanager
