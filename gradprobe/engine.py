@@ -332,8 +332,13 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
         mod_name = recorder.names.get(id(mod), "")
         current = table_get(mod._buffers, bname)
         full = f"{mod_name}.{bname}" if mod_name else bname
-        if current is not buf and current is not None and buf is not None:
-            changed: bool | None = True
+        if buf is None and current is None:
+            continue  # a None slot (BatchNorm without running stats) is no buffer: state_dict has no entry
+        if buf is None:
+            changed: bool | None = True  # the forward created it
+        elif current is not buf:
+            # reassigned (not in-place): changed only if the values differ; on meta values are unknown
+            changed = True if before is None or current is None else _buffer_changed(current, before, None)
         else:
             changed = _buffer_changed(current, before, buffer_versions.get(id(buf)))
             if changed is False and fidelity is not None and storage_key(current) in fidelity.written:

@@ -74,7 +74,8 @@ def freeze_check(
                            baseline=expected_flags, baseline_path=baseline_path)
     if spec.empty:
         raise UsageError(NOTHING_TO_CHECK)
-    spec.check_patterns([n for ns in names.values() for n in ns], [n for n, _ in model.named_buffers()])
+    spec.check_patterns([n for ns in names.values() for n in ns],
+                        [n for n, _ in model.named_buffers(remove_duplicate=False)])  # aliases too
     example = as_inputs(inputs, model)
     opt_label = "optimizer"
     if isinstance(optimizer, str):

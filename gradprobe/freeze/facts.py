@@ -91,8 +91,13 @@ class OptimizerFacts:
 class FreezeFacts:
     """Everything the torch side of freeze-check observed."""
 
-    run: RunFacts
+    run: RunFacts  # parameters carry requires_grad as handed over (before forward), not as forward left it
     optimizer: OptimizerFacts | None = None
+    # requires_grad after forward where forward changed it (canonical name): a forward that calls
+    # requires_grad_() must not hide the flags the optimizer is built from
+    flags_after: dict[str, bool] = field(default_factory=dict)
+    # every name of every buffer (a shared module has several): a frozen pattern may use any of them
+    buffer_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

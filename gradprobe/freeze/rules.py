@@ -6,7 +6,7 @@ found, and the likely cause as far as the facts can tell it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gradprobe.facts import ModuleFact, ParamFact, RunFacts
@@ -163,14 +163,14 @@ def judge(spec: FreezeSpec, facts: FreezeFacts) -> Judgement:
         if c.conflict:
             issues.append((True, _conflict(p, c)))
             continue
-        for issue, violation in _param_issues(p, c, grad, causes, opt):
+        for issue, violation in _param_issues(p, c, grad, causes, opt, facts.flags_after.get(p.name)):
             if issue.check == "flag":
                 flagged.add(p.name)
             issues.append((violation, issue))
     if spec.baseline is not None:
         issues += [(True, i) for i in _baseline_issues(spec, run, flagged)]
     if not spec.allow_buffer_updates:
-        issues += [(True, i) for i in _buffer_issues(spec, run)]
+        issues += [(True, i) for i in _buffer_issues(spec, run, facts.buffer_aliases)]
     if spec.unlisted != "ignore":
         issues += [(spec.unlisted == "error", i) for i in _unlisted_issues(run, classes)]
     if opt is not None and opt.foreign:
@@ -213,14 +213,28 @@ def _conflict(p: ParamFact, c: Classification) -> FreezeIssue:
         ("conflict",))
 
 
+def _flipped(p: ParamFact, after: bool) -> str:
+    return (f"forward changes it: requires_grad={p.requires_grad} when the model is handed over (what an "
+            f"optimizer built before the first forward sees) and {after} after forward; set the flag once, "
+            f"before building the optimizer, not inside forward")
+
+
 def _param_issues(p: ParamFact, c: Classification, grad: str | None, causes: _Causes,
-                  opt: OptimizerFacts | None) -> list[tuple[FreezeIssue, bool]]:
+                  opt: OptimizerFacts | None, after: bool | None = None) -> list[tuple[FreezeIssue, bool]]:
     out: list[tuple[FreezeIssue, bool]] = []
     groups = c.groups
     o = opt.param(p.name) if opt is not None else None
     flags = not c.from_baseline  # a baseline-derived expectation: the baseline check reports the flag
     if c.expected == "frozen":
-        if p.requires_grad and flags:
+        if after is True and not p.requires_grad and flags:
+            out.append((FreezeIssue(
+                "flag", p.name, "requires_grad=False", "requires_grad=True after forward",
+                f"frozen parameter '{p.name}' is unfrozen by forward: {_flipped(p, after)}", groups), True))
+        if p.requires_grad and flags and after is False:
+            out.append((FreezeIssue(
+                "flag", p.name, "requires_grad=False", "requires_grad=True before forward",
+                f"frozen parameter '{p.name}' has requires_grad=True: {_flipped(p, after)}", groups), True))
+        elif p.requires_grad and flags:
             out.append((FreezeIssue(
                 "flag", p.name, "requires_grad=False", "requires_grad=True",
                 f"frozen parameter '{p.name}' has requires_grad=True: {_frozen_flag_cause(p, grad, causes)}",
@@ -233,6 +247,10 @@ def _param_issues(p: ParamFact, c: Classification, grad: str | None, causes: _Ca
         if o is not None:
             out += [(i, True) for i in _frozen_optimizer_issues(p, o, opt, groups)]  # type: ignore[arg-type]
     elif c.expected == "trainable":
+        if after is False and p.requires_grad and flags:
+            out.append((FreezeIssue(
+                "flag", p.name, "requires_grad=True", "requires_grad=False after forward",
+                f"trainable parameter '{p.name}' is frozen by forward: {_flipped(p, after)}", groups), True))
         if not p.requires_grad:
             if flags:
                 out.append((FreezeIssue(
@@ -409,10 +427,11 @@ def _baseline_issues(spec: FreezeSpec, run: RunFacts, flagged: set[str]) -> list
     return out
 
 
-def _buffer_issues(spec: FreezeSpec, run: RunFacts) -> list[FreezeIssue]:
+def _buffer_issues(spec: FreezeSpec, run: RunFacts,
+                   aliases: Mapping[str, tuple[str, ...]] | None = None) -> list[FreezeIssue]:
     out: list[FreezeIssue] = []
-    for b in run.buffers:
-        pattern = spec.buffer_frozen(b.name)
+    for b in run.buffers:  # a shared module's buffer is frozen when any of its names is
+        pattern = next((pt for n in (aliases or {}).get(b.name, (b.name,)) if (pt := spec.buffer_frozen(n))), None)
         if pattern is None or not b.changed:
             continue
         frozen_root = next((a for a in _ancestors(b.module) if a and pattern_matches(pattern, a)), b.module)

@@ -9,6 +9,7 @@ and the optimizer's state are all put back afterwards.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from gradprobe.engine import LossFn, ProbeOptions, param_names, run_probe
 from gradprobe.errors import RunError, TargetError, describe_exception
+from gradprobe.facts import RunFacts
 from gradprobe.freeze.facts import FreezeFacts, OptimizerFacts, OptimizerGroup, OptimizerParam
 from gradprobe.modes import ModelState
 from gradprobe.target import ExampleInputs
@@ -56,6 +58,7 @@ def run_freeze(model: nn.Module, inputs: ExampleInputs, *, optimizer: OptimizerS
             opt = build_optimizer(optimizer, model, optimizer_label)
             opt_backup = copy.deepcopy(opt.state_dict())
         grads: dict[int, torch.Tensor] = {}
+        flags = {id(p): p.requires_grad for p in model.parameters()}  # as handed over: what an optimizer sees
         hooks = [p.register_post_accumulate_grad_hook(lambda t, pid=id(p): grads.__setitem__(pid, t.grad))
                  for p in model.parameters() if p.requires_grad]
         try:
@@ -68,14 +71,43 @@ def run_freeze(model: nn.Module, inputs: ExampleInputs, *, optimizer: OptimizerS
         if not run.backward and run.loss is None and run.device != "meta":
             raise RunError(f"freeze-check needs a backward: {run.backward_skipped_reason}; pass --loss MOD:fn "
                            f"returning a scalar from the outputs")
+        run, flags_after = _flags_as_given(model, run, flags)
         opt_facts = _optimizer_facts(model, opt, grads, optimizer_label) if opt is not None else None
-        return FreezeFacts(run, opt_facts)
+        return FreezeFacts(run, opt_facts, flags_after=flags_after, buffer_aliases=_buffer_aliases(model))
     finally:
         try:
             if opt is not None and opt_backup is not None:
                 opt.load_state_dict(opt_backup)
         finally:
             state.restore()
+
+
+def _flags_as_given(model: nn.Module, run: RunFacts, flags: dict[int, bool]) -> tuple[RunFacts, dict[str, bool]]:
+    """Parameter facts with ``requires_grad`` as handed over; the flags forward changed, as forward left them.
+
+    The engine reads flags after forward: a forward calling ``requires_grad_(False)`` would otherwise pass
+    a parameter that any optimizer built before the first forward holds and trains.
+    """
+    before = {names[0]: flags[pid] for pid, names in param_names(model).items() if pid in flags}
+    after: dict[str, bool] = {}
+    params = []
+    for p in run.parameters:
+        given = before.get(p.name, p.requires_grad)
+        if given != p.requires_grad:
+            after[p.name] = p.requires_grad
+            p = dataclasses.replace(p, requires_grad=given)
+        params.append(p)
+    return (dataclasses.replace(run, parameters=tuple(params)) if after else run), after
+
+
+def _buffer_aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Every name of every buffer, keyed by each of them (a module registered twice has two names)."""
+    names: dict[int, list[str]] = {}
+    for name, buf in model.named_buffers(remove_duplicate=False):
+        known = names.setdefault(id(buf), [])
+        if name not in known:
+            known.append(name)
+    return {n: tuple(ns) for ns in names.values() for n in ns}
 
 
 def _settings(group: dict[str, Any]) -> tuple[tuple[str, str], ...]:
