@@ -157,3 +157,33 @@ def test_trainable_frozen_inside_forward_is_caught() -> None:
     report = gradprobe.freeze_check(TrainableFrozenInForward(), x, trainable=["a", "b"])
     assert not report.passed
     assert {"b.weight", "b.bias"} <= _subjects(report, "flag")
+
+
+def test_frozen_parameter_aliasing_a_trainable_one_names_the_shared_storage() -> None:
+    """Plain torch: a step on the trainable parameter writes the frozen view too; the cause is the alias."""
+    import torch
+    from torch import nn
+
+    from gradprobe.api import freeze_check
+
+    class Aliased(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(4, 2)
+            self.frozen_view = nn.Parameter(self.head.weight.data[:1], requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x) + self.frozen_view.sum()
+
+    model = Aliased()
+    before = model.frozen_view.detach().clone()
+    opt = torch.optim.SGD([model.head.weight, model.head.bias], lr=0.1)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, model.frozen_view)  # plain torch: the frozen alias moved
+
+    model = Aliased()
+    report = freeze_check(model, torch.randn(3, 4), frozen=["frozen_view"], trainable=["head"],
+                          optimizer=lambda m: torch.optim.SGD([m.head.weight, m.head.bias], lr=0.1))
+    (step,) = [v for v in report.violations if v.check == "step" and v.subject == "frozen_view"]
+    assert "shares storage" in step.message and "without any gradient" not in step.message

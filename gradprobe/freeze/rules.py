@@ -360,8 +360,13 @@ def _frozen_optimizer_issues(p: ParamFact, o: OptimizerParam, opt: OptimizerFact
             f"{_risk(opt, g)}; build the optimizer from [p for p in model.parameters() if p.requires_grad]",
             groups))
     if o.moved:
-        why = ("it received a gradient" if o.had_grad else
-               f"{opt.type} updates it without any gradient ({responsible_setting(opt, o)})")
+        if not o.groups:  # not in the optimizer, yet it moved: its memory is written through another tensor
+            why = ("it is in no param group, so it shares storage with a parameter the optimizer updates "
+                   "(a view, .data or .set_() alias of a trainable tensor); give it its own copy with .clone()")
+        elif o.had_grad:
+            why = "it received a gradient"
+        else:
+            why = f"{opt.type} updates it without any gradient ({responsible_setting(opt, o)})"
         out.append(FreezeIssue(
             "step", p.name, "bit-identical after optimizer.step()", f"changed by up to {_num(o.delta)}",
             f"frozen parameter '{p.name}' changed in optimizer.step(): {why}", groups))
