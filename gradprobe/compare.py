@@ -33,12 +33,11 @@ from gradprobe.compare_facts import (
     label,
     parse_modes,
 )
-from gradprobe.engine import ProbeOptions, run_probe
-from gradprobe.engine import _sum_loss as sum_loss
+from gradprobe.engine import ProbeOptions, device_of, run_probe, sum_loss
 from gradprobe.errors import RunError, UsageError, describe_exception
 from gradprobe.facts import RunFacts
 from gradprobe.flatten import flatten_tensors
-from gradprobe.modes import ModelState, clear_grads, grad_context, table_get
+from gradprobe.modes import ModelState, clear_grads, grad_context, restore_tensor, table_get
 from gradprobe.target import ExampleInputs
 
 ProgressFn = Callable[[str, int, int], None]  # (description, steps done, steps in total)
@@ -109,11 +108,6 @@ def _max_abs_diff(x: torch.Tensor, y: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------- starting state
 
 
-def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
-    with torch.inference_mode() if dst.is_inference() else torch.no_grad():
-        dst.copy_(src)
-
-
 class StartState:
     """The state every run starts from: buffers, parameter values and the RNG, put back cheaply.
 
@@ -159,21 +153,11 @@ class StartState:
             if table_get(store, key) is not t:  # TorchScript's parameter/buffer tables have no .get
                 store[key] = t
             if copy is not None and t._version != version:
-                _copy_into(t, copy)
+                restore_tensor(t, copy)
                 entry[4] = t._version
         torch.random.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, self.device)
-
-
-def _device(model: nn.Module, inputs: ExampleInputs) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    for _, t in flatten_tensors((inputs.args, inputs.kwargs)):
-        return t.device
-    return torch.device("cpu")
 
 
 def _syncer(device: torch.device) -> Callable[[], None]:
@@ -495,7 +479,7 @@ def run_compare(
         raise UsageError(f"--repeat {repeat}: use 1 or more")
     pairs = parse_modes(modes)
     target = target or type(model).__name__
-    device = _device(model, inputs)
+    device = device_of(model, [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))])
     total = len(pairs) * (1 + repeat) + 3
     done = 0
 

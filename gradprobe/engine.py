@@ -97,7 +97,7 @@ def _is_training_dependent(mod: nn.Module) -> bool:
     return isinstance(mod, _TRAINING_DEPENDENT)
 
 
-def _sum_loss(outputs: list[tuple[str, torch.Tensor]], reduce: str) -> torch.Tensor | None:
+def sum_loss(outputs: list[tuple[str, torch.Tensor]], reduce: str) -> torch.Tensor | None:
     terms = []
     for _, t in outputs:
         if t.is_nested:  # sum/mean are not implemented for nested tensors; their elements are values()
@@ -214,7 +214,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     param_versions = {pid: p._version for pid, p in params.items()}
     model_state_tensors = list(params.values()) + [b for _, _, b, _ in state.buffers if b is not None]
     input_tensors = [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))]
-    device = _device_of(model, input_tensors)
+    device = device_of(model, input_tensors)
     skipped: list[str] = []
     if not options.memory:
         skipped.append("memory (--no-memory)")
@@ -384,7 +384,8 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     return ProbeResult(facts, kept)
 
 
-def _device_of(model: nn.Module, inputs: list[torch.Tensor]) -> torch.device:
+def device_of(model: nn.Module, inputs: list[torch.Tensor]) -> torch.device:
+    """Where the model lives: its first parameter, else buffer, else input; CPU for an empty model."""
     for p in model.parameters():
         return p.device
     for b in model.buffers():
@@ -403,7 +404,7 @@ def _module_label(model: nn.Module, name: str) -> str:
 def _make_loss(spec: str | LossFn, output: Any, flat_out: list[tuple[str, torch.Tensor]],
                inputs: ExampleInputs) -> torch.Tensor | None:
     if spec in ("sum", "mean"):
-        return _sum_loss(flat_out, str(spec))
+        return sum_loss(flat_out, str(spec))
     if isinstance(spec, str):
         raise UsageError(f"--loss '{spec}' is not a loss; use sum, mean or module:fn")
     try:

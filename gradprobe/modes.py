@@ -39,7 +39,7 @@ def grad_context(grad_mode: str) -> contextlib.AbstractContextManager[Any]:
     raise UsageError(f"unknown grad mode '{grad_mode}'; use grad, no_grad or inference_mode")
 
 
-def _restore_tensor(dst: torch.Tensor, src: torch.Tensor) -> None:
+def restore_tensor(dst: torch.Tensor, src: torch.Tensor) -> None:
     """Copy values back; inference tensors can only be written inside inference mode."""
     ctx = torch.inference_mode() if dst.is_inference() else torch.no_grad()
     with ctx:
@@ -111,12 +111,12 @@ class ModelState:
             if param.grad is not grad:
                 param.grad = grad
         for param, value in self.param_values:
-            _restore_tensor(param, value)
+            restore_tensor(param, value)
         for mod, bname, buf, copy in self.buffers:
             if table_get(mod._buffers, bname) is not buf:
                 mod._buffers[bname] = buf
             if buf is not None and copy is not None:
-                _restore_tensor(buf, copy)
+                restore_tensor(buf, copy)
         if self.rng is not None:
             torch.random.set_rng_state(self.rng)
         if self.cuda_rng is not None:
