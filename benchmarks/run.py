@@ -42,14 +42,14 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from gradprobe import zoo  # noqa: E402
 from gradprobe.api import probe  # noqa: E402
+from tests.fixtures import zoo  # noqa: E402
 
 console = Console(width=None if sys.stdout.isatty() else 150)  # piped output: wide enough for every column
 MARKDOWN: list[str] = []  # the same tables as Markdown, for --markdown
 MIB = 2**20
 
-# name -> (factory, kwargs): the models of the overhead section (repo-written, see gradprobe/zoo.py)
+# name -> (factory, kwargs): the models of the overhead section (repo-written, see tests/fixtures/zoo.py)
 OVERHEAD_MODELS: dict[str, tuple[Callable[..., torch.nn.Module], dict[str, int]]] = {
     "mlp": (zoo.mlp, {}),
     "resnet_small": (zoo.resnet_small, {}),
@@ -61,7 +61,7 @@ META_MODELS = {
     "mlp": (zoo.mlp, {}), "resnet_small": (zoo.resnet_small, {}), "resnet50": (zoo.resnet50, {"image": 64}),
     "tiny_gpt": (zoo.tiny_gpt, {}), "gpt2_small": (zoo.gpt2_small, {"seq": 64}), "tiny_llama": (zoo.tiny_llama, {}),
 }
-LARGE_TARGETS = ["gradprobe.zoo:llama_7b", "gradprobe.zoo:gpt2_xl", "gradprobe.zoo:hf_llama_7b"]
+LARGE_TARGETS = ["tests.fixtures.zoo:llama_7b", "tests.fixtures.zoo:gpt2_xl", "tests.fixtures.zoo:hf_llama_7b"]
 
 
 def median_ms(samples: list[float]) -> float:
@@ -155,7 +155,7 @@ def bench_overhead(names: list[str], repeats: int) -> list[dict[str, Any]]:
 PLAIN_SCRIPT = textwrap.dedent("""
     import sys
     import torch
-    from gradprobe import zoo
+    from tests.fixtures import zoo
     model = getattr(zoo, sys.argv[1])()
     model(model.example_input_array).float().sum().backward()
 """)
@@ -186,7 +186,8 @@ def bench_process(names: list[str], repeats: int, threads: int) -> list[dict[str
     for name in names:
         variants = {
             "plain script": lambda n=name: _run_process([sys.executable, "-c", PLAIN_SCRIPT, n], env),
-            "gradprobe inspect": lambda n=name: _run_process([*_gradprobe(), "inspect", f"gradprobe.zoo:{n}"], env),
+            "gradprobe inspect": lambda n=name: _run_process(
+                [*_gradprobe(), "inspect", f"tests.fixtures.zoo:{n}"], env),
         }
         times = alternate(variants, repeats, warmup=1)
         plain, full = statistics.median(times["plain script"]), statistics.median(times["gradprobe inspect"])
@@ -232,7 +233,7 @@ PLAIN_META_SCRIPT = textwrap.dedent("""
     import sys, time
     start = time.perf_counter()
     import torch
-    from gradprobe import zoo
+    from tests.fixtures import zoo
     imported = time.perf_counter()
     with torch.device("meta"):
         model = getattr(zoo, sys.argv[1])()
@@ -295,8 +296,8 @@ def bench_large(targets: list[str], repeats: int, threads: int) -> list[dict[str
 
 WALK_SCRIPT = textwrap.dedent("""
     import json, sys, time, tracemalloc, torch
-    from gradprobe.trackers.graph import walk_graph
-    from gradprobe.trackers.release import release_on_big_stack
+    from gradprobe.run.trackers.graph import walk_graph
+    from gradprobe.run.trackers.release import release_on_big_stack
 
     def chain(n):
         w = torch.ones(1, requires_grad=True)
@@ -336,7 +337,7 @@ def bench_graph(repeats: int, nodes: int = 1_000_000) -> dict[str, Any]:
 
 
 def bench_help(repeats: int) -> dict[str, Any]:
-    probe_script = "import sys; from gradprobe.cli import main; code = main(['--help']); " \
+    probe_script = "import sys; from gradprobe.cli.app import main; code = main(['--help']); " \
                    "assert 'torch' not in sys.modules, 'torch imported'"
     times = [_run_process([sys.executable, "-c", probe_script], _child_env(1)) for _ in range(repeats)]
     return {"help_s": round(statistics.median(times), 3), "imports_torch": False}

@@ -15,8 +15,8 @@ _LAZY = {
     "compare_modes": "gradprobe.api",
     "freeze_check": "gradprobe.api",
     "assert_frozen": "gradprobe.api",
-    "InspectReport": "gradprobe.facts",
-    "Finding": "gradprobe.facts",
+    "InspectReport": "gradprobe.facts.run",
+    "Finding": "gradprobe.facts.run",
     "GradprobeError": "gradprobe.errors",
 }
 

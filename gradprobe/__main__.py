@@ -2,6 +2,6 @@
 
 import sys
 
-from gradprobe.cli import main
+from gradprobe.cli.app import main
 
 sys.exit(main())

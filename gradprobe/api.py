@@ -15,13 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradprobe.engine import LossFn, ProbeOptions, run_probe
 from gradprobe.errors import InputError, UsageError
-from gradprobe.estimate import cast_floating, with_training_step
-from gradprobe.estimate import check_options as check_estimate_options
-from gradprobe.facts import InspectReport
-from gradprobe.findings import judge_run
-from gradprobe.target import (
+from gradprobe.facts.run import InspectReport
+from gradprobe.judges.inspect import judge_run
+from gradprobe.load.target import (
     ExampleInputs,
     LoadedModel,
     build_model,
@@ -33,6 +30,9 @@ from gradprobe.target import (
     to_device,
     unwrap_model,
 )
+from gradprobe.run.estimate import cast_floating, with_training_step
+from gradprobe.run.estimate import check_options as check_estimate_options
+from gradprobe.run.probe import LossFn, ProbeOptions, run_probe
 
 
 @contextlib.contextmanager
@@ -108,7 +108,7 @@ def probe(
     """Run ``model`` once in ``mode``/``grad_mode`` and return facts plus findings; the model is left as found.
 
     ``optimizer_state`` (sgd|momentum|adam) and ``param_dtype`` (float32|bfloat16|float16) shape the
-    training-step memory estimate; on the meta device ``param_dtype`` casts the run (gradprobe.estimate).
+    training-step memory estimate; on the meta device ``param_dtype`` casts the run (gradprobe.run.estimate).
     """
     if depth < 0:
         raise UsageError(f"--depth {depth}: use 0 or more")
@@ -147,13 +147,13 @@ def resolve_loss(spec: str | None) -> str | LossFn:
 
 __all__ = ["as_inputs", "load", "probe", "resolve_loss", "to_device", "user_output_to_stderr"]
 
-# freeze-check (issue 4): implemented in gradprobe/freeze/check.py, part of the public API here.
-from gradprobe.freeze.check import assert_frozen, freeze_check  # noqa: E402
+# freeze-check (issue 4): implemented in gradprobe/api_freeze.py, part of the public API here.
+from gradprobe.api_freeze import assert_frozen, freeze_check  # noqa: E402
 
 __all__ += ["assert_frozen", "freeze_check"]
 
-# compare-modes (issue 3): implemented in gradprobe/compare.py (torch side) and gradprobe/compare_judges.py.
-from gradprobe.compare_facts import CompareReport  # noqa: E402
+# compare-modes (issue 3): implemented in gradprobe/run/compare.py (torch side) and gradprobe/judges/compare.py.
+from gradprobe.facts.compare import CompareReport  # noqa: E402
 
 
 def compare_modes(
@@ -173,8 +173,8 @@ def compare_modes(
 
     ``progress``, if given, is called as ``progress(description, done, total)`` after each step.
     """
-    from gradprobe.compare import run_compare
-    from gradprobe.compare_judges import compare_verdict, judge_compare
+    from gradprobe.judges.compare import compare_verdict, judge_compare
+    from gradprobe.run.compare import run_compare
 
     notes: list[str] = list(loaded.notes) if loaded is not None else []
     if loaded is None:  # a model object from Python: see through torch.compile/DataParallel as probe() does

@@ -46,7 +46,9 @@ def run_cli() -> Callable[..., CliResult]:
 
     def run(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None,
             timeout: float = 120) -> CliResult:
-        full_env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", **(env or {})}
+        # the repo root on the path: model files written by tests import the shared fixtures (tests.fixtures.zoo)
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        full_env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "PYTHONPATH": path, **(env or {})}
         full_env.pop("FORCE_COLOR", None)
         proc = subprocess.run([*gradprobe_command(), *args], cwd=cwd or REPO, env=full_env, capture_output=True,
                               text=True, timeout=timeout)
@@ -58,7 +60,7 @@ def run_cli() -> Callable[..., CliResult]:
 @pytest.fixture
 def cli(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
     """Run ``gradprobe.cli.main`` in this process: the same code path as the command, without the torch import."""
-    from gradprobe.cli import main
+    from gradprobe.cli.app import main
 
     monkeypatch.setenv("COLUMNS", "100")
     monkeypatch.setenv("NO_COLOR", "1")

@@ -19,8 +19,8 @@ from rich.console import Console
 from torch import nn
 
 from gradprobe.api import compare_modes
-from gradprobe.compare import reads_training
-from gradprobe.compare_facts import (
+from gradprobe.errors import UsageError
+from gradprobe.facts.compare import (
     COMPARE_SCHEMA,
     Attribution,
     CompareReport,
@@ -29,9 +29,9 @@ from gradprobe.compare_facts import (
     ModuleEffect,
     parse_modes,
 )
-from gradprobe.compare_judges import compare_verdict, judge_compare
-from gradprobe.errors import UsageError
-from gradprobe.render.compare_render import compare_json, compare_markdown, render_compare
+from gradprobe.judges.compare import compare_verdict, judge_compare
+from gradprobe.render.compare.view import compare_json, compare_markdown, render_compare
+from gradprobe.run.compare import reads_training
 
 B = 5  # batch of every test input
 SIX = [("train", "grad"), ("train", "no_grad"), ("train", "inference_mode"),
@@ -592,7 +592,7 @@ def test_unexplained_train_eval_difference_from_hand_made_facts() -> None:
 
 def test_json_document(drop_report: CompareReport) -> None:
     doc = json.loads(json.dumps(compare_json(drop_report), allow_nan=False))
-    assert doc["schema"] == COMPARE_SCHEMA == "gradprobe.compare/1"
+    assert doc["schema"] == COMPARE_SCHEMA == "gradprobe.run.compare/1"
     assert {"target", "torch", "device", "rows", "findings"} <= doc.keys()
     assert doc["torch"] == torch.__version__ and doc["device"] == "cpu"
     assert len(doc["rows"]) == 6
@@ -636,7 +636,7 @@ def test_cli_json_on_the_bundled_example(run_cli: Callable[..., Any]) -> None:
     res = run_cli("compare-modes", "gradprobe.examples:FineTuneNet", "--format", "json", "--repeat", "2")
     assert res.code == 0, res.err
     doc = json.loads(res.out)  # stdout is the document and nothing else: no progress bar there
-    assert doc["schema"] == "gradprobe.compare/1" and doc["target"] == "gradprobe.examples:FineTuneNet"
+    assert doc["schema"] == "gradprobe.run.compare/1" and doc["target"] == "gradprobe.examples:FineTuneNet"
     assert [(r["mode"], r["grad_mode"]) for r in doc["rows"]] == SIX
     assert all(r["ok"] for r in doc["rows"])
     found = {f["code"] for f in doc["findings"]}

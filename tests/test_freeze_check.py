@@ -20,8 +20,8 @@ from torch import nn
 
 import gradprobe
 from gradprobe.errors import UsageError
-from gradprobe.freeze.facts import CHECKS
-from gradprobe.freeze.spec import FreezeSpec, pattern_matches
+from gradprobe.facts.freeze import CHECKS
+from gradprobe.load.freeze_spec import FreezeSpec, pattern_matches
 
 MODELS = Path(fm.__file__).resolve()
 

@@ -18,9 +18,9 @@ from torch import nn
 
 import gradprobe
 from gradprobe.examples import FineTuneNet
-from gradprobe.freeze.facts import FreezeIssue
-from gradprobe.render.freeze_groups import group_issues, split_fix
-from gradprobe.render.freeze_render import DEFAULT_TOP, freeze_json, freeze_markdown, issues_list, render_freeze
+from gradprobe.facts.freeze import FreezeIssue
+from gradprobe.render.freeze.groups import group_issues, split_fix
+from gradprobe.render.freeze.view import DEFAULT_TOP, freeze_json, freeze_markdown, issues_list, render_freeze
 
 SPEC: dict[str, Any] = {"frozen": ["backbone"], "trainable": ["head", "aux_head"]}
 

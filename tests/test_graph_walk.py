@@ -1,4 +1,4 @@
-"""Tests for walk_graph (gradprobe.trackers.graph) and release_on_big_stack, against independent values.
+"""Tests for walk_graph (gradprobe.run.trackers.graph) and release_on_big_stack, against independent values.
 
 Small graphs are counted by hand (the counts are spelled out in comments); random DAGs are
 checked against a plain recursive walk written here.  Deep graphs (which, once walked, crash the
@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gradprobe.facts import GraphFact, GraphTree
-from gradprobe.trackers.graph import walk_graph
-from gradprobe.trackers.release import release_on_big_stack
+from gradprobe.facts.run import GraphFact, GraphTree
+from gradprobe.run.trackers.graph import walk_graph
+from gradprobe.run.trackers.release import release_on_big_stack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -500,8 +500,8 @@ def run_python(script: str, *args: str, cwd: Path | None = None) -> subprocess.C
 DIRECT_SCRIPT = textwrap.dedent("""
     import gc, sys, weakref
     import torch
-    from gradprobe.trackers.graph import walk_graph
-    from gradprobe.trackers.release import release_on_big_stack
+    from gradprobe.run.trackers.graph import walk_graph
+    from gradprobe.run.trackers.release import release_on_big_stack
 
     mode = sys.argv[1]
     w = torch.ones(1, requires_grad=True)

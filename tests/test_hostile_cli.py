@@ -262,7 +262,7 @@ def in_tests_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_hostile_case_in_process(c: Case, workdir: Path, in_tests_dir: None,
                                  capfd: pytest.CaptureFixture[str]) -> None:
-    from gradprobe.cli import main
+    from gradprobe.cli.app import main
 
     if c.id in NEEDS_NO_CUDA and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
@@ -304,7 +304,7 @@ def test_hostile_sample_in_subprocesses(workdir: Path) -> None:
 
 def test_debug_shows_the_traceback(workdir: Path, in_tests_dir: None, capfd: pytest.CaptureFixture[str]) -> None:
     """The contrast case: --debug is the one way to get the traceback."""
-    from gradprobe.cli import main
+    from gradprobe.cli.app import main
 
     code = main(["inspect", f"{M}:ForwardRaisesInChild", "--debug"])
     err = capfd.readouterr().err
@@ -317,7 +317,7 @@ def test_debug_shows_the_traceback(workdir: Path, in_tests_dir: None, capfd: pyt
 
 
 def run_json(args: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
-    from gradprobe.cli import main
+    from gradprobe.cli.app import main
 
     capfd.readouterr()
     code = main([*args, "--format", "json"])
@@ -335,7 +335,7 @@ def test_nonfinite_outputs_are_a_finding_not_a_crash(name: str, path: str, in_te
     assert [f["subject"] for f in bad] == [path]
     assert bad[0]["severity"] == "error"
     # --strict turns an error finding into exit code 1, still not a crash
-    from gradprobe.cli import main
+    from gradprobe.cli.app import main
 
     assert main(["inspect", f"{M}:{name}", "--strict", "--format", "json"]) == 1
 

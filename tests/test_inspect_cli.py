@@ -41,7 +41,7 @@ class Net(nn.Module):
 def test_help_does_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "from gradprobe.cli import main\n"
+        "from gradprobe.cli.app import main\n"
         "for argv in (['--help'], ['inspect', '--help'], ['--version']):\n"
         "    assert main(argv) == 0, argv\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gradprobe.api import load, probe
-from gradprobe.facts import Finding, InspectReport
+from gradprobe.facts.run import Finding, InspectReport
 
 
 def _codes(report: InspectReport) -> list[str]:

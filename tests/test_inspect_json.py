@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gradprobe.api import probe
-from gradprobe.render.json_out import dumps, inspect_json
+from gradprobe.render.inspect.json_out import dumps, inspect_json
 
 FILE = str(Path(mi.__file__))
 

@@ -168,7 +168,7 @@ def test_graph_nodes_and_depth_match_an_independent_walk(factory) -> None:
     x = model.example_input_array
     report = probe(model, x)
     out = model(x)
-    from gradprobe.flatten import flatten_tensors
+    from gradprobe.run.flatten import flatten_tensors
 
     terms = [t.sum() for _, t in flatten_tensors(out) if t.is_floating_point()]
     loss = functools.reduce(lambda a, b: a + b, terms)  # the documented default loss: sum of every float output

@@ -10,8 +10,8 @@ import torch
 from rich.console import Console
 
 from gradprobe.api import load, probe
-from gradprobe.facts import InspectReport
-from gradprobe.render.table import render_inspect
+from gradprobe.facts.run import InspectReport
+from gradprobe.render.inspect.table import render_inspect
 
 STABLE_SECTIONS = {"parameters", "buffers", "tensors", "graph", "findings"}  # no timings, no torch version
 

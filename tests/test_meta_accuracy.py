@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gradprobe import zoo
 from gradprobe.api import probe
-from gradprobe.facts import MemoryFact
-from gradprobe.trackers.meta import MetaAttentionChoice, meta_fidelity
+from gradprobe.facts.run import MemoryFact
+from gradprobe.run.trackers.meta import MetaAttentionChoice, meta_fidelity
+from tests.fixtures import zoo
 
 # (factory, kwargs): every benchmark model that fits, at sizes that keep the test fast
 MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, int]]] = {

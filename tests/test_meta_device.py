@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from gradprobe import zoo
 from gradprobe.api import load, probe
 from gradprobe.errors import RunError
+from tests.fixtures import zoo
 
 MODEL_FILE = """
 import torch
 import torch.nn.functional as F
 from torch import nn
-from gradprobe import zoo
+from tests.fixtures import zoo
 
 tied = zoo.tiny_gpt()  # an instance: moved to meta by gradprobe, weight tying restored
 
@@ -76,7 +76,7 @@ RSS_SCRIPT = textwrap.dedent("""
 def test_factory_is_built_on_meta_without_allocating() -> None:
     """Llama-7B holds 27 GB of float32 parameters; built on meta the whole process stays a small fraction of that
     (~330 MB measured; the bound is loose so a busy machine cannot fail it)."""
-    proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT, "gradprobe.zoo:llama_7b"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", RSS_SCRIPT, "tests.fixtures.zoo:llama_7b"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     devices, numel, rss = proc.stdout.split("] ")[0] + "]", *proc.stdout.split("] ")[1].split()
@@ -100,7 +100,7 @@ def test_instance_moved_to_meta_keeps_its_tied_weights(run_cli, model_dir: Path)
 
 
 def test_meta_reports_gradients_as_present(run_cli, model_dir: Path) -> None:
-    doc = _json(run_cli, "gradprobe.zoo:tiny_llama", "--device", "meta")
+    doc = _json(run_cli, "tests.fixtures.zoo:tiny_llama", "--device", "meta")
     assert doc["device"] == "meta" and doc["backward"] is True
     assert {p["grad"] for p in doc["parameters"]} == {"present"}
     assert all(p["grad_norm"] is None for p in doc["parameters"])
@@ -228,18 +228,18 @@ def test_param_dtype_on_cpu_scales_and_leaves_the_model_alone() -> None:
 
 
 def test_cli_options_for_the_training_step(run_cli) -> None:
-    doc = _json(run_cli, "gradprobe.zoo:tiny_gpt", "--device", "meta", "--optimizer-state", "sgd",
+    doc = _json(run_cli, "tests.fixtures.zoo:tiny_gpt", "--device", "meta", "--optimizer-state", "sgd",
                 "--param-dtype", "float16")
     step = doc["memory"]["training_step"]
     params = sum(p["numel"] for p in doc["parameters"])
     assert step["optimizer_state"] == "sgd" and step["optimizer_state_bytes"] == 0
     assert step["param_dtype"] == "float16" and step["parameter_bytes"] == 2 * params
     assert {p["dtype"] for p in doc["parameters"]} == {"float16"}
-    bad = run_cli("inspect", "gradprobe.zoo:tiny_gpt", "--optimizer-state", "lion")
+    bad = run_cli("inspect", "tests.fixtures.zoo:tiny_gpt", "--optimizer-state", "lion")
     assert bad.code == 2 and "--optimizer-state" in bad.err
 
 
 def test_load_on_meta_makes_meta_inputs() -> None:
-    loaded, example = load("gradprobe.zoo:tiny_gpt", device="meta")
+    loaded, example = load("tests.fixtures.zoo:tiny_gpt", device="meta")
     assert {t.device.type for t in example.args} == {"meta"}
     assert probe(loaded.model, example).facts.device == "meta"

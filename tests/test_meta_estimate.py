@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gradprobe.advice import checkpoint_advice
 from gradprobe.errors import UsageError
-from gradprobe.estimate import training_step
-from gradprobe.facts import MemoryFact, ModuleFact, ModuleMemory, ParamFact, RunFacts
+from gradprobe.facts.run import MemoryFact, ModuleFact, ModuleMemory, ParamFact, RunFacts
+from gradprobe.judges.checkpoint import checkpoint_advice
+from gradprobe.run.estimate import training_step
 
 MIB = 2**20
 

@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradprobe.flatten import flatten_tensors
+from gradprobe.run.flatten import flatten_tensors
 
 
 class Pair(NamedTuple):

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gradprobe.modes import ModelState, preserved
+from gradprobe.run.state import ModelState, preserved
 
 
 def make_layer(kind: str, size: int) -> nn.Module:

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gradprobe import zoo
-from gradprobe.advice import checkpoint_advice
 from gradprobe.api import probe
-from gradprobe.facts import RunFacts
+from gradprobe.facts.run import RunFacts
+from gradprobe.judges.checkpoint import checkpoint_advice
+from tests.fixtures import zoo
 
 FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "tiny_gpt": zoo.tiny_gpt,
@@ -108,7 +108,7 @@ def test_by_module_attribution_on_an_mlp_by_hand() -> None:
 
 
 def test_json_carries_every_module_call_and_the_advice(run_cli) -> None:
-    result = run_cli("inspect", "gradprobe.zoo:tiny_gpt", "--format", "json")
+    result = run_cli("inspect", "tests.fixtures.zoo:tiny_gpt", "--format", "json")
     assert result.code == 0, result.err
     memory = json.loads(result.out)["memory"]
     calls = {(m["module"], m["call"]) for m in memory["by_module"]}
@@ -124,12 +124,12 @@ def test_json_carries_every_module_call_and_the_advice(run_cli) -> None:
 
 
 def test_table_shows_top_modules_and_the_advice(run_cli) -> None:
-    result = run_cli("inspect", "gradprobe.zoo:tiny_gpt", "--top", "3")
+    result = run_cli("inspect", "tests.fixtures.zoo:tiny_gpt", "--top", "3")
     assert result.code == 0, result.err
     assert "Saved for backward, by module call" in result.out
     assert "Activation checkpointing" in result.out and "wrapping every GPTBlock call (2)" in result.out
     section = result.out.split("Saved for backward, by module call")[1].split("Activation checkpointing")[0]
     assert "more module calls" in section
-    filtered = run_cli("inspect", "gradprobe.zoo:tiny_gpt", "--filter", "transformer.h.1*")
+    filtered = run_cli("inspect", "tests.fixtures.zoo:tiny_gpt", "--filter", "transformer.h.1*")
     part = filtered.out.split("Saved for backward, by module call")[1].split("Activation checkpointing")[0]
     assert "transformer.h.1" in part and "transformer.h.0" not in part

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from gradprobe.cli import app
+from gradprobe.cli.app import app
 
 HELP_PROBE = textwrap.dedent("""
     import sys, time
     start = time.perf_counter()
-    from gradprobe.cli import main
+    from gradprobe.cli.app import main
     try:
         code = main(sys.argv[1:])
     except SystemExit as exc:
@@ -48,7 +48,7 @@ def test_help_never_imports_torch(args: list[str]) -> None:
 
 def test_progress_line_only_on_a_terminal(run_cli) -> None:
     """Piped stderr: no progress output at all, stdout is the JSON document."""
-    result = run_cli("inspect", "gradprobe.zoo:tiny_gpt", "--format", "json")
+    result = run_cli("inspect", "tests.fixtures.zoo:tiny_gpt", "--format", "json")
     assert result.code == 0
     assert result.err == ""
     json.loads(result.out)
@@ -61,7 +61,7 @@ def test_progress_line_on_a_terminal_goes_to_stderr() -> None:
     leader, follower = pty.openpty()
     env = {**os.environ, "TERM": "xterm", "COLUMNS": "100"}
     env.pop("GRADPROBE_NO_PROGRESS", None)
-    proc = subprocess.Popen([*gradprobe_command(), "inspect", "gradprobe.zoo:resnet_small", "--format", "json"],
+    proc = subprocess.Popen([*gradprobe_command(), "inspect", "tests.fixtures.zoo:resnet_small", "--format", "json"],
                             stdout=subprocess.PIPE, stderr=follower, env=env)
     os.close(follower)
     drawn = b""
@@ -82,7 +82,7 @@ def test_progress_line_on_a_terminal_goes_to_stderr() -> None:
     os.close(leader)
     assert proc.returncode == 0
     json.loads(out)  # stdout untouched by the progress line
-    assert b"inspect" in drawn and b"gradprobe.zoo:resnet_small" in drawn
+    assert b"inspect" in drawn and b"tests.fixtures.zoo:resnet_small" in drawn
 
 
 BUDGET = textwrap.dedent("""
@@ -98,8 +98,8 @@ BUDGET = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["gradprobe.zoo:llama_7b", "gradprobe.zoo:gpt2_xl",
-                                    pytest.param("gradprobe.zoo:hf_llama_7b", marks=pytest.mark.transformers)])
+@pytest.mark.parametrize("target", ["tests.fixtures.zoo:llama_7b", "tests.fixtures.zoo:gpt2_xl",
+                                    pytest.param("tests.fixtures.zoo:hf_llama_7b", marks=pytest.mark.transformers)])
 def test_billion_parameter_model_on_meta_in_budget(target: str) -> None:
     """The whole CLI process on meta never allocates the parameters (27 GB for Llama-7B in float32).
 
@@ -118,8 +118,8 @@ def test_billion_parameter_model_on_meta_in_budget(target: str) -> None:
     assert int(rss) < 4 * 2**30, seconds
     doc = json.loads(body)
     assert doc["device"] == "meta" and doc["backward"] is True
-    expected = {"gradprobe.zoo:llama_7b": 6_738_415_616, "gradprobe.zoo:hf_llama_7b": 6_738_415_616,
-                "gradprobe.zoo:gpt2_xl": 1_557_611_200}[target]
+    expected = {"tests.fixtures.zoo:llama_7b": 6_738_415_616, "tests.fixtures.zoo:hf_llama_7b": 6_738_415_616,
+                "tests.fixtures.zoo:gpt2_xl": 1_557_611_200}[target]
     assert doc["summary"]["numel"] == expected
     assert doc["memory"]["saved_for_backward_bytes"] > 0
     assert doc["memory"]["checkpoint_plan"]["calls"] in (32, 48)

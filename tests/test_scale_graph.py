@@ -13,14 +13,14 @@ import torch
 from rich.console import Console
 
 from gradprobe.api import probe
-from gradprobe.render.table import graph_tree
-from gradprobe.trackers.graph import walk_graph
-from gradprobe.trackers.release import release_on_big_stack
+from gradprobe.render.inspect.table import graph_tree
+from gradprobe.run.trackers.graph import walk_graph
+from gradprobe.run.trackers.release import release_on_big_stack
 
 WALK_SCRIPT = textwrap.dedent("""
     import json, sys, time, tracemalloc, torch
-    from gradprobe.trackers.graph import walk_graph
-    from gradprobe.trackers.release import release_on_big_stack
+    from gradprobe.run.trackers.graph import walk_graph
+    from gradprobe.run.trackers.release import release_on_big_stack
 
     def chain(n):
         w = torch.ones(1, requires_grad=True)
@@ -67,7 +67,7 @@ def test_walk_memory_is_linear_and_small() -> None:
 
 
 def _tree_text(loss: torch.Tensor, names: dict[int, str]) -> str:
-    from gradprobe.facts import RunFacts
+    from gradprobe.facts.run import RunFacts
 
     fact = walk_graph([loss.grad_fn], names, tree_depth=12)
     held = [loss]

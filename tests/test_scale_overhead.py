@@ -22,10 +22,10 @@ def one_thread() -> Iterator[None]:
 
 
 def test_switched_off_trackers_are_reported(run_cli) -> None:
-    result = run_cli("inspect", "gradprobe.zoo:tiny_gpt", "--no-memory", "--no-tensors", "--format", "json")
+    result = run_cli("inspect", "tests.fixtures.zoo:tiny_gpt", "--no-memory", "--no-tensors", "--format", "json")
     assert result.code == 0, result.err
     doc = json.loads(result.out)
     assert doc["memory"] is None and doc["tensors"] == []
     assert any("--no-memory" in s for s in doc["skipped"]) and any("--no-tensors" in s for s in doc["skipped"])
-    table = run_cli("inspect", "gradprobe.zoo:tiny_gpt", "--no-memory", "--no-tensors")
+    table = run_cli("inspect", "tests.fixtures.zoo:tiny_gpt", "--no-memory", "--no-tensors")
     assert "skipped" in table.out and "--no-memory" in table.out and "--no-tensors" in table.out

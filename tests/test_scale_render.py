@@ -12,9 +12,9 @@ from rich.console import Console
 from torch import nn
 
 from gradprobe.api import probe
-from gradprobe.facts import InspectReport
-from gradprobe.render.json_out import dumps, inspect_json
-from gradprobe.render.table import render_inspect
+from gradprobe.facts.run import InspectReport
+from gradprobe.render.inspect.json_out import dumps, inspect_json
+from gradprobe.render.inspect.table import render_inspect
 
 BLOCKS = 5_000  # Sequential(Linear, Tanh) each: 15,001 module calls with the model and the Sequentials
 

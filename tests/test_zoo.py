@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradprobe import zoo
+from tests.fixtures import zoo
 
 
 def n_params(model: nn.Module) -> int:

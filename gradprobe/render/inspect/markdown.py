@@ -1,0 +1,66 @@
+"""Markdown for pull-request comments and CI step summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gradprobe.facts.run import Finding, InspectReport
+from gradprobe.render.units import human_bytes, shape_text
+
+
+def md_escape(text: str) -> str:
+    """Keep table cells intact."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_escape("" if c is None else str(c)) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def findings_md(findings: Sequence[Finding]) -> str:
+    if not findings:
+        return "No findings."
+    return md_table(["severity", "code", "subject", "message", "fix"],
+                    [(f.severity, f"`{f.code}`", f"`{f.subject}`" if f.subject else "", f.message, f.hint)
+                     for f in findings])
+
+
+def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:
+    """The inspect report as Markdown: summary, findings, memory, parameters."""
+    f = report.facts
+    trainable = sum(p.requires_grad for p in f.parameters)
+    out = [
+        f"## gradprobe inspect `{f.target}`",
+        "",
+        f"- torch {f.torch_version} on `{f.device}`, mode **{f.mode} + {f.grad_mode}**",
+        f"- parameters: {len(f.parameters)} ({trainable} require grad, {len(f.parameters) - trainable} frozen)",
+        f"- backward: {'ran' if f.backward else 'not run: ' + str(f.backward_skipped_reason)}",
+    ]
+    if f.loss is not None:
+        out.append(f"- loss: {f.loss:.6g}")
+    for o in f.outputs:
+        out.append(f"- `{o.path}`: {shape_text(o.shape)} {o.dtype}, requires_grad={o.requires_grad}, "
+                   f"grad_fn={o.grad_fn}, is_inference={o.is_inference}")
+    if f.graph is not None:
+        out.append(f"- grad_fn graph: {f.graph.nodes} nodes, depth {f.graph.depth}")
+    out += ["", "### Findings", "", findings_md(report.findings)]
+    if f.memory is not None:
+        m = f.memory
+        out += ["", "### Memory", "", md_table(["measure", "bytes"], [
+            ("forward peak", human_bytes(m.forward_peak_bytes)),
+            ("backward peak", human_bytes(m.backward_peak_bytes)),
+            ("saved for backward", human_bytes(m.saved_for_backward_bytes)),
+            ("parameters", human_bytes(m.parameter_bytes)),
+            ("gradients", human_bytes(m.gradient_bytes)),
+        ]), "", f"_{m.method}_"]
+    params = list(f.parameters)
+    shown = params[:top] if top else params
+    out += ["", f"### Parameters ({len(params)})", "", md_table(
+        ["name", "shape", "dtype", "requires_grad", "grad"],
+        [(", ".join(p.names), shape_text(p.shape), p.dtype, p.requires_grad, p.grad or "-") for p in shown])]
+    if len(shown) < len(params):
+        out.append(f"\n_{len(params) - len(shown)} more parameters: use --format json for all._")
+    return "\n".join(out) + "\n"

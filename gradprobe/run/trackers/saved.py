@@ -1,0 +1,180 @@
+"""Bytes autograd keeps alive for backward, via ``saved_tensors_hooks``.
+
+Each saved storage is counted once; storages of parameters and buffers are
+excluded (they are saved by reference and cost nothing new).  A storage counts
+only while it is alive: one saved by a branch whose graph was dropped during
+the forward is subtracted again, so the figure is what backward will hold.
+
+Installing any saved-tensor hooks switches off autograd's own check that a
+saved tensor was not modified in place, so this tracker records ``_version``
+when packing and raises autograd's error when unpacking a tensor that changed.
+
+For attribution, each storage remembers the module calls that were running at
+*every* save of it (the common prefix of the call stacks): a storage is "inside"
+a call when all its saves happened inside it.  That is what
+``torch.utils.checkpoint`` around the call would stop keeping, and it makes the
+expected saving of checkpointing a call exact arithmetic (see ``module_memory``).
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from gradprobe.facts.run import ModuleMemory
+from gradprobe.run.trackers.memory import storage_key
+
+Call = tuple[str, int]
+Input = tuple[int, int, Any]  # storage key, bytes, weak reference to the storage
+
+
+class _Saved:
+    """One saved storage: its size, the first call that saved it, and the calls enclosing every save."""
+
+    __slots__ = ("first", "nbytes", "prefix", "ref")
+
+    def __init__(self, nbytes: int, prefix: tuple[Call, ...], first: Call | None, ref: Any) -> None:
+        self.nbytes = nbytes
+        self.prefix = prefix
+        self.first = first
+        self.ref = ref
+
+
+class SavedTensorTracker:
+    """Context manager: counts saved-for-backward bytes and attributes them to module calls.
+
+    ``stack`` is the live call stack of a :class:`~gradprobe.run.trackers.modules.ModuleRecorder`
+    (read at every pack; without it nothing is attributed to a call).  The figures are
+    frozen when the context exits, i.e. at the end of the forward, before backward frees them.
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = (),
+                 stack: Sequence[Call] | None = None, inputs: Mapping[Call, Sequence[Input]] | None = None) -> None:
+        self.total_bytes = 0
+        self.by_call: dict[Call, int] = {}
+        self._records: dict[int, _Saved] = {}
+        self._exclude: set[int] = {k for k in (storage_key(t) for t in exclude) if k is not None}
+        self._stack = stack
+        self._frozen: dict[int, _Saved] | None = None
+        self._inputs = inputs
+        self.input_keys: dict[Call, tuple[tuple[int | None, int], ...]] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def __enter__(self) -> SavedTensorTracker:
+        self._frozen = None
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """Fix the figures to the storages alive now (the end of the forward)."""
+        self._frozen = dict(self._records)
+        if self._inputs is not None:  # a key whose storage died no longer names it (its address may be reused)
+            self.input_keys = {call: tuple((key if ref() is not None else None, nbytes) for key, nbytes, ref in args)
+                               for call, args in self._inputs.items()}
+        alive = self._frozen.values()
+        self.total_bytes = sum(r.nbytes for r in alive)
+        by_call: dict[Call, int] = {}
+        for r in alive:
+            if r.first is not None:
+                by_call[r.first] = by_call.get(r.first, 0) + r.nbytes
+        self.by_call = by_call
+
+    @property
+    def records(self) -> dict[int, _Saved]:
+        """Storage key → saved storage, alive at the end of the forward (or now, while still active)."""
+        return self._frozen if self._frozen is not None else dict(self._records)
+
+    def _pack(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError, AttributeError):
+            storage = None
+        if storage is not None:
+            key = storage._cdata
+            if key not in self._exclude:
+                record = self._records.get(key)
+                stack = self._stack
+                if record is None:
+                    prefix = tuple(stack) if stack is not None else ()
+                    first = prefix[-1] if prefix else None
+                    records = self._records
+
+                    def _freed(_: Any, key: int = key) -> None:
+                        records.pop(key, None)
+
+                    self._records[key] = _Saved(storage.nbytes(), prefix, first, weakref.ref(storage, _freed))
+                elif stack is not None and record.prefix:
+                    prefix = record.prefix
+                    n = min(len(prefix), len(stack))
+                    i = 0
+                    while i < n and prefix[i] == stack[i]:
+                        i += 1
+                    if i < len(prefix):
+                        record.prefix = prefix[:i]
+        # detach(): returning ``t`` itself keeps a reference cycle through a saved output's grad_fn alive
+        # when no backward follows; the detached view shares t's version counter, so the check below works.
+        return t.detach(), t._version
+
+    @staticmethod
+    def _unpack(packed: tuple[torch.Tensor, int]) -> Any:
+        tensor, version = packed
+        if tensor._version != version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace "
+                f"operation: [{tensor.type()} {list(tensor.shape)}] is at version {tensor._version}; "
+                f"expected version {version} instead. Hint: the operation that modified it ran after it "
+                "was saved for backward (autograd's check, kept by gradprobe)."
+            )
+        return tensor
+
+
+def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
+    """``layers.2`` before ``layers.10``."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name))
+
+
+def module_memory(saved: SavedTensorTracker | None, output_bytes: Mapping[Call, int]) -> tuple[ModuleMemory, ...]:
+    """Per module call: saved bytes (innermost call), saved bytes inside it, output bytes, checkpoint saving.
+
+    Wrapping call C in ``torch.utils.checkpoint`` (non-reentrant) stops autograd keeping every storage
+    saved only inside C, and makes it keep C's positional tensor inputs instead.  So the saved bytes drop
+    by ``inside(C) - inputs(C)``, where ``inputs(C)`` counts each input storage (not a parameter or
+    buffer) that is not already kept by a save outside C.  Sorted by innermost saved bytes, largest first.
+    """
+    if saved is None:
+        return tuple(ModuleMemory(k[0], k[1], 0, output_bytes[k]) for k in sorted(output_bytes))
+    records = saved.records
+    by_call = saved.by_call
+    inside: dict[Call, int] = {}
+    for r in records.values():
+        for call in r.prefix:
+            inside[call] = inside.get(call, 0) + r.nbytes
+    saving: dict[Call, int] = {}
+    for call, args in saved.input_keys.items():
+        cost = 0
+        seen: set[int] = set()
+        for key, nbytes in args:
+            if key is not None:
+                if key in saved._exclude or key in seen:
+                    continue
+                seen.add(key)
+                record = records.get(key)
+                if record is not None and call not in record.prefix:
+                    continue  # already kept by a save outside the call
+            cost += nbytes  # checkpoint would keep it (a storage that died in the forward, or saved only inside)
+        saving[call] = inside.get(call, 0) - cost
+    keys = set(output_bytes) | set(by_call) | set(inside)
+    ordered = sorted(keys, key=lambda k: (-by_call.get(k, 0), -inside.get(k, 0), _natural(k[0]), k[1]))
+    return tuple(
+        ModuleMemory(k[0], k[1], by_call.get(k, 0), output_bytes.get(k, 0), inside.get(k, 0),
+                     saving.get(k, inside.get(k, 0)))
+        for k in ordered
+    )
