@@ -16,8 +16,9 @@ from torch import nn
 from gradprobe.errors import RunError, UsageError
 from gradprobe.facts.freeze import FreezeReport
 from gradprobe.judges.freeze import judge
-from gradprobe.load.freeze_spec import FreezeSpec, read_baseline
-from gradprobe.load.freeze_spec import write_baseline as _write_baseline
+from gradprobe.judges.freeze_spec import FreezeSpec
+from gradprobe.load.config import read_baseline
+from gradprobe.load.config import write_baseline as _write_baseline
 from gradprobe.load.target import LoadedModel
 
 NOTHING_TO_CHECK = ("nothing to check: give --frozen/--trainable GLOB patterns, a [tool.gradprobe.freeze] table in "

@@ -21,7 +21,7 @@ from torch import nn
 import gradprobe
 from gradprobe.errors import UsageError
 from gradprobe.facts.freeze import CHECKS
-from gradprobe.load.freeze_spec import FreezeSpec, pattern_matches
+from gradprobe.judges.freeze_spec import FreezeSpec, pattern_matches
 
 MODELS = Path(fm.__file__).resolve()
 

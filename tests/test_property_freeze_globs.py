@@ -12,7 +12,7 @@ import fnmatch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gradprobe.load.freeze_spec import FreezeSpec, pattern_matches
+from gradprobe.judges.freeze_spec import FreezeSpec, pattern_matches
 
 parts = st.sampled_from(["layer", "layer1", "layer10", "0", "1", "12", "attn", "attn_out", "head", "emb", "wte",
                          "weight", "bias", "lm_head", "norm"])

@@ -141,7 +141,7 @@ def freeze_check(
 def _run(cli_values: dict[str, Any], given: set[str], config: Path | None, write_baseline: Path | None,
          format_: OutputFormat, output: Path | None, junit: Path | None) -> int:
     from gradprobe.errors import UsageError
-    from gradprobe.load.freeze_spec import resolve_settings
+    from gradprobe.load.config import resolve_settings
 
     settings = resolve_settings(cli_values, given, config, Path.cwd())
     if not settings.target:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from gradprobe.facts.compare import REFERENCE, Comparison, ModeRow, ModuleEffect
 from gradprobe.facts.run import Finding
-from gradprobe.render.units import human_bytes
+from gradprobe.units import human_bytes
 
 CODES = {
     "mode-failed": "the forward raised under one train/eval x grad-mode combination",

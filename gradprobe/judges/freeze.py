@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from gradprobe.facts.freeze import CHECKS, FreezeFacts, FreezeIssue, FreezeParam, OptimizerFacts, OptimizerParam
 from gradprobe.facts.run import ModuleFact, ParamFact, RunFacts
-from gradprobe.load.freeze_spec import Classification, FreezeSpec, pattern_matches
+from gradprobe.judges.freeze_spec import Classification, FreezeSpec, pattern_matches
 
 DDP_NOTE = "under DistributedDataParallel it would need find_unused_parameters=True"
 _FLOAT_PREFIXES = ("float", "bfloat", "complex", "half", "double")

@@ -10,7 +10,7 @@ from gradprobe.facts.compare import COMPARE_SCHEMA, CompareReport, ModeRow
 from gradprobe.judges.compare import duration
 from gradprobe.render.inspect.json_out import finding_json
 from gradprobe.render.inspect.markdown import findings_md, md_table
-from gradprobe.render.units import human_bytes
+from gradprobe.units import human_bytes
 
 # ------------------------------------------------------------------------------------------------ JSON
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gradprobe.facts.run import Finding, InspectReport
-from gradprobe.render.units import human_bytes, shape_text
+from gradprobe.units import human_bytes, shape_text
 
 
 def md_escape(text: str) -> str:

@@ -14,7 +14,7 @@ from rich.tree import Tree
 
 from gradprobe.facts.run import Finding, GraphTree, InspectReport, RunFacts, TensorFact
 from gradprobe.judges.checkpoint import checkpoint_advice
-from gradprobe.render.units import human_bytes, human_count, seconds, shape_text
+from gradprobe.units import human_bytes, human_count, seconds, shape_text
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 GRAD_STYLE = {"none": "red", "zero": "yellow", "nonzero": "green", "present": "green"}

@@ -1,4 +1,4 @@
-"""Small formatting helpers shared by the text renderers."""
+"""Formatting of bytes, counts and durations: torch-free, shared by judges (finding messages) and renderers."""
 
 from __future__ import annotations
 
