@@ -14,8 +14,7 @@ from typing import Any
 from torch import nn
 
 from gradprobe.errors import RunError, UsageError
-from gradprobe.facts.freeze import FreezeReport
-from gradprobe.judges.freeze import judge
+from gradprobe.judges.freeze import FreezeReport, judge
 from gradprobe.judges.freeze_spec import FreezeSpec
 from gradprobe.load.config import read_baseline
 from gradprobe.load.config import write_baseline as _write_baseline
@@ -97,6 +96,7 @@ def freeze_check(
     if verdict.ddp_unused:
         notes.append(f"{len(verdict.ddp_unused)} parameter(s) require grad but receive no gradient: "
                      f"DistributedDataParallel would need find_unused_parameters=True")
+    notes += verdict.notes
     return FreezeReport(
         target=label, frozen=spec.frozen, trainable=spec.trainable, unlisted=spec.unlisted,
         parameters=verdict.parameters, violations=verdict.violations, warnings=verdict.warnings, facts=facts,

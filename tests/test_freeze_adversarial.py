@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import gradprobe
-from gradprobe.facts.freeze import FreezeReport
+from gradprobe.judges.freeze import FreezeReport
 
 
 def _subjects(report: FreezeReport, check: str) -> set[str]:

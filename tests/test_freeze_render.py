@@ -19,7 +19,8 @@ from torch import nn
 import gradprobe
 from gradprobe.examples import FineTuneNet
 from gradprobe.facts.freeze import FreezeIssue
-from gradprobe.render.freeze.groups import group_issues, split_fix
+from gradprobe.judges.freeze.text import issue
+from gradprobe.render.freeze.groups import group_issues
 from gradprobe.render.freeze.view import DEFAULT_TOP, freeze_json, freeze_markdown, issues_list, render_freeze
 
 SPEC: dict[str, Any] = {"frozen": ["backbone"], "trainable": ["head", "aux_head"]}
@@ -88,14 +89,13 @@ def test_json_and_markdown_keep_every_violation() -> None:
     assert "### Violations (8 in 2 entries)" in md
     for name in names:  # the collapsed table keeps a row per violation
         assert f"| `{name}` |" in md
-    assert "<name>" not in md.replace("`<name>`", "")  # placeholders are code, not HTML tags GitHub would drop
+    assert "<name>" not in md and "<module>" not in md  # no template placeholder is ever printed
 
 
-def _never_called(module: str, leaf: str = "weight") -> FreezeIssue:
-    name = f"{module}.{leaf}"
-    return FreezeIssue("gradient", name, "a gradient", ".grad is None",
-                       f"trainable parameter '{name}' received no gradient: module '{module}' is never called in "
-                       f"forward; it is cut off from the loss", ("trainable aux",))
+def _never_called(module: str, leaf: str = "weight", culprit: str | None = None) -> FreezeIssue:
+    return issue("gradient", f"{module}.{leaf}", "a gradient", ".grad is None",
+                 f"received no gradient: module '{culprit or module}' is never called in forward; it is cut off "
+                 f"from the loss", kind="trainable parameter", groups=("trainable aux",))
 
 
 def test_row_limit_counts_entries_and_points_to_json() -> None:
@@ -110,44 +110,51 @@ def test_row_limit_counts_entries_and_points_to_json() -> None:
 
 
 def test_roll_up_only_when_every_module_below_has_the_same_cause() -> None:
-    same = [_never_called(f"aux.{i}", leaf) for i in range(3) for leaf in ("weight", "bias")]
+    same = [_never_called(f"aux.{i}", leaf, culprit="aux") for i in range(3) for leaf in ("weight", "bias")]
     (group,) = group_issues(same)
     assert group.where == "aux" and group.rolled_up and len(group.issues) == 6
     assert [m for m, _ in group.modules] == ["aux.0", "aux.1", "aux.2"]
-    assert "'aux.0" not in group.message and "<name>" in group.message and "<module>" in group.message
-    other = FreezeIssue("gradient", "aux.3.weight", "a gradient", ".grad is None",
-                        "trainable parameter 'aux.3.weight' received no gradient: its output is detached", ())
+    assert group.message == "each trainable parameter " + same[0].cause  # said of each subject, no placeholder
+    other = issue("gradient", "aux.3.weight", "a gradient", ".grad is None", "received no gradient: detached",
+                  kind="trainable parameter", groups=("trainable aux",))
     groups = group_issues([*same, other])  # a different cause under 'aux': no roll-up, one entry per module
     assert [g.where for g in groups] == ["aux.0", "aux.1", "aux.2", "aux.3.weight"]
+    # a cause naming each module (aux.i itself never called) never rolls up: the causes differ
+    own = [_never_called(f"aux.{i}", leaf) for i in range(3) for leaf in ("weight", "bias")]
+    assert [g.where for g in group_issues(own)] == ["aux.0", "aux.1", "aux.2"]
     # another check or another spec group never merges
     flag = FreezeIssue("flag", "aux.0.weight", "requires_grad=True", "requires_grad=False", "x", ())
     assert len(group_issues([*same, flag])) == 2
-    regrouped = FreezeIssue(**{**vars(same[0]), "subject": "aux.9.weight", "groups": ("trainable other",),
-                               "message": same[0].message.replace("aux.0", "aux.9")})
+    regrouped = FreezeIssue(**{**vars(same[0]), "subject": "aux.9.weight", "groups": ("trainable other",)})
     assert [g.where for g in group_issues([*same, regrouped])] == ["aux.0", "aux.1", "aux.2", "aux.9.weight"]
+
+
+def _moved(subject: str, found: str) -> FreezeIssue:
+    return issue("step", subject, "unchanged", found, "still moves", kind="frozen parameter",
+                 fix="keep frozen parameters out of it")
 
 
 def test_numbers_that_differ_per_parameter_become_a_range() -> None:
     deltas = ["0.05", "0.224", "1e-05"]
-    issues = [FreezeIssue("step", f"b.{i}.weight", "unchanged", f"moved by up to {d} with momentum=0.9",
-                          f"frozen parameter 'b.{i}.weight' still moves; keep frozen parameters out of it", ())
-              for i, d in enumerate(deltas)]
+    issues = [_moved(f"b.{i}.weight", f"moved by up to {d} with momentum=0.9") for i, d in enumerate(deltas)]
     (group,) = group_issues(issues)
     assert group.found == "moved by 1e-05–0.224 with momentum=0.9"  # a range: no "up to" in front of it
     same = [FreezeIssue(**{**vars(i), "found": "moved by up to 0.5 with momentum=0.9"}) for i in issues]
     assert group_issues(same)[0].found == "moved by up to 0.5 with momentum=0.9"  # one value: the bound stays
     assert group.fix == "keep frozen parameters out of it"
-    assert group.message == "frozen parameter <name> still moves"
+    assert group.message == "each frozen parameter still moves"
 
 
-def test_split_fix_keeps_every_word() -> None:
-    for message in ("buffer 'x' changed: its statistics drift; put those modules in eval mode",
-                    "2 parameter(s) of module 'h' matched by no pattern: add 'h' to frozen or trainable",
-                    "frozen parameter 'w' received a gradient in backward: any optimizer will update it"):
-        cause, fix = split_fix(message)
-        assert cause == message if fix is None else message == cause + message[len(cause):][:2] + fix
-    assert split_fix("a; call requires_grad_(False) on it") == ("a", "call requires_grad_(False) on it")
-    assert split_fix("no remedy: it is being trained")[1] is None
+def test_grouping_reads_parts_not_messages() -> None:
+    """The fix is the rule's own field; an issue without parts is shown alone, message as written."""
+    one = _moved("b.0.weight", "moved")
+    assert one.message == "frozen parameter 'b.0.weight' still moves; keep frozen parameters out of it"
+    (single,) = group_issues([one])
+    assert single.message == "frozen parameter 'b.0.weight' still moves" and single.fix == one.fix
+    bare = [FreezeIssue("step", f"b.{i}.weight", "unchanged", "moved", f"'b.{i}.weight' moved; call x", ())
+            for i in range(2)]
+    assert [(g.where, g.message, g.fix) for g in group_issues(bare)] == [
+        (i.subject, i.message, None) for i in bare]
 
 
 def test_real_cli_at_80_columns(run_cli: Callable[..., Any]) -> None:
@@ -161,9 +168,7 @@ def test_real_cli_at_80_columns(run_cli: Callable[..., Any]) -> None:
 
 
 def test_one_entry_is_singular() -> None:
-    issues = [FreezeIssue("step", f"b.{i}.weight", "unchanged", f"moved by up to {d}",
-                          f"frozen parameter 'b.{i}.weight' still moves; keep frozen parameters out of it", ())
-              for i, d in enumerate(["1.76e-06", "1e-05"])]
+    issues = [_moved(f"b.{i}.weight", f"moved by up to {d}") for i, d in enumerate(["1.76e-06", "1e-05"])]
     lines = text_of(lambda c: c.print(issues_list("Violations", issues, "red")))
     assert lines[0] == "Violations (2 in 1 entry)"
     assert "moved by 1.76e-06–1e-05" in " ".join(lines) and "up to" not in " ".join(lines)

@@ -499,9 +499,12 @@ def test_freeze_check_optimizer_holding_frozen_gpt2_parameters() -> None:
     good = freeze_check(model, gpt2_inputs(), frozen=frozen, trainable=TRAINABLE["gpt2"],
                         optimizer=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad]))
     assert good.passed, [v.message for v in good.violations]
-    bad = freeze_check(model, gpt2_inputs(), frozen=frozen, trainable=TRAINABLE["gpt2"],
+    # every parameter in AdamW with weight decay: torch.optim skips the frozen ones (.grad stays None), so the
+    # freeze holds; each frozen parameter in a param group is a warning (it would move once it had a gradient)
+    lax = freeze_check(model, gpt2_inputs(), frozen=frozen, trainable=TRAINABLE["gpt2"],
                        optimizer=lambda m: torch.optim.AdamW(m.parameters(), weight_decay=0.1))
-    in_optimizer = {v.subject for v in bad.violations if v.check == "optimizer"}
+    assert lax.passed, lax.explain()
+    in_optimizer = {v.subject for v in lax.warnings if v.check == "optimizer"}
     frozen_names = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert in_optimizer and in_optimizer <= frozen_names | {"lm_head.weight"}
 

@@ -1,6 +1,7 @@
-"""Plain dataclasses for ``freeze-check``: what the torch side observed, and the verdict.
+"""Plain dataclasses for ``freeze-check``: what the torch side observed, and the issues the rules found.
 
-No torch here: the rules and renderers work on these, and tests build them by hand.
+No torch here, and no text building: the rules (``gradprobe.judges.freeze``) write the messages and the
+verdict, the renderers lay them out.  Tests build these by hand.
 """
 
 from __future__ import annotations
@@ -11,11 +12,20 @@ from gradprobe.facts.run import RunFacts
 
 CHECKS = ("conflict", "flag", "gradient", "optimizer", "step", "buffer", "unlisted")
 EXPECTED = ("frozen", "trainable", "unlisted")
+# what moved a frozen parameter in the optimizer steps (FreezeIssue.mechanism, JSON ``mechanism``)
+MECHANISMS = ("gradient", "stale-grad", "momentum", "adam-state", "weight-decay", "optimizer-state",
+              "update-rule", "shared-storage")
 
 
 @dataclass(frozen=True)
 class FreezeIssue:
-    """One violation or warning: which check, on what, expected versus found, and the likely cause."""
+    """One violation or warning: which check, on what, expected versus found, the cause and the fix.
+
+    ``message`` is the whole sentence for this one subject (the cause and then the fix), as JSON, JUnit,
+    annotations and ``assert_frozen`` print it.  The parts are kept apart for the grouped views: when
+    ``kind`` is set the message starts ``{kind} '{subject}' {cause}``, and ``cause`` never names the subject,
+    so issues with the same check, kind and cause share one entry; ``fix`` is the remedy alone.
+    """
 
     check: str  # one of CHECKS
     subject: str  # a parameter, buffer or module name
@@ -23,6 +33,11 @@ class FreezeIssue:
     found: str
     message: str
     groups: tuple[str, ...] = ()  # spec groups it belongs to ("frozen backbone"), for JUnit test cases
+    fix: str | None = None  # what to change; the tail of ``message``
+    kind: str = ""  # what the subject is: "frozen parameter", "trainable parameter", "buffer"
+    cause: str = ""  # ``message`` without the subject phrase and the fix; the statement itself when kind is ""
+    mechanism: tuple[str, ...] = ()  # step check: what moved a frozen parameter (one of MECHANISMS each)
+    delta: float | None = None  # step check: the largest absolute change measured (``found`` quotes it)
 
 
 @dataclass(frozen=True)
@@ -44,17 +59,36 @@ class FreezeParam:
 
 
 @dataclass(frozen=True)
+class OptimizerState:
+    """The optimizer's per-parameter state at one moment: its tensor entries and what they hold."""
+
+    keys: tuple[str, ...] = ()  # tensor entries other than ``step`` (momentum_buffer, exp_avg, exp_avg_sq ...)
+    nonzero: tuple[str, ...] = ()  # those holding a nonzero value (the ones that can move a parameter)
+    nbytes: int = 0  # bytes of every tensor entry, ``step`` included
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.keys) or self.nbytes > 0
+
+
+@dataclass(frozen=True)
 class OptimizerParam:
-    """How one model parameter fared in the optimizer checks (canonical name)."""
+    """How one model parameter fared in the optimizer steps (canonical name).
+
+    The steps are the ones a training loop runs: the gradients as backward left them (``None`` stays
+    ``None``; a ``.grad`` already there when the model was handed over stays and accumulates), ``step()``,
+    then the optimizer's own ``zero_grad()``, repeated ``OptimizerFacts.steps`` times.
+    """
 
     name: str
-    groups: tuple[int, ...]  # param-group indices holding it (empty: not in the optimizer)
-    had_grad: bool  # a gradient was set for the real step
-    moved: bool | None  # changed by the real step (None: not measured, e.g. on meta)
-    delta: float | None  # max |change| in the real step
-    trap_moved: bool | None  # changed by zero_grad(set_to_none=False) + a second step
-    trap_delta: float | None
-    state: tuple[str, ...] = ()  # optimizer state entries holding nonzero values before the second step
+    groups: tuple[int, ...]  # param-group index per occurrence (empty: not in the optimizer; two: in two groups)
+    had_grad: bool  # backward gave it a gradient
+    moved: bool | None  # changed by the steps (None: not measured, e.g. on meta)
+    delta: float | None  # max |change| after the steps
+    moved_step: int | None = None  # the first step (1-based) that changed it
+    stale_grad: str | None = None  # the .grad it held when handed over, backward not reaching it: zero | nonzero
+    state_before: OptimizerState = field(default_factory=OptimizerState)  # as handed over (resumed checkpoint)
+    state_after: OptimizerState = field(default_factory=OptimizerState)  # after the steps
 
 
 @dataclass(frozen=True)
@@ -79,12 +113,17 @@ class OptimizerFacts:
     params: tuple[OptimizerParam, ...]
     foreign: int = 0  # tensors in param groups that are not parameters of the model
     steps_skipped: str | None = None  # why the steps did not run (meta device)
+    steps: int = 0  # training steps run
+    zero_grad_keeps: str | None = None  # what its zero_grad() left in a .grad: none | zero (None: no .grad to see)
 
     def param(self, name: str) -> OptimizerParam | None:
         for p in self.params:
             if p.name == name:
                 return p
         return None
+
+    def group(self, index: int) -> OptimizerGroup | None:
+        return next((g for g in self.groups if g.index == index), None)
 
 
 @dataclass(frozen=True)
@@ -98,49 +137,3 @@ class FreezeFacts:
     flags_after: dict[str, bool] = field(default_factory=dict)
     # every name of every buffer (a shared module has several): a frozen pattern may use any of them
     buffer_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FreezeReport:
-    """The result of ``freeze-check``: ``passed`` is True when there is no violation (warnings do not fail)."""
-
-    target: str
-    frozen: tuple[str, ...]
-    trainable: tuple[str, ...]
-    unlisted: str
-    parameters: tuple[FreezeParam, ...]
-    violations: tuple[FreezeIssue, ...]
-    warnings: tuple[FreezeIssue, ...]
-    facts: FreezeFacts
-    allow_buffer_updates: bool = False
-    baseline: str | None = None
-    config: str | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
-    ddp_unused: tuple[str, ...] = ()  # require grad, receive none: DDP needs find_unused_parameters=True
-
-    @property
-    def passed(self) -> bool:
-        return not self.violations
-
-    @property
-    def optimizer(self) -> str | None:
-        opt = self.facts.optimizer
-        return f"{opt.spec} ({opt.type})" if opt is not None else None
-
-    def summary(self) -> str:
-        """The one-line verdict."""
-        counts = {e: sum(p.expected == e and not p.conflict for p in self.parameters) for e in EXPECTED}
-        conflicts = sum(p.conflict for p in self.parameters)
-        checked = (f"{len(self.parameters)} parameters ({counts['frozen']} frozen, {counts['trainable']} trainable, "
-                   f"{counts['unlisted']} unlisted" + (f", {conflicts} conflicting)" if conflicts else ")"))
-        tail = f"{len(self.violations)} violation(s), {len(self.warnings)} warning(s)"
-        if self.passed:
-            return f"PASS: the freeze holds for {self.target}: {checked}; {tail}"
-        return f"FAIL: the freeze does not hold for {self.target}: {checked}; {tail}"
-
-    def explain(self) -> str:
-        """The verdict and every violation, one per line: the text of ``assert_frozen``'s AssertionError."""
-        lines = [self.summary()]
-        lines += [f"  [{v.check}] {v.subject}: expected {v.expected}, found {v.found} -- {v.message}"
-                  for v in self.violations]
-        return "\n".join(lines)

@@ -1,49 +1,28 @@
 """The torch side of freeze-check: one train-mode forward/backward, then the optimizer steps.
 
-The probe engine gives the gradient facts; this module adds what only a real optimizer shows:
-param-group membership, one ``step()`` on the computed gradients, and the mid-training trap
-(``zero_grad(set_to_none=False)`` and a second step).  Parameter values, gradients, flags, buffers
-and the optimizer's state are all put back afterwards.
+The probe engine gives the gradient facts; ``freeze_steps`` adds what only a real optimizer shows:
+param-group membership and the steps a training loop runs on those gradients.  Parameter values,
+gradients, flags, buffers and the optimizer's state are all put back afterwards.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradprobe.errors import RunError, TargetError, describe_exception
-from gradprobe.facts.freeze import FreezeFacts, OptimizerFacts, OptimizerGroup, OptimizerParam
+from gradprobe.errors import RunError
+from gradprobe.facts.freeze import FreezeFacts
 from gradprobe.facts.run import RunFacts
 from gradprobe.load.target import ExampleInputs
+from gradprobe.run.freeze_steps import OptimizerSource, build_optimizer, optimizer_facts
 from gradprobe.run.probe import LossFn, ProbeOptions, param_names, run_probe
 from gradprobe.run.state import ModelState
 
-OptimizerSource = torch.optim.Optimizer | Callable[[nn.Module], Any]
-
-
-def build_optimizer(source: OptimizerSource, model: nn.Module, label: str) -> torch.optim.Optimizer:
-    """An optimizer instance as given, or the one a factory returns when called with the model."""
-    if isinstance(source, torch.optim.Optimizer):
-        return source
-    if not callable(source):
-        raise TargetError(f"--optimizer '{label}' is a {type(source).__name__}, not a function(model) returning "
-                          f"a torch.optim.Optimizer")
-    try:
-        opt = source(model)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        raise TargetError(f"--optimizer '{label}' raised {describe_exception(exc)}; it is called with the model "
-                          f"and must return a torch.optim.Optimizer") from exc
-    if not isinstance(opt, torch.optim.Optimizer):
-        raise TargetError(f"--optimizer '{label}' returned {type(opt).__name__}, not a torch.optim.Optimizer; "
-                          f"return e.g. torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])")
-    return opt
+__all__ = ["OptimizerSource", "build_optimizer", "run_freeze"]
 
 
 def run_freeze(model: nn.Module, inputs: ExampleInputs, *, optimizer: OptimizerSource | None = None,
@@ -72,7 +51,7 @@ def run_freeze(model: nn.Module, inputs: ExampleInputs, *, optimizer: OptimizerS
             raise RunError(f"freeze-check needs a backward: {run.backward_skipped_reason}; pass --loss MOD:fn "
                            f"returning a scalar from the outputs")
         run, flags_after = _flags_as_given(model, run, flags)
-        opt_facts = _optimizer_facts(model, opt, grads, optimizer_label) if opt is not None else None
+        opt_facts = optimizer_facts(model, opt, grads, optimizer_label) if opt is not None else None
         return FreezeFacts(run, opt_facts, flags_after=flags_after, buffer_aliases=_buffer_aliases(model))
     finally:
         try:
@@ -108,94 +87,3 @@ def _buffer_aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
         if name not in known:
             known.append(name)
     return {n: tuple(ns) for ns in names.values() for n in ns}
-
-
-def _settings(group: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    out = []
-    for key, value in group.items():
-        if key == "params" or value is None:
-            continue
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, (bool, int, float, str)) or (
-                isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value)):
-            out.append((key, str(value)))
-    return tuple(out)
-
-
-def _nonzero_state(state: dict[str, Any] | None) -> tuple[str, ...]:
-    if not state:
-        return ()
-    keys = []
-    for key, value in state.items():
-        if key == "step" or not isinstance(value, torch.Tensor) or value.numel() == 0:
-            continue
-        if value.device.type != "meta" and bool((value != 0).any()):
-            keys.append(key)
-    return tuple(keys)
-
-
-def _changed(before: torch.Tensor, after: torch.Tensor) -> tuple[bool, float]:
-    """Bit-level change (NaN equal to NaN) and the largest absolute difference."""
-    if before.is_floating_point() or before.is_complex():
-        same_nan = torch.isnan(before) == torch.isnan(after)
-        equal = bool(same_nan.all()) and torch.equal(torch.nan_to_num(before), torch.nan_to_num(after))
-        delta = float((after.detach() - before).abs().nan_to_num().max()) if before.numel() else 0.0
-    else:
-        equal = torch.equal(before, after)
-        delta = float((after.detach().double() - before.double()).abs().max()) if before.numel() else 0.0
-    return not equal, delta
-
-
-def _step(opt: torch.optim.Optimizer, what: str) -> None:
-    try:
-        opt.step()
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        raise RunError(f"{what} raised {describe_exception(exc)}; freeze-check calls step() without a closure on "
-                       f"the gradients of one forward/backward") from exc
-
-
-def _optimizer_facts(model: nn.Module, opt: torch.optim.Optimizer, grads: dict[int, torch.Tensor],
-                     label: str) -> OptimizerFacts:
-    names = param_names(model)
-    params = {id(p): p for p in model.parameters()}
-    membership: dict[int, list[int]] = {}
-    foreign = 0
-    for gi, group in enumerate(opt.param_groups):
-        for p in group["params"]:
-            if id(p) in params:
-                membership.setdefault(id(p), []).append(gi)
-            else:
-                foreign += 1
-    groups = tuple(OptimizerGroup(gi, len(g["params"]), _settings(g)) for gi, g in enumerate(opt.param_groups))
-    kind = type(opt).__name__
-    if any(p.device.type == "meta" for p in params.values()):
-        rows = tuple(OptimizerParam(names[pid][0], tuple(membership.get(pid, ())), pid in grads, None, None, None,
-                                    None) for pid in params)
-        return OptimizerFacts(kind, label, groups, rows, foreign,
-                              steps_skipped="parameters are on the meta device: values are unknown, so the "
-                                            "optimizer steps were not run")
-    # the real step, on the gradients of the train-mode backward (None where autograd gave none)
-    for pid, p in params.items():
-        p.grad = grads.get(pid)
-    before = {pid: p.detach().clone() for pid, p in params.items()}
-    _step(opt, "optimizer.step()")
-    moved = {pid: _changed(before[pid], p) for pid, p in params.items()}
-    # the mid-training trap: a parameter that had gradients before it was frozen keeps a zero .grad
-    opt.zero_grad(set_to_none=False)
-    for pid in membership:
-        p = params[pid]
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    state = {pid: _nonzero_state(opt.state.get(params[pid])) for pid in membership}
-    before = {pid: p.detach().clone() for pid, p in params.items()}
-    _step(opt, "the second optimizer.step() (after zero_grad(set_to_none=False))")
-    trap = {pid: _changed(before[pid], p) for pid, p in params.items()}
-    rows = tuple(OptimizerParam(
-        name=names[pid][0], groups=tuple(membership.get(pid, ())), had_grad=pid in grads,
-        moved=moved[pid][0], delta=moved[pid][1], trap_moved=trap[pid][0], trap_delta=trap[pid][1],
-        state=state.get(pid, ()),
-    ) for pid in params)
-    return OptimizerFacts(kind, label, groups, rows, foreign)

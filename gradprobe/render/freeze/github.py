@@ -1,4 +1,7 @@
-"""GitHub Actions integration: ``::error`` annotations and the step summary.
+"""freeze-check only: GitHub Actions ``::error`` annotations and the step summary.
+
+``inspect`` and ``compare-modes`` do not publish to GitHub; this module reads a ``FreezeReport`` and its
+Markdown.
 
 Active only when ``GITHUB_ACTIONS=true`` (GitHub sets it on every runner).  Annotations go to
 stderr, which the runner scans for workflow commands like stdout, so stdout keeps only the report.
@@ -12,7 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from gradprobe.facts.freeze import FreezeIssue, FreezeReport
+from gradprobe.facts.freeze import FreezeIssue
+from gradprobe.judges.freeze import FreezeReport
 
 
 def active(env: Mapping[str, str] | None = None) -> bool:

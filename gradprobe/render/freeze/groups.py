@@ -1,10 +1,12 @@
 """Group freeze-check issues that share a check, a module and a cause, so big models print a few entries.
 
-No torch here, and display only: the JSON report keeps one entry per issue.  A parameter or buffer name
-is ``module.leaf`` (torch forbids dots in the leaf), so the owning module is the name minus its last part.
-Issues first group per module; modules then roll up to their outermost ancestor (below the model) when
-every group of that check under it has the same cause.  The message is kept once, with the subject
-(and, for a roll-up, the module) replaced by a ``<name>`` / ``<module>`` placeholder.
+No torch here, and display only: the JSON report keeps one entry per issue.  Grouping reads the issue's
+structured parts, never its message: issues group when their check, spec groups, expectation, ``kind``,
+``cause`` and ``fix`` agree (the rules write ``cause`` without the subject's name).  A parameter or buffer
+name is ``module.leaf`` (torch forbids dots in the leaf), so the owning module is the name minus its last
+part.  Issues first group per module; modules then roll up to their outermost ancestor (below the model)
+when every group of that check under it has the same cause.  A group's text is its cause said of each
+subject ("each trainable parameter received no gradient: ..."); its subjects are listed by module.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ from dataclasses import dataclass
 
 from gradprobe.facts.freeze import FreezeIssue
 
-NAME = "<name>"
-MODULE = "<module>"
-# a number that is a whole token (not the 32 of float32): step deltas differ per parameter, the cause does not
+# a number that is a whole token (not the 32 of float32): measured amounts in ``found`` differ per parameter
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
 _UP_TO_NUMBER = re.compile(r"(up to )?" + _NUMBER.pattern)  # the same numbers, with a bound word before them
-# where a rule message turns from the cause to the remedy: "...; call requires_grad_(False) on it"
-_FIX = re.compile(r"[;:] (?=(?:call|put|build|add|keep|untie|make|review|fix|use|remove|move|wrap|set) )")
+
+Key = tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class IssueGroup:
     modules: tuple[tuple[str, tuple[str, ...]], ...]  # (module, leaf names) in report order; () for a single issue
     expected: str
     found: str
-    message: str  # without the fix; placeholders when grouped
+    message: str  # the cause, without the fix; said of each subject when grouped
     fix: str | None
 
     @property
@@ -55,27 +55,19 @@ def module_label(module: str) -> str:
     return module or "(model)"
 
 
-def split_fix(message: str) -> tuple[str, str | None]:
-    """``cause; call x`` → (``cause``, ``call x``): the remedy goes on its own dimmed ``fix:`` line."""
-    m = _FIX.search(message)
-    if m is None:
-        return message, None
-    return message[: m.start()], message[m.end():]
+def statement(issue: FreezeIssue) -> str:
+    """What is wrong with one subject, without the fix: the message when the rule gave no parts."""
+    if issue.kind and issue.cause:
+        return f"{issue.kind} '{issue.subject}' {issue.cause}"
+    return issue.cause or issue.message
 
 
 def _owner(issue: FreezeIssue) -> tuple[str, str] | None:
-    """(module, leaf) of a parameter or buffer subject; None for module-level or synthetic subjects."""
-    if issue.check == "unlisted" or issue.subject.startswith("("):
+    """(module, leaf) of a groupable parameter or buffer subject; None for issues shown alone."""
+    if not (issue.kind and issue.cause) or issue.check == "unlisted" or issue.subject.startswith("("):
         return None  # unlisted issues are already grouped by module in the rules; "(optimizer)" has no module
     module, _, leaf = issue.subject.rpartition(".")
     return module, leaf
-
-
-def _mask(text: str, issue: FreezeIssue, module: str | None = None) -> str:
-    text = text.replace(f"'{issue.subject}'", NAME)
-    if module:
-        text = text.replace(f"'{module}'", MODULE)
-    return text
 
 
 def _template(text: str) -> str:
@@ -101,13 +93,9 @@ def _merge_numbers(texts: Sequence[str]) -> str:
     return _UP_TO_NUMBER.sub(span, first)
 
 
-def _key(issue: FreezeIssue, module: str | None) -> tuple[str, ...]:
-    return (issue.check, *issue.groups, "|", _mask(issue.expected, issue, module),
-            _template(_mask(issue.found, issue, module)), _mask(issue.message, issue, module))
-
-
-def _in_subtree(name: str, module: str) -> bool:
-    return name == module or name.startswith(module + ".")
+def _cause_key(issue: FreezeIssue) -> Key:
+    return (issue.check, *issue.groups, "|", issue.expected, _template(issue.found), issue.kind, issue.cause,
+            issue.fix or "")
 
 
 def _ancestors(module: str) -> list[str]:
@@ -119,51 +107,30 @@ def _ancestors(module: str) -> list[str]:
 def _build(check: str, where: str, issues: list[FreezeIssue], roll: bool) -> IssueGroup:
     first = issues[0]
     if len(issues) == 1 and not roll:
-        message, fix = split_fix(first.message)
-        return IssueGroup(check, first.subject, (first,), (), first.expected, first.found, message, fix)
-    owners = [_owner(i) for i in issues]
+        return IssueGroup(check, first.subject, (first,), (), first.expected, first.found, statement(first),
+                          first.fix)
     modules: dict[str, list[str]] = {}
-    for owner in owners:
+    for issue in issues:
+        owner = _owner(issue)
         assert owner is not None
         modules.setdefault(owner[0], []).append(owner[1])
-
-    def masked(i: FreezeIssue, text: str) -> str:
-        owner = _owner(i)
-        return _mask(text, i, owner[0] if roll and owner else None)
-
-    message, fix = split_fix(masked(first, first.message))
-    found = _merge_numbers([masked(i, i.found) for i in issues])
     return IssueGroup(check, where, tuple(issues), tuple((m, tuple(leaves)) for m, leaves in modules.items()),
-                      masked(first, first.expected), found, message, fix)
+                      first.expected, _merge_numbers([i.found for i in issues]), f"each {first.kind} {first.cause}",
+                      first.fix)
 
 
-def group_issues(issues: Sequence[FreezeIssue]) -> list[IssueGroup]:
-    """Entries in report order: per (check, module, cause), then rolled up to the outermost common module."""
-    # 1. per module: same check, same module, same cause (the message and expectation with the name masked)
-    buckets: dict[tuple[str, ...], list[FreezeIssue]] = {}
-    order: list[tuple[str, tuple[str, ...]]] = []  # ("single", (index,)) or ("module", key)
-    for n, issue in enumerate(issues):
-        owner = _owner(issue)
-        if owner is None:
-            order.append(("single", (str(n),)))
-            continue
-        key = (owner[0], *_key(issue, None))
-        if key not in buckets:
-            buckets[key] = []
-            order.append(("module", key))
-        buckets[key].append(issue)
-    # 2. roll-up: the outermost module under which every module group of this check has one cause
-    groups = [key for kind, key in order if kind == "module"]
-    cause: dict[tuple[str, ...], tuple[str, ...]] = {}
-    under: dict[tuple[str, str], list[tuple[str, ...]]] = {}  # (check, ancestor) -> module groups below it
-    causes_under: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+def _roll_up_targets(groups: list[Key], buckets: dict[Key, list[FreezeIssue]]) -> tuple[dict[Key, str],
+                                                                                        dict[tuple[str, str],
+                                                                                             list[Key]]]:
+    """Per module group, the outermost ancestor under which every module group of its check has one cause."""
+    under: dict[tuple[str, str], list[Key]] = {}  # (check, ancestor) -> module groups below it
+    causes_under: dict[tuple[str, str], set[Key]] = {}
     for key in groups:
         first = buckets[key][0]
-        cause[key] = _key(first, key[0])
         for a in _ancestors(key[0]):
             under.setdefault((first.check, a), []).append(key)
-            causes_under.setdefault((first.check, a), set()).add(cause[key])
-    target: dict[tuple[str, ...], str] = {}
+            causes_under.setdefault((first.check, a), set()).add(key[1:])
+    target: dict[Key, str] = {}
     for key in groups:
         if key in target:
             continue
@@ -173,20 +140,35 @@ def group_issues(issues: Sequence[FreezeIssue]) -> list[IssueGroup]:
             if len(members) > 1 and len(causes_under[(check, a)]) == 1 and not any(m in target for m in members):
                 target.update({m: a for m in members})
                 break
+    return target, under
+
+
+def group_issues(issues: Sequence[FreezeIssue]) -> list[IssueGroup]:
+    """Entries in report order: per (check, module, cause), then rolled up to the outermost common module."""
+    buckets: dict[Key, list[FreezeIssue]] = {}
+    order: list[tuple[str, Key]] = []  # ("single", (index,)) or ("module", key)
+    for n, issue in enumerate(issues):
+        owner = _owner(issue)
+        if owner is None:
+            order.append(("single", (str(n),)))
+            continue
+        key = (owner[0], *_cause_key(issue))
+        if key not in buckets:
+            buckets[key] = []
+            order.append(("module", key))
+        buckets[key].append(issue)
+    target, under = _roll_up_targets([key for kind, key in order if kind == "module"], buckets)
     out: list[IssueGroup] = []
-    emitted: set[str] = set()
+    emitted: set[tuple[str, str]] = set()
     for kind, key in order:
         if kind == "single":
             issue = issues[int(key[0])]
             out.append(_build(issue.check, issue.subject, [issue], roll=False))
         elif key in target:
-            check = buckets[key][0].check
-            a = target[key]
-            if (check + "\0" + a) in emitted:
-                continue
-            emitted.add(check + "\0" + a)
-            members = [i for m in under[(check, a)] for i in buckets[m]]
-            out.append(_build(check, a, members, roll=True))
+            check, a = buckets[key][0].check, target[key]
+            if (check, a) not in emitted:
+                emitted.add((check, a))
+                out.append(_build(check, a, [i for m in under[(check, a)] for i in buckets[m]], roll=True))
         else:
             out.append(_build(buckets[key][0].check, key[0], buckets[key], roll=False))
     return out

@@ -1,4 +1,7 @@
-"""JUnit XML for CI dashboards: one test case per check and spec group, failures carrying the message.
+"""freeze-check only: JUnit XML for CI dashboards, one test case per check and spec group.
+
+``inspect`` and ``compare-modes`` have no JUnit output; this module reads a ``FreezeReport`` and nothing else.
+Failures carry the message.
 
 A spec group is what one pattern claims (``frozen backbone``, ``trainable head``), or ``baseline``,
 ``unlisted``, ``conflict``.  Checks that did not run (no ``--optimizer``, ``--allow-buffer-updates``)
@@ -10,7 +13,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from gradprobe.facts.freeze import FreezeIssue, FreezeReport
+from gradprobe.facts.freeze import FreezeIssue
+from gradprobe.judges.freeze import FreezeReport
+from gradprobe.judges.freeze.report import issue_line
 
 _FROZEN_CHECKS = ("flag", "gradient", "optimizer", "step", "buffer")
 _TRAINABLE_CHECKS = ("flag", "gradient", "optimizer", "step")
@@ -64,10 +69,6 @@ def _cases(report: FreezeReport) -> list[_Case]:
     return list(cases.values())
 
 
-def _line(i: FreezeIssue) -> str:
-    return f"{i.subject}: expected {i.expected}, found {i.found} -- {i.message}"
-
-
 def junit_xml(report: FreezeReport) -> str:
     """The JUnit document: ``testsuites`` > ``testsuite name="gradprobe freeze-check"`` > ``testcase``."""
     cases = _cases(report)
@@ -90,11 +91,11 @@ def junit_xml(report: FreezeReport) -> str:
             first = c.failures[0]
             failure = ET.SubElement(el, "failure", type=c.check,
                                     message=f"{len(c.failures)} violation(s); first: {first.subject}: {first.message}")
-            failure.text = "\n".join(_line(i) for i in c.failures)
+            failure.text = "\n".join(issue_line(i) for i in c.failures)
         elif c.skipped is not None:
             ET.SubElement(el, "skipped", message=c.skipped)
         if c.warnings:
             out = ET.SubElement(el, "system-out")
-            out.text = "\n".join("warning: " + _line(i) for i in c.warnings)
+            out.text = "\n".join("warning: " + issue_line(i) for i in c.warnings)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

@@ -1,6 +1,8 @@
 """freeze-check output: a grouped issue list plus a one-line verdict, JSON ``gradprobe.freeze/1``, and Markdown.
 
-No torch here.  The JSON field names are a public contract: add fields freely, never rename.
+No torch here.  The JSON field names are a public contract: add fields freely, never rename.  The verdict
+line and the issue texts are the judges' (``FreezeReport.summary()``, ``FreezeIssue``); this module lays
+them out.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from gradprobe.facts.freeze import FreezeIssue, FreezeReport
-from gradprobe.render.freeze.groups import MODULE, NAME, IssueGroup, group_issues, module_label
+from gradprobe.facts.freeze import FreezeIssue
+from gradprobe.judges.freeze import FreezeReport
+from gradprobe.render.freeze.groups import IssueGroup, group_issues, module_label
 from gradprobe.render.inspect.markdown import md_escape, md_table
 
 FREEZE_SCHEMA = "gradprobe.freeze/1"
@@ -52,12 +55,6 @@ def _subject(g: IssueGroup) -> Text:
     return Text.assemble((module_label(g.where), "cyan"), f" ({len(g.modules)} modules, {len(g.issues)} {g.noun})")
 
 
-def _placeholders(text: str) -> Text:
-    out = Text(text)  # Text, not markup: messages hold brackets that rich would read as markup
-    out.highlight_regex(f"{NAME}|{MODULE}", "cyan")
-    return out
-
-
 def _entry(g: IssueGroup, style: str) -> Group:
     """The lines under the subject: each module of a roll-up, expected/found, the message, the fix."""
     lines: list[RenderableType] = [_subject(g)]
@@ -66,10 +63,9 @@ def _entry(g: IssueGroup, style: str) -> Group:
             lines.append(Text.assemble("  ", (module_label(module), "cyan"), ": " + ", ".join(leaves)))
         if len(g.modules) > MODULE_LINES:
             lines.append(Text(f"  {len(g.modules) - MODULE_LINES} more modules (--format json for all)", style="dim"))
-    found = _placeholders(g.found)
-    found.stylize(style)
-    lines.append(Text.assemble(("expected ", "dim"), _placeholders(g.expected), ("; found ", "dim"), found))
-    lines.append(_placeholders(g.message))
+    # Text, not markup: messages hold brackets that rich would read as markup
+    lines.append(Text.assemble(("expected ", "dim"), g.expected, ("; found ", "dim"), (g.found, style)))
+    lines.append(Text(g.message))
     if g.fix:
         lines.append(Text(f"fix: {g.fix}", style="dim"))
     return Group(*lines)
@@ -119,7 +115,9 @@ def render_freeze(report: FreezeReport, console: Console, top: int | None = DEFA
 
 
 def issue_json(i: FreezeIssue) -> dict[str, Any]:
-    return {"check": i.check, "subject": i.subject, "expected": i.expected, "found": i.found, "message": i.message}
+    """One issue: ``message`` is the whole sentence (cause and fix); ``fix`` and ``mechanism`` were added later."""
+    return {"check": i.check, "subject": i.subject, "expected": i.expected, "found": i.found, "message": i.message,
+            "fix": i.fix, "mechanism": list(i.mechanism)}
 
 
 def freeze_json(report: FreezeReport) -> dict[str, Any]:
@@ -154,11 +152,6 @@ def freeze_json(report: FreezeReport) -> dict[str, Any]:
     }
 
 
-def _md_text(text: str) -> str:
-    """Placeholders as code: GitHub would drop ``<name>`` as an unknown HTML tag."""
-    return text.replace(NAME, f"`{NAME}`").replace(MODULE, f"`{MODULE}`")
-
-
 def _subject_md(g: IssueGroup, max_modules: int = MODULE_LINES) -> str:
     if g.single:
         return f"`{g.where}`"
@@ -179,8 +172,7 @@ def _issues_md(title: str, issues: Sequence[FreezeIssue], top: int, max_issues: 
     shown = groups[:top]
     head = f"### {title} ({len(issues)}" + (f" in {_entries(len(groups))})" if len(groups) < len(issues) else ")")
     out = ["", head, "", md_table(["check", "subject", "expected", "found", "message", "fix"], [
-        (f"`{g.check}`", _subject_md(g), _md_text(g.expected), _md_text(g.found), _md_text(g.message),
-         g.fix or "") for g in shown])]
+        (f"`{g.check}`", _subject_md(g), g.expected, g.found, g.message, g.fix or "") for g in shown])]
     if len(shown) < len(groups):
         out.append(f"\n_{_entries(len(groups) - len(shown), 'more ')} in the JSON report (--format json)._")
     if len(groups) < len(issues):

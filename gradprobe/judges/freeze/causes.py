@@ -1,0 +1,115 @@
+"""Likely causes of a missing gradient, read off the module facts of the train-mode run.
+
+No torch here.  Each cause is stated as far as the facts show it: a module that never ran, a module
+whose output has no grad_fn, a parameter its own module did not use.
+"""
+
+from __future__ import annotations
+
+from gradprobe.facts.run import ModuleFact, ParamFact, RunFacts
+from gradprobe.judges.freeze.text import ancestors, in_subtree, label, short
+
+_FLOAT_PREFIXES = ("float", "bfloat", "complex", "half", "double")
+
+
+def effective_grad(run: RunFacts, p: ParamFact) -> str | None:
+    """The gradient state after backward; a backward that could not run leaves every ``.grad`` None."""
+    if run.backward:
+        return p.grad
+    return "none"
+
+
+class Causes:
+    """Where the parameters that require grad are cut off from the loss."""
+
+    def __init__(self, run: RunFacts) -> None:
+        self.run = run
+        self.modules = {m.name: m for m in run.modules}
+        self.outputs: dict[str, list[bool]] = {}  # module -> has grad_fn, per floating-point output
+        for t in (*run.tensors, *run.outputs):
+            if t.dtype.startswith(_FLOAT_PREFIXES):
+                self.outputs.setdefault(t.module, []).append(t.grad_fn is not None)
+        self.requiring = [p for p in run.parameters if p.requires_grad]
+
+    def called(self, module: str) -> bool:
+        mod = self.modules.get(module)
+        return module == "" or (mod is not None and mod.calls > 0)
+
+    def graphless(self, module: str) -> bool:
+        """Called, with floating-point outputs none of which has a grad_fn."""
+        outs = self.outputs.get(module)
+        return bool(outs) and not any(outs) and self.called(module)
+
+    def attr_module(self, module: str) -> ModuleFact | None:
+        """The outermost module on the path with a plain ``requires_grad`` attribute."""
+        for name in ancestors(module):
+            mod = self.modules.get(name)
+            if mod is not None and mod.requires_grad_attr is not None:
+                return mod
+        return None
+
+    def cut_region(self, module: str) -> str | None:
+        """The outermost module on the path whose output has no grad_fn although parameters inside need grad."""
+        for name in ancestors(module):
+            if self.graphless(name) and any(in_subtree(p.module, name) for p in self.requiring):
+                return name
+        return None
+
+    def cut_regions(self) -> list[str]:
+        """Outermost called modules whose output has no grad_fn although parameters inside require grad."""
+        found: list[str] = []
+        for mod in self.run.modules:
+            if any(in_subtree(mod.name, f) for f in found) or mod.name == "":
+                continue
+            if self.graphless(mod.name) and any(in_subtree(p.module, mod.name) for p in self.requiring):
+                found.append(mod.name)
+        return found
+
+    def cut_root(self, module: str) -> str:
+        """The outermost module on the path all of whose grad-requiring parameters received no gradient."""
+        for name in ancestors(module)[1:]:
+            inside = [p for p in self.requiring if in_subtree(p.module, name)]
+            if inside and all(effective_grad(self.run, p) == "none" for p in inside):
+                return name
+        return module
+
+    def never_called(self, module: str) -> str | None:
+        """The outermost module on the path that never ran, if any."""
+        for name in ancestors(module):
+            if not self.called(name):
+                return name
+        return None
+
+    def unused_by_its_module(self, p: ParamFact) -> bool:
+        """Its own module ran and other parameters it owns got gradients: forward did not use this one.
+
+        Parameters of the model itself count as such whenever any gradient reached the model.
+        """
+        others = [q for q in self.requiring if q.name != p.name and (p.module == "" or q.module == p.module)]
+        return any(effective_grad(self.run, q) not in ("none", None) for q in others)
+
+    def no_gradient(self, p: ParamFact) -> str:
+        """Why a parameter that requires grad received none: where it is cut off from the loss."""
+        if not self.run.backward:
+            return (f"no output of the model requires grad ({self.run.backward_skipped_reason}), so backward "
+                    f"could not run")
+        idle = self.never_called(p.module)
+        if idle is not None:
+            return f"module '{idle}' is never called in forward"
+        region = self.cut_region(p.module)
+        if region is not None:
+            return (f"the output of {label(region)} has no grad_fn: forward runs it under torch.no_grad() "
+                    f"(or detaches inside it)")
+        if self.unused_by_its_module(p):
+            owner = "the model itself" if p.module == "" else f"module '{p.module}'"
+            return (f"{owner} runs and other parameters it owns receive gradients, so forward does not use this "
+                    f"one on the way to the loss (never read, read only through .data, or a custom "
+                    f"autograd.Function whose backward returns None for it)")
+        root = self.cut_root(p.module)
+        regions = [r for r in self.cut_regions() if not in_subtree(p.module, r)]
+        if regions:
+            return (f"module {label(root)} builds a graph but the loss does not reach it: the graph is cut "
+                    f"downstream at {short(regions)} (output without grad_fn: torch.no_grad() or detach() "
+                    f"inside forward cuts the gradient to everything upstream)")
+        return (f"module {label(root)} builds a graph but the loss does not reach it: its output is detached "
+                f"(.detach(), .data) or passes through a non-differentiable op before the loss")
