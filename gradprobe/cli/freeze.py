@@ -1,6 +1,7 @@
 """``gradprobe freeze-check``: the CI gate that proves the intended freeze holds.
 
-Exit codes: 0 the freeze holds, 1 violations, 2 usage/load/run error (the freeze could not be verified).
+Exit codes: 0 the freeze holds, 1 violations (or, with ``--strict``, warnings), 2 usage/load/run error (the
+freeze could not be verified).
 """
 
 from __future__ import annotations
@@ -68,36 +69,54 @@ def _given(ctx: typer.Context) -> set[str]:
     return given
 
 
+TargetArg = Annotated[str | None, typer.Argument(
+    metavar="TARGET", show_default=False,
+    help="The model: 'package.module:Name' or 'path/to/file.py:Name'; may come from 'target' in "
+         "\\[tool.gradprobe.freeze] of pyproject.toml.")]
+FrozenOpt = Annotated[list[str] | None, typer.Option(
+    "--frozen", metavar="GLOB", help="Parameters that must be frozen (fnmatch on every name; a bare module "
+    "name 'backbone' means 'backbone.*'). Repeatable.")]
+TrainableOpt = Annotated[list[str] | None, typer.Option(
+    "--trainable", metavar="GLOB", help="Parameters that must be trained. Repeatable.")]
+UnlistedOpt = Annotated[Unlisted, typer.Option(
+    "--unlisted", help="Parameters matched by no pattern: ignore, warn, or error (a violation).")]
+OptimizerOpt = Annotated[str | None, typer.Option(
+    "--optimizer", metavar="SPEC", help="'module:fn' or 'file.py:fn' called with the model, returning a "
+    "torch.optim.Optimizer: checks param groups and the steps a training loop runs (step(), zero_grad()).")]
+BuffersOpt = Annotated[bool, typer.Option(
+    "--allow-buffer-updates", help="Do not fail when buffers of frozen modules (BatchNorm statistics) change "
+    "in the train-mode forward.")]
+BaselineOpt = Annotated[str | None, typer.Option(
+    "--baseline", metavar="FILE", help="Expected requires_grad of every parameter (from --write-baseline); any "
+    "difference fails.")]
+WriteBaselineOpt = Annotated[Path | None, typer.Option(
+    "--write-baseline", metavar="FILE", dir_okay=False,
+    help="Write the current requires_grad of every parameter to FILE (then check against it).")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", metavar="FILE", dir_okay=False, help="TOML file with \\[tool.gradprobe.freeze]; default: the "
+    "nearest pyproject.toml with that table, walking up from the current directory.")]
+LossOpt = Annotated[str, typer.Option("--loss", help="sum (of every float output), mean, or MOD:fn(outputs, "
+                                      "inputs) returning a scalar.")]
+JunitOpt = Annotated[Path | None, typer.Option(
+    "--junit", metavar="FILE", dir_okay=False, help="Also write JUnit XML (one test case per check and "
+    "pattern) for CI test reports.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="Exit 1 on warnings too (e.g. a frozen parameter inside an optimizer param group, which "
+    "would move once it got a gradient).")]
+
+
 def freeze_check(
     ctx: typer.Context,
-    target: Annotated[str | None, typer.Argument(
-        metavar="TARGET", show_default=False,
-        help="The model: 'package.module:Name' or 'path/to/file.py:Name'; may come from 'target' in "
-             "\\[tool.gradprobe.freeze] of pyproject.toml.")] = None,
-    frozen: Annotated[list[str] | None, typer.Option(
-        "--frozen", metavar="GLOB", help="Parameters that must be frozen (fnmatch on every name; a bare module "
-        "name 'backbone' means 'backbone.*'). Repeatable.")] = None,
-    trainable: Annotated[list[str] | None, typer.Option(
-        "--trainable", metavar="GLOB", help="Parameters that must be trained. Repeatable.")] = None,
-    unlisted: Annotated[Unlisted, typer.Option(
-        "--unlisted", help="Parameters matched by no pattern: ignore, warn, or error (a violation).")] = Unlisted.warn,
-    optimizer: Annotated[str | None, typer.Option(
-        "--optimizer", metavar="SPEC", help="'module:fn' or 'file.py:fn' called with the model, returning a "
-        "torch.optim.Optimizer: checks param groups and real optimizer steps.")] = None,
-    allow_buffer_updates: Annotated[bool, typer.Option(
-        "--allow-buffer-updates", help="Do not fail when buffers of frozen modules (BatchNorm statistics) change "
-        "in the train-mode forward.")] = False,
-    baseline: Annotated[str | None, typer.Option(
-        "--baseline", metavar="FILE", help="Expected requires_grad of every parameter (from --write-baseline); any "
-        "difference fails.")] = None,
-    write_baseline: Annotated[Path | None, typer.Option(
-        "--write-baseline", metavar="FILE", dir_okay=False,
-        help="Write the current requires_grad of every parameter to FILE (then check against it).")] = None,
-    config: Annotated[Path | None, typer.Option(
-        "--config", metavar="FILE", dir_okay=False, help="TOML file with \\[tool.gradprobe.freeze]; default: the "
-        "nearest pyproject.toml with that table, walking up from the current directory.")] = None,
-    loss: Annotated[str, typer.Option("--loss", help="sum (of every float output), mean, or MOD:fn(outputs, "
-                                      "inputs) returning a scalar.")] = "sum",
+    target: TargetArg = None,
+    frozen: FrozenOpt = None,
+    trainable: TrainableOpt = None,
+    unlisted: UnlistedOpt = Unlisted.warn,
+    optimizer: OptimizerOpt = None,
+    allow_buffer_updates: BuffersOpt = False,
+    baseline: BaselineOpt = None,
+    write_baseline: WriteBaselineOpt = None,
+    config: ConfigOpt = None,
+    loss: LossOpt = "sum",
     init: InitOpt = None,
     weights: WeightsOpt = None,
     inputs: InputsOpt = None,
@@ -108,15 +127,14 @@ def freeze_check(
     seed: SeedOpt = 0,
     format_: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
-    junit: Annotated[Path | None, typer.Option(
-        "--junit", metavar="FILE", dir_okay=False, help="Also write JUnit XML (one test case per check and "
-        "pattern) for CI test reports.")] = None,
+    junit: JunitOpt = None,
+    strict: StrictOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Check that the intended freeze holds: flags, gradient flow, optimizer groups and steps, buffers.
 
-    Exit 0 when it holds, 1 on violations, 2 when it could not be verified. Under GitHub Actions,
-    violations also become ::error annotations and a step summary.
+    Exit 0 when it holds, 1 on violations (with --strict: on warnings too), 2 when it could not be verified.
+    Under GitHub Actions, violations also become ::error annotations and a step summary.
     """
     cli_values: dict[str, Any] = {
         "target": target, "inputs": inputs, "optimizer": optimizer, "loss": loss, "init": init, "weights": weights,
@@ -130,7 +148,7 @@ def freeze_check(
         from gradprobe.render.freeze import github
 
         try:
-            return _run(cli_values, given, config, write_baseline, format_, output, junit)
+            return _run(cli_values, given, config, write_baseline, format_, output, junit, strict)
         except GradprobeError as exc:
             github.publish_error(str(exc), sys.stderr)
             raise
@@ -139,7 +157,7 @@ def freeze_check(
 
 
 def _run(cli_values: dict[str, Any], given: set[str], config: Path | None, write_baseline: Path | None,
-         format_: OutputFormat, output: Path | None, junit: Path | None) -> int:
+         format_: OutputFormat, output: Path | None, junit: Path | None, strict: bool = False) -> int:
     from gradprobe.errors import UsageError
     from gradprobe.load.config import resolve_settings
 
@@ -181,4 +199,4 @@ def _run(cli_values: dict[str, Any], given: set[str], config: Path | None, write
         except OSError as exc:
             raise UsageError(f"--junit: cannot write '{junit}' ({exc.strerror}); choose a writable path") from exc
     github.publish(report, freeze_markdown(report), sys.stderr)
-    return 0 if report.passed else 1
+    return 0 if report.passed and not (strict and report.warnings) else 1
