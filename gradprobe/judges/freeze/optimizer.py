@@ -163,7 +163,10 @@ def trainable_issues(p: ParamFact, o: OptimizerParam, opt: OptimizerFacts, group
                        sep=": "), True)]
     if o.moved is False and o.had_grad:  # without a gradient the gradient check already reported it
         lr = next((g.setting("lr") for g in opt.groups if g.index == o.groups[0]), None)
-        why = f"its gradient is zero or lr={lr} is too small to change it" if lr else "its update was zero"
+        if lr is not None and _number(opt, o.groups[0], "lr") == 0:
+            why = f"its param group has lr={lr}"
+        else:
+            why = f"its gradient is zero or lr={lr} is too small to change it" if lr else "its update was zero"
         return [(issue("step", p.name, "changed by optimizer.step()", "unchanged",
                        f"did not change in optimizer.step(): {why}", kind=kind, groups=groups), False)]
     return []
@@ -190,9 +193,15 @@ def foreign_issue(opt: OptimizerFacts) -> FreezeIssue:
 
 
 def state_note(opt: OptimizerFacts, frozen: set[str]) -> str | None:
-    """The optimizer state held for frozen parameters, measured: only state that exists or that step() created."""
-    held = [o for o in opt.params if o.name in frozen and (o.state_before.exists or o.state_after.exists)]
-    if not held:
-        return None
-    total = sum(max(o.state_before.nbytes, o.state_after.nbytes) for o in held)
-    return f"{opt.type} holds {human_bytes(total)} of optimizer state for {len(held)} frozen parameter(s)"
+    """Optimizer state for frozen parameters, measured: state handed over, or state the steps created."""
+    rows = [o for o in opt.params if o.name in frozen]
+    held = [o for o in rows if o.state_before.exists]
+    created = [o for o in rows if not o.state_before.exists and o.state_after.exists]
+    parts = []
+    if held:
+        parts.append(f"holds {human_bytes(sum(o.state_before.nbytes for o in held))} of optimizer state for "
+                     f"{len(held)} frozen parameter(s)")
+    if created:
+        parts.append(f"creates {human_bytes(sum(o.state_after.nbytes for o in created))} of optimizer state for "
+                     f"{len(created)} frozen parameter(s) in step() (they hold a .grad)")
+    return f"{opt.type} " + " and ".join(parts) if parts else None
