@@ -137,3 +137,15 @@ def test_judges_and_freeze_renderers_never_import_torch() -> None:
     code = ("import sys; import gradprobe.judges.freeze, gradprobe.render.freeze.view, "
             "gradprobe.render.freeze.junit, gradprobe.render.freeze.github; assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_steps_not_run_claim_nothing_about_movement() -> None:
+    rows = {n: {"moved": None, "delta": None, "moved_step": None} for n in NAMES}
+    opt = optimizer(rows)
+    skipped = OptimizerFacts(opt.type, opt.spec, opt.groups, opt.params, steps_skipped="parameters are on the meta "
+                             "device: values are unknown, so the optimizer steps were not run")
+    j = verdict(skipped)
+    assert j.violations == ()
+    for w in (w for w in j.warnings if w.check == "optimizer"):
+        assert "not measured" in w.message and "does not move" not in w.message and "steps checked" not in w.message
+    assert not [w for w in j.warnings if w.check == "step"]  # trainable: moved is unknown, not False

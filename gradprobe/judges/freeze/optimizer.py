@@ -135,19 +135,23 @@ def frozen_issues(p: ParamFact, o: OptimizerParam, opt: OptimizerFacts, groups: 
                        f"checkpoint, or training before it was frozen): {moves}", kind=kind,
                        fix=f"{OPTIMIZER_FIX}, or drop its state (del optimizer.state[p]) when freezing",
                        groups=groups), True)]
-    if o.state_after.exists:
-        now = (f"it did not move in {opt.steps} steps, but {opt.type}.step() creates optimizer state for it "
+    if opt.steps_skipped:
+        now = f"; whether it moves was not measured ({opt.steps_skipped})"
+        found = f"in param group {g}"
+    elif o.state_after.exists:
+        now = (f", but it did not move in {opt.steps} steps; {opt.type}.step() does create optimizer state for it "
                f"({', '.join(o.state_after.keys)}), because it holds a {o.stale_grad or 'zero'} .grad from "
                f"before it was frozen")
         found = f"in param group {g}; step() created optimizer state ({_state_text(o.state_after)})"
     else:
-        now = (f"it does not move: its .grad stays None, so {opt.type} skips it and creates no state for it"
+        now = (f", but it does not move: its .grad stays None, so {opt.type} skips it and creates no state for it"
                if o.stale_grad is None else
-               f"it does not move: its {o.stale_grad} .grad changes nothing with these settings and creates no state")
+               f", but it does not move: its {o.stale_grad} .grad changes nothing with these settings and creates "
+               f"no state")
         now += f" ({opt.steps} steps checked)"
         found = f"in param group {g}, unchanged, no optimizer state"
     return [(issue("optimizer", p.name, "in no param group", found,
-                   f"is in param group {g} of {opt.type}, but {now}; it would move if it ever got a gradient (e.g. "
+                   f"is in param group {g} of {opt.type}{now}; it would move if it ever got a gradient (e.g. "
                    f"unfrozen later, or zero_grad(set_to_none=False) after it had one){risk(opt, g)}",
                    kind=kind, fix=OPTIMIZER_FIX, groups=groups), False)]
 
