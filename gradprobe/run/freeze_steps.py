@@ -85,16 +85,21 @@ def _state(entry: dict[str, Any] | None) -> OptimizerState:
                           nbytes=sum(v.numel() * v.element_size() for v in tensors.values()))
 
 
-def _changed(before: torch.Tensor, after: torch.Tensor) -> tuple[bool, float]:
-    """Bit-level change (NaN equal to NaN) and the largest absolute difference."""
+def _equal(before: torch.Tensor, after: torch.Tensor) -> bool:
+    """Bit-level equality, NaN equal to NaN."""
     if before.is_floating_point() or before.is_complex():
-        same_nan = torch.isnan(before) == torch.isnan(after)
-        equal = bool(same_nan.all()) and torch.equal(torch.nan_to_num(before), torch.nan_to_num(after))
-        delta = float((after.detach() - before).abs().nan_to_num().max()) if before.numel() else 0.0
-    else:
-        equal = torch.equal(before, after)
-        delta = float((after.detach().double() - before.double()).abs().max()) if before.numel() else 0.0
-    return not equal, delta
+        return bool((torch.isnan(before) == torch.isnan(after)).all()) and torch.equal(
+            torch.nan_to_num(before), torch.nan_to_num(after))
+    return torch.equal(before, after)
+
+
+def _delta(before: torch.Tensor, after: torch.Tensor) -> float:
+    """The largest absolute difference (NaN positions count as 0)."""
+    if not before.numel():
+        return 0.0
+    if before.is_floating_point() or before.is_complex():
+        return float((after.detach() - before).abs().nan_to_num().max())
+    return float((after.detach().double() - before.double()).abs().max())
 
 
 def _call(what: str, fn: Callable[[], Any]) -> None:
@@ -151,7 +156,7 @@ def _run_steps(opt: torch.optim.Optimizer, params: dict[int, nn.Parameter], grad
                 p.grad = g.detach().clone() if p.grad is None else p.grad + g
         _call("optimizer.step()", opt.step)
         for pid, p in params.items():
-            if pid not in moved and _changed(start[pid], p)[0]:
+            if pid not in moved and not _equal(start[pid], p):
                 moved[pid] = k
         had = [p for p in params.values() if p.grad is not None]
         _call("optimizer.zero_grad()", opt.zero_grad)
@@ -183,9 +188,8 @@ def optimizer_facts(model: nn.Module, opt: torch.optim.Optimizer, grads: dict[in
     after = {pid: _state(opt.state.get(params[pid])) for pid in membership}
     rows = []
     for pid, p in params.items():
-        changed, delta = _changed(start[pid], p)
         rows.append(OptimizerParam(
-            name=names[pid][0], groups=tuple(membership.get(pid, ())), had_grad=pid in grads, moved=changed,
-            delta=delta, moved_step=moved.get(pid), stale_grad=stale.get(pid),
+            name=names[pid][0], groups=tuple(membership.get(pid, ())), had_grad=pid in grads, moved=pid in moved,
+            delta=_delta(start[pid], p) if pid in moved else 0.0, moved_step=moved.get(pid), stale_grad=stale.get(pid),
             state_before=before.get(pid, OptimizerState()), state_after=after.get(pid, OptimizerState())))
     return OptimizerFacts(kind, label, groups, tuple(rows), len(foreign), steps=STEPS, zero_grad_keeps=keeps)
