@@ -103,8 +103,8 @@ class Causes:
         if self.unused_by_its_module(p):
             owner = "the model itself" if p.module == "" else f"module '{p.module}'"
             return (f"{owner} runs and other parameters it owns receive gradients, so forward does not use this "
-                    f"one on the way to the loss (never read, read only through .data, or a custom "
-                    f"autograd.Function whose backward returns None for it)")
+                    f"one on the way to the loss (never read, read only through .data, .detach() or under "
+                    f"torch.no_grad(), or a custom autograd.Function whose backward returns None for it)")
         root = self.cut_root(p.module)
         regions = [r for r in self.cut_regions() if not in_subtree(p.module, r)]
         if regions:
