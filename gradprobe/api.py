@@ -152,7 +152,7 @@ from gradprobe.api_freeze import assert_frozen, freeze_check  # noqa: E402
 
 __all__ += ["assert_frozen", "freeze_check"]
 
-# compare-modes (issue 3): implemented in gradprobe/run/compare.py (torch side) and gradprobe/judges/compare.py.
+# compare-modes (issue 3): implemented in gradprobe/run/compare/ (torch side) and gradprobe/judges/compare.py.
 from gradprobe.facts.compare import CompareReport  # noqa: E402
 
 
@@ -173,19 +173,21 @@ def compare_modes(
 
     ``progress``, if given, is called as ``progress(description, done, total)`` after each step.
     """
-    from gradprobe.judges.compare import compare_verdict, judge_compare
+    from gradprobe.judges.compare import compare_report
+    from gradprobe.load.modes import parse_modes
     from gradprobe.run.compare import run_compare
 
+    pairs = parse_modes(modes)
     notes: list[str] = list(loaded.notes) if loaded is not None else []
     if loaded is None:  # a model object from Python: see through torch.compile/DataParallel as probe() does
         model = unwrap_model(model, notes)
     example = as_inputs(inputs, model)
-    comparison = run_compare(model, example, modes=modes, repeat=repeat, backward=backward, seed=seed,
+    comparison = run_compare(model, example, pairs, repeat=repeat, backward=backward, seed=seed,
                              target=target or type(model).__name__, progress=progress)
     comparison = replace(comparison, notes=tuple(notes) + comparison.notes,
                          missing_keys=loaded.missing_keys if loaded is not None else (),
                          unexpected_keys=loaded.unexpected_keys if loaded is not None else ())
-    return CompareReport(comparison, tuple(judge_compare(comparison)), tuple(compare_verdict(comparison)))
+    return compare_report(comparison)
 
 
 __all__ += ["compare_modes"]

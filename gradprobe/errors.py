@@ -7,14 +7,39 @@ fix; the CLI prints it without a traceback unless ``--debug`` is given.
 
 from __future__ import annotations
 
+from typing import Literal
+
+# Where a run failed, for callers that decide on it (compare-modes retries a row without its backward when
+# the backward raised) instead of reading the message text.
+Phase = Literal["forward", "output", "loss", "backward"]
+
+DEBUG_HINT = " (run with --debug for the traceback)"
+
 
 class GradprobeError(Exception):
-    """A user-facing failure: the message is one line naming the problem and the fix."""
+    """A user-facing failure: the message is one line naming the problem and the fix.
+
+    ``str(exc)`` is the line the CLI prints. ``message`` is that line without the ``--debug`` advice, for
+    reports that show the error inside a table (compare-modes rows); ``phase`` says which part of a run
+    raised (``None`` outside a run or when unknown).
+    """
 
     kind = "error"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
+    def __init__(self, message: str, *, phase: Phase | None = None, debug_hint: bool = False) -> None:
+        self.message = " ".join(message.split())
+        self.phase: Phase | None = phase
+        self.debug_hint = debug_hint
+        super().__init__(self.message + (DEBUG_HINT if debug_hint else ""))
+
+    def __reduce__(self) -> tuple[object, ...]:  # keep phase and hint through pickling (rank-to-rank errors)
+        return _rebuild, (type(self), self.message, self.phase, self.debug_hint)
+
+
+def _rebuild(cls: type[GradprobeError], message: str, phase: Phase | None, debug_hint: bool) -> GradprobeError:
+    exc = cls.__new__(cls)
+    GradprobeError.__init__(exc, message, phase=phase, debug_hint=debug_hint)
+    return exc
 
 
 class UsageError(GradprobeError):

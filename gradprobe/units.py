@@ -33,3 +33,12 @@ def seconds(t: float | None) -> str:
     if t is None:
         return "-"
     return f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
+
+
+def duration(t: float | None) -> str:
+    """Three significant digits, down to microseconds: timings of small models differ in tenths of a ms."""
+    if t is None:
+        return "-"
+    if t < 1e-3:
+        return f"{t * 1e6:.0f} µs"
+    return f"{t * 1e3:.3g} ms" if t < 1 else f"{t:.3g} s"

@@ -27,10 +27,12 @@ from gradprobe.facts.compare import (
     Comparison,
     ModeRow,
     ModuleEffect,
-    parse_modes,
 )
 from gradprobe.judges.compare import compare_verdict, judge_compare
-from gradprobe.render.compare.view import compare_json, compare_markdown, render_compare
+from gradprobe.load.modes import parse_modes
+from gradprobe.render.compare.json_out import compare_json
+from gradprobe.render.compare.markdown import compare_markdown
+from gradprobe.render.compare.table import render_compare
 from gradprobe.run.compare import reads_training
 
 B = 5  # batch of every test input
@@ -316,7 +318,7 @@ def test_meta_device_estimates_the_same_bytes() -> None:
     assert rows[("train", "grad")].saved_for_backward_bytes == 4 * B * (6 + 8 + 8)  # as on CPU, by hand
     assert rows[("eval", "no_grad")].forward_peak_bytes == 2 * 4 * B * 8
     assert all(r.ok and r.time_s is None and r.max_abs_diff is None for r in report.rows)
-    assert report.comparison.device == "meta" and report.comparison.notes
+    assert report.comparison.device == "meta" and report.notes
     assert report.comparison.eval_random_max_abs_diff is None and "eval-output-random" not in codes(report)
 
 

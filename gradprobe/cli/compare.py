@@ -73,7 +73,7 @@ def compare_modes(
 
     def body() -> int:
         from gradprobe.errors import UsageError
-        from gradprobe.facts.compare import parse_modes
+        from gradprobe.load.modes import parse_modes
 
         if repeat < 1:
             raise UsageError(f"--repeat {repeat}: use 1 or more")
@@ -92,15 +92,18 @@ def compare_modes(
 
             first = report.rows[0]
             raise RunError(f"every mode failed; {first.mode}:{first.grad_mode}: {first.error}")
-        from gradprobe.render.compare.view import compare_json, compare_markdown, render_compare
-
         if format_ is OutputFormat.json:
+            from gradprobe.render.compare.json_out import compare_json
             from gradprobe.render.inspect.json_out import dumps
 
             write_text(dumps(compare_json(report)), output)
         elif format_ is OutputFormat.markdown:
+            from gradprobe.render.compare.markdown import compare_markdown
+
             write_text(compare_markdown(report), output)
         else:
+            from gradprobe.render.compare.table import render_compare
+
             render_rich(lambda console: render_compare(report, console), output)
         return 1 if strict and report.has_errors else 0
 

@@ -6,17 +6,14 @@ judges in :mod:`gradprobe.judges.compare` and the renderers can be tested with h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gradprobe.errors import UsageError
 from gradprobe.facts.run import GRAD_MODES, MODES, Finding
 
 COMPARE_SCHEMA = "gradprobe.run.compare/1"
 ALL_MODES: tuple[tuple[str, str], ...] = tuple((m, g) for m in MODES for g in GRAD_MODES)
 REFERENCE = ("eval", "no_grad")  # outputs of every row are compared with this combination's
-_GRAD_ALIASES = {"no-grad": "no_grad", "nograd": "no_grad", "inference-mode": "inference_mode",
-                 "inference": "inference_mode", "enable_grad": "grad"}
 
 
 def label(mode: str, grad_mode: str) -> str:
@@ -24,42 +21,15 @@ def label(mode: str, grad_mode: str) -> str:
     return f"{mode}:{grad_mode}"
 
 
-def parse_modes(spec: str | Iterable[str | tuple[str, str]] | None) -> list[tuple[str, str]]:
-    """``"train:grad,eval:no_grad"`` (or a list of such items or pairs) → pairs, in the order given.
+@dataclass(frozen=True)
+class Mismatch:
+    """Why two runs' outputs could not be compared element by element."""
 
-    ``None``/``"all"`` means all six.  Duplicates are dropped; anything else outside the six is a
-    usage error naming the accepted spellings.
-    """
-    if spec is None:
-        return list(ALL_MODES)
-    items: list[str | tuple[str, str]] = [s for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    pairs: list[tuple[str, str]] = []
-    for item in items:
-        if isinstance(item, str):
-            text = item.strip().lower()
-            if not text:
-                continue
-            if text == "all":
-                pairs.extend(ALL_MODES)
-                continue
-            mode, sep, grad_mode = text.partition(":")
-            if not sep:
-                raise UsageError(f"--modes: '{item}' is not MODE:GRAD; write e.g. train:grad,eval:no_grad "
-                                 f"(MODE: train|eval, GRAD: grad|no_grad|inference_mode)")
-        else:
-            mode, grad_mode = item
-        mode, grad_mode = mode.strip(), _GRAD_ALIASES.get(grad_mode.strip(), grad_mode.strip())
-        if mode not in MODES:
-            raise UsageError(f"--modes: '{mode}' in '{label(mode, grad_mode)}' is not a mode; use train or eval")
-        if grad_mode not in GRAD_MODES:
-            raise UsageError(f"--modes: '{grad_mode}' in '{label(mode, grad_mode)}' is not a grad mode; "
-                             f"use grad, no_grad or inference_mode")
-        if (mode, grad_mode) not in pairs:
-            pairs.append((mode, grad_mode))
-    if not pairs:
-        raise UsageError("--modes is empty; give at least one MODE:GRAD such as eval:no_grad, or leave it out "
-                         "for all six")
-    return pairs
+    kind: str  # "structure": different number of output tensors; "shape": shape or dtype; "unknown": meta values
+    path: str = ""  # the output tensor whose shape or dtype differs ("shape" only)
+    counts: tuple[int, int] = (0, 0)  # output tensors in each run ("structure")
+    shapes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # of ``path`` in each run ("shape")
+    dtypes: tuple[str, str] = ("", "")  # of ``path`` in each run ("shape")
 
 
 @dataclass(frozen=True)
@@ -69,7 +39,7 @@ class ModeRow:
     mode: str
     grad_mode: str
     ok: bool
-    error: str | None = None
+    error: str | None = None  # the failure in one line, as the engine reports it, without the --debug advice
     output_requires_grad: bool | None = None  # any floating-point output requires grad
     output_grad_fn: str | None = None  # grad_fn of the first floating-point output
     is_inference: bool | None = None  # any output is an inference tensor
@@ -80,7 +50,7 @@ class ModeRow:
     times_s: tuple[float, ...] = ()
     max_abs_diff: float | None = None  # over floating-point outputs, against the reference row
     int_outputs_equal: bool | None = None  # integer/bool outputs equal to the reference's (None: there are none)
-    diff_note: str | None = None  # why max_abs_diff is missing (structure or shape differs)
+    mismatch: Mismatch | None = None  # why max_abs_diff is missing (structure or shape differs)
     buffers_changed: tuple[str, ...] = ()
     backward_possible: bool | None = None
     backward_time_s: float | None = None
@@ -88,6 +58,9 @@ class ModeRow:
     backward_error: str | None = None
     repeat_max_abs_diff: float | None = None  # between two runs of this row from the same seed and state
     repeat_int_equal: bool | None = None
+    error_phase: str | None = None  # where the failing run raised: forward, output, loss (None: timed run)
+    error_cause: str | None = None  # a recognised cause: "inference-tensor" (inference tensors used with grad)
+    failed_timed_run: int | None = None  # 1-based number of the timed run that raised (None: the tracked run)
 
     @property
     def label(self) -> str:
@@ -96,7 +69,7 @@ class ModeRow:
     @property
     def differs(self) -> bool:
         """Outputs differ from the reference (floating-point or integer)."""
-        return bool(self.max_abs_diff) or self.int_outputs_equal is False or self.diff_note is not None
+        return bool(self.max_abs_diff) or self.int_outputs_equal is False or self.mismatch is not None
 
     @property
     def nondeterministic(self) -> bool:
@@ -115,13 +88,25 @@ class ModuleEffect:
 
 
 @dataclass(frozen=True)
+class ReplayFailure:
+    """One attribution step gradprobe could not do: a failure of the replay, never a verdict on the model."""
+
+    step: str  # "capture" (recording module inputs), "replay" (one module alone), "check" (eval with flips)
+    module: str | None  # qualified name for "replay", None otherwise
+    exception: str  # the exception's type name
+    detail: str  # its first line, for JSON and --debug readers; verdicts never quote it
+
+
+@dataclass(frozen=True)
 class Attribution:
     """Which modules make train and eval outputs differ, found by flipping one module's flag at a time."""
 
     modules: tuple[ModuleEffect, ...] = ()
     tested: tuple[str, ...] = ()  # modules whose flag was flipped alone
     explained: bool | None = None  # these modules alone in train mode reproduce the train output exactly
-    note: str | None = None  # why the check did not run or is incomplete
+    skipped: str | None = None  # why no exact check: "same-flags" (train() and eval() set the same flags),
+    #                             "nondeterministic" (two train runs from one seed differ)
+    failures: tuple[ReplayFailure, ...] = ()  # steps that could not be done
 
 
 @dataclass(frozen=True)
@@ -132,11 +117,11 @@ class GradModeDiff:
     base: str  # label it is compared with, e.g. "eval:no_grad"
     max_abs_diff: float | None
     int_outputs_equal: bool | None = None
-    note: str | None = None
+    mismatch: Mismatch | None = None
 
     @property
     def differs(self) -> bool:
-        return bool(self.max_abs_diff) or self.int_outputs_equal is False or self.note is not None
+        return bool(self.max_abs_diff) or self.int_outputs_equal is False or self.mismatch is not None
 
 
 @dataclass(frozen=True)
@@ -153,11 +138,12 @@ class Comparison:
     reference: str | None  # label of the row every max_abs_diff is taken against
     attribution: Attribution | None = None
     grad_mode_diffs: tuple[GradModeDiff, ...] = ()
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # from loading the model (weights, unwrapping)
     # eval + no_grad from another RNG state against the reference (None: not run, e.g. on meta)
     eval_random_max_abs_diff: float | None = None
     eval_random_int_equal: bool | None = None
-    eval_random_note: str | None = None  # why the diff is missing: the outputs differ in structure or shape
+    eval_random_mismatch: Mismatch | None = None  # why the diff is missing: the outputs differ in structure or shape
+    eval_random_error: str | None = None  # that forward raised: ``Type: first line``
     missing_keys: tuple[str, ...] = ()
     unexpected_keys: tuple[str, ...] = ()
 
@@ -165,7 +151,7 @@ class Comparison:
     def eval_random(self) -> bool:
         """Eval outputs change with the RNG state: something samples randomness although the model is in eval."""
         return bool(self.eval_random_max_abs_diff) or self.eval_random_int_equal is False \
-            or self.eval_random_note is not None
+            or self.eval_random_mismatch is not None
 
     def row(self, mode: str, grad_mode: str) -> ModeRow | None:
         for r in self.rows:
@@ -184,6 +170,7 @@ class CompareReport:
     comparison: Comparison
     findings: tuple[Finding, ...] = field(default_factory=tuple)
     verdict: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # shown under the table: loading, meta limits, skipped checks
 
     @property
     def has_errors(self) -> bool:

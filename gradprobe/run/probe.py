@@ -248,17 +248,17 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     except (KeyboardInterrupt, RunError):
         raise
     except SystemExit as exc:
-        raise RunError(f"forward of {target} called sys.exit({exc.code!r}); a model must not exit the process") from exc
+        raise RunError(f"forward of {target} called sys.exit({exc.code!r}); a model must not exit the process",
+                       phase="forward") from exc
     except Exception as exc:
         where = recorder.failed_in
         module = _module_label(model, where[0] if where else "")
         value_op = explain_meta_failure(exc) if device.type == "meta" else None
         if value_op is not None:
-            raise RunError(meta_failure_message(value_op, module)) from exc
+            raise RunError(meta_failure_message(value_op, module), phase="forward") from exc
         raise RunError(
             f"forward raised in {'module ' if where and where[0] else ''}{module}: {describe_exception(exc)}; "
-            f"inputs: {inputs.describe()}"
-            f" (run with --debug for the traceback)"
+            f"inputs: {inputs.describe()}", phase="forward", debug_hint=True,
         ) from exc
     forward_time = time.perf_counter() - t0
     forward_peak = live.peak if live is not None else None
@@ -301,7 +301,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
             raise
         except Exception as exc:
             raise RunError(f"backward raised: {describe_exception(exc).rstrip('.')}; the forward of {target} ran, "
-                           f"the gradient computation failed (run with --debug for the traceback)") from exc
+                           f"the gradient computation failed", phase="backward", debug_hint=True) from exc
         finally:
             if live is not None:
                 live.__exit__(None, None, None)

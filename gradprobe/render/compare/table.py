@@ -1,0 +1,38 @@
+"""``compare-modes`` on a rich console: the grid, the verdict panel under it, notes and findings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gradprobe.facts.compare import CompareReport
+from gradprobe.render.compare.cells import caption, grid
+
+
+def render_compare(report: CompareReport, console: Any) -> None:
+    """Table, verdict and findings on a rich console."""
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    from gradprobe.render.inspect.table import findings_table
+
+    c = report.comparison
+    header, lines = grid(report)
+    # as wide as the console, like the verdict panel and the findings under it
+    table = Table(title=f"gradprobe compare-modes {c.target}", title_justify="left", caption=caption(report),
+                  caption_justify="left", expand=True)
+    table.add_column("", style="bold", no_wrap=True)
+    for r, name in zip(c.rows, header[1:], strict=True):
+        table.add_column(name.replace(":", "\n").replace("inference_mode", "infer."), justify="right",
+                         overflow="fold", header_style="bold" if r.ok else "bold red")
+    for line in lines:
+        table.add_row(*line)
+    console.print(table)
+    if report.verdict:
+        text = Text()
+        for i, line in enumerate(report.verdict):
+            text.append(("\n" if i else "") + "• " + line)
+        console.print(Panel(text, title="verdict", title_align="left"))
+    for note in report.notes:
+        console.print(Text(f"note: {note}", style="dim"))
+    console.print(findings_table(report.findings) if report.findings else Text("No findings.", style="green"))

@@ -1,0 +1,209 @@
+"""Which modules make train and eval outputs differ: flip one module's own ``training`` flag at a time.
+
+Flags come from ``model.train()``/``model.eval()`` themselves (a model may keep parts in eval).  Modules
+whose code reads ``training`` are flipped first (:func:`reads_training`); then the model runs in eval with
+only the modules found set to train, which must reproduce the train output exactly.  If it does not,
+every other module is flipped too.  A step that cannot be done is recorded as a :class:`ReplayFailure`:
+gradprobe's limitation, never a diagnosis of the model.
+"""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+import types
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradprobe.facts.compare import Attribution, ModuleEffect, ReplayFailure
+from gradprobe.run.compare.outputs import OutputDiff, Snapshot, compare_outputs, snapshot
+from gradprobe.run.compare.session import Session
+from gradprobe.run.compare.start import set_training
+from gradprobe.run.state import grad_context
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]  # a module's positional and keyword inputs
+
+
+# ------------------------------------------------------------------------------ which modules read it
+
+
+def _code_mentions(code: types.CodeType, name: str) -> bool:
+    if name in code.co_names or name in code.co_consts:
+        return True
+    return any(isinstance(c, types.CodeType) and _code_mentions(c, name) for c in code.co_consts)
+
+
+_READS_TRAINING: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def reads_training(cls: type) -> bool:
+    """Whether any method the class (or a base below ``nn.Module``) defines reads ``training``.
+
+    A cheap static filter for which modules to flip first; a module it misses is still found, because
+    the flipped set is checked against the real train output and everything else is flipped if it falls
+    short.  Compiled (TorchScript) modules cannot be read and count as reading it.
+    """
+    known = _READS_TRAINING.get(cls)
+    if known is None:
+        known = _READS_TRAINING[cls] = _scan_for_training(cls)
+    return known
+
+
+def _scan_for_training(cls: type) -> bool:
+    if issubclass(cls, torch.jit.ScriptModule):
+        return True
+    for klass in cls.__mro__:
+        if klass in (nn.Module, object):
+            continue
+        for attr in vars(klass).values():
+            if isinstance(attr, (staticmethod, classmethod)):
+                attr = attr.__func__
+            elif isinstance(attr, property):
+                attr = attr.fget
+            try:
+                code = getattr(pyinspect.unwrap(attr), "__code__", None) if callable(attr) else None
+            except ValueError:  # a __wrapped__ cycle
+                continue
+            if isinstance(code, types.CodeType) and _code_mentions(code, "training"):
+                return True
+    return False
+
+
+# ------------------------------------------------------------------------------------ one module alone
+
+
+def _clone_tree(value: Any) -> Any:
+    """Fresh copies of the tensors in captured inputs: a module may change its input in place."""
+    return torch.utils._pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, value)
+
+
+def _capture_inputs(s: Session, modules: Sequence[tuple[str, nn.Module]]) -> dict[str, Call]:
+    """The inputs of each module's first call in one eval-mode, no_grad forward."""
+    captured: dict[str, Call] = {}
+    handles = []
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if name not in captured:
+                captured[name] = _clone_tree((args, kwargs))
+        return hook
+
+    try:
+        for name, mod in modules:
+            handles.append(mod.register_forward_pre_hook(hook_for(name), with_kwargs=True))
+        s.forward("eval", "no_grad")
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def _flip_one(s: Session, mod: nn.Module, call: Call, train_flag: bool, eval_flag: bool) -> OutputDiff:
+    """The module's own output with its flag at the eval value and at the train value, same inputs and RNG."""
+    outs = []
+    try:
+        for flag in (eval_flag, train_flag):
+            s.reset()
+            args, kwargs = _clone_tree(call)
+            set_training(mod, flag)
+            with torch.no_grad():
+                outs.append(snapshot(mod(*args, **kwargs)))
+    finally:
+        set_training(mod, eval_flag)
+        s.reset()
+    return compare_outputs(outs[0], outs[1])
+
+
+def _failure(step: str, module: str | None, exc: Exception) -> ReplayFailure:
+    lines = str(exc).strip().splitlines()
+    return ReplayFailure(step, module, type(exc).__name__, lines[0] if lines else "")
+
+
+# ----------------------------------------------------------------------------------------- the search
+
+
+@dataclass
+class _Search:
+    """What the flips found so far."""
+
+    train_flags: dict[int, bool]
+    eval_flags: dict[int, bool]
+    effects: list[ModuleEffect] = field(default_factory=list)
+    tested: list[str] = field(default_factory=list)
+    failures: list[ReplayFailure] = field(default_factory=list)
+    explained: bool | None = None
+
+    def result(self, skipped: str | None = None) -> Attribution:
+        return Attribution(tuple(self.effects), tuple(self.tested), self.explained, skipped, tuple(self.failures))
+
+
+def attribute(s: Session, train_out: Snapshot, train_grad_mode: str, train_deterministic: bool) -> Attribution:
+    """Name the modules whose output changes when only their own ``training`` flag flips."""
+    search = _Search({id(m): f for m, f in s.start.train_flags}, {id(m): f for m, f in s.start.eval_flags})
+    names = {id(m): n for n, m in reversed(list(s.model.named_modules(remove_duplicate=False)))}
+    flippable = [(names[id(m)], m) for m in s.model.modules() if search.train_flags[id(m)] != search.eval_flags[id(m)]]
+    if not flippable:
+        return search.result(skipped="same-flags")
+    first = [(n, m) for n, m in flippable if reads_training(type(m))]
+    rest = [(n, m) for n, m in flippable if not reads_training(type(m))]
+    for batch in (first, rest):
+        if not batch:
+            continue
+        if not _flip_batch(s, batch, search):
+            break
+        if not train_deterministic:
+            break  # no exact check possible: the train output itself changes from run to run
+        try:
+            search.explained = _reproduces(s, search.effects, search.train_flags, train_out, train_grad_mode)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            search.failures.append(_failure("check", None, exc))
+            break
+        if search.explained:
+            break
+    return search.result(skipped=None if train_deterministic else "nondeterministic")
+
+
+def _flip_batch(s: Session, batch: Sequence[tuple[str, nn.Module]], search: _Search) -> bool:
+    """Flip every module of ``batch`` alone; False when their inputs could not even be recorded."""
+    try:
+        calls = _capture_inputs(s, batch)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        search.failures.append(_failure("capture", None, exc))
+        return False
+    for name, mod in batch:
+        if name not in calls:
+            continue  # not called in forward: cannot matter
+        search.tested.append(name)
+        try:
+            diff = _flip_one(s, mod, calls[name], search.train_flags[id(mod)], search.eval_flags[id(mod)])
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            search.failures.append(_failure("replay", name, exc))
+            continue
+        if diff.differs:
+            search.effects.append(ModuleEffect(name, type(mod).__name__, diff.max_abs_diff, diff.ints_equal))
+    return True
+
+
+def _reproduces(s: Session, effects: Iterable[ModuleEffect], train_flags: dict[int, bool], train_out: Snapshot,
+                grad_mode: str) -> bool:
+    """Eval mode with only ``effects`` switched to their train flags gives exactly the train output."""
+    by_name = dict(s.model.named_modules())
+    s.reset()
+    s.start.set_mode("eval")
+    for e in effects:
+        mod = by_name[e.name]
+        set_training(mod, train_flags[id(mod)])
+    with grad_context(grad_mode):
+        out = snapshot(s.call())
+    diff = compare_outputs(out, train_out)
+    return not diff.differs

@@ -1,0 +1,170 @@
+"""``compare-modes`` from start to end: rows, the reference, the cross-checks, the attribution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from gradprobe.errors import UsageError, describe_exception
+from gradprobe.facts.compare import REFERENCE, Attribution, Comparison, GradModeDiff, ModeRow, label
+from gradprobe.load.target import ExampleInputs
+from gradprobe.run.compare.attribution import attribute
+from gradprobe.run.compare.outputs import NOT_COMPARED, OutputDiff, Snapshot, compare_outputs
+from gradprobe.run.compare.rows import run_row
+from gradprobe.run.compare.session import Session
+from gradprobe.run.compare.start import StartState
+from gradprobe.run.flatten import flatten_tensors
+from gradprobe.run.probe import device_of
+from gradprobe.run.state import ModelState, clear_grads
+
+ProgressFn = Callable[[str, int, int], None]  # (description, steps done, steps in total)
+Outputs = dict[tuple[str, str], Snapshot]  # each row's output (of its first timed run)
+
+
+def run_compare(
+    model: nn.Module,
+    inputs: ExampleInputs,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    repeat: int = 5,
+    backward: bool = False,
+    seed: int | None = 0,
+    target: str = "",
+    progress: ProgressFn | None = None,
+) -> Comparison:
+    """Every combination in ``pairs`` from the same starting state; the model is left exactly as found."""
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat}: use 1 or more")
+    target = target or type(model).__name__
+    device = device_of(model, [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))])
+    step = _Stepper(progress, len(pairs) * (1 + repeat) + 3)
+    state = ModelState.capture(model)  # the user's model as found: flags, requires_grad, .grad, buffers, RNG
+    try:
+        clear_grads(model)  # --backward must never accumulate into the user's own .grad tensors (restored below)
+        s = Session(model, inputs, StartState(model, device, seed), step)
+        comparison = _compare(s, pairs, repeat=repeat, backward=backward, seed=seed, target=target)
+    finally:
+        state.restore()
+    if progress is not None:
+        progress("done", step.total, step.total)
+    return comparison
+
+
+class _Stepper:
+    """Counts finished steps for the progress callback."""
+
+    def __init__(self, progress: ProgressFn | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, description: str) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(description, min(self.done, self.total), self.total)
+
+
+def _compare(s: Session, pairs: Sequence[tuple[str, str]], *, repeat: int, backward: bool, seed: int | None,
+             target: str) -> Comparison:
+    rows: list[ModeRow] = []
+    outs: Outputs = {}
+    for mode, grad_mode in pairs:
+        row, out = run_row(s, mode, grad_mode, repeat=repeat, backward=backward, target=target)
+        rows.append(row)
+        if out is not None:
+            outs[(mode, grad_mode)] = out
+    s.step("reference")
+    ref_key, ref_out = _reference(s, pairs, rows, outs)
+    rows = [_with_diff(r, outs.get((r.mode, r.grad_mode)), ref_out) for r in rows]
+    s.step("eval output from another random state")
+    eval_random, eval_random_error = NOT_COMPARED, None
+    if ref_key == REFERENCE and ref_out is not None and not s.on_meta:
+        eval_random, eval_random_error = _eval_random(s, ref_out, seed)
+    s.step("which modules depend on training")
+    attribution = None
+    if ref_key is not None and ref_key[0] == "eval" and not s.on_meta:
+        attribution = _maybe_attribute(s, rows, outs, ref_key)
+    return Comparison(
+        target=target, torch_version=torch.__version__, device=str(s.device), seed=seed, repeat=repeat,
+        backward=backward, rows=tuple(rows), reference=label(*ref_key) if ref_key else None,
+        attribution=attribution, grad_mode_diffs=_grad_mode_diffs(rows, outs),
+        eval_random_max_abs_diff=eval_random.max_abs_diff, eval_random_int_equal=eval_random.ints_equal,
+        eval_random_mismatch=eval_random.mismatch, eval_random_error=eval_random_error,
+    )
+
+
+def _reference(s: Session, pairs: Sequence[tuple[str, str]], rows: list[ModeRow],
+               outs: Outputs) -> tuple[tuple[str, str] | None, Snapshot | None]:
+    """eval+no_grad's output: its row's, or one extra plain forward when the row was not asked for."""
+    if REFERENCE in outs:
+        return REFERENCE, outs[REFERENCE]
+    if REFERENCE not in pairs and not s.on_meta:
+        try:
+            return REFERENCE, s.forward(*REFERENCE)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:
+            pass
+    for r in rows:  # eval+no_grad failed: the first combination that ran
+        if (r.mode, r.grad_mode) in outs:
+            return (r.mode, r.grad_mode), outs[(r.mode, r.grad_mode)]
+    return None, None
+
+
+def _eval_random(s: Session, ref_out: Snapshot, seed: int | None) -> tuple[OutputDiff, str | None]:
+    """One eval + no_grad forward from another RNG state, against the reference: eval must not sample.
+
+    Every other run starts from the same RNG state, so ``F.dropout(x, training=True)`` or ``torch.rand``
+    in forward draws the same numbers in train and eval and hides; a second seed shows it.  Returns the
+    comparison and, when that forward raised, why (the comparison is then empty).
+    """
+    other = (seed if seed is not None else torch.initial_seed()) + 1
+    try:
+        s.reset()
+        for device in {torch.device("cpu"), s.device}:  # only the generators the run uses; restored after
+            gen = torch.Generator(device=device)
+            gen.manual_seed(other)
+            if device.type == "cpu":
+                torch.random.set_rng_state(gen.get_state())
+            elif device.type == "cuda":
+                torch.cuda.set_rng_state(gen.get_state(), device)
+        out = s.forward("eval", "no_grad", reset=False)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        return NOT_COMPARED, describe_exception(exc)
+    finally:
+        s.reset()
+    return compare_outputs(out, ref_out), None
+
+
+def _with_diff(row: ModeRow, out: Snapshot | None, ref: Snapshot | None) -> ModeRow:
+    if out is None or ref is None:
+        return row
+    diff = compare_outputs(out, ref)
+    return replace(row, max_abs_diff=diff.max_abs_diff, int_outputs_equal=diff.ints_equal, mismatch=diff.mismatch)
+
+
+def _grad_mode_diffs(rows: list[ModeRow], outs: Outputs) -> tuple[GradModeDiff, ...]:
+    """Within train and within eval, every grad mode's output against no_grad's (or the first that ran)."""
+    found = []
+    for mode in ("train", "eval"):
+        ran = [r for r in rows if r.mode == mode and (r.mode, r.grad_mode) in outs]
+        ran.sort(key=lambda r: r.grad_mode != REFERENCE[1])
+        for r in ran[1:]:
+            diff = compare_outputs(outs[(r.mode, r.grad_mode)], outs[(ran[0].mode, ran[0].grad_mode)])
+            found.append(GradModeDiff(r.label, ran[0].label, diff.max_abs_diff, diff.ints_equal, diff.mismatch))
+    return tuple(found)
+
+
+def _maybe_attribute(s: Session, rows: list[ModeRow], outs: Outputs, ref_key: tuple[str, str]) -> Attribution | None:
+    """Attribute only when a train row's output differs from the eval reference."""
+    train = [r for r in rows if r.mode == "train" and (r.mode, r.grad_mode) in outs]
+    if not train:
+        return None
+    train.sort(key=lambda r: r.grad_mode != ref_key[1])  # same grad mode as the reference first
+    chosen = train[0]
+    if not chosen.differs:
+        return None
+    return attribute(s, outs[(chosen.mode, chosen.grad_mode)], chosen.grad_mode, not chosen.nondeterministic)

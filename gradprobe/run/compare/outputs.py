@@ -1,0 +1,88 @@
+"""Output snapshots and their element-wise comparison: the numbers every compare-modes diff is made of."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gradprobe.facts.compare import Mismatch
+from gradprobe.run.flatten import flatten_tensors
+
+Snapshot = list[tuple[str, torch.Tensor]]  # detached copies of a run's output tensors, with their paths
+
+
+def inexact(dtype: str) -> bool:
+    """Floating-point (and complex) dtype names as :class:`TensorFact` spells them."""
+    return dtype.startswith(("float", "bfloat", "complex"))
+
+
+def snapshot(output: Any) -> Snapshot:
+    """Detached copies of every output tensor: later runs and state restores must not change them.
+
+    Sparse outputs are kept dense and nested ones as their stored elements: the elementwise comparison
+    below needs strided tensors (a nested tensor has no single shape, a sparse one no ``&``).
+    """
+    return [(path, t if t.device.type == "meta" else t.clone()) for path, t in
+            ((path, _strided(t.detach())) for path, t in flatten_tensors(output))]
+
+
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    if t.is_nested:
+        return t.values()
+    if t.layout != torch.strided and t.device.type != "meta":
+        return t.to_dense()
+    return t
+
+
+@dataclass(frozen=True)
+class OutputDiff:
+    """Two snapshots compared: the largest floating-point difference and whether integer outputs agree."""
+
+    max_abs_diff: float | None = None  # over floating outputs; None with a mismatch or without float outputs
+    ints_equal: bool | None = None  # None: there are no integer/bool outputs
+    mismatch: Mismatch | None = None  # why no element-wise comparison was possible
+
+    @property
+    def differs(self) -> bool:
+        return bool(self.max_abs_diff) or self.ints_equal is False or self.mismatch is not None
+
+
+NOT_COMPARED = OutputDiff()
+
+
+def compare_outputs(a: Snapshot, b: Snapshot) -> OutputDiff:
+    """Element-wise comparison of two runs' outputs; NaN equals NaN."""
+    if [p for p, _ in a] != [p for p, _ in b]:
+        return OutputDiff(mismatch=Mismatch("structure", counts=(len(a), len(b))))
+    worst: float | None = None
+    ints_equal: bool | None = None
+    for (path, x), (_, y) in zip(a, b, strict=True):
+        if x.device.type == "meta" or y.device.type == "meta":
+            return OutputDiff(mismatch=Mismatch("unknown"))
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return OutputDiff(mismatch=Mismatch("shape", path, shapes=(tuple(x.shape), tuple(y.shape)),
+                                                dtypes=(_dtype(x), _dtype(y))))
+        if x.is_floating_point() or x.is_complex():
+            worst = max(worst or 0.0, max_abs_diff(x, y) if x.numel() else 0.0)
+        else:
+            same = torch.equal(x, y)
+            ints_equal = same if ints_equal is None else ints_equal and same
+    return OutputDiff(worst, ints_equal)
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def max_abs_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """``max |x - y|`` in float32 or wider; NaN on both sides counts as equal, on one side as infinite."""
+    if not x.is_complex() and x.dtype != torch.float64:
+        x, y = x.float(), y.float()
+    diff = (x - y).abs()
+    both_nan = torch.isnan(x) & torch.isnan(y) if not x.is_complex() else torch.isnan(x.abs()) & torch.isnan(y.abs())
+    diff = diff.masked_fill(both_nan, 0.0)
+    if bool(torch.isnan(diff).any()):  # NaN on one side only
+        return float("inf")
+    return float(diff.max())

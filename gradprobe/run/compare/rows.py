@@ -1,0 +1,151 @@
+"""One row of compare-modes: a tracked run for the measurements, then timed plain forwards.
+
+The tracked run goes through :func:`gradprobe.run.probe.run_probe` (flags, graph, saved bytes, forward
+peak, buffers; it doubles as the warm-up).  The ``repeat`` timed forwards run with every tracker off, each
+from the starting state; the first two outputs are kept to compare rows and to check determinism.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradprobe.errors import RunError, describe_exception
+from gradprobe.facts.compare import ModeRow, label
+from gradprobe.facts.run import RunFacts
+from gradprobe.run.compare.outputs import NOT_COMPARED, Snapshot, compare_outputs, inexact, snapshot
+from gradprobe.run.compare.session import Session
+from gradprobe.run.compare.start import syncer
+from gradprobe.run.flatten import flatten_tensors
+from gradprobe.run.probe import ProbeOptions, run_probe, sum_loss
+from gradprobe.run.state import grad_context
+
+
+def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: bool,
+            target: str) -> tuple[ModeRow, Snapshot | None]:
+    """One row: the tracked run, then the timed repeats; a forward that raises makes a failed row."""
+    name = label(mode, grad_mode)
+    s.step(f"{name}: tracked run")
+    s.reset()
+    try:
+        facts, backward_error = _tracked(s, mode, grad_mode, backward, target)
+    except RunError as exc:
+        _skip(s, repeat, f"{name}: failed")
+        return ModeRow(mode, grad_mode, ok=False, error=exc.message, error_phase=exc.phase,
+                       error_cause=error_cause(exc)), None
+    fields = _row_from_facts(grad_mode, facts)
+    if s.on_meta:  # no values, no meaningful time
+        _skip(s, repeat, f"{name}: meta")
+        return ModeRow(mode, grad_mode, ok=True, backward_error=backward_error, **fields), None
+    timed = _timed(s, mode, grad_mode, repeat,
+                   backward and fields["backward_possible"] and backward_error is None)
+    if timed.error is not None:
+        _skip(s, repeat - len(timed.forward), f"{name}: failed")
+        return ModeRow(mode, grad_mode, ok=False, error=timed.error, error_cause=timed.cause,
+                       failed_timed_run=timed.failed_run, **fields), None
+    repeat_diff = compare_outputs(timed.outputs[0], timed.outputs[1]) if len(timed.outputs) > 1 else NOT_COMPARED
+    return ModeRow(
+        mode, grad_mode, ok=True, backward_error=backward_error,
+        time_s=statistics.median(timed.forward), times_s=tuple(timed.forward),
+        backward_time_s=statistics.median(timed.backward) if timed.backward else None,
+        repeat_max_abs_diff=repeat_diff.max_abs_diff, repeat_int_equal=repeat_diff.ints_equal, **fields,
+    ), timed.outputs[0]
+
+
+def _skip(s: Session, count: int, description: str) -> None:
+    for _ in range(count):
+        s.step(description)
+
+
+def error_cause(exc: BaseException) -> str | None:
+    """A cause the judges can name: inference tensors used where autograd needs normal ones."""
+    seen = exc
+    while seen is not None:
+        if "nference tensor" in str(seen):
+            return "inference-tensor"
+        seen = seen.__cause__
+    return None
+
+
+def _row_from_facts(grad_mode: str, facts: RunFacts) -> dict[str, Any]:
+    floats = [o for o in facts.outputs if inexact(o.dtype)]
+    requires_grad = any(o.requires_grad for o in floats)
+    memory = facts.memory
+    return {
+        "output_requires_grad": requires_grad,
+        "output_grad_fn": floats[0].grad_fn if floats else None,
+        "is_inference": any(o.is_inference for o in facts.outputs),
+        "graph_nodes": facts.graph.nodes if facts.graph is not None else 0,
+        "saved_for_backward_bytes": memory.saved_for_backward_bytes if memory else None,
+        "forward_peak_bytes": memory.forward_peak_bytes if memory else None,
+        "buffers_changed": tuple(b.name for b in facts.buffers if b.changed),
+        "backward_possible": grad_mode == "grad" and requires_grad,
+        "backward_peak_bytes": memory.backward_peak_bytes if memory and facts.backward else None,
+    }
+
+
+def _tracked(s: Session, mode: str, grad_mode: str, backward: bool, target: str) -> tuple[RunFacts, str | None]:
+    """One run with every tracker on; a failing backward is retried without it and reported."""
+    options = ProbeOptions(mode=mode, grad_mode=grad_mode, backward=backward, memory=True, tensors=False,
+                           graph=True, tree_depth=1, seed=None)
+    try:
+        return run_probe(s.model, s.inputs, options, target).facts, None
+    except RunError as exc:
+        if not (backward and exc.phase == "backward"):
+            raise
+        options.backward = False
+        s.reset()
+        return run_probe(s.model, s.inputs, options, target).facts, exc.message
+
+
+@dataclass
+class _Timed:
+    """Plain forwards (and backwards) under one combination, every tracker off."""
+
+    forward: list[float] = field(default_factory=list)
+    backward: list[float] = field(default_factory=list)
+    outputs: list[Snapshot] = field(default_factory=list)  # of the first two runs
+    error: str | None = None
+    cause: str | None = None
+    failed_run: int | None = None
+
+
+def _timed(s: Session, mode: str, grad_mode: str, repeat: int, backward: bool) -> _Timed:
+    result = _Timed()
+    s.start.set_mode(mode)
+    i = 0
+    try:
+        for i in range(repeat):
+            _one_timed(s, grad_mode, backward, result, keep=i < 2)
+            s.step(f"{label(mode, grad_mode)}: timed run {i + 1}/{repeat}")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        result.error = f"timed run {i + 1} raised {describe_exception(exc)}"  # its forward may have been timed
+        result.cause, result.failed_run = error_cause(exc), i + 1
+    return result
+
+
+def _one_timed(s: Session, grad_mode: str, backward: bool, result: _Timed, keep: bool) -> None:
+    sync = syncer(s.device)
+    s.reset()
+    sync()
+    t0 = time.perf_counter()
+    with grad_context(grad_mode):
+        out = s.call()
+    sync()
+    t1 = time.perf_counter()
+    result.forward.append(t1 - t0)
+    if backward:
+        loss = sum_loss(flatten_tensors(out), "sum")  # the engine's default loss, nested/sparse too
+        if loss is not None and loss.requires_grad:
+            loss.backward()
+            sync()
+            result.backward.append(time.perf_counter() - t1)
+        for p in s.model.parameters():
+            p.grad = None
+    if keep:
+        result.outputs.append(snapshot(out))
+    del out

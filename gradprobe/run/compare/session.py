@@ -1,0 +1,51 @@
+"""One compare-modes session: the model, its inputs and the state every run starts from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradprobe.load.target import ExampleInputs
+from gradprobe.run.compare.outputs import Snapshot, snapshot
+from gradprobe.run.compare.start import StartState
+from gradprobe.run.state import grad_context
+
+Step = Callable[[str], None]  # reports one finished step to the progress display
+
+
+@dataclass
+class Session:
+    """What every run of one comparison shares; each run starts from :meth:`reset`."""
+
+    model: nn.Module
+    inputs: ExampleInputs
+    start: StartState
+    step: Step
+
+    @property
+    def device(self) -> torch.device:
+        return self.start.device
+
+    @property
+    def on_meta(self) -> bool:
+        return self.start.device.type == "meta"
+
+    def reset(self) -> None:
+        """Buffers, parameter values and the RNG as at the start."""
+        self.start.reset()
+
+    def call(self) -> Any:
+        """The model on its inputs, in whatever mode and grad mode are set."""
+        return self.model(*self.inputs.args, **self.inputs.kwargs)
+
+    def forward(self, mode: str, grad_mode: str, *, reset: bool = True) -> Snapshot:
+        """One plain forward from the starting state (``reset=False``: as the caller left it), trackers off."""
+        if reset:
+            self.reset()
+        self.start.set_mode(mode)
+        with grad_context(grad_mode):
+            return snapshot(self.call())
