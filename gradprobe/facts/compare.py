@@ -61,6 +61,14 @@ class ModeRow:
     error_phase: str | None = None  # where the failing run raised: forward, output, loss (None: timed run)
     error_cause: str | None = None  # a recognised cause: "inference-tensor" (inference tensors used with grad)
     failed_timed_run: int | None = None  # 1-based number of the timed run that raised (None: the tracked run)
+    # against the reference: every float output within what float rounding explains (see Tolerance in the
+    # README: a dtype's relative tolerance x the output's magnitude); the limit for the closest output
+    within_tolerance: bool | None = None
+    tolerance: float | None = None
+    # max_abs_diff on the non-padded positions only, when this row or the reference took the nested-tensor
+    # fast path and the other did not (see NestedFastPath); None otherwise
+    unpadded_max_abs_diff: float | None = None
+    unpadded_within_tolerance: bool | None = None
 
     @property
     def label(self) -> str:
@@ -85,6 +93,10 @@ class ModuleEffect:
     type: str
     max_abs_diff: float | None  # of its own output, train flag vs eval flag, same inputs and RNG state
     int_outputs_equal: bool | None = None
+    within_tolerance: bool | None = None  # the difference is no more than float rounding explains
+    # for a difference within tolerance: ATen ops only the eval flag's run used, and only the train flag's
+    ops_only_eval: tuple[str, ...] = ()
+    ops_only_train: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,7 @@ class Attribution:
     skipped: str | None = None  # why no exact check: "same-flags" (train() and eval() set the same flags),
     #                             "nondeterministic" (two train runs from one seed differ)
     failures: tuple[ReplayFailure, ...] = ()  # steps that could not be done
+    fast_path_off: bool = False  # ran with torch.backends.mha.set_fastpath_enabled(False) (see NestedFastPath)
 
 
 @dataclass(frozen=True)
@@ -118,10 +131,32 @@ class GradModeDiff:
     max_abs_diff: float | None
     int_outputs_equal: bool | None = None
     mismatch: Mismatch | None = None
+    within_tolerance: bool | None = None  # no more than float rounding explains (see ModeRow)
+    tolerance: float | None = None
+    unpadded_max_abs_diff: float | None = None  # on non-padded positions, when one side took the nested path
+    unpadded_within_tolerance: bool | None = None
+    # when the outputs differ: ATen ops only ``row``'s forward ran, and only ``base``'s (kernel choice)
+    ops_only_row: tuple[str, ...] = ()
+    ops_only_base: tuple[str, ...] = ()
 
     @property
     def differs(self) -> bool:
         return bool(self.max_abs_diff) or self.int_outputs_equal is False or self.mismatch is not None
+
+
+@dataclass(frozen=True)
+class NestedFastPath:
+    """``nn.TransformerEncoder``'s nested-tensor fast path: taken with a padding mask in eval with grad off.
+
+    It runs the layers on the real positions only and writes zeros at the padded ones, where every other
+    combination computes values: rows on either side of it differ there by design.
+    """
+
+    encoders: tuple[str, ...]  # qualified names of the encoders that took it
+    rows: tuple[str, ...]  # labels of the rows whose forward took it
+    padded_positions: int | None  # (batch, position) pairs the mask pads
+    positions: int | None  # (batch, position) pairs in all
+    separable: bool  # every output is laid out by position, so non-padded positions can be compared alone
 
 
 @dataclass(frozen=True)
@@ -146,6 +181,7 @@ class Comparison:
     eval_random_error: str | None = None  # that forward raised: ``Type: first line``
     missing_keys: tuple[str, ...] = ()
     unexpected_keys: tuple[str, ...] = ()
+    nested_fast_path: NestedFastPath | None = None
 
     @property
     def eval_random(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradprobe.facts.compare import Comparison, ModeRow
+from gradprobe.facts.compare import Attribution, Comparison, ModeRow
 from gradprobe.facts.run import Finding
 from gradprobe.judges.compare.words import (
     RANDOM_CAUSE,
@@ -10,14 +10,18 @@ from gradprobe.judges.compare.words import (
     attribution_note,
     effect_text,
     is_dropout,
+    kernel_difference,
     listed,
+    measured,
     mismatch_text,
     num,
     percent,
     random_in_eval,
     random_runs,
     random_size,
+    real_difference,
     train_row,
+    where,
 )
 from gradprobe.units import human_bytes
 
@@ -30,7 +34,8 @@ CODES = {
     "eval-output-random": "eval outputs change with the random state: something samples randomness in eval mode",
     "train-eval-difference": "train and eval outputs differ, attributed to the modules that cause it",
     "train-eval-unexplained": "flipping single modules' training flags does not reproduce the train output",
-    "grad-mode-changes-output": "outputs differ between grad modes within train or within eval",
+    "grad-mode-changes-output": "outputs differ between grad modes within train or within eval, beyond float rounding",
+    "attribution-incomplete": "gradprobe could not replay every module alone; the attribution is partial",
     "integer-output-differs": "integer/bool outputs differ from the reference combination",
 }
 
@@ -134,34 +139,48 @@ def _eval_random(c: Comparison) -> list[Finding]:
 
 def _train_eval(c: Comparison) -> list[Finding]:
     row = train_row(c)
-    if row is None or not row.differs or row.nondeterministic or c.reference is None \
+    if row is None or not real_difference(row) or row.nondeterministic or c.reference is None \
             or not c.reference.startswith("eval"):
         return []
     a = c.attribution
-    size = f"up to {num(row.max_abs_diff)}" if row.max_abs_diff is not None else "in structure"
-    if a is not None and a.modules:
-        only_dropout = all(is_dropout(e) for e in a.modules)
+    size, _, _ = measured(row)
+    size_text = f"up to {num(size)}{where(row)}" if size is not None else "in structure"
+    effects = [e for e in a.modules if not e.within_tolerance] if a is not None else []
+    if a is not None and effects:
+        only_dropout = all(is_dropout(e) for e in effects)
         why = "only because of dropout (random masks in train mode)" if only_dropout else "because of"
         out = [Finding(
-            "train-eval-difference", "info", a.modules[0].name or "(model)",
-            f"{row.label} and {c.reference} outputs differ ({size}) {why}: "
-            f"{listed((effect_text(e) for e in a.modules), 6)}"
+            "train-eval-difference", "info", effects[0].name or "(model)",
+            f"{row.label} and {c.reference} outputs differ ({size_text}) {why}: "
+            f"{listed((effect_text(e) for e in effects), 6)}"
             + (f"; {RANDOM_NOTE}" if random_in_eval(c) else ""),
             "expected in training; evaluate after model.eval()",
         )]
         if a.explained is False:
-            out.append(_unexplained(row, c, attribution_note(a)))
+            out.append(_incomplete(row, c, a) if a.failures else _unexplained(row, c))
         return out
-    return [_unexplained(row, c, attribution_note(a) if a else None)]
+    return [_incomplete(row, c, a) if a is not None and a.failures else _unexplained(row, c)]
 
 
-def _unexplained(row: ModeRow, c: Comparison, note: str | None) -> Finding:
+def _unexplained(row: ModeRow, c: Comparison) -> Finding:
     return Finding(
         "train-eval-unexplained", "warning", row.label,
-        f"{row.label} and {c.reference} outputs differ, but flipping one module's training flag at a time does "
-        f"not reproduce the train output" + (f" ({note})" if note else "")
-        + ": modules interact, or code reads another module's training flag",
+        f"{row.label} and {c.reference} outputs differ, but flipping one module's training flag at a time (every "
+        f"replay ran) does not reproduce the train output: likely causes are code that reads another module's "
+        f"training flag, or modules whose train-mode effects only show together",
         "look for self.training checks outside the modules' own forward",
+    )
+
+
+def _incomplete(row: ModeRow, c: Comparison, a: Attribution) -> Finding:
+    """A replay gradprobe could not do: its own limit, said as such, never a verdict on the model."""
+    found = [e.name or "(model)" for e in a.modules if not e.within_tolerance]
+    return Finding(
+        "attribution-incomplete", "info", row.label,
+        f"gradprobe could not attribute the difference between {row.label} and {c.reference} to modules: "
+        f"{attribution_note(a)}; this is a limit of replaying single modules, not a finding about the model"
+        + (f" (modules found before that: {listed(found)})" if found else ""),
+        "the JSON report lists each failed step with the exception's message (training_dependent.failures)",
     )
 
 
@@ -169,13 +188,16 @@ def _grad_mode_changes(c: Comparison) -> list[Finding]:
     nondet = {r.label for r in c.rows if r.nondeterministic}
     out = []
     for d in c.grad_mode_diffs:
-        if d.differs and d.row not in nondet and d.base not in nondet:
-            size = f"max |diff| {num(d.max_abs_diff)}" if d.max_abs_diff is not None \
-                else (mismatch_text(d.mismatch) or "integers")
-            out.append(Finding(
-                "grad-mode-changes-output", "warning", d.row,
-                f"{d.row}'s output differs from {d.base}'s ({size}) although only the grad mode changed: "
-                f"forward branches on torch.is_grad_enabled()/is_inference_mode_enabled(), or the kernels differ",
-                "results should not depend on the grad mode; check such branches in forward",
-            ))
+        if not real_difference(d) or d.row in nondet or d.base in nondet:
+            continue
+        size, _, _ = measured(d)
+        text = f"max |diff| {num(size)}{where(d)}" if size is not None else (mismatch_text(d.mismatch) or "integers")
+        kernels = kernel_difference(d)
+        out.append(Finding(
+            "grad-mode-changes-output", "warning", d.row,
+            f"{d.row}'s output differs from {d.base}'s ({text}, more than float rounding explains) although only "
+            f"the grad mode changed: forward branches on torch.is_grad_enabled()/is_inference_mode_enabled(), "
+            f"or a kernel differs" + (f" ({kernels})" if kernels else ""),
+            "results should not depend on the grad mode; check such branches in forward",
+        ))
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradprobe.facts.compare import Comparison
+from gradprobe.facts.compare import Attribution, Comparison, ModeRow
 from gradprobe.judges.compare.words import (
     RANDOM_CAUSE,
     RANDOM_NOTE,
@@ -10,14 +10,22 @@ from gradprobe.judges.compare.words import (
     effect_text,
     is_dropout,
     is_norm,
+    kernel_choice,
+    kernel_difference,
     listed,
+    measured,
     mismatch_text,
+    nested_text,
     num,
     percent,
     random_in_eval,
     random_runs,
     random_size,
+    real_difference,
+    rounding_only,
+    rounding_text,
     train_row,
+    where,
 )
 from gradprobe.units import duration, human_bytes
 
@@ -31,7 +39,10 @@ def compare_verdict(c: Comparison) -> list[str]:
                      f"in the findings); every other row ran.")
     for mode in ("eval", "train"):
         lines += _savings(c, mode)
+    if c.nested_fast_path is not None:
+        lines.append(nested_text(c.nested_fast_path))
     lines += _train_eval_lines(c)
+    lines += _grad_mode_lines(c)
     lines += _eval_random_lines(c)
     lines += _buffer_lines(c)
     lines += _determinism_lines(c)
@@ -95,37 +106,76 @@ def _train_eval_lines(c: Comparison) -> list[str]:
     row = train_row(c)
     if row is None or c.reference is None or not c.reference.startswith("eval"):
         return []
-    if not row.differs:
+    size, _, _ = measured(row)
+    pair = f"{row.label} vs {c.reference}"
+    if not row.differs or (where(row) and not real_difference(row) and not size):
         if random_in_eval(c):
-            return [f"Train and eval outputs are identical from the same random state ({row.label} vs {c.reference}, "
-                    f"max |diff| {num(row.max_abs_diff)}): the training flag changes nothing, but the forward samples "
-                    f"randomness in both modes (see below)."]
-        return [f"Train and eval outputs are identical ({row.label} vs {c.reference}, max |diff| "
-                f"{num(row.max_abs_diff)}): nothing in this forward behaves differently in train mode."]
-    size = f"by up to {num(row.max_abs_diff)}" if row.max_abs_diff is not None else f"({mismatch_text(row.mismatch)})"
-    line = f"Train and eval outputs differ {size} ({row.label} vs {c.reference})"
+            return [f"Train and eval outputs are identical{where(row)} from the same random state ({pair}, max |diff| "
+                    f"{num(size)}): the training flag changes nothing, but the forward samples randomness in both "
+                    f"modes (see below)."]
+        return [f"Train and eval outputs are identical{where(row)} ({pair}, max |diff| {num(size)}): nothing in this "
+                f"forward behaves differently in train mode."]
+    if rounding_only(row) and not row.nondeterministic:
+        return [_rounding_line(row, pair, c.attribution)]
+    text = f"by up to {num(size)}{where(row)}" if size is not None else f"({mismatch_text(row.mismatch)})"
+    line = f"Train and eval outputs differ {text} ({pair})"
     if row.nondeterministic:
         return [line + f", but two train runs from the same seed differ too (by {num(row.repeat_max_abs_diff)}), "
                        f"so the difference cannot be pinned on modules."]
-    a = c.attribution
+    return [line + _attribution_text(c, c.attribution)]
+
+
+def _rounding_line(row: ModeRow, pair: str, a: Attribution | None) -> str:
+    """Train and eval differ by float rounding only: name the kernels that round differently."""
+    size, _, _ = measured(row)
+    line = f"Train and eval outputs differ by up to {num(size)}{where(row)} ({pair}), {rounding_text(row)}"
+    kernels = [e for e in a.modules if e.within_tolerance] if a is not None else []
+    if kernels:
+        line += ": " + "; ".join(f"{e.name or '(model)'} ({e.type}) {kernel_choice(e)}" for e in kernels[:3])
+    return line + ". Nothing in this forward behaves differently in train mode beyond the kernel choice."
+
+
+def _attribution_text(c: Comparison, a: Attribution | None) -> str:
+    """What flipping single modules found, in sentences that follow 'Train and eval outputs differ ...'."""
     if a is None or not a.modules:
         note = f" ({attribution_note(a)})" if a is not None and attribution_note(a) else ""
-        return [line + f"; no single module changes its output when only its own flag flips{note}."]
-    line += (f". Flipping one module's training flag at a time pins it on {len(a.modules)} of "
-             f"{len(a.tested)} tested module(s): {listed((effect_text(e) for e in a.modules), 6)}.")
+        return f"; no single module changes its output when only its own flag flips{note}."
+    line = (f". Flipping one module's training flag at a time pins it on {len(a.modules)} of "
+            f"{len(a.tested)} tested module(s): {listed((effect_text(e) for e in a.modules), 6)}.")
     if a.explained:
         line += " Switching only these to train mode reproduces the train output exactly."
-    elif a.explained is False:
+    elif a.explained is False and not a.failures:
         line += " Switching only these to train mode does not reproduce the train output: something else differs."
-    if all(is_dropout(e) for e in a.modules) and not random_in_eval(c):
+    real = [e for e in a.modules if not e.within_tolerance]
+    if real and all(is_dropout(e) for e in real) and not random_in_eval(c):
         line += " The difference is only dropout: it disappears with model.eval()."
-    elif any(is_norm(e) for e in a.modules):
+    elif any(is_norm(e) for e in real):
         line += " BatchNorm uses batch statistics in train mode and running statistics in eval mode."
+    if a.fast_path_off:
+        line += (" The flips ran with PyTorch's transformer fast path off (torch.backends.mha.set_fastpath_enabled"
+                 "(False)), so eval and train run the same kernels.")
     if attribution_note(a) and a.explained is not None:
         line += f" Note: {attribution_note(a)}."
     if random_in_eval(c):
         line += f" Note: {RANDOM_NOTE}."
-    return [line]
+    return line
+
+
+def _grad_mode_lines(c: Comparison) -> list[str]:
+    """Grad modes whose outputs differ by rounding only (kernel choice) or only at padded positions."""
+    lines = []
+    for d in c.grad_mode_diffs:
+        if not d.differs or real_difference(d):
+            continue  # identical (nothing to say) or a real difference (a finding says it)
+        size, _, _ = measured(d)
+        if not size:
+            lines.append(f"The {d.row} and {d.base} outputs differ only at padded positions (the nested-tensor fast "
+                         f"path); they are identical on the non-padded positions.")
+            continue
+        kernels = kernel_difference(d)
+        lines.append(f"The {d.row} and {d.base} outputs differ by {num(size)}{where(d)}, {rounding_text(d)}: "
+                     + (f"the kernels differ ({kernels})." if kernels else "the same ops run, grouped differently."))
+    return lines
 
 
 def _eval_random_lines(c: Comparison) -> list[str]:

@@ -7,8 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gradprobe.facts.compare import REFERENCE, Attribution, Comparison, Mismatch, ModeRow, ModuleEffect, ReplayFailure
+from gradprobe.facts.compare import (
+    REFERENCE,
+    Attribution,
+    Comparison,
+    GradModeDiff,
+    Mismatch,
+    ModeRow,
+    ModuleEffect,
+    NestedFastPath,
+    ReplayFailure,
+)
 from gradprobe.units import shape_text
+
+Diff = ModeRow | GradModeDiff  # both carry max_abs_diff, tolerance and the non-padded figures
 
 
 def is_dropout(e: ModuleEffect) -> bool:
@@ -38,7 +50,76 @@ def percent(part: float, whole: float) -> str:
 
 def effect_text(e: ModuleEffect) -> str:
     what = f"max |diff| {num(e.max_abs_diff)} on its own output" if e.max_abs_diff is not None else "output changes"
+    if e.within_tolerance:
+        what += ", within float rounding: " + kernel_choice(e)
     return f"{e.name or '(model)'} ({e.type}, {what})"
+
+
+def ops_text(ops: Iterable[str], limit: int = 4) -> str:
+    return listed((f"aten.{op}" for op in ops), limit)
+
+
+def kernel_choice(e: ModuleEffect) -> str:
+    """How a module's flag changes the kernel it runs, from the ops each flag's replay used."""
+    if e.ops_only_eval and e.ops_only_train:
+        return f"runs {ops_text(e.ops_only_eval)} in eval and {ops_text(e.ops_only_train)} in train"
+    if e.ops_only_eval or e.ops_only_train:
+        return f"runs {ops_text(e.ops_only_eval or e.ops_only_train)} only in {'eval' if e.ops_only_eval else 'train'}"
+    return "runs the same ops, grouped differently"
+
+
+def kernel_difference(d: GradModeDiff) -> str | None:
+    """``only eval:grad ran aten.bmm; only eval:no_grad ran aten._scaled_dot_product...``, or None."""
+    parts = [f"only {name} ran {ops_text(ops)}" for name, ops in ((d.row, d.ops_only_row), (d.base, d.ops_only_base))
+             if ops]
+    return "; ".join(parts) or None
+
+
+# ------------------------------------------------------------------------ sizes of differences
+
+
+def measured(d: Diff) -> tuple[float | None, bool | None, bool]:
+    """``(max |diff|, within tolerance, on non-padded positions only)``: the figure a verdict rests on.
+
+    When one side took the nested-tensor fast path and the other did not, padded positions differ by
+    design (zeros against computed values); the comparison that means something is the rest.
+    """
+    if d.unpadded_max_abs_diff is not None:
+        return d.unpadded_max_abs_diff, d.unpadded_within_tolerance, True
+    return d.max_abs_diff, d.within_tolerance, False
+
+
+def real_difference(d: Diff) -> bool:
+    """More than float rounding explains: a mismatch, integer outputs that differ, or a diff past tolerance."""
+    size, within, _ = measured(d)
+    return d.mismatch is not None or d.int_outputs_equal is False or (bool(size) and within is not True)
+
+
+def rounding_only(d: Diff) -> bool:
+    """Floats differ, but by no more than rounding explains, and nothing else differs."""
+    size, within, _ = measured(d)
+    return bool(size) and within is True and d.mismatch is None and d.int_outputs_equal is not False
+
+
+def where(d: Diff) -> str:
+    return " on the non-padded positions" if measured(d)[2] else ""
+
+
+def rounding_text(d: Diff) -> str:
+    tol = f" (tolerance {num(d.tolerance)})" if d.tolerance is not None else ""
+    return f"within float rounding for these outputs{tol}"
+
+
+def nested_text(n: NestedFastPath) -> str:
+    """The nested-tensor fast path in one sentence."""
+    encoders = listed(f"'{e}'" for e in n.encoders)
+    padded = (f" at the {n.padded_positions} padded of {n.positions} (batch, position) pairs"
+              if n.padded_positions is not None else " at padded positions")
+    tail = ("differences between rows on either side of it are given on the non-padded positions" if n.separable
+            else "the outputs mix positions, so differences between rows on either side of it include them")
+    return (f"nn.TransformerEncoder {encoders} took PyTorch's nested-tensor fast path under {listed(n.rows)} "
+            f"(a padding mask, eval mode, grad off), which writes zeros{padded} where the other rows compute "
+            f"values: {tail}.")
 
 
 def mismatch_text(m: Mismatch | None) -> str | None:
@@ -59,7 +140,7 @@ def attribution_note(a: Attribution) -> str | None:
         return "model.train() and model.eval() set the same training flags on every module"
     if a.failures:
         steps = [_failure_text(f) for f in a.failures]
-        return f"{len(steps)} step(s) could not be done: {listed(steps, 3)}"
+        return f"gradprobe could not do {len(steps)} step(s) of its replay: {listed(steps, 3)}"
     if a.skipped == "nondeterministic":
         return "two train runs from the same seed differ, so the exact check was skipped"
     return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gradprobe.facts.compare import COMPARE_SCHEMA, Attribution, CompareReport, ModeRow
+from gradprobe.facts.compare import COMPARE_SCHEMA, Attribution, CompareReport, GradModeDiff, ModeRow, NestedFastPath
 from gradprobe.judges.compare import attribution_note, mismatch_text
 from gradprobe.render.inspect.json_out import finding_json
 
@@ -41,19 +41,42 @@ def row_json(r: ModeRow) -> dict[str, Any]:
         "repeat_max_abs_diff": _num(r.repeat_max_abs_diff),
         "repeat_int_equal": r.repeat_int_equal,
         "error_phase": r.error_phase,
+        "within_tolerance": r.within_tolerance,
+        "tolerance": _num(r.tolerance),
+        "unpadded_max_abs_diff": _num(r.unpadded_max_abs_diff),
+        "unpadded_within_tolerance": r.unpadded_within_tolerance,
     }
 
 
 def _attribution_json(a: Attribution) -> dict[str, Any]:
     return {
         "modules": [{"name": e.name, "type": e.type, "max_abs_diff": _num(e.max_abs_diff),
-                     "int_outputs_equal": e.int_outputs_equal} for e in a.modules],
+                     "int_outputs_equal": e.int_outputs_equal, "within_tolerance": e.within_tolerance,
+                     "ops_only_eval": list(e.ops_only_eval), "ops_only_train": list(e.ops_only_train)}
+                    for e in a.modules],
         "tested": list(a.tested),
         "explained": a.explained,
         "note": attribution_note(a),
         "failures": [{"step": f.step, "module": f.module, "exception": f.exception, "detail": f.detail}
                      for f in a.failures],
+        "fast_path_off": a.fast_path_off,
     }
+
+
+def _grad_mode_json(d: GradModeDiff) -> dict[str, Any]:
+    return {"row": d.row, "base": d.base, "max_abs_diff": _num(d.max_abs_diff),
+            "int_outputs_equal": d.int_outputs_equal, "note": mismatch_text(d.mismatch),
+            "within_tolerance": d.within_tolerance, "tolerance": _num(d.tolerance),
+            "unpadded_max_abs_diff": _num(d.unpadded_max_abs_diff),
+            "unpadded_within_tolerance": d.unpadded_within_tolerance,
+            "ops_only_row": list(d.ops_only_row), "ops_only_base": list(d.ops_only_base)}
+
+
+def _nested_json(n: NestedFastPath | None) -> dict[str, Any] | None:
+    if n is None:
+        return None
+    return {"encoders": list(n.encoders), "rows": list(n.rows), "padded_positions": n.padded_positions,
+            "positions": n.positions, "separable": n.separable}
 
 
 def compare_json(report: CompareReport) -> dict[str, Any]:
@@ -73,9 +96,8 @@ def compare_json(report: CompareReport) -> dict[str, Any]:
         "eval_random_max_abs_diff": _num(c.eval_random_max_abs_diff),
         "eval_random_int_equal": c.eval_random_int_equal,
         "eval_random_note": mismatch_text(c.eval_random_mismatch),
-        "grad_mode_diffs": [{"row": d.row, "base": d.base, "max_abs_diff": _num(d.max_abs_diff),
-                             "int_outputs_equal": d.int_outputs_equal, "note": mismatch_text(d.mismatch)}
-                            for d in c.grad_mode_diffs],
+        "grad_mode_diffs": [_grad_mode_json(d) for d in c.grad_mode_diffs],
+        "nested_fast_path": _nested_json(c.nested_fast_path),
         "findings": [finding_json(f) for f in report.findings],
         "verdict": list(report.verdict),
         "notes": list(report.notes),

@@ -9,17 +9,20 @@ gradprobe's limitation, never a diagnosis of the model.
 
 from __future__ import annotations
 
+import contextlib
 import inspect as pyinspect
 import types
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from gradprobe.facts.compare import Attribution, ModuleEffect, ReplayFailure
+from gradprobe.run.compare.inputs import copy_call, model_memo
+from gradprobe.run.compare.kernels import only_in, op_names
 from gradprobe.run.compare.outputs import OutputDiff, Snapshot, compare_outputs, snapshot
 from gradprobe.run.compare.session import Session
 from gradprobe.run.compare.start import set_training
@@ -76,20 +79,15 @@ def _scan_for_training(cls: type) -> bool:
 # ------------------------------------------------------------------------------------ one module alone
 
 
-def _clone_tree(value: Any) -> Any:
-    """Fresh copies of the tensors in captured inputs: a module may change its input in place."""
-    return torch.utils._pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, value)
-
-
-def _capture_inputs(s: Session, modules: Sequence[tuple[str, nn.Module]]) -> dict[str, Call]:
-    """The inputs of each module's first call in one eval-mode, no_grad forward."""
+def _capture_inputs(s: Session, modules: Sequence[tuple[str, nn.Module]], keep: dict[int, Any]) -> dict[str, Call]:
+    """What each module received at its first call in one eval-mode, no_grad forward: copies, aliasing kept."""
     captured: dict[str, Call] = {}
     handles = []
 
     def hook_for(name: str) -> Callable[..., None]:
         def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if name not in captured:
-                captured[name] = _clone_tree((args, kwargs))
+                captured[name] = copy_call((args, kwargs), keep)[0]
         return hook
 
     try:
@@ -102,20 +100,40 @@ def _capture_inputs(s: Session, modules: Sequence[tuple[str, nn.Module]]) -> dic
     return captured
 
 
-def _flip_one(s: Session, mod: nn.Module, call: Call, train_flag: bool, eval_flag: bool) -> OutputDiff:
+def _flip_one(s: Session, mod: nn.Module, call: Call, flags: tuple[bool, bool], keep: dict[int, Any]) -> OutputDiff:
     """The module's own output with its flag at the eval value and at the train value, same inputs and RNG."""
-    outs = []
+    eval_flag, train_flag = flags
+    return compare_outputs(_replay(s, mod, call, eval_flag, keep), _replay(s, mod, call, train_flag, keep))
+
+
+def _replay(s: Session, mod: nn.Module, call: Call, flag: bool, keep: dict[int, Any]) -> Snapshot:
+    """One call of ``mod`` alone with its own flag set to ``flag``, from the starting state, under no_grad.
+
+    Each replay gets a fresh copy of what the module received, so a module that changes its inputs or a
+    cache it was handed sees them as they were at the recorded call.
+    """
+    before = mod.training
     try:
-        for flag in (eval_flag, train_flag):
-            s.reset()
-            args, kwargs = _clone_tree(call)
-            set_training(mod, flag)
-            with torch.no_grad():
-                outs.append(snapshot(mod(*args, **kwargs)))
-    finally:
-        set_training(mod, eval_flag)
         s.reset()
-    return compare_outputs(outs[0], outs[1])
+        args, kwargs = copy_call(call, keep)[0]
+        set_training(mod, flag)
+        with torch.no_grad():
+            return snapshot(mod(*args, **kwargs))
+    finally:
+        set_training(mod, before)
+        s.reset()
+
+
+def _effect(s: Session, name: str, mod: nn.Module, call: Call, flags: tuple[bool, bool], diff: OutputDiff,
+            keep: dict[int, Any]) -> ModuleEffect:
+    """A module whose flag changes its output; for a change within rounding, the ops behind it."""
+    only_eval: tuple[str, ...] = ()
+    only_train: tuple[str, ...] = ()
+    if diff.within_tolerance:
+        only_eval, only_train = only_in(op_names(lambda: _replay(s, mod, call, flags[0], keep)),
+                                        op_names(lambda: _replay(s, mod, call, flags[1], keep)))
+    return ModuleEffect(name, type(mod).__name__, diff.max_abs_diff, diff.ints_equal, diff.within_tolerance,
+                        only_eval, only_train)
 
 
 def _failure(step: str, module: str | None, exc: Exception) -> ReplayFailure:
@@ -132,6 +150,7 @@ class _Search:
 
     train_flags: dict[int, bool]
     eval_flags: dict[int, bool]
+    keep: dict[int, Any]  # the model's own modules, parameters and buffers: never copied with an input
     effects: list[ModuleEffect] = field(default_factory=list)
     tested: list[str] = field(default_factory=list)
     failures: list[ReplayFailure] = field(default_factory=list)
@@ -141,9 +160,33 @@ class _Search:
         return Attribution(tuple(self.effects), tuple(self.tested), self.explained, skipped, tuple(self.failures))
 
 
-def attribute(s: Session, train_out: Snapshot, train_grad_mode: str, train_deterministic: bool) -> Attribution:
-    """Name the modules whose output changes when only their own ``training`` flag flips."""
-    search = _Search({id(m): f for m, f in s.start.train_flags}, {id(m): f for m, f in s.start.eval_flags})
+def attribute(s: Session, train_out: Snapshot, train_grad_mode: str, train_deterministic: bool, *,
+              fast_path_off: bool = False) -> Attribution:
+    """Name the modules whose output changes when only their own ``training`` flag flips.
+
+    ``fast_path_off``: the eval reference took ``nn.TransformerEncoder``'s nested-tensor path, whose layers
+    see nested tensors only and write zeros at padded positions; flips and the check then run with
+    PyTorch's transformer fast paths off, so each module sees ordinary tensors and eval runs the same
+    kernels as train.
+    """
+    with _fast_path(enabled=not fast_path_off):
+        found = _attribute(s, train_out, train_grad_mode, train_deterministic)
+    return replace(found, fast_path_off=fast_path_off)
+
+
+@contextlib.contextmanager
+def _fast_path(enabled: bool) -> Iterator[None]:
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(enabled and before)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
+
+
+def _attribute(s: Session, train_out: Snapshot, train_grad_mode: str, train_deterministic: bool) -> Attribution:
+    search = _Search({id(m): f for m, f in s.start.train_flags}, {id(m): f for m, f in s.start.eval_flags},
+                     model_memo(s.model))
     names = {id(m): n for n, m in reversed(list(s.model.named_modules(remove_duplicate=False)))}
     flippable = [(names[id(m)], m) for m in s.model.modules() if search.train_flags[id(m)] != search.eval_flags[id(m)]]
     if not flippable:
@@ -172,7 +215,7 @@ def attribute(s: Session, train_out: Snapshot, train_grad_mode: str, train_deter
 def _flip_batch(s: Session, batch: Sequence[tuple[str, nn.Module]], search: _Search) -> bool:
     """Flip every module of ``batch`` alone; False when their inputs could not even be recorded."""
     try:
-        calls = _capture_inputs(s, batch)
+        calls = _capture_inputs(s, batch, search.keep)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
@@ -182,15 +225,15 @@ def _flip_batch(s: Session, batch: Sequence[tuple[str, nn.Module]], search: _Sea
         if name not in calls:
             continue  # not called in forward: cannot matter
         search.tested.append(name)
+        flags = (search.eval_flags[id(mod)], search.train_flags[id(mod)])
         try:
-            diff = _flip_one(s, mod, calls[name], search.train_flags[id(mod)], search.eval_flags[id(mod)])
+            diff = _flip_one(s, mod, calls[name], flags, search.keep)
+            if diff.differs:
+                search.effects.append(_effect(s, name, mod, calls[name], flags, diff, search.keep))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
             search.failures.append(_failure("replay", name, exc))
-            continue
-        if diff.differs:
-            search.effects.append(ModuleEffect(name, type(mod).__name__, diff.max_abs_diff, diff.ints_equal))
     return True
 
 

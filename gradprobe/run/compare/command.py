@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import torch
 from torch import nn
 
 from gradprobe.errors import UsageError, describe_exception
-from gradprobe.facts.compare import REFERENCE, Attribution, Comparison, GradModeDiff, ModeRow, label
+from gradprobe.facts.compare import REFERENCE, Attribution, Comparison, ModeRow, label
 from gradprobe.load.target import ExampleInputs
 from gradprobe.run.compare.attribution import attribute
+from gradprobe.run.compare.diffs import Outputs, against_reference, grad_mode_diffs
+from gradprobe.run.compare.fastpath import NestedWatch
+from gradprobe.run.compare.inputs import KeptInputs
 from gradprobe.run.compare.outputs import NOT_COMPARED, OutputDiff, Snapshot, compare_outputs
 from gradprobe.run.compare.rows import run_row
 from gradprobe.run.compare.session import Session
@@ -21,7 +23,6 @@ from gradprobe.run.probe import device_of
 from gradprobe.run.state import ModelState, clear_grads
 
 ProgressFn = Callable[[str, int, int], None]  # (description, steps done, steps in total)
-Outputs = dict[tuple[str, str], Snapshot]  # each row's output (of its first timed run)
 
 
 def run_compare(
@@ -42,11 +43,13 @@ def run_compare(
     device = device_of(model, [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))])
     step = _Stepper(progress, len(pairs) * (1 + repeat) + 3)
     state = ModelState.capture(model)  # the user's model as found: flags, requires_grad, .grad, buffers, RNG
+    kept = KeptInputs((inputs.args, inputs.kwargs))  # and the inputs as supplied: every run gets them so
     try:
         clear_grads(model)  # --backward must never accumulate into the user's own .grad tensors (restored below)
-        s = Session(model, inputs, StartState(model, device, seed), step)
+        s = Session(model, inputs, kept, StartState(model, device, seed), step, NestedWatch.of(model))
         comparison = _compare(s, pairs, repeat=repeat, backward=backward, seed=seed, target=target)
     finally:
+        kept.restore()
         state.restore()
     if progress is not None:
         progress("done", step.total, step.total)
@@ -76,7 +79,7 @@ def _compare(s: Session, pairs: Sequence[tuple[str, str]], *, repeat: int, backw
             outs[(mode, grad_mode)] = out
     s.step("reference")
     ref_key, ref_out = _reference(s, pairs, rows, outs)
-    rows = [_with_diff(r, outs.get((r.mode, r.grad_mode)), ref_out) for r in rows]
+    rows = [against_reference(s, r, outs.get((r.mode, r.grad_mode)), ref_key, ref_out) for r in rows]
     s.step("eval output from another random state")
     eval_random, eval_random_error = NOT_COMPARED, None
     if ref_key == REFERENCE and ref_out is not None and not s.on_meta:
@@ -88,7 +91,8 @@ def _compare(s: Session, pairs: Sequence[tuple[str, str]], *, repeat: int, backw
     return Comparison(
         target=target, torch_version=torch.__version__, device=str(s.device), seed=seed, repeat=repeat,
         backward=backward, rows=tuple(rows), reference=label(*ref_key) if ref_key else None,
-        attribution=attribution, grad_mode_diffs=_grad_mode_diffs(rows, outs),
+        attribution=attribution, grad_mode_diffs=grad_mode_diffs(s, rows, outs),
+        nested_fast_path=s.nested.fact(ref_out),
         eval_random_max_abs_diff=eval_random.max_abs_diff, eval_random_int_equal=eval_random.ints_equal,
         eval_random_mismatch=eval_random.mismatch, eval_random_error=eval_random_error,
     )
@@ -101,7 +105,8 @@ def _reference(s: Session, pairs: Sequence[tuple[str, str]], rows: list[ModeRow]
         return REFERENCE, outs[REFERENCE]
     if REFERENCE not in pairs and not s.on_meta:
         try:
-            return REFERENCE, s.forward(*REFERENCE)
+            with s.nested.watch(label(*REFERENCE)):
+                return REFERENCE, s.forward(*REFERENCE)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception:
@@ -139,25 +144,6 @@ def _eval_random(s: Session, ref_out: Snapshot, seed: int | None) -> tuple[Outpu
     return compare_outputs(out, ref_out), None
 
 
-def _with_diff(row: ModeRow, out: Snapshot | None, ref: Snapshot | None) -> ModeRow:
-    if out is None or ref is None:
-        return row
-    diff = compare_outputs(out, ref)
-    return replace(row, max_abs_diff=diff.max_abs_diff, int_outputs_equal=diff.ints_equal, mismatch=diff.mismatch)
-
-
-def _grad_mode_diffs(rows: list[ModeRow], outs: Outputs) -> tuple[GradModeDiff, ...]:
-    """Within train and within eval, every grad mode's output against no_grad's (or the first that ran)."""
-    found = []
-    for mode in ("train", "eval"):
-        ran = [r for r in rows if r.mode == mode and (r.mode, r.grad_mode) in outs]
-        ran.sort(key=lambda r: r.grad_mode != REFERENCE[1])
-        for r in ran[1:]:
-            diff = compare_outputs(outs[(r.mode, r.grad_mode)], outs[(ran[0].mode, ran[0].grad_mode)])
-            found.append(GradModeDiff(r.label, ran[0].label, diff.max_abs_diff, diff.ints_equal, diff.mismatch))
-    return tuple(found)
-
-
 def _maybe_attribute(s: Session, rows: list[ModeRow], outs: Outputs, ref_key: tuple[str, str]) -> Attribution | None:
     """Attribute only when a train row's output differs from the eval reference."""
     train = [r for r in rows if r.mode == "train" and (r.mode, r.grad_mode) in outs]
@@ -167,4 +153,5 @@ def _maybe_attribute(s: Session, rows: list[ModeRow], outs: Outputs, ref_key: tu
     chosen = train[0]
     if not chosen.differs:
         return None
-    return attribute(s, outs[(chosen.mode, chosen.grad_mode)], chosen.grad_mode, not chosen.nondeterministic)
+    return attribute(s, outs[(chosen.mode, chosen.grad_mode)], chosen.grad_mode, not chosen.nondeterministic,
+                     fast_path_off=label(*ref_key) in s.nested.rows)

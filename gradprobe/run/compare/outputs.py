@@ -36,6 +36,23 @@ def _strided(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+# How far two kernels computing the same function may drift apart, relative to the output's magnitude: a few
+# hundred ulps in float32 (reordered sums over wide reductions and several layers), a few ulps in 16-bit types,
+# whose results are rounded once per op.  A branch in forward changes outputs by far more than this.
+_RTOL = {
+    torch.float64: 1e-12, torch.complex128: 1e-12,
+    torch.float32: 1e-5, torch.complex64: 1e-5,
+    torch.float16: 1e-2, torch.complex32: 1e-2,
+    torch.bfloat16: 5e-2,
+}
+_RTOL_OTHER = 0.25  # 8-bit floats
+
+
+def tolerance(dtype: torch.dtype, magnitude: float) -> float:
+    """The largest difference float rounding alone explains, for outputs of ``dtype`` up to ``magnitude``."""
+    return _RTOL.get(dtype, _RTOL_OTHER) * magnitude
+
+
 @dataclass(frozen=True)
 class OutputDiff:
     """Two snapshots compared: the largest floating-point difference and whether integer outputs agree."""
@@ -43,6 +60,8 @@ class OutputDiff:
     max_abs_diff: float | None = None  # over floating outputs; None with a mismatch or without float outputs
     ints_equal: bool | None = None  # None: there are no integer/bool outputs
     mismatch: Mismatch | None = None  # why no element-wise comparison was possible
+    within_tolerance: bool | None = None  # every float output differs by no more than rounding explains
+    tolerance: float | None = None  # that limit for the output closest to (or furthest past) it
 
     @property
     def differs(self) -> bool:
@@ -58,6 +77,7 @@ def compare_outputs(a: Snapshot, b: Snapshot) -> OutputDiff:
         return OutputDiff(mismatch=Mismatch("structure", counts=(len(a), len(b))))
     worst: float | None = None
     ints_equal: bool | None = None
+    closest: tuple[float, float] | None = None  # (diff / tolerance, tolerance) of the tensor nearest its limit
     for (path, x), (_, y) in zip(a, b, strict=True):
         if x.device.type == "meta" or y.device.type == "meta":
             return OutputDiff(mismatch=Mismatch("unknown"))
@@ -65,11 +85,27 @@ def compare_outputs(a: Snapshot, b: Snapshot) -> OutputDiff:
             return OutputDiff(mismatch=Mismatch("shape", path, shapes=(tuple(x.shape), tuple(y.shape)),
                                                 dtypes=(_dtype(x), _dtype(y))))
         if x.is_floating_point() or x.is_complex():
-            worst = max(worst or 0.0, max_abs_diff(x, y) if x.numel() else 0.0)
+            diff = max_abs_diff(x, y) if x.numel() else 0.0
+            worst = max(worst or 0.0, diff)
+            tol = tolerance(x.dtype, max(_magnitude(x), _magnitude(y)))
+            ratio = 0.0 if diff == 0 else (diff / tol if tol > 0 else float("inf"))
+            if closest is None or ratio > closest[0]:
+                closest = (ratio, tol)
         else:
             same = torch.equal(x, y)
             ints_equal = same if ints_equal is None else ints_equal and same
-    return OutputDiff(worst, ints_equal)
+    if closest is None:
+        return OutputDiff(worst, ints_equal)
+    return OutputDiff(worst, ints_equal, within_tolerance=closest[0] <= 1.0, tolerance=closest[1])
+
+
+def _magnitude(t: torch.Tensor) -> float:
+    """Largest finite absolute value (0 for an empty or all-NaN tensor)."""
+    if not t.numel():
+        return 0.0
+    values = t.abs() if t.is_complex() else t.float().abs() if t.dtype != torch.float64 else t.abs()
+    finite = values[torch.isfinite(values)]
+    return float(finite.max()) if finite.numel() else 0.0
 
 
 def _dtype(t: torch.Tensor) -> str:

@@ -30,7 +30,8 @@ def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: boo
     s.step(f"{name}: tracked run")
     s.reset()
     try:
-        facts, backward_error = _tracked(s, mode, grad_mode, backward, target)
+        with s.nested.watch(name):
+            facts, backward_error = _tracked(s, mode, grad_mode, backward, target)
     except RunError as exc:
         _skip(s, repeat, f"{name}: failed")
         return ModeRow(mode, grad_mode, ok=False, error=exc.message, error_phase=exc.phase,

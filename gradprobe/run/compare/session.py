@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from gradprobe.load.target import ExampleInputs
+from gradprobe.run.compare.fastpath import NestedWatch
+from gradprobe.run.compare.inputs import KeptInputs
 from gradprobe.run.compare.outputs import Snapshot, snapshot
 from gradprobe.run.compare.start import StartState
 from gradprobe.run.state import grad_context
@@ -23,8 +25,10 @@ class Session:
 
     model: nn.Module
     inputs: ExampleInputs
+    kept: KeptInputs  # the user's inputs as supplied, put back before every run
     start: StartState
     step: Step
+    nested: NestedWatch  # which rows took nn.TransformerEncoder's nested-tensor fast path
 
     @property
     def device(self) -> torch.device:
@@ -35,8 +39,9 @@ class Session:
         return self.start.device.type == "meta"
 
     def reset(self) -> None:
-        """Buffers, parameter values and the RNG as at the start."""
+        """Buffers, parameter values, the RNG and the inputs as at the start."""
         self.start.reset()
+        self.kept.reset()
 
     def call(self) -> Any:
         """The model on its inputs, in whatever mode and grad mode are set."""
