@@ -169,8 +169,8 @@ def _grad_mode_lines(c: Comparison) -> list[str]:
             continue  # identical (nothing to say) or a real difference (a finding says it)
         size, _, _ = measured(d)
         if not size:
-            lines.append(f"The {d.row} and {d.base} outputs differ only at padded positions (the nested-tensor fast "
-                         f"path); they are identical on the non-padded positions.")
+            lines.append(f"The {d.row} and {d.base} outputs differ only at padded positions, where the fast path "
+                         f"writes zeros; they are identical on the non-padded positions.")
             continue
         kernels = kernel_difference(d)
         lines.append(f"The {d.row} and {d.base} outputs differ by {num(size)}{where(d)}, {rounding_text(d)}: "

@@ -40,6 +40,9 @@ MEASURES: list[tuple[str, Callable[[ModeRow], str]]] = [
     ("buffers changed", lambda r: str(len(r.buffers_changed))),
     ("backward ok", lambda r: _yes(r.backward_possible)),
 ]
+NESTED_MEASURES: list[tuple[str, Callable[[ModeRow], str]]] = [  # the nested-tensor fast path zeroes padding
+    ("|diff| unpadded", lambda r: "-" if r.unpadded_max_abs_diff is None else f"{r.unpadded_max_abs_diff:.3g}"),
+]
 BACKWARD_MEASURES: list[tuple[str, Callable[[ModeRow], str]]] = [
     ("bwd time", lambda r: duration(r.backward_time_s) if r.backward_error is None else "failed"),
     ("bwd peak", lambda r: human_bytes(r.backward_peak_bytes)),
@@ -51,7 +54,8 @@ def grid(report: CompareReport) -> tuple[list[str], list[list[str]]]:
     c = report.comparison
     header = ["", *(r.label for r in c.rows)]
     lines = []
-    for name, cell in MEASURES + (BACKWARD_MEASURES if c.backward else []):
+    measures = MEASURES + (NESTED_MEASURES if c.nested_fast_path is not None else [])
+    for name, cell in measures + (BACKWARD_MEASURES if c.backward else []):
         lines.append([name, *(cell(r) if r.ok else "-" for r in c.rows)])
     if any(not r.ok for r in c.rows):
         lines.append(["failed", *("" if r.ok else "FAILED" for r in c.rows)])

@@ -1,12 +1,17 @@
 """Run one model under several train/eval x grad-mode combinations from one starting state, and compare.
 
-Per combination (:mod:`.rows`): one tracked run through :func:`gradprobe.run.probe.run_probe` (flags,
-graph, saved bytes, forward peak, buffers; it doubles as the warm-up), then ``repeat`` plain forwards with
-every tracker off for the time.  Between runs, buffers, parameters and the RNG go back to the starting
-state (:mod:`.start`), so a BatchNorm update or a dropout draw in one run never leaks into the next.
-Outputs are compared element by element (:mod:`.outputs`); which modules make train and eval differ is
-found by flipping one module's own ``training`` flag at a time (:mod:`.attribution`).  :mod:`.command`
-puts it together.
+- :mod:`.command` puts it together: rows, the eval reference, the cross-checks, the attribution.
+- :mod:`.rows`: per combination one tracked run through :func:`gradprobe.run.probe.run_probe` (flags,
+  graph, saved bytes, forward peak, buffers; it doubles as the warm-up), then ``repeat`` plain forwards
+  with every tracker off for the time.
+- :mod:`.session`, :mod:`.start`, :mod:`.inputs`: before every run, buffers, parameters, the RNG and the
+  user's inputs go back to the starting state, so a BatchNorm update, a dropout draw or a forward that
+  edits its input in one run never leaks into the next.
+- :mod:`.outputs`, :mod:`.diffs`: outputs compared element by element, with a float tolerance per dtype
+  and output magnitude; :mod:`.kernels` names the ATen ops behind a difference within it.
+- :mod:`.fastpath`: ``nn.TransformerEncoder``'s nested-tensor fast path, which zeroes padded positions.
+- :mod:`.attribution`: which modules make train and eval differ, by flipping one module's own
+  ``training`` flag at a time on a copy of exactly what it received.
 
 Produces :class:`gradprobe.facts.compare.Comparison`; judges nothing.
 """
