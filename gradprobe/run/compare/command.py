@@ -9,14 +9,13 @@ from torch import nn
 
 from gradprobe.errors import UsageError, describe_exception
 from gradprobe.facts.compare import REFERENCE, Attribution, Comparison, ModeRow, label
-from gradprobe.load.target import ExampleInputs
 from gradprobe.run.compare.attribution import attribute
 from gradprobe.run.compare.diffs import Outputs, against_reference, grad_mode_diffs
 from gradprobe.run.compare.fastpath import NestedWatch
 from gradprobe.run.compare.inputs import KeptInputs
 from gradprobe.run.compare.outputs import NOT_COMPARED, OutputDiff, Snapshot, compare_outputs
 from gradprobe.run.compare.rows import run_row
-from gradprobe.run.compare.session import Session
+from gradprobe.run.compare.session import CallInputs, Session
 from gradprobe.run.compare.start import StartState
 from gradprobe.run.flatten import flatten_tensors
 from gradprobe.run.probe import device_of
@@ -27,7 +26,7 @@ ProgressFn = Callable[[str, int, int], None]  # (description, steps done, steps 
 
 def run_compare(
     model: nn.Module,
-    inputs: ExampleInputs,
+    inputs: CallInputs,
     pairs: Sequence[tuple[str, str]],
     *,
     repeat: int = 5,

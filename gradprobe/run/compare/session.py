@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from gradprobe.load.target import ExampleInputs
 from gradprobe.run.compare.fastpath import NestedWatch
 from gradprobe.run.compare.inputs import KeptInputs
 from gradprobe.run.compare.outputs import Snapshot, snapshot
@@ -19,12 +18,22 @@ from gradprobe.run.state import grad_context
 Step = Callable[[str], None]  # reports one finished step to the progress display
 
 
+class CallInputs(Protocol):
+    """What the model is called with: ``model(*inputs.args, **inputs.kwargs)`` (the load layer's ExampleInputs)."""
+
+    @property
+    def args(self) -> tuple[Any, ...]: ...
+
+    @property
+    def kwargs(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class Session:
     """What every run of one comparison shares; each run starts from :meth:`reset`."""
 
     model: nn.Module
-    inputs: ExampleInputs
+    inputs: CallInputs  # handed on unchanged to run_probe
     kept: KeptInputs  # the user's inputs as supplied, put back before every run
     start: StartState
     step: Step
