@@ -53,7 +53,7 @@ def grad_mode_diffs(s: Session, rows: list[ModeRow], outs: Outputs) -> tuple[Gra
             kept = _unpadded_diff(s, r.label, base.label, out, base_out)
             only_row: tuple[str, ...] = ()
             only_base: tuple[str, ...] = ()
-            if diff.differs and diff.mismatch is None:
+            if diff.differs and diff.mismatch is None and not (r.nondeterministic or base.nondeterministic):
                 only_row, only_base = only_in(_ops(s, ops, r), _ops(s, ops, base))
             found.append(GradModeDiff(
                 r.label, base.label, diff.max_abs_diff, diff.ints_equal, diff.mismatch, diff.within_tolerance,

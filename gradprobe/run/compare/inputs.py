@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradprobe.errors import RunError, describe_exception
 from gradprobe.run.state import restore_tensor
 
 
@@ -35,7 +36,12 @@ class _KeptTensor:
     def reset(self) -> None:
         t = self.tensor
         if self.copy is not None and (self.inference or t._version != self.version):
-            restore_tensor(t, self.copy)
+            try:
+                restore_tensor(t, self.copy)
+            except (RuntimeError, NotImplementedError) as exc:
+                raise RunError(f"the forward changed an input tensor in place ({tuple(t.shape)}, {t.layout}) and "
+                               f"gradprobe cannot copy its values back ({describe_exception(exc)}); pass inputs "
+                               f"the forward leaves unchanged, or clone them inside forward") from exc
             self.version = None if self.inference else t._version
         if t.is_leaf:
             if t.requires_grad != self.requires_grad:
