@@ -61,8 +61,8 @@ class ModeRow:
     error_phase: str | None = None  # where the failing run raised: forward, output, loss (None: timed run)
     error_cause: str | None = None  # a recognised cause: "inference-tensor" (inference tensors used with grad)
     failed_timed_run: int | None = None  # 1-based number of the timed run that raised (None: the tracked run)
-    # against the reference: every float output within what float rounding explains (see Tolerance in the
-    # README: a dtype's relative tolerance x the output's magnitude); the limit for the closest output
+    # against the reference: every float output within what float rounding explains (a relative tolerance per
+    # dtype x the output's largest |value|, see gradprobe.run.compare.outputs); that limit for the closest output
     within_tolerance: bool | None = None
     tolerance: float | None = None
     # max_abs_diff on the non-padded positions only, when this row or the reference took the nested-tensor

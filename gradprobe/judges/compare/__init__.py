@@ -11,6 +11,7 @@ from gradprobe.facts.compare import CompareReport, Comparison
 from gradprobe.judges.compare.findings import CODES, judge_compare
 from gradprobe.judges.compare.verdict import compare_verdict
 from gradprobe.judges.compare.words import attribution_note, mismatch_text
+from gradprobe.units import duration  # its old home; renderers take it from gradprobe.units
 
 
 def compare_notes(c: Comparison) -> list[str]:
@@ -29,5 +30,5 @@ def compare_report(c: Comparison) -> CompareReport:
     return CompareReport(c, tuple(judge_compare(c)), tuple(compare_verdict(c)), tuple(compare_notes(c)))
 
 
-__all__ = ["CODES", "attribution_note", "compare_notes", "compare_report", "compare_verdict", "judge_compare",
-           "mismatch_text"]
+__all__ = ["CODES", "attribution_note", "compare_notes", "compare_report", "compare_verdict", "duration",
+           "judge_compare", "mismatch_text"]
