@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gradprobe.facts.run import RunFacts
+from gradprobe.facts.run import GradState, RunFacts
 
 CHECKS = ("conflict", "flag", "gradient", "optimizer", "step", "buffer", "unlisted")
 EXPECTED = ("frozen", "trainable", "unlisted")
@@ -48,7 +48,7 @@ class FreezeParam:
     aliases: tuple[str, ...]
     expected: str  # frozen | trainable | unlisted
     requires_grad: bool
-    grad: str | None  # none | zero | nonzero | present | None (no backward)
+    grad: GradState | None  # None: no backward ran
     groups: tuple[str, ...] = ()  # "frozen backbone", "trainable head", "baseline", "unlisted"
     conflict: bool = False  # matched by a frozen and a trainable pattern
     optimizer_group: int | None = None
@@ -86,7 +86,7 @@ class OptimizerParam:
     moved: bool | None  # changed by the steps (None: not measured, e.g. on meta)
     delta: float | None  # max |change| after the steps
     moved_step: int | None = None  # the first step (1-based) that changed it
-    stale_grad: str | None = None  # the .grad it held when handed over, backward not reaching it: zero | nonzero
+    stale_grad: GradState | None = None  # the .grad it held when handed over, backward not reaching it: zero | nonzero
     state_before: OptimizerState = field(default_factory=OptimizerState)  # as handed over (resumed checkpoint)
     state_after: OptimizerState = field(default_factory=OptimizerState)  # after the steps
 
@@ -114,7 +114,7 @@ class OptimizerFacts:
     foreign: int = 0  # tensors in param groups that are not parameters of the model
     steps_skipped: str | None = None  # why the steps did not run (meta device)
     steps: int = 0  # training steps run
-    zero_grad_keeps: str | None = None  # what its zero_grad() left in a .grad: none | zero (None: no .grad to see)
+    zero_grad_keeps: GradState | None = None  # what its zero_grad() left in a .grad: ABSENT | ZERO (None: none seen)
 
     def param(self, name: str) -> OptimizerParam | None:
         for p in self.params:

@@ -9,11 +9,32 @@ and can be unit-tested with hand-made values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 Shape = tuple[int, ...]
 
 MODES = ("train", "eval")
 GRAD_MODES = ("grad", "no_grad", "inference_mode")
+
+
+class GradState(str, Enum):
+    """What a parameter's ``.grad`` held after a backward.  The values are the JSON strings (a contract).
+
+    ``ParamFact.grad`` is ``None`` when no backward ran (the state is unknown), never ``ABSENT``.
+    """
+
+    ABSENT = "none"  # the backward ran and left .grad None: autograd never reached the parameter
+    ZERO = "zero"  # a gradient whose elements are all exactly zero
+    NONZERO = "nonzero"
+    PRESENT = "present"  # a gradient exists but its values are unknown (the meta device)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def received(self) -> bool:
+        """A gradient tensor exists (zero, nonzero or present)."""
+        return self is not GradState.ABSENT
 
 
 @dataclass(frozen=True)
@@ -25,12 +46,16 @@ class ParamFact:
     shape: Shape
     dtype: str
     requires_grad: bool
-    grad: str | None  # "none" | "zero" | "nonzero" | "present" (meta) | None (no backward)
+    grad: GradState | None  # None: no backward ran, so the state is unknown
     grad_norm: float | None
     module: str  # qualified name of the owning module ("" for the root)
     module_training: bool
     numel: int
     nbytes: int
+
+    def __post_init__(self) -> None:
+        if self.grad is not None and not isinstance(self.grad, GradState):  # "none", "zero", ... from JSON or by hand
+            object.__setattr__(self, "grad", GradState(self.grad))
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gradprobe.facts.run import Finding, ModuleFact, ParamFact, RunFacts
+from gradprobe.facts.run import Finding, GradState, ModuleFact, ParamFact, RunFacts
 
 CODES = {
     "grad-none": "a parameter requires grad but received no gradient",
@@ -169,7 +169,7 @@ def _gradient_findings(facts: RunFacts) -> list[Finding]:
             return [Finding("no-backward", "info", "", f"no backward: {facts.backward_skipped_reason}")]
         missing, verb = trainable, "can receive no gradient (no output requires grad, so no backward is possible)"
     else:
-        missing = [p for p in facts.parameters if p.requires_grad and p.grad == "none"]
+        missing = [p for p in facts.parameters if p.requires_grad and p.grad is GradState.ABSENT]
         verb = "received no gradient"
     for mod, params in _cut_off_roots(facts, missing):
         label = f"module '{mod.name}'" if mod.name else "the model"
@@ -180,7 +180,7 @@ def _gradient_findings(facts: RunFacts) -> list[Finding]:
             _cut_off_hint(cause, mod.name),
         ))
     for p in facts.parameters:
-        if p.requires_grad and p.grad == "zero":
+        if p.requires_grad and p.grad is GradState.ZERO:
             findings.append(Finding(
                 "grad-zero", "warning", p.name,
                 f"parameter '{p.name}' received a gradient that is exactly zero",

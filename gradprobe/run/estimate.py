@@ -60,7 +60,7 @@ def training_step(memory: MemoryFact, params: Sequence[ParamFact], optimizer_sta
     if measured_grads is None:  # no backward ran: every trainable parameter would get a gradient
         gradient_bytes = trainable_bytes
     elif scale:
-        gradient_bytes = sum(_size_in(p, scale) for p in trainable if p.grad not in (None, "none"))
+        gradient_bytes = sum(_size_in(p, scale) for p in trainable if p.grad is not None and p.grad.received)
     else:
         gradient_bytes = measured_grads
     forward = memory.forward_peak_bytes or 0

@@ -23,6 +23,7 @@ from torch import nn
 
 from gradprobe.errors import RunError, TargetError, describe_exception
 from gradprobe.facts.freeze import OptimizerFacts, OptimizerGroup, OptimizerParam, OptimizerState
+from gradprobe.facts.run import GradState
 from gradprobe.run.probe import param_names
 from gradprobe.run.state import restore_tensor
 
@@ -71,8 +72,10 @@ def _any_nonzero(t: torch.Tensor) -> bool:
     return t.device.type != "meta" and t.numel() > 0 and bool((_values(t) != 0).any())
 
 
-def _grad_state(g: torch.Tensor) -> str:
-    return "present" if g.device.type == "meta" else ("nonzero" if _any_nonzero(g) else "zero")
+def _grad_state(g: torch.Tensor) -> GradState:
+    if g.device.type == "meta":
+        return GradState.PRESENT
+    return GradState.NONZERO if _any_nonzero(g) else GradState.ZERO
 
 
 def _state(entry: dict[str, Any] | None) -> OptimizerState:
@@ -142,13 +145,13 @@ def _membership(opt: torch.optim.Optimizer, params: dict[int, nn.Parameter]
 
 
 def _run_steps(opt: torch.optim.Optimizer, params: dict[int, nn.Parameter], grads: dict[int, torch.Tensor],
-               start: dict[int, torch.Tensor]) -> tuple[dict[int, int], str | None]:
+               start: dict[int, torch.Tensor]) -> tuple[dict[int, int], GradState | None]:
     """``STEPS`` training iterations; the first step that changed each parameter, and what zero_grad() left."""
     for p in params.values():  # copies: the optimizer and zero_grad(set_to_none=False) write into .grad
         if p.grad is not None:
             p.grad = p.grad.detach().clone()
     moved: dict[int, int] = {}
-    keeps: str | None = None
+    keeps: GradState | None = None
     for k in range(1, STEPS + 1):
         for pid, p in params.items():  # backward accumulates into .grad; parameters it does not reach keep theirs
             g = grads.get(pid)
@@ -161,7 +164,7 @@ def _run_steps(opt: torch.optim.Optimizer, params: dict[int, nn.Parameter], grad
         had = [p for p in params.values() if p.grad is not None]
         _call("optimizer.zero_grad()", opt.zero_grad)
         if keeps is None and had:
-            keeps = "none" if all(p.grad is None for p in had) else "zero"
+            keeps = GradState.ABSENT if all(p.grad is None for p in had) else GradState.ZERO
     return moved, keeps
 
 

@@ -6,17 +6,17 @@ whose output has no grad_fn, a parameter its own module did not use.
 
 from __future__ import annotations
 
-from gradprobe.facts.run import ModuleFact, ParamFact, RunFacts
+from gradprobe.facts.run import GradState, ModuleFact, ParamFact, RunFacts
 from gradprobe.judges.freeze.text import ancestors, in_subtree, label, short
 
 _FLOAT_PREFIXES = ("float", "bfloat", "complex", "half", "double")
 
 
-def effective_grad(run: RunFacts, p: ParamFact) -> str | None:
+def effective_grad(run: RunFacts, p: ParamFact) -> GradState | None:
     """The gradient state after backward; a backward that could not run leaves every ``.grad`` None."""
     if run.backward:
         return p.grad
-    return "none"
+    return GradState.ABSENT
 
 
 class Causes:
@@ -69,7 +69,7 @@ class Causes:
         """The outermost module on the path all of whose grad-requiring parameters received no gradient."""
         for name in ancestors(module)[1:]:
             inside = [p for p in self.requiring if in_subtree(p.module, name)]
-            if inside and all(effective_grad(self.run, p) == "none" for p in inside):
+            if inside and all(effective_grad(self.run, p) is GradState.ABSENT for p in inside):
                 return name
         return module
 
@@ -86,7 +86,7 @@ class Causes:
         Parameters of the model itself count as such whenever any gradient reached the model.
         """
         others = [q for q in self.requiring if q.name != p.name and (p.module == "" or q.module == p.module)]
-        return any(effective_grad(self.run, q) not in ("none", None) for q in others)
+        return any(effective_grad(self.run, q) not in (GradState.ABSENT, None) for q in others)
 
     def no_gradient(self, p: ParamFact) -> str:
         """Why a parameter that requires grad received none: where it is cut off from the loss."""

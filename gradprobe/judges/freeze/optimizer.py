@@ -10,7 +10,7 @@ got a gradient.
 from __future__ import annotations
 
 from gradprobe.facts.freeze import FreezeIssue, OptimizerFacts, OptimizerParam, OptimizerState
-from gradprobe.facts.run import ParamFact
+from gradprobe.facts.run import GradState, ParamFact
 from gradprobe.judges.freeze.text import issue, num
 from gradprobe.units import human_bytes
 
@@ -54,7 +54,7 @@ def mechanisms(opt: OptimizerFacts, o: OptimizerParam) -> tuple[str, ...]:
     group = o.groups[0]
     held = set(o.state_before.nonzero) | set(o.state_after.nonzero)
     out = []
-    if o.stale_grad == "nonzero" and o.moved_step == 1:
+    if o.stale_grad is GradState.NONZERO and o.moved_step == 1:
         out.append("stale-grad")
     if "momentum_buffer" in held and _number(opt, group, "momentum"):
         out.append("momentum")

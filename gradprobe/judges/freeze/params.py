@@ -6,7 +6,7 @@ No torch here.  Each function returns ``(issue, is_violation)`` pairs for one pa
 from __future__ import annotations
 
 from gradprobe.facts.freeze import FreezeIssue
-from gradprobe.facts.run import ParamFact
+from gradprobe.facts.run import GradState, ParamFact
 from gradprobe.judges.freeze.causes import Causes
 from gradprobe.judges.freeze.text import DDP_NOTE, issue, label, py_path
 from gradprobe.judges.freeze_spec import Classification
@@ -36,13 +36,13 @@ def _flipped(p: ParamFact, after: bool) -> str:
             f"optimizer built before the first forward sees) and {after} after forward")
 
 
-def _frozen_flag_cause(p: ParamFact, grad: str | None, causes: Causes) -> tuple[str, str | None]:
+def _frozen_flag_cause(p: ParamFact, grad: GradState | None, causes: Causes) -> tuple[str, str | None]:
     """(cause, fix) of a frozen parameter that still has ``requires_grad=True``."""
     attr = causes.attr_module(p.module)
     if attr is not None:
         return (f"module {label(attr.name)} has a plain attribute requires_grad={attr.requires_grad_attr}, "
                 f"which freezes nothing", f"call {py_path(attr.name)}.requires_grad_({attr.requires_grad_attr})")
-    if grad == "none":
+    if grad is GradState.ABSENT:
         region = causes.cut_region(p.module)
         idle = causes.never_called(p.module)
         if region is not None:
@@ -59,7 +59,7 @@ def _frozen_flag_cause(p: ParamFact, grad: str | None, causes: Causes) -> tuple[
             "model.requires_grad_() undid it: it is being trained", None)
 
 
-def frozen_issues(p: ParamFact, grad: str | None, causes: Causes, groups: tuple[str, ...], flags: bool,
+def frozen_issues(p: ParamFact, grad: GradState | None, causes: Causes, groups: tuple[str, ...], flags: bool,
                   after: bool | None) -> Verdicts:
     """Flag and gradient violations of a parameter the spec says is frozen."""
     kind = "frozen parameter"
@@ -76,14 +76,14 @@ def frozen_issues(p: ParamFact, grad: str | None, causes: Causes, groups: tuple[
         cause, fix = _frozen_flag_cause(p, grad, causes)
         out.append((issue("flag", p.name, "requires_grad=False", "requires_grad=True",
                           f"has requires_grad=True: {cause}", kind=kind, fix=fix, groups=groups), True))
-    if grad in ("zero", "nonzero", "present"):
+    if grad is not None and grad.received:
         out.append((issue("gradient", p.name, "no gradient (.grad is None)", f"a {grad} gradient",
                           "received a gradient in backward: any optimizer that holds it will update it",
                           kind=kind, groups=groups), True))
     return out
 
 
-def trainable_issues(p: ParamFact, grad: str | None, causes: Causes, groups: tuple[str, ...], flags: bool,
+def trainable_issues(p: ParamFact, grad: GradState | None, causes: Causes, groups: tuple[str, ...], flags: bool,
                      after: bool | None) -> Verdicts:
     """Flag and gradient issues of a parameter the spec says is trainable.
 
@@ -102,11 +102,11 @@ def trainable_issues(p: ParamFact, grad: str | None, causes: Causes, groups: tup
                 f"has requires_grad=False, so it is never trained: a broader requires_grad_(False) (on the model "
                 f"or a parent of {label(p.module)}) froze it", kind=kind,
                 fix="call requires_grad_(True) on it after freezing", groups=groups), True))
-    elif grad == "none":
+    elif grad is GradState.ABSENT:
         out.append((issue("gradient", p.name, "a gradient", ".grad is None",
                           f"received no gradient: {causes.no_gradient(p)}; it is cut off from the loss, and "
                           f"{DDP_NOTE}", kind=kind, groups=groups), True))
-    elif grad == "zero":
+    elif grad is GradState.ZERO:
         out.append((issue("gradient", p.name, "a nonzero gradient", "a gradient that is exactly zero",
                           "received a gradient that is exactly zero: a dead ReLU, a zero mask, a loss that does not "
                           "depend on it, or a factor initialised to zero (a LoRA adapter's first step)",
@@ -114,9 +114,9 @@ def trainable_issues(p: ParamFact, grad: str | None, causes: Causes, groups: tup
     return out
 
 
-def unlisted_issues(p: ParamFact, grad: str | None, causes: Causes) -> Verdicts:
+def unlisted_issues(p: ParamFact, grad: GradState | None, causes: Causes) -> Verdicts:
     """Unlisted parameters: only distributed readiness (requires grad, receives none) is worth a warning."""
-    if not (p.requires_grad and grad == "none"):
+    if not (p.requires_grad and grad is GradState.ABSENT):
         return []
     return [(issue("gradient", p.name, "a gradient (it requires grad)", ".grad is None",
                    f"requires grad but receives no gradient: {causes.no_gradient(p)}; {DDP_NOTE}",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gradprobe.facts.freeze import CHECKS, FreezeFacts, FreezeIssue, FreezeParam, OptimizerFacts
-from gradprobe.facts.run import ParamFact, RunFacts
+from gradprobe.facts.run import GradState, ParamFact, RunFacts
 from gradprobe.judges.freeze import model, optimizer, params
 from gradprobe.judges.freeze.causes import Causes, effective_grad
 from gradprobe.judges.freeze_spec import Classification, FreezeSpec
@@ -58,7 +58,8 @@ def judge(spec: FreezeSpec, facts: FreezeFacts) -> Judgement:
         parameters=rows,
         violations=tuple(i for v, i in issues if v),
         warnings=tuple(i for v, i in issues if not v),
-        ddp_unused=tuple(p.name for p in run.parameters if p.requires_grad and effective_grad(run, p) == "none"),
+        ddp_unused=tuple(p.name for p in run.parameters
+                         if p.requires_grad and effective_grad(run, p) is GradState.ABSENT),
         notes=(note,) if note else (),
     )
 

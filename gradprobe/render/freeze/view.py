@@ -144,7 +144,7 @@ def freeze_json(report: FreezeReport) -> dict[str, Any]:
         "warnings": [issue_json(i) for i in report.warnings],
         "parameters": [
             {"name": p.name, "aliases": list(p.aliases), "expected": p.expected, "requires_grad": p.requires_grad,
-             "grad": p.grad, "conflict": p.conflict, "optimizer_group": p.optimizer_group}
+             "grad": p.grad and p.grad.value, "conflict": p.conflict, "optimizer_group": p.optimizer_group}
             for p in report.parameters
         ],
         "ddp_unused_parameters": list(report.ddp_unused),
@@ -201,7 +201,7 @@ def freeze_markdown(report: FreezeReport, max_params: int = 200, top: int = DEFA
     out += ["", f"<details><summary>Parameters ({len(params)})</summary>", "",
             md_table(["name", "expected", "requires_grad", "grad"],
                      [(f"`{p.name}`" + "".join(f" = `{a}`" for a in p.aliases), p.expected, p.requires_grad,
-                       p.grad or "-") for p in shown])]
+                       "-" if p.grad is None else p.grad.value) for p in shown])]
     if len(params) > len(shown):
         out.append(f"\n(+{len(params) - len(shown)} more in the JSON report)")
     out += ["", "</details>", ""]

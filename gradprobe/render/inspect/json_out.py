@@ -35,7 +35,8 @@ def _num(x: float | None) -> float | str | None:
 def param_json(p: ParamFact) -> dict[str, Any]:
     return {
         "name": p.name, "aliases": list(p.aliases), "shape": list(p.shape), "dtype": p.dtype,
-        "requires_grad": p.requires_grad, "grad": p.grad, "grad_norm": _num(p.grad_norm),
+        "requires_grad": p.requires_grad, "grad": p.grad and p.grad.value,
+        "grad_norm": _num(p.grad_norm),
         "module": p.module, "module_training": p.module_training, "numel": p.numel, "bytes": p.nbytes,
     }
 

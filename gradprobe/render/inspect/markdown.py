@@ -60,7 +60,8 @@ def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:
     shown = params[:top] if top else params
     out += ["", f"### Parameters ({len(params)})", "", md_table(
         ["name", "shape", "dtype", "requires_grad", "grad"],
-        [(", ".join(p.names), shape_text(p.shape), p.dtype, p.requires_grad, p.grad or "-") for p in shown])]
+        [(", ".join(p.names), shape_text(p.shape), p.dtype, p.requires_grad,
+          "-" if p.grad is None else p.grad.value) for p in shown])]
     if len(shown) < len(params):
         out.append(f"\n_{len(params) - len(shown)} more parameters: use --format json for all._")
     return "\n".join(out) + "\n"

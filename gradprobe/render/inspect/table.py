@@ -12,12 +12,12 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from gradprobe.facts.run import Finding, GraphTree, InspectReport, RunFacts, TensorFact
+from gradprobe.facts.run import Finding, GradState, GraphTree, InspectReport, RunFacts, TensorFact
 from gradprobe.judges.checkpoint import checkpoint_advice
 from gradprobe.units import human_bytes, human_count, seconds, shape_text
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
-GRAD_STYLE = {"none": "red", "zero": "yellow", "nonzero": "green", "present": "green"}
+GRAD_STYLE = {GradState.ABSENT: "red", GradState.ZERO: "yellow", GradState.NONZERO: "green", GradState.PRESENT: "green"}
 
 
 def _flag(value: bool) -> Text:
@@ -94,7 +94,7 @@ def parameters_table(f: RunFacts, top: int | None, pattern: str | None) -> Rende
     rows = [p for p in f.parameters if any(_match(n, pattern) for n in p.names)]
     # show the interesting ones first when cutting: missing gradients, then by size
     if top and len(rows) > top:
-        rows.sort(key=lambda p: (not (p.requires_grad and p.grad in ("none", "zero")), -p.numel))
+        rows.sort(key=lambda p: (not (p.requires_grad and p.grad in (GradState.ABSENT, GradState.ZERO)), -p.numel))
     shown, hidden = _limit(rows, top)
     # a column whose value every parameter shares moves into the title: more room for names at 80 columns
     dtype = _uniform([p.dtype for p in f.parameters])
@@ -118,15 +118,15 @@ def parameters_table(f: RunFacts, top: int | None, pattern: str | None) -> Rende
         name = Text(p.name)
         for alias in p.aliases:
             name.append(f"\n= {alias}", style="dim")
-        grad = "-" if p.grad is None else p.grad
-        if p.grad == "nonzero" and p.grad_norm is not None:
+        grad = "-" if p.grad is None else p.grad.value
+        if p.grad is GradState.NONZERO and p.grad_norm is not None:
             grad = f"nonzero ‖{p.grad_norm:.3g}‖"
         cells: list[RenderableType] = [name, shape_text(p.shape)]
         if dtype is None:
             cells.append(p.dtype)
         if requires is None:
             cells.append(_flag(p.requires_grad))
-        cells.append(Text(grad, style=GRAD_STYLE.get(p.grad or "", "")))
+        cells.append(Text(grad, style=GRAD_STYLE[p.grad] if p.grad is not None else ""))
         if training is None:
             cells.append(Text("train") if p.module_training else Text("eval", style="dim"))
         t.add_row(*cells)

@@ -12,18 +12,20 @@ from collections.abc import Sequence
 
 import torch
 
-GradState = tuple[str, float | None]
+from gradprobe.facts.run import GradState
+
+GradInfo = tuple[GradState, float | None]
 
 
-def _one(grad: torch.Tensor) -> GradState:
+def _one(grad: torch.Tensor) -> GradInfo:
     if grad.is_sparse:
         grad = grad.coalesce().values()
     elif grad.layout != torch.strided or grad.is_nested:
         grad = grad.values()
     if not bool(torch.any(grad != 0)):
-        return "zero", 0.0
+        return GradState.ZERO, 0.0
     # linalg.vector_norm of a complex tensor is the real norm of |z|; .float() would drop the imaginary part
-    return "nonzero", float(torch.linalg.vector_norm(grad.detach(), dtype=_wide(grad.dtype)))
+    return GradState.NONZERO, float(torch.linalg.vector_norm(grad.detach(), dtype=_wide(grad.dtype)))
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
@@ -33,16 +35,16 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def grad_states(params: Sequence[torch.Tensor]) -> list[GradState]:
+def grad_states(params: Sequence[torch.Tensor]) -> list[GradInfo]:
     """The state of each parameter's ``.grad``, in order; meta gradients are ``present`` (values unknown)."""
-    states: list[GradState | None] = [None] * len(params)
+    states: list[GradInfo | None] = [None] * len(params)
     batch: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
         grad = p.grad
         if grad is None:
-            states[i] = ("none", None)
+            states[i] = (GradState.ABSENT, None)
         elif grad.device.type == "meta":
-            states[i] = ("present", None)
+            states[i] = (GradState.PRESENT, None)
         elif grad.layout == torch.strided and not grad.is_nested and grad.is_floating_point():
             batch.setdefault((grad.device, grad.dtype), []).append(i)
         else:
@@ -56,5 +58,5 @@ def grad_states(params: Sequence[torch.Tensor]) -> list[GradState]:
             if norm == 0.0:  # all zeros, or tiny values whose squares underflowed: look at the elements
                 states[i] = _one(params[i].grad)  # type: ignore[arg-type]
             else:
-                states[i] = ("nonzero", norm)
+                states[i] = (GradState.NONZERO, norm)
     return states  # type: ignore[return-value]
