@@ -17,7 +17,7 @@ from torch import nn
 
 from gradprobe.errors import InputError, UsageError
 from gradprobe.facts.run import InspectReport
-from gradprobe.judges.inspect import judge_run
+from gradprobe.judges.inspect import judge_inspect
 from gradprobe.load.target import (
     ExampleInputs,
     LoadedModel,
@@ -132,7 +132,7 @@ def probe(
                         unexpected_keys=loaded.unexpected_keys)
     elif notes:
         facts = replace(facts, notes=tuple(notes) + facts.notes)
-    return InspectReport(facts, tuple(judge_run(facts)))
+    return judge_inspect(facts)
 
 
 def resolve_loss(spec: str | None) -> str | LossFn:

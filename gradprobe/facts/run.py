@@ -207,11 +207,37 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class CheckpointCandidate:
+    """One module call worth wrapping in ``torch.utils.checkpoint``, with the saved bytes it would drop."""
+
+    module: str
+    call: int
+    module_type: str
+    inside_saved_bytes: int  # saved only while this call ran
+    expected_saving_bytes: int  # the drop in saved-for-backward bytes if this call alone is checkpointed
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Wrapping every (non-nested) call of one module type."""
+
+    module_type: str
+    calls: int
+    expected_saving_bytes: int  # sum of the single-call savings
+    saved_for_backward_bytes: int  # the run's total, for scale
+
+
+@dataclass(frozen=True)
 class InspectReport:
-    """The result of ``gradprobe inspect``: the facts of one run and the judges' findings."""
+    """The result of ``gradprobe inspect``: the facts of one run and the judges' verdicts on them.
+
+    Every renderer shows these verdicts as they are; none computes advice of its own.
+    """
 
     facts: RunFacts
     findings: tuple[Finding, ...] = field(default_factory=tuple)
+    checkpoint_advice: tuple[CheckpointCandidate, ...] = ()  # best first (gradprobe.judges.checkpoint)
+    checkpoint_plan: CheckpointPlan | None = None
 
     @property
     def has_errors(self) -> bool:

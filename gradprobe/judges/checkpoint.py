@@ -11,30 +11,12 @@ itself (that recomputes the whole forward inside backward) nor two calls nested 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-from gradprobe.facts.run import ModuleMemory, RunFacts
+from gradprobe.facts.run import CheckpointCandidate, CheckpointPlan, ModuleMemory, RunFacts
 
+__all__ = ["ADVICE_TOP", "CheckpointCandidate", "CheckpointPlan", "checkpoint_advice"]
 
-@dataclass(frozen=True)
-class CheckpointCandidate:
-    """One module call worth wrapping, with the saved bytes it would drop."""
-
-    module: str
-    call: int
-    module_type: str
-    inside_saved_bytes: int  # saved only while this call ran
-    expected_saving_bytes: int  # the drop in saved-for-backward bytes if this call alone is checkpointed
-
-
-@dataclass(frozen=True)
-class CheckpointPlan:
-    """Wrapping every (non-nested) call of one module type."""
-
-    module_type: str
-    calls: int
-    expected_saving_bytes: int  # sum of the single-call savings
-    saved_for_backward_bytes: int  # the run's total, for scale
+ADVICE_TOP = 10  # module calls in the report's advice: every renderer shows these (--top cuts the table)
 
 
 def _natural(name: str) -> tuple[object, ...]:

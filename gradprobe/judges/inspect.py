@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gradprobe.facts.run import Finding, GradState, ModuleFact, ParamFact, RunFacts
+from gradprobe.facts.run import Finding, GradState, InspectReport, ModuleFact, ParamFact, RunFacts
+from gradprobe.judges.checkpoint import ADVICE_TOP, checkpoint_advice
 
 CODES = {
     "grad-none": "a parameter requires grad but received no gradient",
@@ -103,6 +104,12 @@ def _cut_off_hint(cause: str, module: str) -> str:
                 f"instead of no_grad in forward; to train it, remove the no_grad")
     return (f"to freeze it, use {ref}.requires_grad_(False); to train it, remove the .detach()/.data "
             f"between it and the loss")
+
+
+def judge_inspect(facts: RunFacts) -> InspectReport:
+    """The whole ``inspect`` verdict on one run: findings and activation-checkpointing advice."""
+    candidates, plan = checkpoint_advice(facts, top=ADVICE_TOP)
+    return InspectReport(facts, tuple(judge_run(facts)), tuple(candidates), plan)
 
 
 def judge_run(facts: RunFacts) -> list[Finding]:

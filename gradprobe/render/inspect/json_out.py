@@ -16,11 +16,9 @@ from gradprobe.facts.run import (
     InspectReport,
     MemoryFact,
     ParamFact,
-    RunFacts,
     TensorFact,
     TrainingStepEstimate,
 )
-from gradprobe.judges.checkpoint import checkpoint_advice
 
 INSPECT_SCHEMA = "gradprobe.inspect/1"
 
@@ -70,9 +68,9 @@ def training_step_json(t: TrainingStepEstimate | None) -> dict[str, Any] | None:
     }
 
 
-def checkpoint_json(facts: RunFacts) -> dict[str, Any]:
-    """``memory.checkpoint_advice[]`` and ``memory.checkpoint_plan`` (gradprobe.judges.checkpoint)."""
-    candidates, plan = checkpoint_advice(facts, top=10)
+def checkpoint_json(report: InspectReport) -> dict[str, Any]:
+    """``memory.checkpoint_advice[]`` and ``memory.checkpoint_plan``: the report's advice, as every view shows it."""
+    candidates, plan = report.checkpoint_advice, report.checkpoint_plan
     return {
         "checkpoint_advice": [
             {"module": c.module, "call": c.call, "type": c.module_type, "inside_saved_bytes": c.inside_saved_bytes,
@@ -85,7 +83,7 @@ def checkpoint_json(facts: RunFacts) -> dict[str, Any]:
     }
 
 
-def memory_json(m: MemoryFact | None, facts: RunFacts | None = None) -> dict[str, Any] | None:
+def memory_json(m: MemoryFact | None, report: InspectReport | None = None) -> dict[str, Any] | None:
     if m is None:
         return None
     return {
@@ -103,7 +101,7 @@ def memory_json(m: MemoryFact | None, facts: RunFacts | None = None) -> dict[str
             for x in m.by_module
         ],
         "training_step": training_step_json(m.training_step),
-        **(checkpoint_json(facts) if facts is not None else {}),
+        **(checkpoint_json(report) if report is not None else {}),
     }
 
 
@@ -144,7 +142,7 @@ def inspect_json(report: InspectReport) -> dict[str, Any]:
         "tensors": [tensor_json(t) for t in f.tensors],
         "outputs": [tensor_json(t) for t in f.outputs],
         "graph": graph_json(f.graph),
-        "memory": memory_json(f.memory, f),
+        "memory": memory_json(f.memory, report),
         "findings": [finding_json(x) for x in report.findings],
         "notes": list(f.notes),
         "skipped": list(f.skipped),

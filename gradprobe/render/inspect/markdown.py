@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gradprobe.facts.run import Finding, InspectReport
+from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
 from gradprobe.units import human_bytes, shape_text
 
 
@@ -56,6 +57,15 @@ def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:
             ("parameters", human_bytes(m.parameter_bytes)),
             ("gradients", human_bytes(m.gradient_bytes)),
         ]), "", f"_{m.method}_"]
+    if report.checkpoint_advice and report.checkpoint_plan is not None:
+        advice = list(report.checkpoint_advice)
+        shown_advice = advice[:top] if top else advice
+        out += ["", f"### {CHECKPOINT_TITLE}", "",
+                md_table(["module (call)", "type", "saved inside", "expected saving"],
+                         [candidate_cells(c) for c in shown_advice]),
+                "", f"_{plan_text(report.checkpoint_plan)}_"]
+        if len(shown_advice) < len(advice):
+            out.append(f"\n_{len(advice) - len(shown_advice)} more calls: use --format json for all._")
     params = list(f.parameters)
     shown = params[:top] if top else params
     out += ["", f"### Parameters ({len(params)})", "", md_table(

@@ -13,7 +13,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from gradprobe.facts.run import Finding, GradState, GraphTree, InspectReport, RunFacts, TensorFact
-from gradprobe.judges.checkpoint import checkpoint_advice
+from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
 from gradprobe.units import human_bytes, human_count, seconds, shape_text
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -246,27 +246,25 @@ def training_step_table(f: RunFacts) -> RenderableType | None:
     return Group(t, Text(step.method, style="dim"))
 
 
-def checkpoint_table(f: RunFacts, top: int | None) -> RenderableType | None:
-    """The module calls whose checkpointing would drop the most saved-for-backward bytes."""
-    candidates, plan = checkpoint_advice(f, top=min(top or 5, 5))
-    if not candidates or plan is None:
+def checkpoint_table(report: InspectReport, top: int | None) -> RenderableType | None:
+    """The judges' advice: the module calls whose checkpointing would drop the most saved-for-backward bytes."""
+    plan = report.checkpoint_plan
+    if not report.checkpoint_advice or plan is None:
         return None
+    shown, hidden = _limit(list(report.checkpoint_advice), top)
     t = _table()
     t.add_column("module (call)", overflow="fold", ratio=1, min_width=16)
     t.add_column("type", overflow="fold")
     t.add_column("saved inside", justify="right", no_wrap=True)
     t.add_column("expected saving", justify="right", no_wrap=True)
-    for c in candidates:
-        t.add_row((c.module or "(model)") + (f" #{c.call}" if c.call else ""), c.module_type,
-                  human_bytes(c.inside_saved_bytes), human_bytes(c.expected_saving_bytes))
-    share = plan.expected_saving_bytes / plan.saved_for_backward_bytes if plan.saved_for_backward_bytes else 0.0
-    caption = (f"wrapping every {plan.module_type} call ({plan.calls}): about "
-               f"{human_bytes(plan.expected_saving_bytes)} less saved for backward ({share:.0%}), "
-               f"for one more forward of each inside backward")
-    return _titled("Activation checkpointing (torch.utils.checkpoint, use_reentrant=False)", t, caption)
+    for c in shown:
+        t.add_row(*candidate_cells(c))
+    caption = plan_text(plan) + (f"; {hidden} more calls (--top to change, --format json for all)" if hidden else "")
+    return _titled(CHECKPOINT_TITLE, t, caption)
 
 
-def memory_table(f: RunFacts, top: int | None, pattern: str | None = None) -> RenderableType | None:
+def memory_table(report: InspectReport, top: int | None, pattern: str | None = None) -> RenderableType | None:
+    f = report.facts
     m = f.memory
     if m is None:
         return None
@@ -296,7 +294,7 @@ def memory_table(f: RunFacts, top: int | None, pattern: str | None = None) -> Re
                        human_bytes(x.saved_for_backward_bytes), human_bytes(x.output_bytes))
         parts.append(_titled("Saved for backward, by module call (innermost module)", bt,
                              f"{hidden} more module calls" if hidden else None))
-    advice = checkpoint_table(f, top)
+    advice = checkpoint_table(report, top)
     if advice is not None:
         parts.append(advice)
     return Group(*parts)
@@ -340,7 +338,7 @@ def render_inspect(report: InspectReport, console: Console, *, top: int | None =
         if tree is not None:
             console.print(tree)
     if "memory" in want:
-        mem = memory_table(f, top, pattern)
+        mem = memory_table(report, top, pattern)
         if mem is not None:
             console.print(mem)
     if "findings" in want:
