@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import keyword
+from collections.abc import Iterable
+
 
 def human_bytes(n: int | None) -> str:
     """1536 → '1.5 KiB'; None → '-'."""
@@ -42,3 +45,28 @@ def duration(t: float | None) -> str:
     if t < 1e-3:
         return f"{t * 1e6:.0f} µs"
     return f"{t * 1e3:.3g} ms" if t < 1 else f"{t:.3g} s"
+
+
+def shorten(items: Iterable[str], limit: int = 4, *, quote: bool = False) -> str:
+    """``a, b, c, d, … and 7 more``: the first ``limit`` items of a list too long for one message."""
+    items = [f"'{x}'" if quote else x for x in items]
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f", … and {len(items) - limit} more"
+
+
+def py_path(module: str, root: str = "model") -> str:
+    """``backbone.1.proj`` → ``model.backbone[1].proj``: the module as the user reaches it in Python.
+
+    Children of ``nn.Sequential``/``nn.ModuleList`` are named by number (``getattr(model, "1")`` is the only
+    other way to reach them), ``nn.ModuleDict`` keys that are not identifiers by subscript as well.
+    """
+    out = root
+    for part in module.split(".") if module else []:
+        if part.isdigit():
+            out += f"[{part}]"
+        elif part.isidentifier() and not keyword.iskeyword(part):
+            out += f".{part}"
+        else:
+            out += f"[{part!r}]"
+    return out

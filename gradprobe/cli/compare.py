@@ -93,8 +93,8 @@ def compare_modes(
             first = report.rows[0]
             raise RunError(f"every mode failed; {first.mode}:{first.grad_mode}: {first.error}")
         if format_ is OutputFormat.json:
+            from gradprobe.render.common import dumps
             from gradprobe.render.compare.json_out import compare_json
-            from gradprobe.render.inspect.json_out import dumps
 
             write_text(dumps(compare_json(report)), output)
         elif format_ is OutputFormat.markdown:

@@ -184,7 +184,7 @@ def _run(cli_values: dict[str, Any], given: set[str], config: Path | None, write
     from gradprobe.render.freeze.view import freeze_json, freeze_markdown, render_freeze
 
     if format_ is OutputFormat.json:
-        from gradprobe.render.inspect.json_out import dumps
+        from gradprobe.render.common import dumps
 
         write_text(dumps(freeze_json(report)), output)
     elif format_ is OutputFormat.markdown:

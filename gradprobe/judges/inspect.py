@@ -6,10 +6,9 @@ with hand-made facts as well as real runs.  Codes are a public contract.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from gradprobe.facts.run import Finding, GradState, InspectReport, ModuleFact, ParamFact, RunFacts
 from gradprobe.judges.checkpoint import ADVICE_TOP, checkpoint_advice
+from gradprobe.units import py_path, shorten
 
 CODES = {
     "grad-none": "a parameter requires grad but received no gradient",
@@ -95,7 +94,7 @@ def _cause(facts: RunFacts, mod: ModuleFact) -> str:
 
 def _cut_off_hint(cause: str, module: str) -> str:
     """The fix that matches the cause: an unused layer, a no_grad freeze, or a detached output."""
-    ref = f"model.{module}" if module else "model"
+    ref = py_path(module)
     if "never called" in cause:
         return (f"call it in forward or delete it; if it is meant to stay unused, freeze it with "
                 f"{ref}.requires_grad_(False) (DDP fails on unused parameters unless find_unused_parameters=True)")
@@ -129,31 +128,25 @@ def judge_run(facts: RunFacts) -> list[Finding]:
         findings.append(Finding(
             "param-modified-in-forward", "warning", facts.modified_parameters[0],
             f"the forward wrote into {len(facts.modified_parameters)} parameter(s) in place "
-            f"({_short(facts.modified_parameters)}): every call changes the model, and gradprobe cannot undo it "
+            f"({shorten(facts.modified_parameters)}): every call changes the model, and gradprobe cannot undo it "
             f"(it does not copy parameters, to stay cheap)",
             "update such state under torch.no_grad() in a training step or in a buffer, not in forward",
         ))
     if facts.missing_keys:
         findings.append(Finding(
             "weights-missing-keys", "warning", facts.missing_keys[0],
-            f"{len(facts.missing_keys)} model key(s) not in the weights file: {_short(facts.missing_keys)}",
+            f"{len(facts.missing_keys)} model key(s) not in the weights file: {shorten(facts.missing_keys)}",
             "those tensors keep their initial values; check the checkpoint matches the model",
         ))
     if facts.unexpected_keys:
         findings.append(Finding(
             "weights-unexpected-keys", "warning", facts.unexpected_keys[0],
             f"{len(facts.unexpected_keys)} key(s) in the weights file the model lacks: "
-            f"{_short(facts.unexpected_keys)}",
+            f"{shorten(facts.unexpected_keys)}",
             "a renamed module or a prefix such as 'module.' from DataParallel",
         ))
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(findings, key=lambda f: order[f.severity])
-
-
-def _short(names: Iterable[str], limit: int = 4) -> str:
-    names = list(names)
-    text = ", ".join(names[:limit])
-    return text + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def _gradient_findings(facts: RunFacts) -> list[Finding]:
@@ -207,7 +200,7 @@ def _module_findings(facts: RunFacts) -> list[Finding]:
                 "requires-grad-attr", "error", mod.name or "(model)",
                 f"{who} has a plain attribute requires_grad={mod.requires_grad_attr}, "
                 f"which freezes nothing: {still} of its {len(inside)} parameter(s) still require grad",
-                f"call {('model.' + mod.name) if mod.name else 'model'}.requires_grad_({mod.requires_grad_attr})",
+                f"call {py_path(mod.name)}.requires_grad_({mod.requires_grad_attr})",
             ))
     findings += _frozen_drift_findings(facts)
     if facts.grad_mode != "grad" and facts.mode == "train":
@@ -256,11 +249,11 @@ def _frozen_drift_findings(facts: RunFacts) -> list[Finding]:
     for root, buffers in groups.items():
         label = f"frozen module '{root}'" if root else "the frozen model"
         mods = owners[root]
-        target = f"model.{root}" if root else "model"
+        target = py_path(root)
         findings.append(Finding(
             "frozen-bn-drift", "warning", root or "(model)",
             f"{len(buffers)} buffer(s) of {len(mods)} module(s) inside {label} changed in the forward "
-            f"({_short(mods, 3)}): running statistics drift although the parameters are frozen",
+            f"({shorten(mods, 3)}): running statistics drift although the parameters are frozen",
             f"call {target}.eval() after every model.train() (e.g. override train()), or use a frozen BatchNorm",
         ))
     return findings

@@ -18,7 +18,7 @@ from gradprobe.facts.compare import (
     NestedFastPath,
     ReplayFailure,
 )
-from gradprobe.units import shape_text
+from gradprobe.units import shape_text, shorten
 
 Diff = ModeRow | GradModeDiff  # both carry max_abs_diff, tolerance and the non-padded figures
 
@@ -32,9 +32,7 @@ def is_norm(e: ModuleEffect) -> bool:
 
 
 def listed(items: Iterable[str], limit: int = 4) -> str:
-    items = list(items)
-    text = ", ".join(items[:limit])
-    return text + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+    return shorten(items, limit)
 
 
 def num(x: float | None) -> str:

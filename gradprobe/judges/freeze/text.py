@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gradprobe.facts.freeze import FreezeIssue
+from gradprobe.units import shorten
 
 DDP_NOTE = "under DistributedDataParallel it would need find_unused_parameters=True"
 
@@ -23,22 +24,12 @@ def ancestors(module: str) -> list[str]:
     return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def py_path(module: str) -> str:
-    """``backbone.1`` → ``model.backbone[1]``: how the user reaches a submodule in Python."""
-    out = "model"
-    for part in module.split(".") if module else []:
-        out += f"[{part}]" if part.isdigit() else f".{part}"
-    return out
-
-
 def label(module: str) -> str:
     return f"'{module}'" if module else "the model"
 
 
 def short(names: Iterable[str], limit: int = 3) -> str:
-    names = list(names)
-    text = ", ".join(f"'{n}'" for n in names[:limit])
-    return text + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+    return shorten(names, limit, quote=True)
 
 
 def num(x: float | None) -> str:

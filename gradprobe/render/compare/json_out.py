@@ -7,7 +7,7 @@ from typing import Any
 
 from gradprobe.facts.compare import COMPARE_SCHEMA, Attribution, CompareReport, GradModeDiff, ModeRow, NestedFastPath
 from gradprobe.judges.compare import attribution_note, mismatch_text
-from gradprobe.render.inspect.json_out import finding_json
+from gradprobe.render.common import finding_json
 
 
 def _num(x: float | None) -> float | str | None:

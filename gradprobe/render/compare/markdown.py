@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from gradprobe.facts.compare import CompareReport
+from gradprobe.render.common import findings_md, md_table
 from gradprobe.render.compare.cells import caption, grid
-from gradprobe.render.inspect.markdown import findings_md, md_table
 
 
 def compare_markdown(report: CompareReport) -> str:

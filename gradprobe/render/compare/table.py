@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gradprobe.facts.compare import CompareReport
+from gradprobe.render.common import findings_table
 from gradprobe.render.compare.cells import caption, grid
 
 
@@ -13,8 +14,6 @@ def render_compare(report: CompareReport, console: Any) -> None:
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
-
-    from gradprobe.render.inspect.table import findings_table
 
     c = report.comparison
     header, lines = grid(report)
@@ -35,4 +34,4 @@ def render_compare(report: CompareReport, console: Any) -> None:
         console.print(Panel(text, title="verdict", title_align="left"))
     for note in report.notes:
         console.print(Text(f"note: {note}", style="dim"))
-    console.print(findings_table(report.findings) if report.findings else Text("No findings.", style="green"))
+    console.print(findings_table(report.findings, empty="No findings."))

@@ -16,8 +16,8 @@ from rich.text import Text
 
 from gradprobe.facts.freeze import FreezeIssue
 from gradprobe.judges.freeze import FreezeReport
+from gradprobe.render.common import md_escape, md_table
 from gradprobe.render.freeze.groups import IssueGroup, group_issues, module_label
-from gradprobe.render.inspect.markdown import md_escape, md_table
 
 FREEZE_SCHEMA = "gradprobe.freeze/1"
 DEFAULT_TOP = 40  # entries per list in the terminal; the JSON report keeps every issue

@@ -5,13 +5,11 @@ The field names are a public contract: add fields freely, never rename.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from gradprobe.facts.run import (
     BufferFact,
-    Finding,
     GraphFact,
     InspectReport,
     MemoryFact,
@@ -19,6 +17,9 @@ from gradprobe.facts.run import (
     TensorFact,
     TrainingStepEstimate,
 )
+from gradprobe.render.common import dumps, finding_json
+
+__all__ = ["INSPECT_SCHEMA", "dumps", "inspect_json"]  # dumps: the CLI writes every document through it
 
 INSPECT_SCHEMA = "gradprobe.inspect/1"
 
@@ -105,10 +106,6 @@ def memory_json(m: MemoryFact | None, report: InspectReport | None = None) -> di
     }
 
 
-def finding_json(f: Finding) -> dict[str, Any]:
-    return {"code": f.code, "severity": f.severity, "subject": f.subject, "message": f.message, "hint": f.hint}
-
-
 def inspect_json(report: InspectReport) -> dict[str, Any]:
     """The ``gradprobe.inspect/1`` document."""
     f = report.facts
@@ -150,8 +147,3 @@ def inspect_json(report: InspectReport) -> dict[str, Any]:
         "modified_parameters": list(f.modified_parameters),
         "weights": {"missing_keys": list(f.missing_keys), "unexpected_keys": list(f.unexpected_keys)},
     }
-
-
-def dumps(doc: dict[str, Any]) -> str:
-    """Stable, strict JSON text (no NaN literals)."""
-    return json.dumps(doc, indent=2, allow_nan=False)

@@ -2,31 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from gradprobe.facts.run import Finding, InspectReport
+from gradprobe.facts.run import InspectReport
+from gradprobe.render.common import findings_md, md_table
 from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
 from gradprobe.units import human_bytes, shape_text
-
-
-def md_escape(text: str) -> str:
-    """Keep table cells intact."""
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(md_escape("" if c is None else str(c)) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def findings_md(findings: Sequence[Finding]) -> str:
-    if not findings:
-        return "No findings."
-    return md_table(["severity", "code", "subject", "message", "fix"],
-                    [(f.severity, f"`{f.code}`", f"`{f.subject}`" if f.subject else "", f.message, f.hint)
-                     for f in findings])
 
 
 def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:

@@ -6,17 +6,16 @@ import fnmatch
 
 from rich import box
 from rich.console import Console, Group, RenderableType
-from rich.padding import Padding
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from gradprobe.facts.run import Finding, GradState, GraphTree, InspectReport, RunFacts, TensorFact
+from gradprobe.facts.run import GradState, GraphTree, InspectReport, RunFacts, TensorFact
+from gradprobe.render.common import findings_table
 from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
 from gradprobe.units import human_bytes, human_count, seconds, shape_text
 
-SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 GRAD_STYLE = {GradState.ABSENT: "red", GradState.ZERO: "yellow", GradState.NONZERO: "green", GradState.PRESENT: "green"}
 
 
@@ -297,26 +296,6 @@ def memory_table(report: InspectReport, top: int | None, pattern: str | None = N
     advice = checkpoint_table(report, top)
     if advice is not None:
         parts.append(advice)
-    return Group(*parts)
-
-
-def findings_table(findings: tuple[Finding, ...] | list[Finding], top: int | None = None) -> RenderableType:
-    """Findings as a list: ``error  grad-none  aux_head`` and the message and fix indented below, full width."""
-    if not findings:
-        return Text("No findings: autograd sees what a training run expects.", style="green")
-    parts: list[RenderableType] = [Text(f"Findings ({len(findings)})", style="bold")]
-    width = max(len(x.severity) for x in findings)
-    shown, hidden = _limit(list(findings), top)  # a huge model can have thousands (one per zero gradient)
-    for x in shown:
-        head = Text.assemble((x.severity.ljust(width), SEVERITY_STYLE[x.severity]), "  ", (x.code, "bold"))
-        if x.subject:
-            head.append(f"  {x.subject}", style="cyan")
-        body = Text(x.message)
-        if x.hint:
-            body.append(f"\nfix: {x.hint}", style="dim")
-        parts += [head, Padding(body, (0, 0, 0, width + 2), expand=False)]
-    if hidden:
-        parts.append(Text(f"{hidden} more findings (--top to change, --format json for all)", style="dim"))
     return Group(*parts)
 
 
