@@ -165,6 +165,25 @@ class MemoryFact:
     training_step: TrainingStepEstimate | None = None
 
 
+CUT_HOW = ("no_grad", "inference_mode", "detach", "data", "reentrant_checkpoint", "non_differentiable")
+
+
+@dataclass(frozen=True)
+class GraphCut:
+    """An op in forward that took tensors requiring grad and returned none that does: autograd stops there.
+
+    Recorded per (module call, mechanism, op); ``parameters`` are those upstream of the cut (walked from the
+    op's inputs when it ran), so a parameter without gradient can be traced to the cut that starved it.
+    """
+
+    module: str  # innermost module running ("" for the model's own forward)
+    call: int
+    how: str  # one of CUT_HOW
+    op: str  # "detach", "data", "argmax", "linear", ...
+    parameters: tuple[str, ...]  # canonical names upstream of the cut
+    complete: bool = True  # False: the walk stopped at its node budget, ``parameters`` may miss some
+
+
 @dataclass(frozen=True)
 class RunFacts:
     """Everything one run in one mode observed."""
@@ -193,6 +212,13 @@ class RunFacts:
     unexpected_keys: tuple[str, ...] = ()
     nonfinite_outputs: tuple[str, ...] = ()  # output paths holding NaN/Inf
     modified_parameters: tuple[str, ...] = ()  # parameters the forward wrote into in place (not restorable)
+    # gradprobe.run.trackers.cuts (None/empty where it did not run: grad modes other than grad)
+    graph_cuts: tuple[GraphCut, ...] = ()
+    parameters_read: frozenset[str] | None = None  # parameters some op of forward read (None: not tracked)
+    # flags forward changed: parameters/modules keep the state as handed over, these list what forward flipped
+    requires_grad_changed: tuple[str, ...] = ()  # parameters whose requires_grad forward flipped
+    training_changed: tuple[str, ...] = ()  # modules whose training flag forward flipped
+    zero_valued_parameters: tuple[str, ...] = ()  # all-zero parameters near one whose gradient is exactly zero
 
 
 @dataclass(frozen=True)

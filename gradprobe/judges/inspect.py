@@ -6,8 +6,9 @@ with hand-made facts as well as real runs.  Codes are a public contract.
 
 from __future__ import annotations
 
-from gradprobe.facts.run import Finding, GradState, InspectReport, ModuleFact, ParamFact, RunFacts
+from gradprobe.facts.run import BufferFact, Finding, InspectReport, RunFacts
 from gradprobe.judges.checkpoint import ADVICE_TOP, checkpoint_advice
+from gradprobe.judges.gradients import gradient_findings
 from gradprobe.units import py_path, shorten
 
 CODES = {
@@ -15,6 +16,8 @@ CODES = {
     "grad-zero": "a parameter's gradient is exactly zero",
     "requires-grad-attr": "module.requires_grad set as a plain attribute (freezes nothing)",
     "frozen-bn-drift": "a frozen module's BatchNorm statistics changed in the forward",
+    "frozen-buffer-drift": "a frozen module's other buffers (not BatchNorm statistics) changed in the forward",
+    "flags-changed-in-forward": "forward flipped requires_grad or a module's training mode",
     "train-mode-no-grad": "Dropout/BatchNorm in train mode while grad is disabled",
     "inference-output": "the model's outputs are inference tensors",
     "global-grad-disabled": "the global grad mode was found disabled",
@@ -31,80 +34,6 @@ def _in_subtree(name: str, module: str) -> bool:
     return module == "" or name == module or name.startswith(module + ".")
 
 
-def _cut_off_roots(facts: RunFacts, missing: list[ParamFact]) -> list[tuple[ModuleFact, list[ParamFact]]]:
-    """Group parameters without gradient under the outermost module all of whose trainable parameters lack one.
-
-    Counts per module prefix keep this linear in parameters x depth (a 15,000-module model stays instant).
-    """
-    if not missing:
-        return []
-    missing_names = {p.name for p in missing}
-    total: dict[str, int] = {}
-    lacking: dict[str, list[ParamFact]] = {}
-    for p in facts.parameters:
-        if not p.requires_grad:
-            continue
-        for prefix in _ancestors(p.module):
-            total[prefix] = total.get(prefix, 0) + 1
-            if p.name in missing_names:
-                lacking.setdefault(prefix, []).append(p)
-    by_name = {m.name: m for m in facts.modules}
-    lacking_children: dict[str, list[str]] = {}
-    for name in lacking:
-        if name:
-            lacking_children.setdefault(_parent(name), []).append(name)
-    groups: list[tuple[ModuleFact, list[ParamFact]]] = []
-    covered: set[str] = set()
-    for mod in facts.modules:  # named_modules order: parents before children
-        inside = lacking.get(mod.name, [])
-        if not inside or len(inside) != total.get(mod.name, 0):
-            continue
-        if any(prefix in covered for prefix in _ancestors(mod.name)):
-            continue
-        covered.add(mod.name)
-        # name the top-level module holding all of them ('backbone'), not the model around a frozen head
-        while mod.name == "":
-            child = next((name for name in lacking_children.get(mod.name, ())
-                          if len(lacking[name]) == len(inside) and name in by_name), None)
-            if child is None:
-                break
-            mod = by_name[child]
-        groups.append((mod, inside))
-    return groups
-
-
-def _parent(name: str) -> str:
-    return name.rpartition(".")[0]
-
-
-def _cause(facts: RunFacts, mod: ModuleFact) -> str:
-    """Why a module's parameters were cut off from the loss, as far as the facts tell."""
-    label = f"'{mod.name}'" if mod.name else "the model"
-    subtree = [m for m in facts.modules if _in_subtree(m.name, mod.name)]
-    if all(m.calls == 0 for m in subtree if m.direct_params):
-        return f"{label} was never called in forward"
-    if mod.output_grad_fn is False and facts.grad_mode == "grad":
-        return (f"the output of {label} has no grad_fn: forward runs it under torch.no_grad() "
-                f"(or detaches inside it)")
-    if mod.output_grad_fn:
-        return (f"{label} built a graph, but the loss does not reach it: its output is detached "
-                f"(.detach(), .data) or goes through a non-differentiable op before the loss")
-    return f"the loss does not depend on the parameters of {label}"
-
-
-def _cut_off_hint(cause: str, module: str) -> str:
-    """The fix that matches the cause: an unused layer, a no_grad freeze, or a detached output."""
-    ref = py_path(module)
-    if "never called" in cause:
-        return (f"call it in forward or delete it; if it is meant to stay unused, freeze it with "
-                f"{ref}.requires_grad_(False) (DDP fails on unused parameters unless find_unused_parameters=True)")
-    if "no grad_fn" in cause:
-        return (f"to freeze it, use {ref}.requires_grad_(False) and keep its parameters out of the optimizer "
-                f"instead of no_grad in forward; to train it, remove the no_grad")
-    return (f"to freeze it, use {ref}.requires_grad_(False); to train it, remove the .detach()/.data "
-            f"between it and the loss")
-
-
 def judge_inspect(facts: RunFacts) -> InspectReport:
     """The whole ``inspect`` verdict on one run: findings and activation-checkpointing advice."""
     candidates, plan = checkpoint_advice(facts, top=ADVICE_TOP)
@@ -114,9 +43,10 @@ def judge_inspect(facts: RunFacts) -> InspectReport:
 def judge_run(facts: RunFacts) -> list[Finding]:
     """Every diagnosis the facts of one run support, most severe first."""
     findings: list[Finding] = []
-    findings += _gradient_findings(facts)
+    findings += gradient_findings(facts)
     findings += _module_findings(facts)
     findings += _output_findings(facts)
+    findings += _flag_findings(facts)
     if not facts.global_grad_enabled:
         findings.append(Finding(
             "global-grad-disabled", "warning", "torch.is_grad_enabled()",
@@ -147,46 +77,6 @@ def judge_run(facts: RunFacts) -> list[Finding]:
         ))
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(findings, key=lambda f: order[f.severity])
-
-
-def _gradient_findings(facts: RunFacts) -> list[Finding]:
-    findings: list[Finding] = []
-    if not facts.backward:
-        if not facts.backward_skipped_reason or facts.grad_mode != "grad":
-            return []
-        trainable = [p for p in facts.parameters if p.requires_grad]
-        graph_cut = facts.outputs and any(o.dtype.startswith(("float", "bfloat", "complex")) for o in facts.outputs) \
-            and not any(o.requires_grad for o in facts.outputs)
-        if graph_cut and facts.parameters and not trainable:
-            return [Finding(
-                "no-trainable-params", "warning", "(model)",
-                f"no parameter requires grad: all {len(facts.parameters)} are frozen, so nothing in this model "
-                f"will train and no backward is possible",
-                "unfreeze what should train, e.g. model.head.requires_grad_(True), and give those parameters "
-                "to the optimizer",
-            )]
-        if not (graph_cut and trainable):
-            return [Finding("no-backward", "info", "", f"no backward: {facts.backward_skipped_reason}")]
-        missing, verb = trainable, "can receive no gradient (no output requires grad, so no backward is possible)"
-    else:
-        missing = [p for p in facts.parameters if p.requires_grad and p.grad is GradState.ABSENT]
-        verb = "received no gradient"
-    for mod, params in _cut_off_roots(facts, missing):
-        label = f"module '{mod.name}'" if mod.name else "the model"
-        cause = _cause(facts, mod)
-        findings.append(Finding(
-            "grad-none", "error", mod.name or "(model)",
-            f"{len(params)} parameter(s) of {label} require grad but {verb}: {cause}",
-            _cut_off_hint(cause, mod.name),
-        ))
-    for p in facts.parameters:
-        if p.requires_grad and p.grad is GradState.ZERO:
-            findings.append(Finding(
-                "grad-zero", "warning", p.name,
-                f"parameter '{p.name}' received a gradient that is exactly zero",
-                "a dead ReLU, a zero mask, or a loss that does not depend on it",
-            ))
-    return findings
 
 
 def _module_findings(facts: RunFacts) -> list[Finding]:
@@ -222,8 +112,18 @@ def _ancestors(module: str) -> list[str]:
     return [".".join(parts[:n]) for n in range(len(parts) + 1)]
 
 
+_BN_STATS = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+
+
+def is_norm_statistic(b: BufferFact, types: dict[str, str]) -> bool:
+    """A BatchNorm/InstanceNorm running statistic (by its owner's type and its name), not any buffer."""
+    kind = types.get(b.module, "")
+    return ("BatchNorm" in kind or "InstanceNorm" in kind) and b.name.rpartition(".")[2] in _BN_STATS
+
+
 def _frozen_drift_findings(facts: RunFacts) -> list[Finding]:
-    """One finding per outermost frozen module whose buffers (BatchNorm statistics) the forward changed."""
+    """One finding per outermost frozen module whose buffers the forward changed: BatchNorm statistics
+    (``frozen-bn-drift``) apart from other buffers (``frozen-buffer-drift``: spectral-norm vectors, ...)."""
     drifted = [b for b in facts.buffers if b.changed]
     if not drifted:
         return []
@@ -235,26 +135,60 @@ def _frozen_drift_findings(facts: RunFacts) -> list[Finding]:
             holds.add(prefix)
             if p.requires_grad:
                 trains.add(prefix)
-    known = {m.name for m in facts.modules}
-    groups: dict[str, list[str]] = {}
-    owners: dict[str, list[str]] = {}
+    types = {m.name: m.type for m in facts.modules}
+    groups: dict[tuple[bool, str], list[BufferFact]] = {}
     for b in drifted:
-        root = next((m for m in _ancestors(b.module) if m in known and m in holds and m not in trains), None)
-        if root is None:
-            continue
-        groups.setdefault(root, []).append(b.name)
-        if b.module not in owners.setdefault(root, []):
-            owners[root].append(b.module)
+        root = next((m for m in _ancestors(b.module) if m in types and m in holds and m not in trains), None)
+        if root is not None:
+            groups.setdefault((is_norm_statistic(b, types), root), []).append(b)
     findings = []
-    for root, buffers in groups.items():
+    for (statistic, root), buffers in groups.items():
         label = f"frozen module '{root}'" if root else "the frozen model"
-        mods = owners[root]
-        target = py_path(root)
+        mods = list(dict.fromkeys(b.module for b in buffers))
+        head = f"{len(buffers)} buffer(s) of {len(mods)} module(s) inside {label} changed in the forward"
+        if statistic:
+            findings.append(Finding(
+                "frozen-bn-drift", "warning", root or "(model)",
+                f"{head} ({shorten(mods, 3)}): running statistics drift although the parameters are frozen",
+                f"call {py_path(root)}.eval() after every model.train() (e.g. override train()), or use a frozen "
+                f"BatchNorm",
+            ))
+        else:
+            findings.append(Finding(
+                "frozen-buffer-drift", "warning", root or "(model)",
+                f"{head} ({shorten([b.name for b in buffers], 3)}): these are not BatchNorm statistics "
+                f"({', '.join(sorted({types.get(m, '?') for m in mods}))}); the forward updates them in train mode "
+                f"although the parameters are frozen, so the frozen module's output still changes from step to step",
+                f"if they must stay fixed while frozen, call {py_path(root)}.eval() after every model.train(); "
+                f"if updating them is intended, nothing to fix",
+            ))
+    return findings
+
+
+def _flag_findings(facts: RunFacts) -> list[Finding]:
+    """Flags the forward flipped: the facts show them as handed over, these findings say what forward did."""
+    findings = []
+    if facts.requires_grad_changed:
+        given = {p.name: p.requires_grad for p in facts.parameters}
+        names = facts.requires_grad_changed
+        states = sorted({given.get(n, True) for n in names})
+        was = " / ".join(f"requires_grad={s}" for s in states)
         findings.append(Finding(
-            "frozen-bn-drift", "warning", root or "(model)",
-            f"{len(buffers)} buffer(s) of {len(mods)} module(s) inside {label} changed in the forward "
-            f"({shorten(mods, 3)}): running statistics drift although the parameters are frozen",
-            f"call {target}.eval() after every model.train() (e.g. override train()), or use a frozen BatchNorm",
+            "flags-changed-in-forward", "warning", names[0],
+            f"forward flipped requires_grad on {len(names)} parameter(s) ({shorten(names)}): shown as handed over "
+            f"({was}); after forward they are the opposite, so an optimizer built before the first forward and "
+            f"the next forward disagree about what trains",
+            "set requires_grad once, before building the optimizer, not inside forward",
+        ))
+    if facts.training_changed:
+        modes = {m.name: m.training for m in facts.modules}
+        names = facts.training_changed
+        findings.append(Finding(
+            "flags-changed-in-forward", "warning", names[0] or "(model)",
+            f"forward switched the training mode of {len(names)} module(s) ({shorten(n or '(model)' for n in names)}) "
+            f"from {'train' if modes.get(names[0], True) else 'eval'} mode: shown in the mode the run set; "
+            f"model.train()/model.eval() outside does not decide their mode",
+            "do not call train()/eval() inside forward; override train() if a submodule must stay in eval mode",
         ))
     return findings
 

@@ -70,8 +70,11 @@ def _flags_as_given(model: nn.Module, run: RunFacts, flags: dict[int, bool]) -> 
     before = {names[0]: flags[pid] for pid, names in param_names(model).items() if pid in flags}
     after: dict[str, bool] = {}
     params = []
+    flipped = set(run.requires_grad_changed)  # the engine already reports these as handed over to forward
     for p in run.parameters:
         given = before.get(p.name, p.requires_grad)
+        if p.name in flipped:
+            after[p.name] = not p.requires_grad
         if given != p.requires_grad:
             after[p.name] = p.requires_grad
             p = dataclasses.replace(p, requires_grad=given)

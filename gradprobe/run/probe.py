@@ -27,7 +27,8 @@ from gradprobe.facts.run import (
 from gradprobe.load.target import ExampleInputs
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
 from gradprobe.run.state import ModelState, check_mode, clear_grads, grad_context, table_get
-from gradprobe.run.trackers.grads import grad_states
+from gradprobe.run.trackers.cuts import CutTracker
+from gradprobe.run.trackers.grads import grad_states, stored_bytes
 from gradprobe.run.trackers.graph import walk_graph
 from gradprobe.run.trackers.memory import LiveBytesTracker, storage_key
 from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message, meta_fidelity
@@ -225,6 +226,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     live = LiveBytesTracker(known=model_state_tensors + input_tensors) if options.memory else None
     saved = SavedTensorTracker(exclude=model_state_tensors, stack=recorder.stack, inputs=recorder.inputs) \
         if options.memory and options.grad_mode == "grad" else None
+    cuts = CutTracker(model, canonical, cuts=options.grad_mode == "grad")  # where forward cuts the graph
     # on meta, ops take the kernels (and give the outputs) a CPU run would: see gradprobe.run.trackers.meta
     kernels = meta_fidelity() if device.type == "meta" else contextlib.nullcontext()
     if device.type == "cuda":
@@ -233,7 +235,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     # ---- forward
     t0 = time.perf_counter()
     try:
-        with recorder, grad_context(options.grad_mode), kernels as fidelity:
+        with recorder, grad_context(options.grad_mode), kernels as fidelity, cuts:
             if live is not None:
                 live.__enter__()
             try:
@@ -318,7 +320,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
     for pid, param in params.items():
         grad, norm = next(states) if did_backward else (None, None)
         if param.grad is not None:
-            grad_bytes += param.grad.numel() * param.grad.element_size()
+            grad_bytes += stored_bytes(param.grad)
         owner = owner_of.get(pid, "")
         all_names = names[pid]
         param_facts.append(ParamFact(
@@ -379,6 +381,7 @@ def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target:
         nonfinite_outputs=nonfinite,
         modified_parameters=tuple(names[pid][0] for pid, p in params.items() if p._version != param_versions[pid]),
     )
+    facts = cuts.apply(facts)
     kept = [(p, t.detach().clone() if t.device.type != "meta" else t.detach()) for p, t in flat_out] \
         if options.keep_outputs else []
     return ProbeResult(facts, kept)

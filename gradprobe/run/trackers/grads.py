@@ -25,7 +25,30 @@ def _one(grad: torch.Tensor) -> GradInfo:
     if not bool(torch.any(grad != 0)):
         return GradState.ZERO, 0.0
     # linalg.vector_norm of a complex tensor is the real norm of |z|; .float() would drop the imaginary part
-    return GradState.NONZERO, float(torch.linalg.vector_norm(grad.detach(), dtype=_wide(grad.dtype)))
+    grad = grad.detach()
+    norm = float(torch.linalg.vector_norm(grad, dtype=_wide(grad.dtype)))
+    if norm == 0.0:  # squares underflowed (a bf16 gradient of 1e-30): scale by the largest magnitude first
+        with torch.no_grad():
+            top = grad.abs().amax().double()
+            norm = float(top * torch.linalg.vector_norm(grad.double() / top if not grad.is_complex()
+                                                        else grad.to(torch.complex128) / top))
+    return GradState.NONZERO, norm
+
+
+def stored_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor stores: a sparse gradient (``nn.Embedding(sparse=True)``) its indices and values only."""
+    if t.is_sparse:
+        return stored_bytes(t._indices()) + stored_bytes(t._values())
+    if t.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+        compressed = t.crow_indices() if t.layout in (torch.sparse_csr, torch.sparse_bsr) else t.ccol_indices()
+        plain = t.col_indices() if t.layout in (torch.sparse_csr, torch.sparse_bsr) else t.row_indices()
+        return stored_bytes(compressed) + stored_bytes(plain) + stored_bytes(t.values())
+    if t.is_nested:
+        try:
+            return stored_bytes(t.values())
+        except RuntimeError:  # a layout without values(): its whole buffer
+            return t.untyped_storage().nbytes()
+    return t.numel() * t.element_size()
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
