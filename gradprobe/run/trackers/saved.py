@@ -33,15 +33,43 @@ Input = tuple[int, int, Any]  # storage key, bytes, weak reference to the storag
 
 
 class _Saved:
-    """One saved storage: its size, the first call that saved it, and the calls enclosing every save."""
+    """One saved storage: its size, the first call that saved it, the calls enclosing every save, and how
+    many graph nodes still hold it (a storage the user keeps alive is not saved once its graph is gone)."""
 
-    __slots__ = ("first", "nbytes", "prefix", "ref")
+    __slots__ = ("first", "holders", "nbytes", "prefix", "ref")
 
     def __init__(self, nbytes: int, prefix: tuple[Call, ...], first: Call | None, ref: Any) -> None:
         self.nbytes = nbytes
         self.prefix = prefix
         self.first = first
         self.ref = ref
+        self.holders = 0
+
+
+class _Packed:
+    """What autograd keeps for one saved tensor.  It dies with the graph node holding it, and then tells the
+    record: a storage whose graph was dropped inside forward (behind an argmax) is no longer saved, even when
+    something else (the user's input) keeps the storage alive."""
+
+    __slots__ = ("key", "record", "records", "tensor", "version")
+
+    def __init__(self, tensor: torch.Tensor, version: int) -> None:
+        self.tensor = tensor
+        self.version = version
+        self.record: _Saved | None = None
+        self.key = 0
+        self.records: dict[int, _Saved] | None = None
+
+    def hold(self, key: int, record: _Saved, records: dict[int, _Saved]) -> None:
+        record.holders += 1
+        self.key, self.record, self.records = key, record, records
+
+    def __del__(self) -> None:
+        record, records = self.record, self.records
+        if record is not None and records is not None:
+            record.holders -= 1
+            if record.holders == 0 and records.get(self.key) is record:
+                del records[self.key]
 
 
 class SavedTensorTracker:
@@ -92,7 +120,7 @@ class SavedTensorTracker:
         """Storage key → saved storage, alive at the end of the forward (or now, while still active)."""
         return self._frozen if self._frozen is not None else dict(self._records)
 
-    def _pack(self, t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _pack(self, t: torch.Tensor) -> _Packed:
         try:
             storage = t.untyped_storage()
         except (RuntimeError, NotImplementedError, AttributeError):
@@ -110,7 +138,8 @@ class SavedTensorTracker:
                     def _freed(_: Any, key: int = key) -> None:
                         records.pop(key, None)
 
-                    self._records[key] = _Saved(storage.nbytes(), prefix, first, weakref.ref(storage, _freed))
+                    record = self._records[key] = _Saved(storage.nbytes(), prefix, first,
+                                                         weakref.ref(storage, _freed))
                 elif stack is not None and record.prefix:
                     prefix = record.prefix
                     n = min(len(prefix), len(stack))
@@ -121,11 +150,14 @@ class SavedTensorTracker:
                         record.prefix = prefix[:i]
         # detach(): returning ``t`` itself keeps a reference cycle through a saved output's grad_fn alive
         # when no backward follows; the detached view shares t's version counter, so the check below works.
-        return t.detach(), t._version
+        packed = _Packed(t.detach(), t._version)
+        if storage is not None and key not in self._exclude:
+            packed.hold(key, self._records[key], self._records)
+        return packed
 
     @staticmethod
-    def _unpack(packed: tuple[torch.Tensor, int]) -> Any:
-        tensor, version = packed
+    def _unpack(packed: _Packed) -> Any:
+        tensor, version = packed.tensor, packed.version
         if tensor._version != version:
             raise RuntimeError(
                 "one of the variables needed for gradient computation has been modified by an inplace "
