@@ -75,8 +75,8 @@ class CauseFinder:
     # ---- one parameter
     def of(self, p: ParamFact) -> Cause:
         if p.name in self.changed:
-            return Cause("flag-changed", "", "forward called requires_grad_(False) on it (it required grad when "
-                         "handed over), so autograd skips it",
+            return Cause("flag-changed", "", "forward called requires_grad_(False) on {it}: requires_grad was True "
+                         "when the model was handed over (as shown), and autograd skipped {it}",
                          "set requires_grad once, before building the optimizer, not inside forward")
         scripted = self._scripted(p.module)
         if scripted is not None and scripted.name in self.ran:
@@ -84,10 +84,10 @@ class CauseFinder:
                          f"{module_label(scripted.name)} is TorchScript code ({scripted.type}): gradprobe cannot see "
                          f"the calls and ops inside it, so the cause cannot be told",
                          "inspect the Python module (before torch.jit.script/trace) to see why the loss does not "
-                         "reach it")
+                         "reach {it}")
         if p.name in self.reached:
-            return Cause("backward-none", "", "the loss reaches it through autograd, but its gradient came back as "
-                         "None: a custom torch.autograd.Function's backward returned None for it, or a hook removed "
+            return Cause("backward-none", "", "the loss reaches {it} through autograd, but the gradient came back as "
+                         "None: a custom torch.autograd.Function's backward returned None for {it}, or a hook removed "
                          ".grad (e.g. an optimizer step in register_post_accumulate_grad_hook)",
                          "return a gradient for every input that requires grad from the Function's backward, or "
                          "pass the parameter outside the Function if it should not train")
@@ -102,15 +102,15 @@ class CauseFinder:
             if idle is not None:
                 return self._not_called(idle)
             return Cause("unused", p.module,
-                         f"{module_label(p.module)} ran, but its forward never reads this parameter",
+                         f"{module_label(p.module)} ran, but its forward never reads {{it}}",
                          "use it in forward or delete it; if it must stay, freeze it with {ref}.requires_grad_(False) "
                          f"({DDP})")
         if any(not c.complete for c in self.facts.graph_cuts):
             big = [c for c in self.facts.graph_cuts if not c.complete]
-            return Cause("cut-unsure", "", f"forward reads it, and the graph is probably cut at "
+            return Cause("cut-unsure", "", f"forward reads {{it}}, and the graph is probably cut at "
                          f"{_cut_places(big)} (the graph behind that cut was too large to walk to the end)",
                          "see the cut named above")
-        return Cause("unknown", "", "forward reads it, but the loss does not depend on it and gradprobe saw no cut "
+        return Cause("unknown", "", "forward reads {it}, but the loss does not depend on {it} and gradprobe saw no cut "
                      "of the graph: the cause cannot be told (an op gradprobe does not see, such as a C++ extension, "
                      "or a value read through .item()/.tolist() outside torch)",
                      "follow the parameter from its use in forward to the loss")
@@ -166,7 +166,7 @@ class CauseFinder:
             module, how, op = places[0]
             own = (module != "" and _inside(module, p.module)) or module == p.module
             return _one_cut(module, how, op, own)
-        text = "the graph from it is cut at " + _cut_places([GraphCut(m, 0, h, o, ()) for m, h, o in places])
+        text = "cut off from the loss by " + _cut_places([GraphCut(m, 0, h, o, ()) for m, h, o in places])
         return Cause("cut", "|".join(f"{m}:{h}:{o}" for m, h, o in places), text,
                      "remove the cuts between it and the loss if it should train; to freeze it, use "
                      "{ref}.requires_grad_(False) instead")
@@ -194,7 +194,7 @@ _DETACH_HINT = "to freeze it, use {ref}.requires_grad_(False); to train it, remo
 _HOW = {
     "no_grad": "an op under torch.no_grad()",
     "inference_mode": "an op under torch.inference_mode()",
-    "reentrant_checkpoint": "torch.utils.checkpoint(use_reentrant=True) whose inputs do not require grad",
+    "reentrant_checkpoint": "a reentrant torch.utils.checkpoint whose inputs do not require grad",
     "detach": ".detach()",
     "data": ".data",
 }
@@ -213,26 +213,26 @@ def _one_cut(module: str, how: str, op: str, own: bool) -> Cause:
     where = where_label(module)
     key = f"{module}:{how}:{op}"
     if how == "reentrant_checkpoint":
-        return Cause("cut", key, f"it runs inside a reentrant activation checkpoint (torch.utils.checkpoint with "
-                     f"use_reentrant=True, in {where}) none of whose inputs requires grad: the checkpoint runs the "
-                     f"block under no_grad and gives its parameters no gradient",
+        return Cause("reentrant", "", "used inside a reentrant activation checkpoint (torch.utils.checkpoint with "
+                     "use_reentrant=True) none of whose inputs requires grad: the checkpoint runs its function "
+                     "under no_grad and gives the parameters inside no gradient",
                      "pass use_reentrant=False to torch.utils.checkpoint (or make one of its tensor inputs require "
                      "grad)")
     if how in ("no_grad", "inference_mode"):
         ctx = "torch.no_grad()" if how == "no_grad" else "torch.inference_mode()"
         if own:
-            return Cause("cut-own", how, f"forward uses it under {ctx}: the output of its module has no grad_fn",
+            return Cause("cut-own", how, f"used under {ctx} in forward: the module output has no grad_fn",
                          _NO_GRAD_OWN if how == "no_grad" else _NO_GRAD_OWN.replace("no_grad", "inference_mode"))
         return Cause("cut", key, f"the graph is cut downstream, in {where}: {_how(how, op)} there gives an output "
                      f"with no grad_fn, so nothing upstream of it gets a gradient",
                      f"to train it, remove the {ctx} in {where} (to freeze {where}, call requires_grad_(False) on "
                      f"its parameters instead: gradients then still flow through it)")
     if how in ("detach", "data"):
-        text = f"{'it is used only through' if own else 'the graph from it is cut by'} {_how(how, op)} in {where}"
+        text = f"{'used only through' if own else 'cut off from the loss by'} {_how(how, op)} in {where}"
         return Cause("cut", key, text, f"to train it, remove the {_how(how, op)} in {where}; to freeze it, use "
                      "{ref}.requires_grad_(False) instead")
-    return Cause("cut", key, f"the graph from it reaches the loss only through {_how(how, op)} in {where}: no "
-                 f"gradient flows through it", f"if it should learn through '{op}', use a differentiable relaxation "
+    return Cause("cut", key, f"the path to the loss is cut by '{op}' in {where}, an op that has no gradient",
+                 f"if it should learn through '{op}', use a differentiable relaxation "
                  "(soft weights, a straight-through estimator); if it should not train, freeze it with "
                  "{ref}.requires_grad_(False)")
 

@@ -52,8 +52,9 @@ def _grad_none(facts: RunFacts, missing: list[ParamFact], verb: str) -> list[Fin
         single = what.startswith("parameter '")
         findings.append(Finding(
             "grad-none", "error", subject,
-            f"{what} {'requires' if single else 'require'} grad but {verb}: {cause.text}",
-            ref_hint(cause.hint, ref),
+            f"{what} {'requires' if single else 'require'} grad but {verb}: "
+            + cause.text.replace("{it}", "it" if single else "them"),
+            ref_hint(cause.hint, ref).replace("{it}", "it" if single else "them"),
         ))
     return findings
 

@@ -165,6 +165,10 @@ def _frozen_drift_findings(facts: RunFacts) -> list[Finding]:
     return findings
 
 
+def _mode(training: bool) -> str:
+    return "train" if training else "eval"
+
+
 def _flag_findings(facts: RunFacts) -> list[Finding]:
     """Flags the forward flipped: the facts show them as handed over, these findings say what forward did."""
     findings = []
@@ -186,7 +190,8 @@ def _flag_findings(facts: RunFacts) -> list[Finding]:
         findings.append(Finding(
             "flags-changed-in-forward", "warning", names[0] or "(model)",
             f"forward switched the training mode of {len(names)} module(s) ({shorten(n or '(model)' for n in names)}) "
-            f"from {'train' if modes.get(names[0], True) else 'eval'} mode: shown in the mode the run set; "
+            f"from {_mode(modes.get(names[0], True))} to {_mode(not modes.get(names[0], True))} mode: shown in the "
+            f"mode the run set; "
             f"model.train()/model.eval() outside does not decide their mode",
             "do not call train()/eval() inside forward; override train() if a submodule must stay in eval mode",
         ))
