@@ -70,7 +70,7 @@ def _named(facts: RunFacts, params: list[ParamFact], cause: Cause) -> tuple[str,
     """(subject, the words naming the parameters, the Python path for the hint or None for several modules)."""
     roots, loose = cut_off_roots(facts, params)
     n = len(params)
-    if n == 1:
+    if n == 1 and (loose or roots == [""]):
         p = params[0]
         return p.name, f"parameter '{p.name}'", py_path(p.name)
     if len(roots) == 1 and not loose:
