@@ -41,6 +41,8 @@ def test_strict_json_names_the_downstream_cut(run_cli: Callable[..., CliResult])
     findings = {f["subject"]: f for f in doc["findings"] if f["code"] == "grad-none"}
     assert set(findings) == {"encoder", "mid"}
     assert "downstream, in 'mid'" in findings["encoder"]["message"]
+    (cut,) = [c for c in doc["graph_cuts"] if c["module"] == "mid"]
+    assert cut["how"] == "no_grad" and set(cut["parameters"]) == missing
 
 
 def test_strict_passes_an_expected_lora_zero_gradient(run_cli: Callable[..., CliResult]) -> None:

@@ -145,5 +145,12 @@ def inspect_json(report: InspectReport) -> dict[str, Any]:
         "skipped": list(f.skipped),
         "nonfinite_outputs": list(f.nonfinite_outputs),
         "modified_parameters": list(f.modified_parameters),
+        "graph_cuts": [
+            {"module": c.module, "call": c.call, "how": c.how, "op": c.op, "parameters": list(c.parameters),
+             "complete": c.complete}
+            for c in f.graph_cuts
+        ],
+        "requires_grad_changed": list(f.requires_grad_changed),
+        "training_changed": list(f.training_changed),
         "weights": {"missing_keys": list(f.missing_keys), "unexpected_keys": list(f.unexpected_keys)},
     }

@@ -116,8 +116,10 @@ class CutTracker:
         self._names = dict(names)  # id(param) -> canonical name
         self._params = {id(p): p for p in model.parameters()}
         self._modules: dict[int, str] = {}
+        self._named: list[tuple[str, nn.Module]] = []  # named_modules() order, each module once
         for name, mod in model.named_modules(remove_duplicate=False):
-            self._modules.setdefault(id(mod), name)
+            if self._modules.setdefault(id(mod), name) == name:
+                self._named.append((name, mod))
         self._model = model
         self._watch = cuts
         self._stack: list[tuple[str, int]] = []
@@ -135,7 +137,7 @@ class CutTracker:
     # ---- context
     def __enter__(self) -> CutTracker:
         self._flags_before = {pid: p.requires_grad for pid, p in self._params.items()}
-        self._training_before = {name: mod.training for name, mod in self._model.named_modules()}
+        self._training_before = {name: mod.training for name, mod in self._named}
         if self._watch:
             self._handles = [register_module_forward_pre_hook(self._pre), register_module_forward_hook(self._post)]
             self._mode = _Mode(self)
@@ -153,7 +155,7 @@ class CutTracker:
             self._handles = []
             self._stack.clear()
             self._flags_after = {pid: p.requires_grad for pid, p in self._params.items()}
-            self._training_after = {name: mod.training for name, mod in self._model.named_modules()}
+            self._training_after = {name: mod.training for name, mod in self._named}
 
     def _pre(self, module: nn.Module, args: Any) -> None:
         name = self._modules.get(id(module))
@@ -178,23 +180,25 @@ class CutTracker:
         names = self._names
         needs = []
         for t in tensors:
-            name = names.get(id(t))
-            if name is not None:
-                self._read.add(name)
+            if id(t) in names:
+                self._read.add(names[id(t)])
             if t.requires_grad:
                 needs.append(t)
         if not needs:
             return
-        op = _op_name(func)
         if isinstance(out, torch.Tensor):
             if out.requires_grad:
                 return
+            op = _op_name(func)
         elif type(out) in (list, tuple):
             outs = [o for o in out if isinstance(o, torch.Tensor)]
             if not outs or any(o.requires_grad for o in outs):
                 return
-        elif op not in _VALUE_OPS:
-            return  # .size(), .dim(), __bool__: no value flows on
+            op = _op_name(func)
+        else:
+            op = _op_name(func)
+            if op not in _VALUE_OPS:
+                return  # .size(), .dim(), __bool__: no value flows on
         how = self._how(op, func)
         if how is not None:
             self._record(how, op, needs)
