@@ -9,8 +9,9 @@ from collections.abc import Mapping
 
 from gradprobe.facts.freeze import FreezeIssue
 from gradprobe.facts.run import BufferFact, ParamFact, RunFacts
-from gradprobe.judges.freeze.text import ancestors, in_subtree, issue, label, py_path
+from gradprobe.judges.freeze.text import ancestors, in_subtree, issue, label
 from gradprobe.judges.freeze_spec import Classification, FreezeSpec, pattern_matches
+from gradprobe.units import py_path
 
 _REWRITE = "review it and rewrite the baseline with --write-baseline"
 _BN_STATS = ("running_mean", "running_var", "num_batches_tracked")

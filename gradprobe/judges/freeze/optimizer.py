@@ -54,7 +54,7 @@ def mechanisms(opt: OptimizerFacts, o: OptimizerParam) -> tuple[str, ...]:
     group = o.groups[0]
     held = set(o.state_before.nonzero) | set(o.state_after.nonzero)
     out = []
-    if o.stale_grad is GradState.NONZERO and o.moved_step == 1:
+    if o.stale_grad == GradState.NONZERO and o.moved_step == 1:
         out.append("stale-grad")
     if "momentum_buffer" in held and _number(opt, group, "momentum"):
         out.append("momentum")

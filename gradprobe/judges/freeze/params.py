@@ -8,8 +8,9 @@ from __future__ import annotations
 from gradprobe.facts.freeze import FreezeIssue
 from gradprobe.facts.run import GradState, ParamFact
 from gradprobe.judges.freeze.causes import Causes
-from gradprobe.judges.freeze.text import DDP_NOTE, issue, label, py_path
+from gradprobe.judges.freeze.text import DDP_NOTE, issue, label
 from gradprobe.judges.freeze_spec import Classification
+from gradprobe.units import py_path
 
 Verdicts = list[tuple[FreezeIssue, bool]]
 _FORWARD_FIX = "set the flag once, before building the optimizer, not inside forward"
