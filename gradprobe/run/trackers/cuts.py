@@ -18,7 +18,8 @@ The upstream walk visits each node of the graph behind a cut's inputs once per c
 ``gradprobe.run.trackers.release``); a cut whose walk hit the budget says so (``complete=False``).
 Code TorchScript runs is invisible here, as it is to module hooks.
 
-Measured cost (torch 2.13 CPU): about 2 µs per torch call on top of the call itself.
+Measured cost (torch 2.13 CPU, a shared 2-core machine): 5-7 µs per torch call on top of the call itself;
+a GPT-2-small forward makes about 290 torch calls, so the cost stays in the run-to-run noise of a probe.
 """
 
 from __future__ import annotations
