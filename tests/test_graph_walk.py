@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gradprobe.facts.run import GraphFact, GraphTree
+from gradprobe.facts.run import GraphFact
+from gradprobe.render.graph.tree import GraphTree, display_tree
 from gradprobe.run.trackers.graph import walk_graph
 from gradprobe.run.trackers.release import release_on_big_stack
 
@@ -54,7 +55,7 @@ def test_sum_of_product_with_a_leaf() -> None:
     assert fact.nodes == 3
     assert fact.depth == 3
     assert fact.reached_params == frozenset({"w"})
-    assert fact.tree == GraphTree("SumBackward0", children=(GraphTree("MulBackward0", children=(acc("w"),)),))
+    assert display_tree(fact) == GraphTree("SumBackward0", children=(GraphTree("MulBackward0", children=(acc("w"),)),))
     assert gc.isenabled()  # switched off only while discovering
 
 
@@ -63,7 +64,7 @@ def test_lone_root_has_depth_one() -> None:
     fact = walk_graph([x.view(3).grad_fn], {})
     # ViewBackward0 -> AccumulateGrad(leaf): the lone root is only the view; its leaf makes 2.
     assert (fact.nodes, fact.depth) == (2, 2)
-    assert fact.tree == GraphTree("ViewBackward0", children=(acc("leaf"),))
+    assert display_tree(fact) == GraphTree("ViewBackward0", children=(acc("leaf"),))
     assert fact.reached_params == frozenset()  # a leaf that is not a named parameter
 
 
@@ -72,7 +73,8 @@ def test_mlp_linear_relu_linear() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     names = {id(p): n for n, p in model.named_parameters()}
     loss = model(torch.randn(5, 4)).sum()
-    fact = walk_graph([loss.grad_fn], names, tree_depth=20)
+    fact = walk_graph([loss.grad_fn], names)
+    tree = display_tree(fact, 20)
     # By hand: SumBackward0, AddmmBackward0 (layer 2), AccumulateGrad(2.bias), ReluBackward0,
     # TBackward0 + AccumulateGrad(2.weight), AddmmBackward0 (layer 0), AccumulateGrad(0.bias),
     # TBackward0 + AccumulateGrad(0.weight): 10 nodes (the input needs no grad: a None edge).
@@ -82,7 +84,7 @@ def test_mlp_linear_relu_linear() -> None:
     assert fact.reached_params == frozenset({"0.weight", "0.bias", "2.weight", "2.bias"})
     layer0 = GraphTree("AddmmBackward0", children=(
         acc("0.bias"), GraphTree("TBackward0", children=(acc("0.weight"),))))
-    assert fact.tree == GraphTree("SumBackward0", children=(GraphTree("AddmmBackward0", children=(
+    assert tree == GraphTree("SumBackward0", children=(GraphTree("AddmmBackward0", children=(
         acc("2.bias"),
         GraphTree("ReluBackward0", children=(layer0,)),
         GraphTree("TBackward0", children=(acc("2.weight"),)),
@@ -97,13 +99,14 @@ def test_tied_weight_is_one_node_reached_twice() -> None:
     names = {id(p): n for n, p in model.named_parameters()}  # one distinct parameter: "0.weight"
     assert list(names.values()) == ["0.weight"]
     loss = model(torch.tensor([1, 2, 3])).sum()
-    fact = walk_graph([loss.grad_fn], names, tree_depth=20)
+    fact = walk_graph([loss.grad_fn], names)
+    tree = display_tree(fact, 20)
     # Sum -> MmBackward0 -> {EmbeddingBackward0 -> Acc(0.weight), TBackward0 -> Acc(0.weight)}:
     # Sum, Mm, Embedding, T and ONE AccumulateGrad = 5 nodes; depth Sum-Mm-T-Acc = 4.
     assert fact.nodes == 5
     assert fact.depth == 4
     assert fact.reached_params == frozenset({"0.weight"})
-    (mm,) = fact.tree.children
+    (mm,) = tree.children
     first, second = mm.children
     assert first.children == (acc("0.weight"),)
     assert second.children == (GraphTree("AccumulateGrad (0.weight)", shared=True),)
@@ -127,7 +130,7 @@ def test_same_tensor_twice_is_one_child_node_shown_twice() -> None:
     w = leaf()
     fact = walk_graph([(w * w).sum().grad_fn], {id(w): "w"})
     assert (fact.nodes, fact.depth) == (3, 3)  # Sum, Mul, one AccumulateGrad
-    assert fact.tree == GraphTree("SumBackward0", children=(GraphTree("MulBackward0", children=(
+    assert display_tree(fact) == GraphTree("SumBackward0", children=(GraphTree("MulBackward0", children=(
         acc("w"), GraphTree("AccumulateGrad (w)", shared=True))),))
 
 
@@ -139,7 +142,7 @@ def test_shared_subgraph_is_expanded_once() -> None:
     # Sum, Add, Sin, Cos, Mul (shared by Sin and Cos), Acc(w) = 6 nodes; depth Sum-Add-Sin-Mul-Acc = 5.
     assert (fact.nodes, fact.depth) == (6, 5)
     mul = GraphTree("MulBackward0", children=(acc("w"),))
-    assert fact.tree == GraphTree("SumBackward0", children=(GraphTree("AddBackward0", children=(
+    assert display_tree(fact) == GraphTree("SumBackward0", children=(GraphTree("AddBackward0", children=(
         GraphTree("SinBackward0", children=(mul,)),
         GraphTree("CosBackward0", children=(GraphTree("MulBackward0", shared=True),)),
     )),))
@@ -160,7 +163,7 @@ def test_custom_function_node_is_named_after_its_class() -> None:
     w = leaf()
     fact = walk_graph([Square.apply(w).sum().grad_fn], {id(w): "w"})
     square = GraphTree("SquareBackward", children=(acc("w"),))
-    assert fact.tree == GraphTree("SumBackward0", children=(square,))
+    assert display_tree(fact) == GraphTree("SumBackward0", children=(square,))
 
 
 # --- display limits ---------------------------------------------------------------------------
@@ -171,15 +174,16 @@ def test_depth_limit_counts_cut_children() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     names = {id(p): n for n, p in model.named_parameters()}
     loss = model(torch.randn(5, 4)).sum()
-    fact = walk_graph([loss.grad_fn], names, tree_depth=3)
+    fact = walk_graph([loss.grad_fn], names)
+    tree = display_tree(fact, 3)
     # Level 3 shows Addmm's three children; Relu and T each have one child that is cut.
-    assert fact.tree == GraphTree("SumBackward0", children=(GraphTree("AddmmBackward0", children=(
+    assert tree == GraphTree("SumBackward0", children=(GraphTree("AddmmBackward0", children=(
         acc("2.bias"),
         GraphTree("ReluBackward0", truncated=1),
         GraphTree("TBackward0", truncated=1),
     )),))
     assert fact.nodes == 10  # the limit is for display only
-    only_root = walk_graph([loss.grad_fn], names, tree_depth=1).tree
+    only_root = display_tree(fact, 1)
     assert only_root == GraphTree("SumBackward0", truncated=1)
 
 
@@ -187,23 +191,24 @@ def test_max_children_drops_and_counts_the_rest() -> None:
     leaves = [torch.randn(2, requires_grad=True) for _ in range(10)]
     names = {id(t): f"p{i}" for i, t in enumerate(leaves)}
     loss = torch.stack(leaves).sum()
-    fact = walk_graph([loss.grad_fn], names, max_children=6)
+    fact = walk_graph([loss.grad_fn], names)
+    tree = display_tree(fact, max_children=6)
     assert fact.nodes == 12  # Sum, Stack, 10 AccumulateGrad
-    (stack,) = fact.tree.children
+    (stack,) = tree.children
     assert stack.label == "StackBackward0"
     assert stack.children == tuple(acc(f"p{i}") for i in range(6))
     assert stack.truncated == 4
     assert fact.reached_params == frozenset(names.values())  # not limited by the display
-    cut = walk_graph([loss.grad_fn], names, tree_depth=2, max_children=6).tree.children[0]
+    cut = display_tree(fact, 2, max_children=6).children[0]
     assert cut == GraphTree("StackBackward0", truncated=10)
-    assert walk_graph([loss.grad_fn], names, max_children=0).tree == GraphTree("SumBackward0", truncated=1)
+    assert display_tree(fact, max_children=0) == GraphTree("SumBackward0", truncated=1)
 
 
 def test_bad_limits_are_rejected() -> None:
     with pytest.raises(ValueError):
-        walk_graph([], {}, tree_depth=0)
+        display_tree(GraphFact(nodes=0, depth=0), -1)
     with pytest.raises(ValueError):
-        walk_graph([], {}, max_children=-1)
+        display_tree(GraphFact(nodes=0, depth=0), max_children=-1)
 
 
 # --- repeated chains --------------------------------------------------------------------------
@@ -221,7 +226,7 @@ def test_period_two_chain_collapses_to_one_line() -> None:
     release_on_big_stack(held)  # 40,000 walked levels would take ~8 MB of the main thread's stack
     assert fact.nodes == 40_002  # Sum, 20,000 x (Mul, Add), Acc(w)
     assert fact.depth == 40_002
-    assert fact.tree == GraphTree("SumBackward0", children=(
+    assert display_tree(fact) == GraphTree("SumBackward0", children=(
         GraphTree("MulBackward0 → AddBackward0", repeat=20_000, children=(acc("w"),)),))
 
 
@@ -235,7 +240,7 @@ def test_chain_remainder_continues_below_the_collapsed_line() -> None:
     fact = walk_graph([x.sum().grad_fn], {id(w): "w"})
     # From the top: Add, then Mul/Add alternating (11 nodes), Exp, Acc. Period 2 starting at the
     # first Add: "Add → Mul" x5, then the last Add, Exp and Acc follow one per level.
-    assert fact.tree == GraphTree("SumBackward0", children=(
+    assert display_tree(fact) == GraphTree("SumBackward0", children=(
         GraphTree("AddBackward0 → MulBackward0", repeat=5, children=(
             GraphTree("AddBackward0", children=(GraphTree("ExpBackward0", children=(acc("w"),)),)),)),))
 
@@ -249,7 +254,7 @@ def test_period_three_and_smallest_period_wins() -> None:
         x = x.exp()
     fact = walk_graph([x.sum().grad_fn], {id(w): "w"})
     # Six Exp read as period 1 x6 (not period 2 x3); below them Neg, Cos, Sin repeat 4 times.
-    assert fact.tree == GraphTree("SumBackward0", children=(
+    assert display_tree(fact) == GraphTree("SumBackward0", children=(
         GraphTree("ExpBackward0", repeat=6, children=(
             GraphTree("NegBackward0 → CosBackward0 → SinBackward0", repeat=4, children=(acc("w"),)),)),))
 
@@ -262,7 +267,7 @@ def test_two_repeats_are_not_collapsed() -> None:
         x = x * 2.0
     fact = walk_graph([x.sum().grad_fn], {id(w): "w"})
     labels = []
-    node: GraphTree | None = fact.tree
+    node: GraphTree | None = display_tree(fact)
     while node is not None:
         assert node.repeat == 1
         labels.append(node.label)
@@ -276,9 +281,10 @@ def test_collapsed_chain_counts_as_one_level() -> None:
     x = w
     for _ in range(10):
         x = x.exp()
-    fact = walk_graph([x.sum().grad_fn], {id(w): "w"}, tree_depth=2)
+    fact = walk_graph([x.sum().grad_fn], {id(w): "w"})
+    tree = display_tree(fact, 2)
     chain = GraphTree("ExpBackward0", repeat=10, truncated=1)  # Acc(w) is cut by the depth limit
-    assert fact.tree == GraphTree("SumBackward0", children=(chain,))
+    assert tree == GraphTree("SumBackward0", children=(chain,))
 
 
 # --- several roots ----------------------------------------------------------------------------
@@ -293,14 +299,14 @@ def test_several_roots_get_a_synthetic_root() -> None:
     # first: Sum, Mul, Acc(w); second: Sum, Add, Acc(v) and the same Acc(w) = 6 distinct nodes.
     assert (fact.nodes, fact.depth) == (6, 3)
     assert fact.reached_params == frozenset({"w", "v"})
-    assert fact.tree == GraphTree("(roots)", children=(
+    assert display_tree(fact) == GraphTree("(roots)", children=(
         GraphTree("SumBackward0", children=(GraphTree("MulBackward0", children=(acc("w"),)),)),
         GraphTree("SumBackward0", children=(GraphTree("AddBackward0", children=(
             GraphTree("AccumulateGrad (w)", shared=True), acc("v"))),)),
     ))
     twice = walk_graph([first.grad_fn, first.grad_fn], names)
     assert twice.nodes == 3
-    assert twice.tree.children[1] == GraphTree("SumBackward0", shared=True)
+    assert display_tree(twice).children[1] == GraphTree("SumBackward0", shared=True)
 
 
 def test_no_roots() -> None:
@@ -379,14 +385,12 @@ def test_random_dags_match_reference(program: Program) -> None:
     reached = frozenset().union(*(deps[i] for i in root_ids if i >= len(flags)))
     assert fact.reached_params == frozenset(f"leaf{i}" for i in reached if i % 2 == 0)
     if nodes == 0:
-        assert fact.tree is None
+        assert display_tree(fact) is None
         return
     # With limits out of the way, every node appears exactly once unshared (chains count in full).
-    full = walk_graph(roots, names, tree_depth=10_000, max_children=100)
-    assert covered(full.tree) == nodes
+    assert covered(display_tree(fact, 10_000, max_children=100)) == nodes
     # With limits, the tree respects them.
-    small = walk_graph(roots, names, tree_depth=3, max_children=1)
-    stack = [(small.tree, 1)]
+    stack = [(display_tree(fact, 3, max_children=1), 1)]
     while stack:
         entry, level = stack.pop()
         assert level <= 3 and len(entry.children) <= 1
@@ -639,7 +643,7 @@ def test_million_node_chain() -> None:
     loss = x.sum()
     fact = walk_graph([loss.grad_fn], {id(w): "w"})  # its time is measured in benchmarks/run.py
     assert (fact.nodes, fact.depth) == (1_000_002, 1_000_002)
-    assert fact.tree == GraphTree("SumBackward0", children=(
+    assert display_tree(fact) == GraphTree("SumBackward0", children=(
         GraphTree("ViewBackward0", repeat=1_000_000, children=(acc("w"),)),))
     held = [loss, x]
     del loss, x

@@ -11,6 +11,7 @@ from torch import nn
 
 from gradprobe.api import probe
 from gradprobe.errors import RunError
+from gradprobe.render.graph.tree import display_tree
 
 # structure → expected (path, plain-PyTorch tensor picker) in output order
 STRUCTURES = {
@@ -180,7 +181,7 @@ def test_graph_nodes_and_depth_match_an_independent_walk(factory) -> None:
 
 def test_graph_tree_labels_parameters_and_respects_depth() -> None:
     model = mi.MLP()
-    tree = probe(model, depth=8).facts.graph.tree
+    tree = display_tree(probe(model, depth=8).facts.graph)
     labels = []
     stack = [tree]
     while stack:
@@ -190,9 +191,9 @@ def test_graph_tree_labels_parameters_and_respects_depth() -> None:
     assert {label for label in labels if label.startswith("AccumulateGrad")} == {
         f"AccumulateGrad ({n})" for n, _ in model.named_parameters()}
     assert tree.label == "SumBackward0"
-    shallow = probe(model, depth=1).facts.graph.tree
+    shallow = display_tree(probe(model, depth=1).facts.graph)
     assert shallow.children == () and shallow.truncated == 1
-    assert probe(model, depth=0).facts.graph.tree is None
+    assert display_tree(probe(model, depth=0).facts.graph) is None
 
 
 def test_empty_model_has_nothing_to_backward() -> None:

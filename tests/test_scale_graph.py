@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -69,7 +70,7 @@ def test_walk_memory_is_linear_and_small() -> None:
 def _tree_text(loss: torch.Tensor, names: dict[int, str]) -> str:
     from gradprobe.facts.run import RunFacts
 
-    fact = walk_graph([loss.grad_fn], names, tree_depth=12)
+    fact = dataclasses.replace(walk_graph([loss.grad_fn], names), display_depth=12)
     held = [loss]
     del loss
     release_on_big_stack(held)  # the caller's tensors still hold the graph; this drops only our reference

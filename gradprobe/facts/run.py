@@ -8,6 +8,7 @@ and can be unit-tested with hand-made values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -103,25 +104,90 @@ class ModuleFact:
     output_grad_fn: bool | None = None  # any output tensor of any call had a grad_fn; None: no tensor output seen
 
 
-@dataclass(frozen=True)
-class GraphTree:
-    """Depth-limited, collapsed view of the grad_fn graph for display."""
-
-    label: str  # node name, "AccumulateGrad (encoder.weight)", ...
-    repeat: int = 1  # >1: a chain of ``repeat`` periods of ``label`` collapsed into one line
-    shared: bool = False  # already shown elsewhere in the tree; children omitted
-    truncated: int = 0  # children not shown because of the depth limit
-    children: tuple[GraphTree, ...] = ()
+def _u32(data: bytes) -> memoryview:
+    return memoryview(data).cast("I")
 
 
 @dataclass(frozen=True)
 class GraphFact:
-    """The autograd graph reachable from the loss."""
+    """The autograd graph reachable from the loss: its nodes and edges, compactly.
+
+    Node ``i`` (numbered in breadth-first discovery order from the roots) is an autograd node named
+    ``kinds[kind_of[i]]``; its children (``next_functions`` order, ``None`` edges left out) are
+    ``edges[edge_starts[i]:edge_starts[i + 1]]``.  Per-node columns are packed unsigned 32-bit
+    integers (``bytes``, read through :meth:`column`): a million-node graph costs ~16 MB, not a Python
+    object per node.  ``params`` names the parameter under each AccumulateGrad node (``None``: a leaf
+    that is no parameter); ``call_of`` (signed, -1 for none; empty when unknown) indexes ``calls``, the
+    module call that was innermost when the node was made; ``saved_nodes``/``saved_bytes`` give the bytes
+    of the storages each node was the first to save for backward (parameters and buffers excluded).
+    ``display_depth`` is how many levels of the graph a display should show (``--depth``; 0: counts only).
+    """
 
     nodes: int
     depth: int
     reached_params: frozenset[str] = frozenset()  # canonical names under AccumulateGrad nodes
-    tree: GraphTree | None = None
+    kinds: tuple[str, ...] = ()
+    kind_of: bytes = b""
+    edge_starts: bytes = b""
+    edges: bytes = b""
+    roots: tuple[int, ...] = ()  # root node indices as given (a root given twice appears twice)
+    params: tuple[tuple[int, str | None], ...] = ()
+    calls: tuple[tuple[str, int], ...] = ()
+    call_of: bytes = b""
+    saved_nodes: bytes = b""  # uint32 node indices
+    saved_bytes: bytes = b""  # int64 bytes, parallel to saved_nodes
+    display_depth: int = 8
+
+    def column(self, name: str) -> memoryview:
+        """A per-node or per-edge column as integers: "kind_of", "edge_starts", "edges", "saved_nodes"
+        (unsigned), "call_of" (signed), "saved_bytes" (64-bit)."""
+        data = getattr(self, name)
+        if name == "call_of":
+            return memoryview(data).cast("i")
+        if name == "saved_bytes":
+            return memoryview(data).cast("q")
+        return _u32(data)
+
+    def children(self, i: int) -> Sequence[int]:
+        starts = _u32(self.edge_starts)
+        return _u32(self.edges)[starts[i]:starts[i + 1]]
+
+    def kind(self, i: int) -> str:
+        return self.kinds[_u32(self.kind_of)[i]]
+
+    def call(self, i: int) -> tuple[str, int] | None:
+        """The module call node ``i`` was made in (None: outside the model's calls, or not known)."""
+        if not self.call_of:
+            return None
+        index = memoryview(self.call_of).cast("i")[i]
+        return self.calls[index] if index >= 0 else None
+
+    def saved_by_node(self) -> dict[int, int]:
+        """Node index -> bytes it was the first to save, for nodes that saved any."""
+        return dict(zip(_u32(self.saved_nodes), memoryview(self.saved_bytes).cast("q"), strict=True))
+
+
+@dataclass(frozen=True)
+class ParamChange:
+    """A parameter the run changed (and gradprobe undid afterwards)."""
+
+    name: str
+    phase: str  # "forward" | "backward": when it happened
+    how: str  # "written" (in place, out= or via .data), "replaced" (another Parameter under the name),
+    #           "registered" (a name the model did not have), "removed" (a name forward deleted)
+
+
+@dataclass(frozen=True)
+class LeafFact:
+    """A tensor attribute with ``requires_grad=True`` that is no Parameter: backward gives it a gradient,
+    but only an optimizer handed it by hand trains it (``model.parameters()`` does not list it)."""
+
+    name: str  # "module.attr"
+    module: str
+    shape: Shape
+    dtype: str
+    grad: GradState | None  # as ParamFact.grad
+    grad_norm: float | None
 
 
 @dataclass(frozen=True)
@@ -211,7 +277,10 @@ class RunFacts:
     missing_keys: tuple[str, ...] = ()
     unexpected_keys: tuple[str, ...] = ()
     nonfinite_outputs: tuple[str, ...] = ()  # output paths holding NaN/Inf
-    modified_parameters: tuple[str, ...] = ()  # parameters the forward wrote into in place (not restorable)
+    modified_parameters: tuple[str, ...] = ()  # parameters the forward wrote into (undone after the run)
+    modified_in_backward: tuple[str, ...] = ()  # parameters written during backward (an optimizer step in a hook)
+    param_changes: tuple[ParamChange, ...] = ()  # every change above, plus registrations forward changed
+    leaves: tuple[LeafFact, ...] = ()  # requires_grad tensor attributes that are not Parameters
     # gradprobe.run.trackers.cuts (None/empty where it did not run: grad modes other than grad)
     graph_cuts: tuple[GraphCut, ...] = ()
     parameters_read: frozenset[str] | None = None  # parameters some op of forward read (None: not tracked)

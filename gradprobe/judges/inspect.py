@@ -23,6 +23,7 @@ CODES = {
     "global-grad-disabled": "the global grad mode was found disabled",
     "nonfinite-output": "an output holds NaN or Inf",
     "param-modified-in-forward": "the forward wrote into a parameter in place",
+    "param-modified-in-backward": "a parameter was written during backward (an optimizer step in a hook)",
     "no-backward": "no backward pass was possible",
     "no-trainable-params": "no parameter requires grad: nothing will train",
     "weights-missing-keys": "the weights file lacks some of the model's keys",
@@ -58,9 +59,18 @@ def judge_run(facts: RunFacts) -> list[Finding]:
         findings.append(Finding(
             "param-modified-in-forward", "warning", facts.modified_parameters[0],
             f"the forward wrote into {len(facts.modified_parameters)} parameter(s) in place "
-            f"({shorten(facts.modified_parameters)}): every call changes the model, and gradprobe cannot undo it "
-            f"(it does not copy parameters, to stay cheap)",
+            f"({shorten(facts.modified_parameters)}): every plain call changes the model (gradprobe put the "
+            f"values back after its own run)",
             "update such state under torch.no_grad() in a training step or in a buffer, not in forward",
+        ))
+    if facts.modified_in_backward:
+        findings.append(Finding(
+            "param-modified-in-backward", "info", facts.modified_in_backward[0],
+            f"backward wrote into {len(facts.modified_in_backward)} parameter(s) "
+            f"({shorten(facts.modified_in_backward)}): a gradient hook updates them during backward (an optimizer "
+            f"step in a register_post_accumulate_grad_hook); gradprobe put the values back after its run, and "
+            f"their .grad is as the hook left it",
+            "expected with the optimizer-step-in-backward recipe; otherwise look for hooks that write parameters",
         ))
     if facts.missing_keys:
         findings.append(Finding(

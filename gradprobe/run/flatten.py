@@ -1,22 +1,27 @@
 """Find every tensor inside a model's output, with a readable path per tensor.
 
-Outputs come as tensors, tuples, lists, dicts, namedtuples, dataclasses or
-Hugging Face ``ModelOutput`` objects (which hold cache objects too); the path
-(``output.logits``, ``output[1]``, ``output['x']``) is what the report shows.
+Outputs come as tensors, tuples, lists, dicts, namedtuples, dataclasses, Hugging Face ``ModelOutput``
+objects (which hold cache objects too) or ``torch.distributions`` objects (their parameters: a
+``Normal``'s ``loc`` and ``scale``, a ``Categorical``'s ``logits`` or ``probs``, whichever it holds).
+The path (``output.logits``, ``output[1]``, ``output['x']``) is what the report shows.  Other objects
+are leaves, unless ``objects=True`` asks for their public attributes too (the engine's fallback when
+nothing else holds a tensor).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 MAX_DEPTH = 32
 
 
-def _children(value: Any) -> list[tuple[str, Any]] | None:
+def _children(value: Any, objects: bool = False) -> list[tuple[str, Any]] | None:
     """Path suffixes and children of a container, or None for a leaf."""
     if isinstance(value, torch.Tensor):
         return None
@@ -35,7 +40,28 @@ def _children(value: Any) -> list[tuple[str, Any]] | None:
         return items
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [(f".{f.name}", getattr(value, f.name, None)) for f in dataclasses.fields(value)]
+    if isinstance(value, torch.distributions.Distribution):
+        return _distribution_parameters(value)
+    if objects and _plain_object(value):
+        return [(f".{k}", v) for k, v in vars(value).items() if not k.startswith("_") and not isinstance(v, nn.Module)]
     return None
+
+
+def _distribution_parameters(dist: torch.distributions.Distribution) -> list[tuple[str, Any]]:
+    """The parameters a distribution holds (never computing one it does not: ``probs`` from ``logits``
+    is a lazy property that would add graph nodes), else the distributions it wraps."""
+    held = vars(dist)
+    names = [name for name in type(dist).arg_constraints if name in held]
+    if names:
+        return [(f".{name}", held[name]) for name in names]
+    return [(f".{k.lstrip('_')}", v) for k, v in held.items()
+            if isinstance(v, (torch.Tensor, torch.distributions.Distribution))]
+
+
+def _plain_object(value: Any) -> bool:
+    """An instance of a user class with attributes (not a module, class, function or nn.Module)."""
+    return hasattr(value, "__dict__") and not isinstance(
+        value, (type, types.ModuleType, types.FunctionType, types.MethodType, nn.Module))
 
 
 def _is_model_output(value: Any) -> bool:
@@ -43,8 +69,11 @@ def _is_model_output(value: Any) -> bool:
     return any(cls.__name__ == "ModelOutput" for cls in type(value).__mro__)
 
 
-def flatten_tensors(value: Any, root: str = "output") -> list[tuple[str, torch.Tensor]]:
-    """Every tensor in ``value`` in order, with its path; iterative and cycle-safe."""
+def flatten_tensors(value: Any, root: str = "output", *, objects: bool = False) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor in ``value`` in order, with its path; iterative and cycle-safe.
+
+    ``objects``: look inside the public attributes of plain objects too (see :func:`_children`).
+    """
     found: list[tuple[str, torch.Tensor]] = []
     seen: set[int] = set()
     stack: list[tuple[str, Any, int]] = [(root, value, 0)]
@@ -55,7 +84,7 @@ def flatten_tensors(value: Any, root: str = "output") -> list[tuple[str, torch.T
             continue
         if depth >= MAX_DEPTH or id(item) in seen:
             continue
-        children = _children(item)
+        children = _children(item, objects)
         if children is None:
             continue
         seen.add(id(item))

@@ -1,48 +1,39 @@
-"""One probe run in one mode: snapshot → trackers on → forward → loss → backward → facts → restore.
+"""One probe run in one mode: snapshot → forward → loss and graph → backward → facts → restore.
 
-The engine produces facts and judges nothing.  It owns every torch-side
-measurement and guarantees the model is restored, also when the run raises.
+The engine produces facts and judges nothing.  It owns every torch-side measurement and guarantees
+the model is restored, also when the run raises.  The phases install the run's trackers
+(:mod:`gradprobe.run.trackers.setup` says which, :mod:`gradprobe.run.trackers.base` how); the fact
+builders (:mod:`gradprobe.run.builders`) turn what they saw into :class:`~gradprobe.facts.run.RunFacts`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradprobe.errors import RunError, UsageError, describe_exception
-from gradprobe.facts.run import (
-    BufferFact,
-    GraphFact,
-    MemoryFact,
-    ModuleFact,
-    ParamFact,
-    RunFacts,
-)
+from gradprobe.errors import RunError, describe_exception
+from gradprobe.facts.run import GraphFact, RunFacts
 from gradprobe.load.target import ExampleInputs
+from gradprobe.run import builders
+from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
-from gradprobe.run.state import ModelState, check_mode, clear_grads, grad_context, table_get
-from gradprobe.run.trackers.cuts import CutTracker
-from gradprobe.run.trackers.grads import grad_states, stored_bytes
+from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, sum_loss
+from gradprobe.run.state import ModelState, check_mode, grad_context
+from gradprobe.run.trackers.base import BACKWARD, FORWARD
 from gradprobe.run.trackers.graph import walk_graph
-from gradprobe.run.trackers.memory import LiveBytesTracker, storage_key
-from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message, meta_fidelity
-from gradprobe.run.trackers.modules import ModuleRecorder, dtype_name, tensor_fact
+from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message
+from gradprobe.run.trackers.modules import tensor_fact
 from gradprobe.run.trackers.release import release_on_big_stack
-from gradprobe.run.trackers.saved import SavedTensorTracker, module_memory
+from gradprobe.run.trackers.setup import RunTrackers, make_trackers
+from gradprobe.run.trackers.writes import ParamWriteGuard
 
-LossFn = Callable[[Any, ExampleInputs], torch.Tensor]
+__all__ = ["LossFn", "ProbeOptions", "ProbeResult", "device_of", "param_names", "run_probe", "sum_loss"]
 
-_TRAINING_DEPENDENT: tuple[type, ...] = (
-    nn.modules.dropout._DropoutNd,
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-)
+_SHALLOW_DEPTH = 10_000  # freeing recurses ~205 B of C stack per level: 10k levels fit the main thread's 8 MiB
 
 
 @dataclass
@@ -56,131 +47,15 @@ class ProbeOptions:
     memory: bool = True
     tensors: bool = True
     graph: bool = True
-    tree_depth: int = 8
+    tree_depth: int = 8  # levels of the graph a display shows (GraphFact.display_depth); 0: counts only
     seed: int | None = 0
-    keep_outputs: bool = False
 
 
 @dataclass
 class ProbeResult:
-    """Facts plus, on request, detached copies of the outputs (compare-modes diffs them)."""
+    """The facts of one run."""
 
     facts: RunFacts
-    outputs: list[tuple[str, torch.Tensor]] = field(default_factory=list)
-    raw_output: Any = None
-
-
-def param_names(model: nn.Module) -> dict[int, list[str]]:
-    """``id(param)`` → every qualified name it has (tied parameters have several), in model order."""
-    names: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        known = names.setdefault(id(param), [])
-        if name not in known:  # an overridden named_parameters may yield the same (name, param) twice
-            known.append(name)
-    return names
-
-
-def _owners(model: nn.Module) -> dict[int, str]:
-    """``id(param)`` → qualified name of the first module owning it directly."""
-    owners: dict[int, str] = {}
-    for mod_name, mod in model.named_modules(remove_duplicate=False):
-        for param in mod._parameters.values():
-            if param is not None:
-                owners.setdefault(id(param), mod_name)
-    return owners
-
-
-def _is_training_dependent(mod: nn.Module) -> bool:
-    if isinstance(mod, nn.modules.instancenorm._InstanceNorm):
-        return bool(mod.track_running_stats)
-    if isinstance(mod, nn.RNNBase):
-        return mod.dropout > 0
-    return isinstance(mod, _TRAINING_DEPENDENT)
-
-
-def sum_loss(outputs: list[tuple[str, torch.Tensor]], reduce: str) -> torch.Tensor | None:
-    terms = []
-    for _, t in outputs:
-        if t.is_nested:  # sum/mean are not implemented for nested tensors; their elements are values()
-            t = t.values()
-        if t.is_floating_point():
-            value = t.float()
-        elif t.is_complex():
-            value = t.real.float()
-        else:
-            continue
-        if reduce == "mean":  # sparse tensors have no mean(): average over every element, zeros included
-            terms.append(value.mean() if value.layout == torch.strided else value.sum() / max(1, value.numel()))
-        else:
-            terms.append(value.sum())
-    if not terms:
-        return None
-    total = terms[0]
-    for term in terms[1:]:
-        total = total + term
-    return total
-
-
-def _buffer_changed(buf: torch.Tensor | None, before: torch.Tensor | None, version: int | None) -> bool | None:
-    if buf is None:
-        return None
-    if before is None:  # meta: values unknown, an in-place update still bumps the version counter
-        return None if version is None else buf._version != version
-    if buf.shape != before.shape or buf.dtype != before.dtype:
-        return True
-    if buf.is_floating_point() or buf.is_complex():
-        return not torch.equal(torch.nan_to_num(buf), torch.nan_to_num(before)) or not torch.equal(
-            torch.isnan(buf), torch.isnan(before))
-    return not torch.equal(buf, before)
-
-
-def _nonfinite(outputs: list[tuple[str, torch.Tensor]]) -> tuple[str, ...]:
-    bad = []
-    for path, t in outputs:
-        if t.device.type == "meta" or not (t.is_floating_point() or t.is_complex()):
-            continue
-        if not bool(torch.isfinite(_elements(t)).all()):
-            bad.append(path)
-    return tuple(bad)
-
-
-def _elements(t: torch.Tensor) -> torch.Tensor:
-    """The stored elements of a sparse or nested tensor as a dense one (elementwise checks need strided)."""
-    if t.is_sparse:
-        return t._values()
-    if t.is_nested or t.layout != torch.strided:
-        return t.values()
-    return t
-
-
-def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str = "") -> ProbeResult:
-    """Run ``model`` once in the requested mode and collect the facts; the model is restored afterwards."""
-    check_mode(options.mode, options.grad_mode)
-    state = ModelState.capture(model)
-    ambient_grad = state.grad_enabled
-    # inputs that require grad receive gradients too: put their .grad back as well
-    input_grads = [(t, t.grad) for _, t in flatten_tensors((inputs.args, inputs.kwargs)) if t.requires_grad]
-    # _run moves every tensor that owns the autograd graph here: a walked deep graph must be freed on a big stack
-    owners = _GraphOwners()
-    try:
-        for tensor, _ in input_grads:  # so backward never accumulates into the user's gradient
-            tensor.grad = None
-        return _run(model, inputs, options, target or type(model).__name__, state, ambient_grad, owners)
-    except BaseException as exc:
-        if owners.refs:  # the traceback's frames hold the graph too: clear them there as well
-            release_on_big_stack(owners.refs, exc)
-        raise
-    finally:
-        state.restore()
-        for tensor, grad in input_grads:
-            tensor.grad = grad
-        if owners.shallow:
-            owners.refs.clear()
-        else:
-            release_on_big_stack(owners.refs)
-
-
-_SHALLOW_DEPTH = 10_000  # freeing recurses ~205 B of C stack per level: 10k levels fit the main thread's 8 MiB
 
 
 @dataclass
@@ -189,6 +64,56 @@ class _GraphOwners:
 
     refs: list[Any] = field(default_factory=list)
     shallow: bool = False  # walked, and at most _SHALLOW_DEPTH deep: no thread with a big stack is needed
+
+
+@dataclass
+class _Run:
+    """What the phases of one run share."""
+
+    model: nn.Module
+    inputs: ExampleInputs
+    options: ProbeOptions
+    target: str
+    state: ModelState
+    guard: ParamWriteGuard
+    owners: _GraphOwners
+    device: torch.device
+    trackers: RunTrackers
+    before: dict[str, nn.Parameter]  # parameters by name as handed over
+    after: dict[str, nn.Parameter] = field(default_factory=dict)  # as the forward left them
+    names: dict[int, list[str]] = field(default_factory=dict)  # id(param) -> names, after the forward
+    notes: list[str] = field(default_factory=list)
+    forward_time: float | None = None
+    backward_time: float | None = None
+
+
+def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str = "") -> ProbeResult:
+    """Run ``model`` once in the requested mode and collect the facts; the model is restored afterwards."""
+    check_mode(options.mode, options.grad_mode)
+    input_tensors = [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))]
+    before = named_params(model)
+    # inputs that require grad receive gradients too: their .grad comes back with the model's state
+    state = ModelState.capture(model, extra=[t for t in input_tensors if t.requires_grad])
+    guard = ParamWriteGuard(before.values())  # copies a parameter before the run first writes into it
+    owners = _GraphOwners()  # every tensor that owns the autograd graph: a walked deep graph is freed on a big stack
+    try:
+        state.clear_grads()  # backward never accumulates into the user's gradients
+        run = _start(model, inputs, options, target or type(model).__name__, state, guard, owners, input_tensors,
+                     before)
+        return ProbeResult(_run(run))
+    except BaseException as exc:
+        if owners.refs:  # the traceback's frames hold the graph too: clear them there as well
+            release_on_big_stack(owners.refs, exc)
+        raise
+    finally:
+        try:
+            state.restore()
+        finally:
+            guard.undo()
+            if owners.shallow:
+                owners.refs.clear()
+            else:
+                release_on_big_stack(owners.refs)
 
 
 def _seed(seed: int, device: torch.device) -> None:
@@ -200,191 +125,151 @@ def _seed(seed: int, device: torch.device) -> None:
         torch.manual_seed(seed)
 
 
-def _run(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str,
-         state: ModelState, ambient_grad: bool, owners: _GraphOwners) -> ProbeResult:
-    names = param_names(model)
-    canonical = {pid: ns[0] for pid, ns in names.items()}
-    params = {id(p): p for p in model.parameters()}
+def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str, state: ModelState,
+           guard: ParamWriteGuard, owners: _GraphOwners, input_tensors: list[torch.Tensor],
+           before: dict[str, nn.Parameter]) -> _Run:
+    """Seed, set the mode, and build the trackers, before anything of the user's runs."""
     if options.seed is not None:
-        _seed(options.seed, next(iter(params.values())).device if params else torch.device("cpu"))
+        first = next(iter(before.values()), None)
+        _seed(options.seed, first.device if first is not None else torch.device("cpu"))
     model.train(options.mode == "train")
-    clear_grads(model)
-    buffer_versions = {id(buf): buf._version for _, _, buf, _ in state.buffers if buf is not None}
-    # cloning every parameter per run would double the probe's cost; the version counter tells us cheaply
-    # whether the forward wrote into one (an in-place EMA, weight normalisation), which no restore can undo
-    param_versions = {pid: p._version for pid, p in params.items()}
-    model_state_tensors = list(params.values()) + [b for _, _, b, _ in state.buffers if b is not None]
-    input_tensors = [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))]
     device = device_of(model, input_tensors)
-    skipped: list[str] = []
-    if not options.memory:
-        skipped.append("memory (--no-memory)")
-    if not options.tensors:
-        skipped.append("module output tensors (--no-tensors)")
-
-    recorder = ModuleRecorder(model, record_tensors=options.tensors, record_inputs=options.memory)
-    live = LiveBytesTracker(known=model_state_tensors + input_tensors) if options.memory else None
-    saved = SavedTensorTracker(exclude=model_state_tensors, stack=recorder.stack, inputs=recorder.inputs) \
-        if options.memory and options.grad_mode == "grad" else None
-    cuts = CutTracker(model, canonical, cuts=options.grad_mode == "grad")  # where forward cuts the graph
-    # on meta, ops take the kernels (and give the outputs) a CPU run would: see gradprobe.run.trackers.meta
-    kernels = meta_fidelity() if device.type == "meta" else contextlib.nullcontext()
+    state_tensors = list({id(p): p for p in before.values()}.values()) + [b for _, _, b, _ in state.buffers
+                                                                          if b is not None]
+    canonical = {pid: ns[0] for pid, ns in names_by_id(before).items()}
+    trackers = make_trackers(model, device, memory=options.memory, tensors=options.tensors,
+                             grad=options.grad_mode == "grad", guard=guard, names=canonical,
+                             state_tensors=state_tensors, input_tensors=input_tensors)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    return _Run(model, inputs, options, target, state, guard, owners, device, trackers, before)
 
-    # ---- forward
+
+def _run(run: _Run) -> RunFacts:
+    output = forward(run)
+    flat_out, loss, graph = loss_and_graph(run, output)
+    reason = backward_blocker(run.options.grad_mode, run.options.backward, loss, flat_out)
+    did_backward = backward(run, loss) if reason is None and loss is not None else False
+    loss_value = float(loss.detach()) if loss is not None and loss.device.type != "meta" else None
+    return _facts(run, flat_out, loss_value, graph, did_backward, reason)
+
+
+def forward(run: _Run) -> Any:
+    """The user's forward, every forward tracker installed; a failure becomes one RunError line."""
+    model, inputs = run.model, run.inputs
     t0 = time.perf_counter()
     try:
-        with recorder, grad_context(options.grad_mode), kernels as fidelity, cuts:
-            if live is not None:
-                live.__enter__()
-            try:
-                if saved is not None:
-                    with saved:
-                        output = model(*inputs.args, **inputs.kwargs)
-                else:
-                    output = model(*inputs.args, **inputs.kwargs)
-            finally:
-                if live is not None:
-                    live.__exit__(None, None, None)
+        with grad_context(run.options.grad_mode), run.trackers.installed(FORWARD):
+            output = model(*inputs.args, **inputs.kwargs)
     except (KeyboardInterrupt, RunError):
         raise
     except SystemExit as exc:
-        raise RunError(f"forward of {target} called sys.exit({exc.code!r}); a model must not exit the process",
-                       phase="forward") from exc
+        raise RunError(f"forward of {run.target} called sys.exit({exc.code!r}); a model must not exit the "
+                       f"process", phase="forward") from exc
     except Exception as exc:
-        where = recorder.failed_in
+        where = run.trackers.recorder.failed_in
         module = _module_label(model, where[0] if where else "")
-        value_op = explain_meta_failure(exc) if device.type == "meta" else None
+        value_op = explain_meta_failure(exc) if run.device.type == "meta" else None
         if value_op is not None:
             raise RunError(meta_failure_message(value_op, module), phase="forward") from exc
         raise RunError(
             f"forward raised in {'module ' if where and where[0] else ''}{module}: {describe_exception(exc)}; "
             f"inputs: {inputs.describe()}", phase="forward", debug_hint=True,
         ) from exc
-    forward_time = time.perf_counter() - t0
-    forward_peak = live.peak if live is not None else None
+    run.forward_time = time.perf_counter() - t0
+    return output
 
-    flat_out = flatten_tensors(output)
-    owners.refs += (output, flat_out)  # with the loss: the last owners of the graph, freed by run_probe
-    if not flat_out:
-        raise RunError(f"forward of {target} returned {describe_leaf_types(output)}, not tensors; "
-                       f"return the output tensor(s) (a tensor, tuple, dict or dataclass of tensors)")
-    output_facts = tuple(tensor_fact("", 0, path, t) for path, t in flat_out)
-    nonfinite = _nonfinite(flat_out)
 
-    # ---- loss
+def loss_and_graph(run: _Run, output: Any) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor | None,
+                                                      GraphFact | None]:
+    """The output tensors, the loss over them, and the graph reachable from it (walked before backward)."""
+    flat_out = _output_tensors(run, output)
+    run.owners.refs += (output, flat_out)  # with the loss: the last owners of the graph, freed by run_probe
     with torch.enable_grad():
-        loss = _make_loss(options.loss, output, flat_out, inputs)
-    owners.refs.append(loss)
-    loss_value: float | None = None
-    if loss is not None and loss.device.type != "meta":
-        loss_value = float(loss.detach())
+        loss = make_loss(run.options.loss, output, flat_out, run.inputs)
+    run.owners.refs.append(loss)
+    run.after = named_params(run.model)  # a forward may register or replace parameters
+    run.names = names_by_id(run.after)
+    if loss is None or loss.grad_fn is None or not run.options.graph:
+        return flat_out, loss, None
+    saved = run.trackers.saved
+    graph = walk_graph([loss.grad_fn], {pid: ns[0] for pid, ns in run.names.items()},
+                       timeline=run.trackers.recorder.timeline(),
+                       saved_by_node=saved.facts().by_node() if saved is not None else None)
+    run.owners.shallow = graph.depth <= _SHALLOW_DEPTH
+    return flat_out, loss, replace(graph, display_depth=max(0, run.options.tree_depth))
 
-    reason = _backward_blocker(options, loss, flat_out)
-    graph: GraphFact | None = None
-    if loss is not None and loss.grad_fn is not None and options.graph:
-        graph = walk_graph([loss.grad_fn], canonical, tree_depth=max(1, options.tree_depth))
-        owners.shallow = graph.depth <= _SHALLOW_DEPTH
-        if options.tree_depth == 0:  # --depth 0: counts only, no tree
-            graph = replace(graph, tree=None)
 
-    backward_peak = None
-    backward_time = None
-    did_backward = False
-    if reason is None and loss is not None:
-        t1 = time.perf_counter()
-        if live is not None:
-            live.reset_peak()
-            live.__enter__()
-        try:
+def _output_tensors(run: _Run, output: Any) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor of the output; inside plain objects' attributes only when nothing else holds one."""
+    flat_out = flatten_tensors(output)
+    default_loss = run.options.loss in ("sum", "mean")
+    if not flat_out:
+        flat_out = flatten_tensors(output, objects=True)
+        if flat_out and default_loss:
+            run.notes.append(
+                f"the output is a {type(output).__name__}: the default loss sums the tensors in its attributes "
+                f"({_paths(flat_out)}); pass --loss module:fn to choose the loss")
+    elif isinstance(output, torch.distributions.Distribution) and default_loss:
+        run.notes.append(
+            f"the output is a {type(output).__name__} distribution: the default loss sums its parameters "
+            f"({_paths(flat_out)}); for a real loss pass --loss module:fn, e.g. a function returning "
+            f"-outputs.log_prob(target).mean()")
+    if not flat_out and default_loss:
+        raise RunError(f"forward of {run.target} returned {describe_leaf_types(output)}, not tensors; return the "
+                       f"output tensor(s) (a tensor, tuple, dict or dataclass of tensors), or pass --loss "
+                       f"module:fn, a function(outputs, inputs) returning a scalar tensor computed from it",
+                       phase="output")
+    return flat_out
+
+
+def _paths(flat: list[tuple[str, torch.Tensor]], limit: int = 4) -> str:
+    shown = ", ".join(p for p, _ in flat[:limit])
+    return shown + (f", +{len(flat) - limit} more" if len(flat) > limit else "")
+
+
+def backward(run: _Run, loss: torch.Tensor) -> bool:
+    """``loss.backward()`` with every backward tracker installed; a failure becomes one RunError line."""
+    t1 = time.perf_counter()
+    try:
+        with run.trackers.installed(BACKWARD):
             loss.backward()
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            raise RunError(f"backward raised: {describe_exception(exc).rstrip('.')}; the forward of {target} ran, "
-                           f"the gradient computation failed", phase="backward", debug_hint=True) from exc
-        finally:
-            if live is not None:
-                live.__exit__(None, None, None)
-        backward_time = time.perf_counter() - t1
-        backward_peak = live.peak if live is not None else None
-        did_backward = True
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        raise RunError(f"backward raised: {describe_exception(exc).rstrip('.')}; the forward of {run.target} ran, "
+                       f"the gradient computation failed", phase="backward", debug_hint=True) from exc
+    run.backward_time = time.perf_counter() - t1
+    return True
 
-    # ---- facts (outside every tracker)
-    owner_of = _owners(model)  # not `owners`: that is the graph holder run_probe frees
-    training = {name: mod.training for name, mod in model.named_modules(remove_duplicate=False)}
-    param_facts = []
-    grad_bytes = 0
-    states = iter(grad_states(list(params.values())) if did_backward else ())
-    for pid, param in params.items():
-        grad, norm = next(states) if did_backward else (None, None)
-        if param.grad is not None:
-            grad_bytes += stored_bytes(param.grad)
-        owner = owner_of.get(pid, "")
-        all_names = names[pid]
-        param_facts.append(ParamFact(
-            name=all_names[0], aliases=tuple(all_names[1:]), shape=tuple(param.shape),
-            dtype=dtype_name(param.dtype), requires_grad=param.requires_grad, grad=grad, grad_norm=norm,
-            module=owner, module_training=training.get(owner, model.training), numel=param.numel(),
-            nbytes=param.numel() * param.element_size(),
-        ))
-    buffer_facts = []
-    for mod, bname, buf, before in state.buffers:
-        mod_name = recorder.names.get(id(mod), "")
-        current = table_get(mod._buffers, bname)
-        full = f"{mod_name}.{bname}" if mod_name else bname
-        if buf is None and current is None:
-            continue  # a None slot (BatchNorm without running stats) is no buffer: state_dict has no entry
-        if buf is None:
-            changed: bool | None = True  # the forward created it
-        elif current is not buf:
-            # reassigned (not in-place): changed only if the values differ; on meta values are unknown
-            changed = True if before is None or current is None else _buffer_changed(current, before, None)
-        else:
-            changed = _buffer_changed(current, before, buffer_versions.get(id(buf)))
-            if changed is False and fidelity is not None and storage_key(current) in fidelity.written:
-                changed = True  # written on meta by a kernel that does not bump the version (BatchNorm stats)
-        shape = tuple(current.shape) if current is not None else ()
-        buffer_facts.append(BufferFact(full, shape, dtype_name(current.dtype) if current is not None else "none",
-                                       changed, mod_name))
-    module_facts = []
-    for mod_name, mod in model.named_modules():
-        attr = mod.__dict__.get("requires_grad")
-        module_facts.append(ModuleFact(
-            name=mod_name, type=type(mod).__name__, training=mod.training, calls=recorder.calls.get(mod_name, 0),
-            direct_params=tuple(canonical[id(p)] for p in mod._parameters.values() if p is not None),
-            requires_grad_attr=attr if isinstance(attr, bool) else None,
-            training_dependent=_is_training_dependent(mod),
-            output_grad_fn=recorder.graph_outputs.get(mod_name),
-        ))
+
+def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: float | None, graph: GraphFact | None,
+           did_backward: bool, reason: str | None) -> RunFacts:
+    """Every fact builder, outside every tracker, before the state is restored."""
+    model, options, trackers = run.model, run.options, run.trackers
+    calls = trackers.recorder.facts()
+    params, grad_bytes = builders.param_facts(model, run.after, run.names, did_backward)
+    kernels = trackers.kernels.facts() if trackers.kernels is not None else frozenset()
     memory = None
-    if live is not None:
-        memory = MemoryFact(
-            method=f"tensor storage bytes via TorchDispatchMode on {device.type}"
-                   + (" (estimate: no memory allocated)" if device.type == "meta" else ""),
-            forward_peak_bytes=forward_peak,
-            backward_peak_bytes=backward_peak,
-            saved_for_backward_bytes=saved.total_bytes if saved is not None else 0,
-            parameter_bytes=sum(p.numel() * p.element_size() for p in params.values()),
-            gradient_bytes=grad_bytes if did_backward else None,
-            cuda_max_allocated_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-            by_module=module_memory(saved, recorder.output_bytes),
-        )
-    facts = RunFacts(
-        target=target, torch_version=torch.__version__, device=str(device), mode=options.mode,
+    if trackers.live is not None:
+        memory = builders.memory_fact(
+            run.device, trackers.live.facts(), trackers.saved.facts() if trackers.saved is not None else None,
+            calls.output_bytes, sum(p.nbytes for p in params), grad_bytes if did_backward else None)
+    changes = builders.param_changes(run.before, run.after, run.guard.facts())
+    skipped = tuple(what for what, off in (("memory (--no-memory)", not options.memory),
+                                           ("module output tensors (--no-tensors)", not options.tensors)) if off)
+    return trackers.refine(RunFacts(
+        target=run.target, torch_version=torch.__version__, device=str(run.device), mode=options.mode,
         grad_mode=options.grad_mode, backward=did_backward, backward_skipped_reason=reason, loss=loss_value,
-        parameters=tuple(param_facts), buffers=tuple(buffer_facts), modules=tuple(module_facts),
-        tensors=tuple(recorder.tensors),
-        outputs=output_facts, graph=graph, memory=memory, global_grad_enabled=ambient_grad,
-        forward_time_s=forward_time, backward_time_s=backward_time, skipped=tuple(skipped),
-        nonfinite_outputs=nonfinite,
-        modified_parameters=tuple(names[pid][0] for pid, p in params.items() if p._version != param_versions[pid]),
-    )
-    facts = cuts.apply(facts)
-    kept = [(p, t.detach().clone() if t.device.type != "meta" else t.detach()) for p, t in flat_out] \
-        if options.keep_outputs else []
-    return ProbeResult(facts, kept)
+        parameters=params, buffers=builders.buffer_facts(run.state, calls.names, kernels),
+        modules=builders.module_facts(model, run.names, calls), tensors=calls.tensors,
+        outputs=tuple(tensor_fact("", 0, path, t) for path, t in flat_out), graph=graph, memory=memory,
+        global_grad_enabled=run.state.grad_enabled, forward_time_s=run.forward_time,
+        backward_time_s=run.backward_time, skipped=skipped, notes=tuple(run.notes),
+        nonfinite_outputs=nonfinite(flat_out), modified_parameters=builders.written_in(changes, FORWARD),
+        modified_in_backward=builders.written_in(changes, BACKWARD), param_changes=changes,
+        leaves=builders.leaf_facts(run.state.leaves, calls.names, did_backward),
+    ))
 
 
 def device_of(model: nn.Module, inputs: list[torch.Tensor]) -> torch.device:
@@ -402,40 +287,3 @@ def _module_label(model: nn.Module, name: str) -> str:
     mod = dict(model.named_modules(remove_duplicate=False)).get(name)
     kind = type(mod).__name__ if mod is not None else "?"
     return f"'{name}' ({kind})" if name else f"the model itself ({kind})"
-
-
-def _make_loss(spec: str | LossFn, output: Any, flat_out: list[tuple[str, torch.Tensor]],
-               inputs: ExampleInputs) -> torch.Tensor | None:
-    if spec in ("sum", "mean"):
-        return sum_loss(flat_out, str(spec))
-    if isinstance(spec, str):
-        raise UsageError(f"--loss '{spec}' is not a loss; use sum, mean or module:fn")
-    try:
-        loss = spec(output, inputs.as_user_value())
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        raise RunError(f"the loss function raised {describe_exception(exc)}") from exc
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        got = f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise RunError(f"the loss function returned {got}; return a scalar tensor (e.g. outputs.sum())")
-    return loss if loss.dim() == 0 else loss.reshape(())  # no gradprobe-made ViewBackward0 atop the user's graph
-
-
-def _backward_blocker(options: ProbeOptions, loss: torch.Tensor | None,
-                      flat_out: list[tuple[str, torch.Tensor]]) -> str | None:
-    if options.grad_mode == "no_grad":
-        return "the forward ran under no_grad: no graph was built"
-    if options.grad_mode == "inference_mode":
-        return "the forward ran under inference_mode: outputs are inference tensors and no graph was built"
-    if loss is None:
-        return "the model returned no floating-point tensor to build a loss from"
-    if not loss.requires_grad:
-        if any(t.is_inference() for _, t in flat_out):
-            return ("the outputs are inference tensors (torch.inference_mode() inside forward, or a cached "
-                    "inference tensor): no graph was built")
-        return ("no output requires grad: every parameter is frozen, or the graph is cut inside forward "
-                "(no_grad, detach)")
-    if not options.backward:
-        return "skipped by --no-backward"
-    return None

@@ -152,5 +152,9 @@ def inspect_json(report: InspectReport) -> dict[str, Any]:
         ],
         "requires_grad_changed": list(f.requires_grad_changed),
         "training_changed": list(f.training_changed),
+        "modified_in_backward": list(f.modified_in_backward),
+        "parameter_changes": [{"name": c.name, "phase": c.phase, "how": c.how} for c in f.param_changes],
+        "leaves": [{"name": x.name, "module": x.module, "shape": list(x.shape), "dtype": x.dtype,
+                    "grad": x.grad and x.grad.value, "grad_norm": _num(x.grad_norm)} for x in f.leaves],
         "weights": {"missing_keys": list(f.missing_keys), "unexpected_keys": list(f.unexpected_keys)},
     }

@@ -11,8 +11,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from gradprobe.facts.run import GradState, GraphTree, InspectReport, RunFacts, TensorFact
+from gradprobe.facts.run import GradState, InspectReport, RunFacts, TensorFact
 from gradprobe.render.common import findings_table
+from gradprobe.render.graph.tree import GraphTree, display_tree
 from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
 from gradprobe.units import human_bytes, human_count, seconds, shape_text
 
@@ -209,10 +210,11 @@ def graph_tree(f: RunFacts) -> RenderableType | None:
     if g is None:
         return None
     title = f"grad_fn graph: {g.nodes} nodes, depth {g.depth}"
-    if g.tree is None:
+    shown = display_tree(g)
+    if shown is None:
         return Text(title)
     root = Tree(Text(title, style="bold"))
-    stack: list[tuple[Tree, GraphTree]] = [(root, g.tree)]
+    stack: list[tuple[Tree, GraphTree]] = [(root, shown)]
     while stack:
         parent, node = stack.pop()
         label = Text(node.label, style="magenta" if node.label.startswith("AccumulateGrad") else "")

@@ -13,15 +13,13 @@ from collections.abc import Sequence
 import torch
 
 from gradprobe.facts.run import GradState
+from gradprobe.run.values import stored_values
 
 GradInfo = tuple[GradState, float | None]
 
 
 def _one(grad: torch.Tensor) -> GradInfo:
-    if grad.is_sparse:
-        grad = grad.coalesce().values()
-    elif grad.layout != torch.strided or grad.is_nested:
-        grad = grad.values()
+    grad = stored_values(grad)  # a sparse gradient's stored values: never its dense size
     if not bool(torch.any(grad != 0)):
         return GradState.ZERO, 0.0
     # linalg.vector_norm of a complex tensor is the real norm of |z|; .float() would drop the imaginary part

@@ -1,20 +1,22 @@
-"""Live tensor-storage bytes on any device, seen through a ``TorchDispatchMode``.
+"""Live tensor-storage bytes on any device, seen through the run's :class:`~.base.OpStream`.
 
-Every op's outputs pass through the mode; each storage not seen before is
-counted once and subtracted when it dies (weak reference callback).  This
-works the same on CPU, CUDA and the meta device, where it becomes an estimate
-that allocates nothing.  It sees tensor storages, not allocator workspaces.
+Every op's outputs pass by; each storage not seen before is counted once and subtracted when it
+dies (weak reference callback).  This works the same on CPU, CUDA and the meta device, where it
+becomes an estimate that allocates nothing.  It sees tensor storages, not allocator workspaces.
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from gradprobe.run.trackers.base import BACKWARD, FORWARD, Phase
 
 
 def storage_key(t: torch.Tensor) -> int | None:
@@ -25,19 +27,24 @@ def storage_key(t: torch.Tensor) -> int | None:
         return None  # sparse, nested or wrapper subclasses without a plain storage
 
 
-class LiveBytesTracker(TorchDispatchMode):
-    """Tracks bytes of storages created while active, and the peak per phase."""
+@dataclass(frozen=True)
+class PhasePeaks:
+    """The largest live bytes of each phase (``None``: the phase did not run)."""
 
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # TorchDispatchMode otherwise wraps __torch_dispatch__ in torch._disable_dynamo, whose first call imports
-        # torch._dynamo: measured 1.1 s of CPU in every CLI run. gradprobe never compiles inside this mode.
-        return False
+    forward: int | None
+    backward: int | None
+
+
+class LiveBytesTracker:
+    """Tracks bytes of storages created while installed, and the peak per phase (an op observer)."""
+
+    phases = (FORWARD, BACKWARD)
+    on_write = None
 
     def __init__(self, known: Iterable[torch.Tensor] = ()) -> None:
-        super().__init__()
         self.live = 0
         self.peak = 0
+        self.peaks: dict[Phase, int] = {}
         self._refs: dict[int, tuple[weakref.ref[Any], int]] = {}
         self._known: set[int] = set()
         for t in known:
@@ -45,12 +52,19 @@ class LiveBytesTracker(TorchDispatchMode):
             if key is not None:
                 self._known.add(key)
 
-    def reset_peak(self) -> None:
-        """Start a new phase: its peak begins at what is alive now."""
+    @contextlib.contextmanager
+    def install(self, phase: Phase) -> Iterator[None]:
+        """A phase's peak begins at what is alive when it starts (the backward's: what the forward left)."""
         self.peak = self.live
+        try:
+            yield
+        finally:
+            self.peaks[phase] = self.peak
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
+    def facts(self) -> PhasePeaks:
+        return PhasePeaks(self.peaks.get(FORWARD), self.peaks.get(BACKWARD))
+
+    def after_op(self, out: Any) -> None:
         # Ops return a tensor, a tuple/list of tensors, or (rarely) something nested: the fast paths
         # matter, this runs for every op of the forward and backward.
         if isinstance(out, torch.Tensor):
@@ -63,7 +77,6 @@ class LiveBytesTracker(TorchDispatchMode):
                     for leaf in tree_leaves(t):
                         if isinstance(leaf, torch.Tensor):
                             self._track(leaf)
-        return out
 
     def _track(self, t: torch.Tensor) -> None:
         try:

@@ -3,11 +3,19 @@
 One pair of global forward hooks (as ``torch.utils.module_tracker`` does)
 sees every call of every submodule, including repeated calls, without
 touching the user's modules; the hooks are always removed on exit.
+
+Other trackers and the graph walk learn which call was running through public methods:
+:meth:`ModuleRecorder.call_stack` (now) and :meth:`CallTimeline.call_of` (when an autograd node
+was created, from autograd's per-thread node sequence number).
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +24,12 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 
 from gradprobe.facts.run import TensorFact
 from gradprobe.run.flatten import flatten_tensors
+from gradprobe.run.trackers.base import FORWARD, Phase
+
+Call = tuple[str, int]  # (qualified module name, 0-based call number)
+CallInput = tuple[int, int, Any]  # storage key, storage bytes, weak reference to the storage
+# autograd numbers the nodes it creates per thread; a node made while a call ran has a number in its range
+_sequence_nr = getattr(torch._C._autograd, "_get_sequence_nr", None)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -54,8 +68,40 @@ def tensor_fact(module: str, call: int, path: str, t: torch.Tensor) -> TensorFac
     )
 
 
+@dataclass(frozen=True)
+class CallTimeline:
+    """Which module call was innermost when each autograd node was made, by node sequence number.
+
+    ``seqs[i]`` is the sequence number the next node would get when ``calls[i]`` became the innermost
+    call (``None``: no call of the model was running).  Nodes made outside the forward, AccumulateGrad
+    nodes (numbered apart) and runs on torch builds without the counter map to ``None``.
+    """
+
+    seqs: tuple[int, ...] = ()
+    calls: tuple[Call | None, ...] = ()
+
+    def call_of(self, seq: int) -> Call | None:
+        i = bisect.bisect_right(self.seqs, seq) - 1
+        return self.calls[i] if i >= 0 else None
+
+
+@dataclass(frozen=True)
+class ModuleCalls:
+    """What the recorder saw: calls per module, output tensors and bytes, where a failing forward was."""
+
+    names: Mapping[int, str]  # id(module) -> qualified name
+    calls: Mapping[str, int]
+    tensors: tuple[TensorFact, ...]
+    output_bytes: Mapping[Call, int]
+    graph_outputs: Mapping[str, bool]  # module -> did any output of any call have a grad_fn
+    failed_in: Call | None
+    timeline: CallTimeline
+
+
 class ModuleRecorder:
-    """Context manager tracking the module call stack and (optionally) every module output."""
+    """Tracker for the forward: the module call stack and (optionally) every module output."""
+
+    phases = (FORWARD,)
 
     def __init__(self, model: nn.Module, record_tensors: bool = True, record_inputs: bool = True) -> None:
         self.names: dict[int, str] = {}
@@ -63,17 +109,24 @@ class ModuleRecorder:
             self.names.setdefault(id(mod), name)
         self.record_tensors = record_tensors
         self.record_inputs = record_inputs
-        self.stack: list[tuple[str, int]] = []
+        self.stack: list[Call] = []
         self.calls: dict[str, int] = {}
         self.tensors: list[TensorFact] = []
-        self.output_bytes: dict[tuple[str, int], int] = {}
-        self.graph_outputs: dict[str, bool] = {}  # module → did any output of any call have a grad_fn
+        self.output_bytes: dict[Call, int] = {}
+        self.graph_outputs: dict[str, bool] = {}
         # (storage key, storage bytes, weak reference) of each call's positional tensor arguments: what
         # torch.utils.checkpoint would keep alive if the call were wrapped in it.  The weak reference
         # tells whether the key still names that storage (a freed storage's address gets reused).
-        self.inputs: dict[tuple[str, int], tuple[tuple[int, int, weakref.ref[Any]], ...]] = {}
-        self.failed_in: tuple[str, int] | None = None
+        self.inputs: dict[Call, tuple[CallInput, ...]] = {}
+        self.failed_in: Call | None = None
+        self._seqs: list[int] = []
+        self._seq_calls: list[Call | None] = []
         self._handles: list[Any] = []
+
+    @contextlib.contextmanager
+    def install(self, phase: Phase) -> Iterator[None]:
+        with self:
+            yield
 
     def __enter__(self) -> ModuleRecorder:
         self._handles = [
@@ -90,6 +143,27 @@ class ModuleRecorder:
             self.failed_in = self.stack[-1]
         self.stack.clear()
 
+    def call_stack(self) -> Sequence[Call]:
+        """The calls running now, outermost first: a live, read-only view (copy it to keep it)."""
+        return self.stack
+
+    def call_inputs(self) -> Mapping[Call, tuple[CallInput, ...]]:
+        """Each call's positional tensor arguments as (storage key, bytes, weak reference to the storage)."""
+        return self.inputs
+
+    def timeline(self) -> CallTimeline:
+        """Which call was innermost when each autograd node was made (see :class:`CallTimeline`)."""
+        return CallTimeline(tuple(self._seqs), tuple(self._seq_calls))
+
+    def facts(self) -> ModuleCalls:
+        return ModuleCalls(self.names, self.calls, tuple(self.tensors), self.output_bytes, self.graph_outputs,
+                           self.failed_in, self.timeline())
+
+    def _mark(self) -> None:
+        if _sequence_nr is not None:
+            self._seqs.append(_sequence_nr())
+            self._seq_calls.append(self.stack[-1] if self.stack else None)
+
     def _pre(self, module: nn.Module, args: Any) -> None:
         name = self.names.get(id(module))
         if name is None:
@@ -98,6 +172,7 @@ class ModuleRecorder:
         self.calls[name] = call + 1
         key = (name, call)
         self.stack.append(key)
+        self._mark()
         if self.record_inputs:
             found = []
             for arg in args:
@@ -119,6 +194,7 @@ class ModuleRecorder:
             while self.stack and self.stack[-1][0] != name:
                 self.stack.pop()
             key = self.stack.pop() if self.stack else (name, self.calls.get(name, 1) - 1)
+        self._mark()
         tensors = flatten_tensors(output)
         self.output_bytes[key] = sum(t.numel() * t.element_size() for _, t in tensors)
         if tensors:  # kept even with --no-tensors: the findings explain cut-off parameters with it

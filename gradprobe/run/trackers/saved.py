@@ -18,31 +18,44 @@ expected saving of checkpointing a call exact arithmetic (see ``module_memory``)
 
 from __future__ import annotations
 
+import contextlib
 import re
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
 from gradprobe.facts.run import ModuleMemory
+from gradprobe.run.trackers.base import FORWARD, Phase
 from gradprobe.run.trackers.memory import storage_key
+from gradprobe.run.trackers.modules import Call, CallInput
 
-Call = tuple[str, int]
-Input = tuple[int, int, Any]  # storage key, bytes, weak reference to the storage
+_sequence_nr = getattr(torch._C._autograd, "_get_sequence_nr", None)
+
+
+class CallSource(Protocol):
+    """Where the module calls come from (a :class:`~gradprobe.run.trackers.modules.ModuleRecorder`)."""
+
+    def call_stack(self) -> Sequence[Call]: ...
+
+    def call_inputs(self) -> Mapping[Call, tuple[CallInput, ...]]: ...
 
 
 class _Saved:
-    """One saved storage: its size, the first call that saved it, the calls enclosing every save, and how
-    many graph nodes still hold it (a storage the user keeps alive is not saved once its graph is gone)."""
+    """One saved storage: its size, the first call that saved it, the calls enclosing every save, how many
+    graph nodes still hold it (a storage the user keeps alive is not saved once its graph is gone), and the
+    sequence number of the autograd node that saved it first (-1 when unknown)."""
 
-    __slots__ = ("first", "holders", "nbytes", "prefix", "ref")
+    __slots__ = ("first", "holders", "nbytes", "prefix", "ref", "seq")
 
-    def __init__(self, nbytes: int, prefix: tuple[Call, ...], first: Call | None, ref: Any) -> None:
+    def __init__(self, nbytes: int, prefix: tuple[Call, ...], first: Call | None, ref: Any, seq: int) -> None:
         self.nbytes = nbytes
         self.prefix = prefix
         self.first = first
         self.ref = ref
+        self.seq = seq
         self.holders = 0
 
 
@@ -72,25 +85,49 @@ class _Packed:
                 del records[self.key]
 
 
-class SavedTensorTracker:
-    """Context manager: counts saved-for-backward bytes and attributes them to module calls.
+@dataclass(frozen=True)
+class SavedFacts:
+    """Saved-for-backward storages alive at the end of the forward."""
 
-    ``stack`` is the live call stack of a :class:`~gradprobe.run.trackers.modules.ModuleRecorder`
-    (read at every pack; without it nothing is attributed to a call).  The figures are
-    frozen when the context exits, i.e. at the end of the forward, before backward frees them.
+    total_bytes: int
+    by_call: Mapping[Call, int]  # bytes by the innermost call that first saved each storage
+    records: Mapping[int, _Saved]  # storage key -> record
+    input_keys: Mapping[Call, tuple[tuple[int | None, int], ...]]  # each call's inputs (key None: storage died)
+    excluded: frozenset[int]  # storage keys of parameters and buffers (saved by reference, cost nothing new)
+
+    def by_node(self) -> dict[int, int]:
+        """Autograd node sequence number -> bytes of the storages that node was the first to save."""
+        found: dict[int, int] = {}
+        for r in self.records.values():
+            if r.seq >= 0:
+                found[r.seq] = found.get(r.seq, 0) + r.nbytes
+        return found
+
+
+class SavedTensorTracker:
+    """Tracker for the forward: counts saved-for-backward bytes and attributes them to module calls.
+
+    ``calls`` (a :class:`CallSource`, normally the run's module recorder) is asked for the running calls
+    at every pack; without it nothing is attributed to a call.  The figures are frozen when the forward
+    ends, before backward frees them.
     """
 
-    def __init__(self, exclude: Iterable[torch.Tensor] = (),
-                 stack: Sequence[Call] | None = None, inputs: Mapping[Call, Sequence[Input]] | None = None) -> None:
+    phases = (FORWARD,)
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = (), calls: CallSource | None = None) -> None:
         self.total_bytes = 0
         self.by_call: dict[Call, int] = {}
         self._records: dict[int, _Saved] = {}
-        self._exclude: set[int] = {k for k in (storage_key(t) for t in exclude) if k is not None}
-        self._stack = stack
+        self._exclude: frozenset[int] = frozenset(k for k in (storage_key(t) for t in exclude) if k is not None)
+        self._calls = calls
         self._frozen: dict[int, _Saved] | None = None
-        self._inputs = inputs
         self.input_keys: dict[Call, tuple[tuple[int | None, int], ...]] = {}
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    @contextlib.contextmanager
+    def install(self, phase: Phase) -> Iterator[None]:
+        with self:
+            yield
 
     def __enter__(self) -> SavedTensorTracker:
         self._frozen = None
@@ -101,12 +138,15 @@ class SavedTensorTracker:
         self._hooks.__exit__(*exc)
         self._freeze()
 
+    def facts(self) -> SavedFacts:
+        return SavedFacts(self.total_bytes, self.by_call, self.records, self.input_keys, self._exclude)
+
     def _freeze(self) -> None:
         """Fix the figures to the storages alive now (the end of the forward)."""
         self._frozen = dict(self._records)
-        if self._inputs is not None:  # a key whose storage died no longer names it (its address may be reused)
+        if self._calls is not None:  # a key whose storage died no longer names it (its address may be reused)
             self.input_keys = {call: tuple((key if ref() is not None else None, nbytes) for key, nbytes, ref in args)
-                               for call, args in self._inputs.items()}
+                               for call, args in self._calls.call_inputs().items()}
         alive = self._frozen.values()
         self.total_bytes = sum(r.nbytes for r in alive)
         by_call: dict[Call, int] = {}
@@ -129,7 +169,7 @@ class SavedTensorTracker:
             key = storage._cdata
             if key not in self._exclude:
                 record = self._records.get(key)
-                stack = self._stack
+                stack = self._calls.call_stack() if self._calls is not None else None
                 if record is None:
                     prefix = tuple(stack) if stack is not None else ()
                     first = prefix[-1] if prefix else None
@@ -138,8 +178,10 @@ class SavedTensorTracker:
                     def _freed(_: Any, key: int = key) -> None:
                         records.pop(key, None)
 
+                    # the node saving a tensor is the last one made: its number is the counter minus one
+                    seq = _sequence_nr() - 1 if _sequence_nr is not None else -1
                     record = self._records[key] = _Saved(storage.nbytes(), prefix, first,
-                                                         weakref.ref(storage, _freed))
+                                                         weakref.ref(storage, _freed), seq)
                 elif stack is not None and record.prefix:
                     prefix = record.prefix
                     n = min(len(prefix), len(stack))
@@ -173,7 +215,7 @@ def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", name))
 
 
-def module_memory(saved: SavedTensorTracker | None, output_bytes: Mapping[Call, int]) -> tuple[ModuleMemory, ...]:
+def module_memory(saved: SavedFacts | None, output_bytes: Mapping[Call, int]) -> tuple[ModuleMemory, ...]:
     """Per module call: saved bytes (innermost call), saved bytes inside it, output bytes, checkpoint saving.
 
     Wrapping call C in ``torch.utils.checkpoint`` (non-reentrant) stops autograd keeping every storage
@@ -195,7 +237,7 @@ def module_memory(saved: SavedTensorTracker | None, output_bytes: Mapping[Call, 
         seen: set[int] = set()
         for key, nbytes in args:
             if key is not None:
-                if key in saved._exclude or key in seen:
+                if key in saved.excluded or key in seen:
                     continue
                 seen.add(key)
                 record = records.get(key)

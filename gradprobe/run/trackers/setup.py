@@ -1,0 +1,119 @@
+"""Which trackers one run gets, in which order: the only place a new tracker is wired in.
+
+The run's phases install :attr:`RunTrackers.ordered` (see :func:`~gradprobe.run.trackers.base.installed`);
+the fact builders (:mod:`gradprobe.run.builders`) read each tracker's ``facts()``.  Adding a tracker means
+a field here, its construction in :func:`make_trackers`, and a fact builder: never the run function.
+
+Order matters where trackers stack: the module recorder first (others ask it which call is running),
+the meta kernel fixes below the shared op stream (so live bytes see the outputs a CPU kernel gives).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gradprobe.facts.run import RunFacts
+from gradprobe.run.trackers.base import FORWARD, OpObserver, OpStream, Phase, Tracker, installed
+from gradprobe.run.trackers.cuts import CutTracker
+from gradprobe.run.trackers.memory import LiveBytesTracker
+from gradprobe.run.trackers.meta import meta_fidelity
+from gradprobe.run.trackers.modules import ModuleRecorder
+from gradprobe.run.trackers.saved import SavedTensorTracker
+from gradprobe.run.trackers.writes import ParamWriteGuard
+
+
+class MetaKernels:
+    """Tracker for a forward on the meta device: CPU kernel choices and outputs (see trackers.meta)."""
+
+    phases = (FORWARD,)
+
+    def __init__(self) -> None:
+        self.written: set[int] = set()
+
+    @contextlib.contextmanager
+    def install(self, phase: Phase) -> Iterator[None]:
+        with meta_fidelity() as kernels:
+            try:
+                yield
+            finally:
+                self.written |= kernels.written
+
+    def facts(self) -> frozenset[int]:
+        """Storage keys of buffers a kernel wrote without bumping their version (BatchNorm statistics)."""
+        return frozenset(self.written)
+
+
+class GraphCuts:
+    """Tracker for the forward: where it cuts the graph, which parameters it reads, which flags it flips
+    (:class:`~gradprobe.run.trackers.cuts.CutTracker`); it refines the finished facts (:meth:`refine`)."""
+
+    phases = (FORWARD,)
+
+    def __init__(self, model: nn.Module, names: Mapping[int, str], *, cuts: bool) -> None:
+        self._cuts = CutTracker(model, names, cuts=cuts)
+
+    @contextlib.contextmanager
+    def install(self, phase: Phase) -> Iterator[None]:
+        with self._cuts:
+            yield
+
+    def facts(self) -> CutTracker:
+        return self._cuts
+
+    def refine(self, facts: RunFacts) -> RunFacts:
+        """Flags as handed over to forward, plus the cuts, the parameters read and the flags forward flipped."""
+        return self._cuts.apply(facts)
+
+
+@dataclass
+class RunTrackers:
+    """The trackers of one run (``None``: switched off by an option or not needed on this device)."""
+
+    recorder: ModuleRecorder
+    guard: ParamWriteGuard
+    live: LiveBytesTracker | None = None
+    saved: SavedTensorTracker | None = None
+    kernels: MetaKernels | None = None
+    cuts: GraphCuts | None = None
+    stream: OpStream | None = None
+    ordered: list[Tracker] = field(default_factory=list)
+
+    def installed(self, phase: Phase) -> contextlib.AbstractContextManager[None]:
+        """Every tracker of ``phase`` installed for a block."""
+        return installed(self.ordered, phase)
+
+    def refine(self, facts: RunFacts) -> RunFacts:
+        """The run's facts, refined by every tracker that has a ``refine`` (in order)."""
+        for tracker in self.ordered:
+            refine = getattr(tracker, "refine", None)
+            if refine is not None:
+                facts = refine(facts)
+        return facts
+
+
+def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tensors: bool, grad: bool,
+                  guard: ParamWriteGuard, names: Mapping[int, str], state_tensors: Sequence[torch.Tensor],
+                  input_tensors: Sequence[torch.Tensor]) -> RunTrackers:
+    """Build the trackers the options ask for.  ``grad``: the forward runs with grad enabled (saved tensors
+    and graph cuts exist only then); ``names``: id(parameter) -> canonical name; ``state_tensors``
+    (parameters, buffers) cost no new bytes."""
+    recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory)
+    found = RunTrackers(recorder=recorder, guard=guard)
+    if memory:
+        found.live = LiveBytesTracker(known=[*state_tensors, *input_tensors])
+        if grad:
+            found.saved = SavedTensorTracker(exclude=state_tensors, calls=recorder)
+    if device.type == "meta":
+        found.kernels = MetaKernels()
+    found.cuts = GraphCuts(model, names, cuts=grad)
+    observers: list[OpObserver] = [o for o in (guard if guard.watching else None, found.live) if o is not None]
+    found.stream = OpStream(observers) if observers else None
+    candidates: list[Tracker | None] = [recorder, guard, found.live, found.saved, found.kernels, found.cuts,
+                                        found.stream]
+    found.ordered = [t for t in candidates if t is not None]
+    return found
