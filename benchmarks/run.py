@@ -12,7 +12,9 @@ Sections:
              build, forward and backward (fresh processes)
 * meta       the meta-device estimate against the CPU measurement (forward peak, saved, backward peak)
 * large      billion-parameter models on meta through the real CLI: wall time and peak RSS per process
-* graph      the grad_fn walk over a 1,000,000-node graph: time and memory growth
+* guard      inspect's run with the parameter write guard (copy-on-first-write) on and off, on the plain model
+             and on the same model with a forward pre-hook that writes into every parameter (the worst case)
+* graph      the grad_fn walk over a 1,000,000-node graph: time, memory growth and the size of the fact
 * help       ``gradprobe --help`` (must not import torch)
 
 Prints a table per section and writes everything as JSON (``--json``, default benchmarks/results.json,
@@ -23,6 +25,7 @@ which git ignores: results are machine-specific; the README quotes one real run)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -292,10 +295,61 @@ def bench_large(targets: list[str], repeats: int, threads: int) -> list[dict[str
     return rows
 
 
+# --------------------------------------------------------------------------------------------- guard
+
+
+@contextlib.contextmanager
+def _guard_off() -> Iterator[None]:
+    """Runs without the parameter write guard (gradprobe.run.trackers.writes): for comparison only."""
+    from gradprobe.run.trackers.writes import ParamWriteGuard
+
+    saved = ParamWriteGuard.watching
+    ParamWriteGuard.watching = property(lambda self: False)  # type: ignore[assignment,method-assign]
+    try:
+        yield
+    finally:
+        ParamWriteGuard.watching = saved  # type: ignore[method-assign]
+
+
+def _write_every_parameter(module: torch.nn.Module, args: Any) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(1.0)
+
+
+def _guard_times(model: torch.nn.Module, x: Any, repeats: int) -> dict[str, list[float]]:
+    def off() -> None:
+        with _guard_off():
+            probe(model, x)
+
+    return alternate({"on": lambda: probe(model, x), "off": off}, repeats)
+
+
+def bench_guard(names: list[str], repeats: int) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        factory, kwargs = OVERHEAD_MODELS[name]
+        torch.manual_seed(0)
+        model = factory(**kwargs)
+        times = _guard_times(model, model.example_input_array, repeats)
+        handle = model.register_forward_pre_hook(_write_every_parameter)
+        try:
+            writes = _guard_times(model, model.example_input_array, repeats)
+        finally:
+            handle.remove()
+        row = {"model": name, "on_ms": median_ms(times["on"]), "off_ms": median_ms(times["off"]),
+               "writes_on_ms": median_ms(writes["on"]), "writes_off_ms": median_ms(writes["off"])}
+        row["ratio"] = round(row["on_ms"] / row["off_ms"], 3)
+        row["writes_ratio"] = round(row["writes_on_ms"] / row["writes_off_ms"], 3)
+        rows.append(row)
+        console.print(f"  guard {name}: {row['ratio']}x, writing every parameter {row['writes_ratio']}x", style="dim")
+    return rows
+
+
 # --------------------------------------------------------------------------------------------- graph
 
 WALK_SCRIPT = textwrap.dedent("""
-    import json, sys, time, tracemalloc, torch
+    import json, pickle, sys, time, tracemalloc, torch
     from gradprobe.run.trackers.graph import walk_graph
     from gradprobe.run.trackers.release import release_on_big_stack
 
@@ -310,6 +364,7 @@ WALK_SCRIPT = textwrap.dedent("""
     start = time.perf_counter()
     fact = walk_graph([loss.grad_fn], {id(w): "w"})
     seconds = time.perf_counter() - start
+    fact_bytes = len(pickle.dumps(fact))
     held = [w, loss]
     del w, loss
     release_on_big_stack(held)  # a walked million-deep graph would overflow the main thread's stack when freed
@@ -320,7 +375,8 @@ WALK_SCRIPT = textwrap.dedent("""
     held = [w, loss]
     del w, loss
     release_on_big_stack(held)
-    print(json.dumps({"nodes": fact.nodes, "seconds": seconds, "bytes_per_node": peak / 100_002}))
+    print(json.dumps({"nodes": fact.nodes, "seconds": seconds, "bytes_per_node": peak / 100_002,
+                      "fact_bytes_per_node": fact_bytes / fact.nodes}))
 """)
 
 
@@ -333,7 +389,8 @@ def bench_graph(repeats: int, nodes: int = 1_000_000) -> dict[str, Any]:
         results.append(json.loads(out.stdout))
     per_node = max(r["bytes_per_node"] for r in results)
     return {"nodes": results[0]["nodes"], "walk_s": round(statistics.median(r["seconds"] for r in results), 3),
-            "bytes_per_node": round(per_node), "peak_mib": round(per_node * results[0]["nodes"] / MIB, 1)}
+            "bytes_per_node": round(per_node), "peak_mib": round(per_node * results[0]["nodes"] / MIB, 1),
+            "fact_bytes_per_node": round(results[0]["fact_bytes_per_node"], 1)}
 
 
 def bench_help(repeats: int) -> dict[str, Any]:
@@ -413,6 +470,12 @@ META_COLUMNS = [
     ("backward peak MiB cpu / meta", lambda r: _pair(r, "backward_peak_bytes")),
     ("run ms cpu / meta", lambda r: f"{r['cpu_run_ms']} / {r['meta_run_ms']}"),
 ]
+GUARD_COLUMNS = [
+    ("model", lambda r: r["model"]), ("inspect ms guard on / off", lambda r: f"{r['on_ms']} / {r['off_ms']}"),
+    ("ratio", lambda r: f"{r['ratio']:.2f}x"),
+    ("forward writing every parameter: on / off ms", lambda r: f"{r['writes_on_ms']} / {r['writes_off_ms']}"),
+    ("ratio ", lambda r: f"{r['writes_ratio']:.2f}x"),
+]
 LARGE_COLUMNS = [
     ("target", lambda r: r["target"].split(":")[1]), ("process s", lambda r: r["wall_s"]),
     ("peak RSS MiB", lambda r: r["peak_rss_mib"]),
@@ -428,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small models, 3 repeats, skip the slow sections")
     parser.add_argument("--repeats", type=int, default=None, help="runs per variant (median; default 5, quick 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--only", default="overhead,process,meta,large,graph,help",
+    parser.add_argument("--only", default="overhead,process,meta,large,guard,graph,help",
                         help="comma-separated sections to run")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results.json"), help="where to write results")
     parser.add_argument("--markdown", default=None, metavar="PATH", help="also write the tables as Markdown")
@@ -453,12 +516,17 @@ def main(argv: list[str] | None = None) -> int:
         results["large"] = bench_large(LARGE_TARGETS[:1] if args.quick else LARGE_TARGETS,
                                        1 if args.quick else repeats, args.threads)
         show("Billion-parameter models on meta (whole CLI process, medians)", results["large"], LARGE_COLUMNS)
+    if "guard" in sections:
+        results["guard"] = bench_guard(["mlp", "tiny_gpt"] if args.quick else ["mlp", "tiny_gpt", "resnet50"],
+                                       repeats)
+        show("Parameter write guard: inspect's run with it on and off (medians)", results["guard"], GUARD_COLUMNS)
     if "graph" in sections:
         results["graph"] = bench_graph(1 if args.quick else repeats, 100_000 if args.quick else 1_000_000)
         show("grad_fn walk", [results["graph"]], [("nodes", lambda r: f"{r['nodes']:,}"),
                                                   ("walk s", lambda r: r["walk_s"]),
                                                   ("Python heap per node (B)", lambda r: r["bytes_per_node"]),
-                                                  ("peak MiB at this size", lambda r: r["peak_mib"])])
+                                                  ("peak MiB at this size", lambda r: r["peak_mib"]),
+                                                  ("fact B/node", lambda r: r["fact_bytes_per_node"])])
     if "help" in sections:
         results["help"] = bench_help(repeats)
         show("gradprobe --help", [results["help"]], [("process s", lambda r: r["help_s"]),
