@@ -33,7 +33,11 @@ def gradient_findings(facts: RunFacts) -> list[Finding]:
             return [Finding("no-backward", "info", "", f"no backward: {facts.backward_skipped_reason}")]
         missing, verb = trainable, "can receive no gradient (no output requires grad, so no backward is possible)"
     else:
-        missing = [p for p in facts.parameters if p.requires_grad and p.grad is GradState.ABSENT]
+        # a parameter backward wrote into (an optimizer step in a post-accumulate-grad hook) received its
+        # gradient: the hook consumed it and cleared .grad (param-modified-in-backward says so)
+        stepped = set(facts.modified_in_backward)
+        missing = [p for p in facts.parameters if p.requires_grad and p.grad is GradState.ABSENT
+                   and p.name not in stepped]
         verb = "received no gradient"
     return _grad_none(facts, missing, verb) + _grad_zero(facts)
 

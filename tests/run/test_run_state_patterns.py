@@ -123,7 +123,8 @@ def test_optimizer_step_in_backward_is_undone_and_attributed_to_backward() -> No
     assert facts.modified_in_backward == tuple(moved)
     assert facts.modified_parameters == ()
     assert set(facts.param_changes) == {ParamChange(n, "backward", "written") for n in moved}
-    assert [f.code for f in report.findings if f.code.startswith("param-modified")] == ["param-modified-in-backward"]
+    # they trained (plain PyTorch moved every one): no grad-none error for a .grad the hook cleared
+    assert [f.code for f in report.findings] == ["param-modified-in-backward"]
 
 
 # --- a forward that writes into its own parameters ------------------------------------------------

@@ -125,9 +125,10 @@ def test_every_tracker_implements_the_protocol() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
     guard = ParamWriteGuard(model.parameters())
     for device in ("cpu", "meta"):
-        trackers = make_trackers(model, torch.device(device), memory=True, tensors=True, saved=True, guard=guard,
+        trackers = make_trackers(model, torch.device(device), memory=True, tensors=True, grad=True, guard=guard,
+                                 names={id(p): n for n, p in model.named_parameters()},
                                  state_tensors=list(model.parameters()), input_tensors=[])
-        assert len(trackers.ordered) == (6 if device == "meta" else 5)
+        assert len(trackers.ordered) == (7 if device == "meta" else 6)
         for tracker in trackers.ordered:
             assert isinstance(tracker, Tracker), type(tracker).__name__
             assert set(tracker.phases) <= {"forward", "backward"}
