@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -81,11 +82,39 @@ def backward_blocker(grad_mode: str, backward: bool, loss: torch.Tensor | None, 
     return None
 
 
-def nonfinite(outputs: Flat) -> tuple[str, ...]:
-    """Paths of floating outputs holding NaN or Inf (meta outputs have no values)."""
+def output_versions(spec: str | LossFn, outputs: Flat) -> dict[int, int]:
+    """``id -> version`` of the outputs the default loss sums, taken when it is computed."""
+    if spec not in ("sum", "mean"):
+        return {}
+    return {id(t): t._version for _, t in outputs if t.is_floating_point() and not t.is_nested}
+
+
+def proven_finite(versions: dict[int, int], loss_value: float | None) -> dict[int, int]:
+    """Outputs the default loss proves finite: ``id -> version`` when that loss is finite, else empty.
+
+    The default loss adds up ``sum()`` (or ``mean()``) of every real floating output in float32: an
+    element that is NaN or +-Inf makes its term, and so the total, NaN or Inf.  A finite total thus
+    proves every such output finite, with no second pass over it.  The converse does not hold (finite
+    values whose sum overflows float32), so a non-finite total proves nothing and :func:`nonfinite`
+    checks elementwise.  Complex outputs (only the real part is summed) and a user's loss prove nothing.
+    ``versions`` (from :func:`output_versions`, taken with the loss) lets :func:`nonfinite` notice an
+    output written after the loss was computed (in backward, say): that one is checked elementwise.
+    """
+    if loss_value is None or not math.isfinite(loss_value):
+        return {}
+    return versions
+
+
+def nonfinite(outputs: Flat, proven: Mapping[int, int] | None = None) -> tuple[str, ...]:
+    """Paths of floating outputs holding NaN or Inf (meta outputs have no values).
+
+    ``proven`` (from :func:`proven_finite`): outputs known finite at the given version, not read again.
+    """
     bad = []
     for path, t in outputs:
         if t.device.type == "meta" or not (t.is_floating_point() or t.is_complex()):
+            continue
+        if proven and proven.get(id(t), -1) == t._version:
             continue
         with torch.no_grad():
             finite = bool(torch.isfinite(stored_values(t)).all())

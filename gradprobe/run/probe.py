@@ -21,7 +21,7 @@ from gradprobe.load.target import ExampleInputs
 from gradprobe.run import builders
 from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
-from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, sum_loss
+from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, output_versions, proven_finite, sum_loss
 from gradprobe.run.state import ModelState, check_mode, grad_context
 from gradprobe.run.trackers.base import BACKWARD, FORWARD
 from gradprobe.run.trackers.graph import walk_graph
@@ -85,6 +85,7 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     forward_time: float | None = None
     backward_time: float | None = None
+    proven_finite: dict[int, int] = field(default_factory=dict)  # outputs the default loss proved finite
 
 
 def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str = "") -> ProbeResult:
@@ -151,6 +152,7 @@ def _run(run: _Run) -> RunFacts:
     reason = backward_blocker(run.options.grad_mode, run.options.backward, loss, flat_out)
     did_backward = backward(run, loss) if reason is None and loss is not None else False
     loss_value = float(loss.detach()) if loss is not None and loss.device.type != "meta" else None
+    run.proven_finite = proven_finite(run.proven_finite, loss_value)
     return _facts(run, flat_out, loss_value, graph, did_backward, reason)
 
 
@@ -187,6 +189,7 @@ def loss_and_graph(run: _Run, output: Any) -> tuple[list[tuple[str, torch.Tensor
     run.owners.refs += (output, flat_out)  # with the loss: the last owners of the graph, freed by run_probe
     with torch.enable_grad():
         loss = make_loss(run.options.loss, output, flat_out, run.inputs)
+    run.proven_finite = output_versions(run.options.loss, flat_out)  # proof only once the loss is finite
     run.owners.refs.append(loss)
     run.after = named_params(run.model)  # a forward may register or replace parameters
     run.names = names_by_id(run.after)
@@ -266,7 +269,8 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
         outputs=tuple(tensor_fact("", 0, path, t) for path, t in flat_out), graph=graph, memory=memory,
         global_grad_enabled=run.state.grad_enabled, forward_time_s=run.forward_time,
         backward_time_s=run.backward_time, skipped=skipped, notes=tuple(run.notes),
-        nonfinite_outputs=nonfinite(flat_out), modified_parameters=builders.written_in(changes, FORWARD),
+        nonfinite_outputs=nonfinite(flat_out, run.proven_finite),
+        modified_parameters=builders.written_in(changes, FORWARD),
         modified_in_backward=builders.written_in(changes, BACKWARD), param_changes=changes,
         leaves=builders.leaf_facts(run.state.leaves, calls.names, did_backward),
     ))
