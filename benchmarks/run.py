@@ -16,6 +16,8 @@ Sections:
              and on the same model with a forward pre-hook that writes into every parameter (the worst case)
 * graph      the grad_fn walk over a 1,000,000-node graph: time, memory growth and the size of the fact
 * help       ``gradprobe --help`` (must not import torch)
+* breakdown  (``--breakdown``) where inspect's extra time goes, per model: each component of the run timed in
+             the same process (gradprobe.run.timing), the tracked forward/backward against plain ones
 
 Prints a table per section and writes everything as JSON (``--json``, default benchmarks/results.json,
 which git ignores: results are machine-specific; the README quotes one real run).  Torch runs with
@@ -59,6 +61,8 @@ OVERHEAD_MODELS: dict[str, tuple[Callable[..., torch.nn.Module], dict[str, int]]
     "tiny_gpt": (zoo.tiny_gpt, {}),
     "resnet50": (zoo.resnet50, {}),  # batch 2, 128x128 images
     "gpt2_small": (zoo.gpt2_small, {}),  # batch 1, 128 tokens
+    # 2-layer GPT-2 at d=128 with the full 50k vocabulary, 2x64 tokens: dominated by the logits
+    "gpt2_2layer": (zoo.tiny_gpt, {"batch": 2, "seq": 64, "vocab_size": 50257, "n_layer": 2, "n_embd": 128}),
 }
 META_MODELS = {
     "mlp": (zoo.mlp, {}), "resnet_small": (zoo.resnet_small, {}), "resnet50": (zoo.resnet50, {"image": 64}),
@@ -151,6 +155,99 @@ def bench_overhead(names: list[str], repeats: int) -> list[dict[str, Any]]:
         rows.append(row)
         console.print(f"  overhead {name}: inspect/plain = {row['inspect_ratio']}x", style="dim")
     return rows
+
+
+# ----------------------------------------------------------------------------------------- breakdown
+
+# component -> how to read it from the medians of the laps (ms); "plain" is the plain forward/backward
+BREAKDOWN = [
+    ("non-finite check of the outputs", lambda m: m["nonfinite"]),
+    ("dispatch mode + hooks, forward", lambda m: m["forward"] - m["plain_forward"]),
+    ("same, backward", lambda m: m["backward"] - m["plain_backward"]),
+    ("gradient-state classification", lambda m: m["grad_states"]),
+    ("setup, snapshot, API entry, judges", lambda m: m["total"] - m["engine"] + m["setup"]),
+    ("graph walk + display tree", lambda m: m["graph"]),
+    ("fact building", lambda m: m["facts"] - m["grad_states"] - m["nonfinite"]),
+    ("restore + release", lambda m: m["restore"]),
+    ("loss (default sum; plain's .sum() is in its forward)", lambda m: m["loss"] - m["graph"]),
+]
+
+
+def _breakdown_laps(model: torch.nn.Module, x: Any, repeats: int) -> dict[str, float]:
+    """Medians (ms) of inspect's components on one model, alternating with a plain forward and backward."""
+    from gradprobe.run import timing
+
+    laps: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        laps.setdefault(key, []).append(value)
+
+    def plain() -> None:
+        t0 = time.perf_counter()
+        loss = model(x).float().sum()
+        t1 = time.perf_counter()
+        loss.backward()
+        for p in model.parameters():
+            p.grad = None
+        add("plain_forward", t1 - t0)
+        add("plain_backward", time.perf_counter() - t1)
+
+    def inspected() -> None:
+        with timing.recording() as got:
+            t0 = time.perf_counter()
+            probe(model, x)
+            total = time.perf_counter() - t0
+        add("total", total)
+        add("engine", sum(got.get(k, 0.0) for k in ("setup", "forward", "loss", "backward", "facts", "restore")))
+        for key in ("setup", "forward", "loss", "graph", "backward", "grad_states", "nonfinite", "facts", "restore"):
+            add(key, got.get(key, 0.0))
+
+    alternate({"plain": plain, "inspect": inspected}, 1)  # warm-up, discarded
+    laps.clear()
+    alternate({"plain": plain, "inspect": inspected}, repeats, warmup=0)
+    return {k: statistics.median(v) * 1000 for k, v in laps.items()}
+
+
+def bench_breakdown(names: list[str], repeats: int) -> list[dict[str, Any]]:
+    """Per model: where inspect's extra time over a plain forward+backward goes."""
+    rows = []
+    for name in names:
+        factory, kwargs = OVERHEAD_MODELS[name]
+        torch.manual_seed(0)
+        model = factory(**kwargs)
+        med = _breakdown_laps(model, model.example_input_array, repeats)
+        plain_ms = med["plain_forward"] + med["plain_backward"]
+        extra = med["total"] - plain_ms
+        row: dict[str, Any] = {"model": name, "plain_ms": round(plain_ms, 2), "inspect_ms": round(med["total"], 2),
+                               "ratio": round(med["total"] / plain_ms, 3), "extra_ms": round(extra, 2)}
+        row["components_ms"] = {label: round(read(med), 3) for label, read in BREAKDOWN}
+        rows.append(row)
+        console.print(f"  breakdown {name}: inspect/plain = {row['ratio']}x", style="dim")
+    return rows
+
+
+def show_breakdown(rows: list[dict[str, Any]]) -> None:
+    """One table: a row per component, a column per model (ms and share of inspect's extra time)."""
+    if not rows:
+        return
+    columns: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [("component", lambda r: r["component"])]
+    table_rows: list[dict[str, Any]] = []
+    for label, _ in BREAKDOWN:
+        table_rows.append({"component": label, **{r["model"]: r["components_ms"][label] for r in rows}})
+    table_rows.append({"component": "plain fwd+bwd ms / inspect ms / ratio",
+                       **{r["model"]: f"{r['plain_ms']} / {r['inspect_ms']} / {r['ratio']:.2f}x" for r in rows}})
+    extra = {r["model"]: r["extra_ms"] for r in rows}
+    for r in rows:
+        model = r["model"]
+
+        def cell(row: dict[str, Any], m: str = model) -> str:
+            value = row[m]
+            if isinstance(value, str):
+                return value
+            return f"{value:.2f} ms ({100 * value / extra[m]:.0f}%)" if extra[m] > 0 else f"{value:.2f} ms"
+
+        columns.append((model, cell))
+    show("Where inspect's extra time goes (ms, % of inspect minus plain fwd+bwd; medians)", table_rows, columns)
 
 
 # ------------------------------------------------------------------------------------------- process
@@ -494,17 +591,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="overhead,process,meta,large,guard,graph,help",
                         help="comma-separated sections to run")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results.json"), help="where to write results")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time each component of inspect's run per model (same as adding breakdown to --only)")
     parser.add_argument("--markdown", default=None, metavar="PATH", help="also write the tables as Markdown")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 5)
     torch.set_num_threads(args.threads)
     sections = set(args.only.split(","))
+    if args.breakdown:
+        sections.add("breakdown")
     results: dict[str, Any] = {"machine": machine(), "repeats": repeats, "threads": args.threads,
                                "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     small = ["mlp", "resnet_small", "tiny_gpt"]
     if "overhead" in sections:
         results["overhead"] = bench_overhead(small if args.quick else list(OVERHEAD_MODELS), repeats)
         show("In-process: plain runs vs inspect's run (medians)", results["overhead"], OVERHEAD_COLUMNS)
+    if "breakdown" in sections:
+        models = [*small, "gpt2_2layer"] if args.quick else list(OVERHEAD_MODELS)
+        results["breakdown"] = bench_breakdown(models, max(repeats, 7))
+        show_breakdown(results["breakdown"])
     if "process" in sections:
         results["process"] = bench_process(["mlp"] if args.quick else ["resnet50", "gpt2_small"], repeats,
                                            args.threads)

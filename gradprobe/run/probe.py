@@ -23,6 +23,7 @@ from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
 from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, output_versions, proven_finite, sum_loss
 from gradprobe.run.state import ModelState, check_mode, grad_context
+from gradprobe.run.timing import clock, lap
 from gradprobe.run.trackers.base import BACKWARD, FORWARD
 from gradprobe.run.trackers.graph import walk_graph
 from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message
@@ -90,6 +91,7 @@ class _Run:
 
 def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str = "") -> ProbeResult:
     """Run ``model`` once in the requested mode and collect the facts; the model is restored afterwards."""
+    t0 = clock()
     check_mode(options.mode, options.grad_mode)
     input_tensors = [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))]
     before = named_params(model)
@@ -101,12 +103,14 @@ def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, ta
         state.clear_grads()  # backward never accumulates into the user's gradients
         run = _start(model, inputs, options, target or type(model).__name__, state, guard, owners, input_tensors,
                      before)
+        lap("setup", t0)
         return ProbeResult(_run(run))
     except BaseException as exc:
         if owners.refs:  # the traceback's frames hold the graph too: clear them there as well
             release_on_big_stack(owners.refs, exc)
         raise
     finally:
+        t0 = clock()
         try:
             state.restore()
         finally:
@@ -115,6 +119,7 @@ def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, ta
                 owners.refs.clear()
             else:
                 release_on_big_stack(owners.refs)
+            lap("restore", t0)
 
 
 def _seed(seed: int, device: torch.device) -> None:
@@ -147,13 +152,19 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
 
 
 def _run(run: _Run) -> RunFacts:
+    t0 = clock()
     output = forward(run)
+    t0 = lap("forward", t0)
     flat_out, loss, graph = loss_and_graph(run, output)
+    t0 = lap("loss", t0)
     reason = backward_blocker(run.options.grad_mode, run.options.backward, loss, flat_out)
     did_backward = backward(run, loss) if reason is None and loss is not None else False
+    t0 = lap("backward", t0)
     loss_value = float(loss.detach()) if loss is not None and loss.device.type != "meta" else None
     run.proven_finite = proven_finite(run.proven_finite, loss_value)
-    return _facts(run, flat_out, loss_value, graph, did_backward, reason)
+    facts = _facts(run, flat_out, loss_value, graph, did_backward, reason)
+    lap("facts", t0)  # grad_states and nonfinite included
+    return facts
 
 
 def forward(run: _Run) -> Any:
@@ -196,9 +207,11 @@ def loss_and_graph(run: _Run, output: Any) -> tuple[list[tuple[str, torch.Tensor
     if loss is None or loss.grad_fn is None or not run.options.graph:
         return flat_out, loss, None
     saved = run.trackers.saved
+    t0 = clock()
     graph = walk_graph([loss.grad_fn], {pid: ns[0] for pid, ns in run.names.items()},
                        timeline=run.trackers.recorder.timeline(),
                        saved_by_node=saved.facts().by_node() if saved is not None else None)
+    lap("graph", t0)
     run.owners.shallow = graph.depth <= _SHALLOW_DEPTH
     return flat_out, loss, replace(graph, display_depth=max(0, run.options.tree_depth))
 
@@ -251,7 +264,11 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
     """Every fact builder, outside every tracker, before the state is restored."""
     model, options, trackers = run.model, run.options, run.trackers
     calls = trackers.recorder.facts()
+    t0 = clock()
     params, grad_bytes = builders.param_facts(model, run.after, run.names, did_backward)
+    t0 = lap("grad_states", t0)
+    bad = nonfinite(flat_out, run.proven_finite)
+    lap("nonfinite", t0)
     kernels = trackers.kernels.facts() if trackers.kernels is not None else frozenset()
     memory = None
     if trackers.live is not None:
@@ -269,7 +286,7 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
         outputs=tuple(tensor_fact("", 0, path, t) for path, t in flat_out), graph=graph, memory=memory,
         global_grad_enabled=run.state.grad_enabled, forward_time_s=run.forward_time,
         backward_time_s=run.backward_time, skipped=skipped, notes=tuple(run.notes),
-        nonfinite_outputs=nonfinite(flat_out, run.proven_finite),
+        nonfinite_outputs=bad,
         modified_parameters=builders.written_in(changes, FORWARD),
         modified_in_backward=builders.written_in(changes, BACKWARD), param_changes=changes,
         leaves=builders.leaf_facts(run.state.leaves, calls.names, did_backward),
