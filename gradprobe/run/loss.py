@@ -86,7 +86,9 @@ def output_versions(spec: str | LossFn, outputs: Flat) -> dict[int, int]:
     """``id -> version`` of the outputs the default loss sums, taken when it is computed."""
     if spec not in ("sum", "mean"):
         return {}
-    return {id(t): t._version for _, t in outputs if t.is_floating_point() and not t.is_nested}
+    # inference tensors keep no version counter: they are checked elementwise
+    return {id(t): t._version for _, t in outputs
+            if t.is_floating_point() and not t.is_nested and not t.is_inference()}
 
 
 def proven_finite(versions: dict[int, int], loss_value: float | None) -> dict[int, int]:
@@ -114,7 +116,7 @@ def nonfinite(outputs: Flat, proven: Mapping[int, int] | None = None) -> tuple[s
     for path, t in outputs:
         if t.device.type == "meta" or not (t.is_floating_point() or t.is_complex()):
             continue
-        if proven and proven.get(id(t), -1) == t._version:
+        if proven and id(t) in proven and proven[id(t)] == t._version:
             continue
         with torch.no_grad():
             finite = bool(torch.isfinite(stored_values(t)).all())

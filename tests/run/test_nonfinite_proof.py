@@ -61,6 +61,17 @@ def test_nonfinite_matches_plain_torch(case: str, loss: str) -> None:
     assert set(facts.nonfinite_outputs) == _expected(model, x)
 
 
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+def test_outputs_without_graph(grad_mode: str) -> None:
+    """Inference tensors keep no version counter: checked elementwise, like every output of a no_grad run."""
+    model = _Outputs(CASES["nan"])
+    x = torch.randn(8, 64)
+    facts = probe(model, x, grad_mode=grad_mode).facts
+    assert set(facts.nonfinite_outputs) == _expected(model, x) == {"output['b']"}
+    facts = probe(_Outputs(CASES["finite"]), x, grad_mode=grad_mode).facts
+    assert facts.nonfinite_outputs == ()
+
+
 def test_user_loss_falls_back_to_elementwise() -> None:
     model = _Outputs({"a": (float("nan"), torch.float32), "b": (1.0, torch.float32)})
     x = torch.randn(8, 64)
