@@ -349,12 +349,17 @@ def underflow_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
     limit = gh.thresholds.subnormal_share
     output_grad = any(c.parent is None and c.grad_out_norm for c in gh.calls)
     hit: list[str] = []
+    zero_shares: list[tuple[int, float]] = []
     worst_sub = 0.0
     flushed: list[str] = []
+    parents = {c.parent for c in gh.calls}
     for i, c in enumerate(gh.calls):
+        if i in parents:  # a call around others: its output is one of theirs, or made outside any layer
+            continue
         if c.grad_out_dtype != "float16" or not c.grad_out_numel or c.grad_out_subnormal is None:
             continue
         sub = c.grad_out_subnormal / c.grad_out_numel
+        zero_shares.append((i, (c.grad_out_zeros or 0) / c.grad_out_numel))
         if sub >= limit:
             hit.append(label(gh, i))
             worst_sub = max(worst_sub, sub)
@@ -372,6 +377,10 @@ def underflow_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
     if hit:
         parts.append(f"{len(hit)} float16 gradient(s) hold subnormal values (nonzero, below 6.1e-05; up to "
                      f"{worst_sub:.0%} of their elements) at {_list(hit)}")
+    if len(zero_shares) >= 2 and zero_shares[0][1] > zero_shares[-1][1]:
+        (early, early_share), (late, late_share) = zero_shares[0], zero_shares[-1]
+        parts.append(f"exact zeros rise from {late_share:.0%} of the gradient at {label(gh, late)} to "
+                     f"{early_share:.0%} at {label(gh, early)}")
     if flushed:
         parts.append(f"{len(flushed)} float16 gradient(s) are all zeros although the gradient at the model's output "
                      f"is not, at {_list(flushed)}")

@@ -59,6 +59,11 @@ WATCHED_KINDS = frozenset({
     "LgammaBackward0", "DigammaBackward0", "ErfinvBackward0", "AngleBackward0", "SgnBackward0", "TanBackward0",
 })
 _RELU = (nn.ReLU, nn.ReLU6)
+# modules whose output is finite whenever their inputs are (bounded, or |f(x)| <= |x| elementwise, or a max/mean
+# accumulated in float32): their outputs are not read again when every input was checked finite
+_FINITE_PRESERVING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardsigmoid,
+                      nn.Hardswish, nn.GELU, nn.SiLU, nn.Softsign, nn.Identity, nn.Flatten, nn.Unflatten,
+                      nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
 _FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.Embedding, nn.LayerNorm)
 
 
@@ -195,9 +200,11 @@ class GradHealthTracker:
         call.finished = self._finished
         self._finished += 1
         with quiet():
-            inputs = [t for t in tree_leaves((args, kwargs)) if _floating(t)]
+            inputs = _tensors(args, kwargs)
             self._inputs(index, inputs)
-            self._outputs(index, [t for _, t in flatten_tensors(output) if _floating(t)])
+            outputs = [output] if isinstance(output, torch.Tensor) else [t for _, t in flatten_tensors(output)]
+            clean = isinstance(module, _FINITE_PRESERVING) and self._finite_inputs(inputs)
+            self._outputs(index, [t for t in outputs if _floating(t)], clean)
             if isinstance(module, _RELU):
                 self._dead_units(index, output)
             if not self._origin_done and self._measure and any(self._slots[s].nonfinite for s in call.out_slots):
@@ -233,7 +240,15 @@ class GradHealthTracker:
             if slot is not None and slot not in call.in_slots:
                 call.in_slots.append(slot)
 
-    def _outputs(self, index: int, outputs: list[torch.Tensor]) -> None:
+    def _finite_inputs(self, inputs: list[torch.Tensor]) -> bool:
+        """Every floating input is a tensor already checked and found finite (no new read)."""
+        for t in inputs:
+            slot = self._known(t, exact=False)
+            if slot is None or self._slots[slot].nonfinite != 0:
+                return False
+        return bool(inputs)
+
+    def _outputs(self, index: int, outputs: list[torch.Tensor], clean: bool = False) -> None:
         call = self._calls[index]
         for t in outputs:
             slot = self._known(t, exact=True)
@@ -241,7 +256,7 @@ class GradHealthTracker:
                 slot = self._new_slot(t, index)
             record = self._slots[slot]
             if record.nonfinite is None and self._measure and measurable(t):
-                record.nonfinite = sum(nonfinite_count(t)) if has_nonfinite(t) else 0
+                record.nonfinite = 0 if clean else sum(nonfinite_count(t)) if has_nonfinite(t) else 0
             if slot not in call.out_slots:
                 call.out_slots.append(slot)
                 call.outputs += 1
@@ -431,6 +446,13 @@ def _named_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return found
 
 
+def _tensors(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> list[torch.Tensor]:
+    """The floating tensors among a call's arguments (a plain tuple of tensors without the pytree walk)."""
+    if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
+        return [a for a in args if _floating(a)]
+    return [t for t in tree_leaves((args, kwargs)) if _floating(t)]
+
+
 def _floating(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
 
@@ -465,12 +487,12 @@ class _Lazy:
 
     def resolve(self) -> list[Any]:
         out: list[Any] = [None] * len(self.items)
-        by_device: dict[torch.device, list[int]] = {}
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, t in enumerate(self.items):
-            by_device.setdefault(t.device, []).append(i)
+            groups.setdefault((t.device, t.dtype), []).append(i)
         with quiet():
-            for idx in by_device.values():
-                flat = torch.cat([self.items[i].reshape(-1).to(torch.float64) for i in idx]).tolist()
+            for idx in groups.values():  # one copy per device and dtype: counts stay integers
+                flat = torch.cat([self.items[i].reshape(-1) for i in idx]).tolist()
                 pos = 0
                 for i in idx:
                     n = self.items[i].numel()

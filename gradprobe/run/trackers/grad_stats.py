@@ -10,8 +10,8 @@ say there is something to count.  Every reduction accumulates in float32 at leas
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -23,12 +23,21 @@ _INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloa
              torch.float64: torch.int64}
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
+class quiet:
     """gradprobe's own measurement ops: no graph, and unseen by the run's dispatch-mode trackers (their
-    bytes are not the model's)."""
-    with torch.no_grad(), torch._C._DisableTorchDispatch():
-        yield
+    bytes are not the model's).  A plain class: it runs in every module hook, ``contextlib`` costs more."""
+
+    __slots__ = ("_grad", "_guard")
+
+    def __enter__(self) -> None:
+        self._grad = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        self._guard = torch._C._DisableTorchDispatch()
+        self._guard.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._guard.__exit__(None, None, None)
+        torch._C._set_grad_enabled(self._grad)
 
 
 def measurable(t: torch.Tensor) -> bool:
@@ -65,8 +74,8 @@ def has_nonfinite(t: torch.Tensor) -> bool:
         t = torch.view_as_real(t)
     if t.numel() == 0:
         return False
-    total = t.sum(dtype=wide(t.dtype))
-    if bool(torch.isfinite(total)):
+    total = t.sum() if t.dtype in (torch.float32, torch.float64) else t.sum(dtype=torch.float32)
+    if math.isfinite(total.item()):
         return False
     nan, inf = nonfinite_count(t)
     return nan + inf > 0
@@ -148,15 +157,14 @@ def _push(lazy: list[torch.Tensor], t: torch.Tensor) -> int:
 
 
 def _resolve(lazy: list[torch.Tensor]) -> list[float]:
-    """Every lazy scalar as a Python number: one device-to-host copy per device."""
+    """Every lazy scalar as a Python number: one stack and one device-to-host copy per device and dtype
+    (counts stay integers, float32 values convert exactly)."""
     out: list[float] = [0.0] * len(lazy)
-    by_device: dict[torch.device, list[int]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(lazy):
-        by_device.setdefault(t.device, []).append(i)
-    for idx in by_device.values():
-        # float64 holds every count below 2**53 exactly, and every float32 value
-        stacked = torch.stack([lazy[i].reshape(()).to(torch.float64) for i in idx]).tolist()
-        for i, v in zip(idx, stacked, strict=True):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    for idx in groups.values():
+        for i, v in zip(idx, torch.stack([lazy[i].reshape(()) for i in idx]).tolist(), strict=True):
             out[i] = v
     return out
 
