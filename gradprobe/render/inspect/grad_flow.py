@@ -60,6 +60,7 @@ def flow_view(facts: RunFacts, top: int | None = 40, pattern: str | None = None)
     t.add_column("module (call)", overflow="fold", ratio=1, min_width=_name_width([r.short for r in shown.rows]))
     t.add_column("‖g‖ at output", no_wrap=True)
     t.add_column("‖param grads‖", no_wrap=True)
+    footnotes: list[Text] = []
     for r in shown.rows:
         notes = list(r.marks)
         if r.nonfinite:
@@ -71,9 +72,10 @@ def flow_view(facts: RunFacts, top: int | None = 40, pattern: str | None = None)
         name = Text(r.short)
         if r.hidden:
             name.append(f" (+{r.hidden})", style="dim")
-        if notes:
-            style = "red" if r.nonfinite or any("NaN" in m for m in notes) else "yellow" if r.marks else "dim"
-            name.append("\n" + "  " * (r.level + 1) + "◀ " + ", ".join(notes), style=style)
+        if notes:  # a numbered mark in the row, the words below the table: rows stay one line at 80 columns
+            style = "red" if any("NaN" in m for m in notes) else "yellow"
+            name.append(f" ◀{len(footnotes) + 1}", style=style)
+            footnotes.append(Text(f"◀{len(footnotes) + 1} {r.name}: {', '.join(notes)}", style=style))
         t.add_row(name, _bar_cell(r.act, act_scale, "cyan"), _bar_cell(r.params, param_scale, "magenta"))
     scales = []
     if act_scale:
@@ -84,7 +86,7 @@ def flow_view(facts: RunFacts, top: int | None = 40, pattern: str | None = None)
     parts: list[RenderableType] = [
         Text(f"Gradient flow ({len(gh.calls)} module calls, forward order; ‖g‖ reaching each call's output and of "
              f"its parameters' gradients)", style="bold"),
-        t if shown.rows else Text("no module call matches", style="dim")]
+        t if shown.rows else Text("no module call matches", style="dim"), *footnotes]
     if not gh.backward:
         parts.append(Text("no backward ran: only the forward's NaN/Inf checks", style="dim"))
     if caption:

@@ -105,9 +105,18 @@ def _zero_count(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _slices(g: torch.Tensor, dim: int) -> tuple[int, int]:
-    """(all-zero slices along ``dim``, slices): dead units' rows (dim 0) or columns (dim 1)."""
-    alive = (g != 0).movedim(dim, 0).reshape(g.shape[dim], -1).any(dim=1)
-    return int((~alive).sum()), g.shape[dim]
+    """(all-zero slices along ``dim``, slices): dead units' rows (dim 0) or columns (dim 1).
+
+    Rows: a norm per row (the fastest row reduction on CPU), its zeros confirmed element-wise (squares of
+    values below 1e-23 underflow float32).  Columns: a column is all zeros when its max and min are 0."""
+    n = g.shape[dim]
+    if dim == 0:
+        rows = g.reshape(n, -1)
+        candidates = (torch.linalg.vector_norm(rows, dim=1, dtype=wide(g.dtype)) == 0).nonzero().flatten()
+        return int((rows[candidates] == 0).all(dim=1).sum()) if candidates.numel() else 0, n
+    others = tuple(d for d in range(g.dim()) if d != dim)
+    lo, hi = g.amin(dim=others), g.amax(dim=others)
+    return int(((lo == 0) & (hi == 0)).sum()), n
 
 
 def param_grads(named: Sequence[tuple[str, torch.Tensor]],
