@@ -2,7 +2,9 @@
 
 ``python benchmarks/grad_health.py`` (``--quick``: small models, 3 repeats).  Two sections:
 
-* cost    in process, alternating runs (median of ``--repeats``): plain forward+backward, the same under
+* cost    in process, alternating runs (median of ``--repeats``; process CPU time, which load from other
+          processes on a shared machine disturbs less than wall time, both in the JSON): plain forward+backward,
+          the same under
           ``torch.autograd.detect_anomaly()``, gradprobe's run as ``inspect`` does it (every default tracker),
           the same with ``--grads``, and ``--grads --no-memory --no-tensors`` (the gradient-health tracker alone
           on top of the module recorder), each as a ratio to the plain forward+backward
@@ -10,7 +12,7 @@
           line, or nothing) and what ``--grads`` reports (finding code, module, op or node)
 
 Torch runs with ``--threads`` intra-op threads (default 1, as benchmarks/run.py).  Results go to
-``--json`` (default benchmarks/grad_health.json, git-ignored) and, with ``--markdown PATH``, as tables.
+``--json`` (default benchmarks/results_grad_health.json, git-ignored) and, with ``--markdown PATH``, as tables.
 """
 
 from __future__ import annotations
@@ -79,16 +81,19 @@ def bench_cost(names: list[str], repeats: int) -> list[dict[str, Any]]:
         for fn in runs.values():  # warm-up
             fn()
         times: dict[str, list[float]] = {k: [] for k in runs}
+        cpu: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(repeats):
             for key, fn in runs.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 fn()
+                cpu[key].append(time.process_time() - start_cpu)
                 times[key].append(time.perf_counter() - start)
-        base = statistics.median(times["forward+backward"])
+        base = statistics.median(cpu["forward+backward"])
         row: dict[str, Any] = {"model": name, "params": sum(p.numel() for p in model.parameters())}
-        for key, samples in times.items():
-            row[f"{key} ms"] = round(statistics.median(samples) * 1000, 1)
-            row[f"{key} ratio"] = round(statistics.median(samples) / base, 3)
+        for key in runs:
+            row[f"{key} ms"] = round(statistics.median(cpu[key]) * 1000, 1)
+            row[f"{key} wall ms"] = round(statistics.median(times[key]) * 1000, 1)
+            row[f"{key} ratio"] = round(statistics.median(cpu[key]) / base, 3)
         rows.append(row)
         print(f"  {name}: " + ", ".join(f"{k} {row[f'{k} ratio']}x" for k in runs), flush=True)
     return rows
@@ -150,7 +155,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", default=None, help="comma-separated, from " + ", ".join(MODELS))
-    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "grad_health.json")
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results_grad_health.json")
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -7,8 +7,8 @@ import json
 import math
 from dataclasses import replace
 
+from fixtures.grad_facts import call, health, param, run_facts
 from rich.console import Console
-from test_grad_health_judges import call, health, param, run_facts
 
 from gradprobe.facts.grad_health import DeadUnits, NonfiniteOrigin, ParamGrad
 from gradprobe.facts.run import InspectReport

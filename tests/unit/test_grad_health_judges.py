@@ -6,18 +6,18 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from fixtures.grad_facts import call, health, param, run_facts
 
 from gradprobe.facts.grad_health import (
     CallGrad,
     DeadUnits,
-    GradHealthFacts,
     GradThresholds,
     NodeGrad,
     NonfiniteOrigin,
     ParamGrad,
     ValueStats,
 )
-from gradprobe.facts.run import ModuleFact, ParamFact, RunFacts
+from gradprobe.facts.run import RunFacts
 from gradprobe.judges.grad_health import (
     explain_op,
     grad_health_findings,
@@ -25,38 +25,6 @@ from gradprobe.judges.grad_health import (
     scale_profile,
     zero_grad_cause,
 )
-
-
-def call(module: str, parent: int | None = 0, out: float | None = 1.0, into: float | None = None, numel: int = 100,
-         **kw: Any) -> CallGrad:
-    fields: dict[str, Any] = dict(
-        module=module, call=0, type="Linear", parent=parent, finished=0, outputs=1, output_numel=numel,
-        output_dtype="float32", nonfinite=0, grad_out_norm=out, grad_in_norm=into, grad_out_dtype="float32",
-        grad_out_numel=numel if out is not None else 0, grad_in_numel=numel if into is not None else 0)
-    fields.update(kw)
-    return CallGrad(**fields)
-
-
-def param(name: str, module: str, shape: tuple[int, ...] = (4, 4), grad_norm: float | None = 1.0) -> ParamFact:
-    numel = 1
-    for d in shape:
-        numel *= d
-    return ParamFact(name=name, aliases=(), shape=shape, dtype="float32", requires_grad=True, grad="nonzero",
-                     grad_norm=grad_norm, module=module, module_training=True, numel=numel, nbytes=4 * numel)
-
-
-def run_facts(gh: GradHealthFacts, params: tuple[ParamFact, ...] = (), loss: float | None = 1.0) -> RunFacts:
-    modules = tuple(ModuleFact(name=c.module, type=c.type, training=True, calls=1,
-                               direct_params=tuple(p.name for p in params if p.module == c.module),
-                               requires_grad_attr=None, training_dependent=False) for c in gh.calls)
-    return RunFacts(target="m", torch_version="x", device="cpu", mode="train", grad_mode="grad", backward=True,
-                    backward_skipped_reason=None, loss=loss, parameters=params, buffers=(), modules=modules,
-                    tensors=(), outputs=(), graph=None, memory=None, global_grad_enabled=True, grad_health=gh)
-
-
-def health(calls: list[CallGrad], **kw: Any) -> GradHealthFacts:
-    return GradHealthFacts(measured=True, backward=kw.pop("backward", True), calls=(call("", None), *tuple(calls))
-                           if kw.pop("root", True) else tuple(calls), **kw)
 
 
 def codes(facts: RunFacts) -> list[str]:

@@ -43,7 +43,8 @@ from gradprobe.facts.run import RunFacts
 from gradprobe.run.flatten import flatten_tensors
 from gradprobe.run.trackers.base import BACKWARD, FORWARD, Phase
 from gradprobe.run.trackers.grad_stats import has_nonfinite, measurable, nonfinite_count, norm, param_grads, quiet
-from gradprobe.run.trackers.modules import Call, CallTimeline, dtype_name
+from gradprobe.run.trackers.modules import Call, CallTimeline
+from gradprobe.run.trackers.modules import dtype_name as _dtype_name
 from gradprobe.run.trackers.nonfinite_origin import CallCopy, autocast_state, copy_value, locate
 from gradprobe.run.values import stored_values
 
@@ -65,6 +66,17 @@ _FINITE_PRESERVING = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.H
                       nn.Hardswish, nn.GELU, nn.SiLU, nn.Softsign, nn.Identity, nn.Flatten, nn.Unflatten,
                       nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd)
 _FEATURES_LAST = (nn.Linear, nn.Bilinear, nn.Embedding, nn.LayerNorm)
+
+
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``float32``, remembered (it runs for every output and gradient)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = _dtype_name(dtype)
+    return name
 
 
 class CallSource(Protocol):

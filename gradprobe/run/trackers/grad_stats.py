@@ -40,9 +40,12 @@ class quiet:
         torch._C._set_grad_enabled(self._grad)
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def measurable(t: torch.Tensor) -> bool:
     """A plain tensor with values: not meta, not a subclass (a DTensor's norm would be a collective)."""
-    return type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type != "meta"
+    return type(t) in _PLAIN and not t.is_meta
 
 
 def wide(dtype: torch.dtype) -> torch.dtype:
