@@ -21,6 +21,7 @@ from gradprobe.run.values import stored_values
 
 _INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
              torch.float64: torch.int64}
+_INT_MIN = {dtype: torch.iinfo(view).min for dtype, view in _INT_VIEW.items()}  # the bits of -0.0
 
 
 class quiet:
@@ -129,13 +130,11 @@ def param_grads(named: Sequence[tuple[str, torch.Tensor]],
     plan: list[tuple[str, torch.Tensor, dict[str, int]]] = []
     with quiet():
         by_group: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        weights: list[torch.Tensor] = []
         for name, p in named:
             slots: dict[str, int] = {}
             g = p.grad
-            if measurable(p) and p.is_floating_point():
+            if g is not None and measurable(p) and p.is_floating_point():  # ‖w‖ only where a ratio is shown
                 by_group.setdefault((p.device, p.dtype), []).append(len(plan))
-                weights.append(p)
             if g is not None and measurable(g) and (g.is_floating_point() or g.is_complex()):
                 values = stored_values(g.detach())
                 if values.is_complex():
@@ -203,18 +202,21 @@ def _param_grad(name: str, p: torch.Tensor, slots: dict[str, int], values: list[
         with quiet():
             nan, inf = nonfinite_count(gv)
     nonzero = int(values[slots["nonzero"]]) if "nonzero" in slots else 0
-    with quiet():
-        if "low_bits" in slots and int(values[slots["low_bits"]]) == torch.iinfo(_INT_VIEW[gv.dtype]).min:
+    if "low_bits" in slots and int(values[slots["low_bits"]]) == _INT_MIN[gv.dtype]:
+        with quiet():
             nonzero = int(torch.count_nonzero(gv))  # a -0.0 is there: its bits counted it as nonzero
-        subnormal = None
-        if gv.dtype == torch.float16:
+    subnormal = None
+    if gv.dtype == torch.float16:
+        with quiet():
             subnormal = int(((gv != 0) & (gv.abs() < FLOAT16_TINY)).sum())
-        zeros = gv.numel() - nonzero + implicit
-        rows = zero_rows = cols = zero_cols = None
-        dense = gv if g.layout == torch.strided and not g.is_nested else None
-        if zeros and dense is not None and dense.dim() >= 1 and want[0]:
-            zero_rows, rows = _slices(dense, 0)
-        if zeros and dense is not None and dense.dim() >= 2 and want[1]:
-            zero_cols, cols = _slices(dense, 1)
+    zeros = gv.numel() - nonzero + implicit
+    rows = zero_rows = cols = zero_cols = None
+    dense = gv if g.layout == torch.strided and not g.is_nested else None
+    if zeros and dense is not None and (want[0] or want[1]):
+        with quiet():
+            if dense.dim() >= 1 and want[0]:
+                zero_rows, rows = _slices(dense, 0)
+            if dense.dim() >= 2 and want[1]:
+                zero_cols, cols = _slices(dense, 1)
     return ParamGrad(name, numel, weight_norm, max_abs, zeros, nan, inf, subnormal, dtype_name(g.dtype),
                      zero_rows, rows, zero_cols, cols)
