@@ -27,6 +27,7 @@ class GradThresholds:
     factor: float = 1e3  # vanishing/exploding: the gradient norm falls/rises by more than this across the blocks
     subnormal_share: float = 0.01  # fp16 underflow: share of subnormal values in a float16 gradient
     dead_min_samples: int = 16  # dead units: fewer samples per unit than this -> "inactive in this batch" (info)
+    dead_share: float = 0.05  # dead units: a warning from this share of a layer's units on, info below it
 
 
 def _rms(norm: float | None, numel: int) -> float | None:

@@ -17,6 +17,7 @@ Every message states what was measured; a cause that was not measured is worded 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -275,8 +276,10 @@ class ScaleProfile:
 
 
 def blocks(gh: GradHealthFacts) -> list[int]:
-    """The model's blocks: the direct child calls of the call with the most children that received a gradient
-    (a Sequential's layers, a transformer's layers with the embeddings and head around them)."""
+    """The model's blocks: among the direct child calls of the call with the most children that received a
+    gradient, the span from the first to the last call of the most repeated type (a transformer's layers
+    without the embeddings and head around them, a ResNet's stages, a Sequential's layers); all of them when
+    no type repeats three times."""
     children: dict[int, list[int]] = {}
     for i, c in enumerate(gh.calls):
         if c.parent is not None and c.grad_out_rms is not None:
@@ -284,7 +287,23 @@ def blocks(gh: GradHealthFacts) -> list[int]:
     if not children:
         return []
     parent = max(children, key=lambda p: (len(children[p]), -p))
-    return children[parent]
+    found = children[parent]
+    counts: dict[str, int] = {}
+    for i in found:
+        counts[gh.calls[i].type] = counts.get(gh.calls[i].type, 0) + 1
+    common = max(counts, key=lambda t: counts[t])  # ties: the type seen first (dicts keep insertion order)
+    if counts[common] < 3:
+        return found
+    at = [k for k, i in enumerate(found) if gh.calls[i].type == common]
+    end = at[-1]
+    steps = {b - a for a, b in itertools.pairwise(at)}
+    if len(steps) == 1:  # a periodic stack (Linear, Sigmoid, Linear, ...): the last period belongs to it
+        period = steps.pop()
+        types = [gh.calls[i].type for i in found]
+        tail = types[end + 1:end + period]
+        if len(tail) == period - 1 and tail == types[at[0] + 1:at[0] + period]:
+            end += period - 1
+    return found[at[0]:end + 1]
 
 
 def scale_profile(gh: GradHealthFacts) -> ScaleProfile | None:
@@ -430,6 +449,7 @@ def dead_unit_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
                     if g is not None and g.zero_cols is not None and g.cols:
                         around.append(f"'{p.name}' has {g.zero_cols} of {g.cols} gradient columns exactly zero")
         sure = d.samples >= gh.thresholds.dead_min_samples
+        material = d.dead / d.units >= gh.thresholds.dead_share
         units = f"unit{'s' if d.dead > 1 else ''} {', '.join(map(str, d.first_dead))}{' …' if d.dead > 8 else ''}"
         message = (f"{d.dead} of {d.units} units of {label(gh, i)} output 0 for all {d.samples} values of each unit "
                    f"in this batch ({units}, dim {d.dim}): their pre-activations were all <= 0, so no gradient "
@@ -441,7 +461,7 @@ def dead_unit_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
                         f"batch tells)")
         producer = f"'{gh.calls[c.inputs_from[0]].module}'" if c.inputs_from else "the layer before"
         findings.append(Finding(
-            "dead-units", "warning" if sure else "info", c.module or "(model)", message,
+            "dead-units", "warning" if sure and material else "info", c.module or "(model)", message,
             f"dead ReLUs stay dead: check the bias and initialisation of {producer} (a large negative bias), "
             f"lower the learning rate, or use LeakyReLU/GELU"))
     return findings

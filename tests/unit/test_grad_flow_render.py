@@ -108,7 +108,8 @@ def test_json_only_with_grads_and_strict() -> None:
     head = next(p for p in gh["parameters"] if p["name"] == "head.weight")
     assert head["nan"] == 1 and head["inf"] == 2 and head["grad_to_weight"] == 3.0 / 4.0
     assert gh["forward_origin"]["module"] == "enc.act" and gh["forward_origin"]["op"] == "aten.log.default"
-    assert gh["thresholds"] == {"factor": 1000.0, "subnormal_share": 0.01, "dead_min_samples": 16}
+    assert gh["thresholds"] == {"factor": 1000.0, "subnormal_share": 0.01, "dead_min_samples": 16,
+                                 "dead_share": 0.05}
     assert grad_health_json(InspectReport(replace(report.facts, grad_health=None))) == {}
     assert "grad_health" not in inspect_json(InspectReport(replace(report.facts, grad_health=None)))
 

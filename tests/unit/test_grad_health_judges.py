@@ -189,6 +189,10 @@ def test_dead_units_with_rows_and_columns() -> None:
                                   for c in gh.calls))
     (f,) = grad_health_findings(run_facts(few, params))
     assert f.severity == "info" and "does not prove dead" in f.message
+    one = replace(gh, calls=tuple(replace(c, dead=DeadUnits(1024, 1, -1, 64)) if c.module == "act" else c
+                                  for c in gh.calls))
+    (f,) = grad_health_findings(run_facts(one, params))
+    assert f.severity == "info"  # 1 of 1024 (below GradThresholds.dead_share): worth knowing, not a warning
 
 
 def test_zero_partner_is_not_dead_units() -> None:

@@ -77,7 +77,7 @@ def grad_health_json(report: InspectReport) -> dict[str, Any]:
     return {"grad_health": {
         "measured": gh.measured, "backward": gh.backward,
         "thresholds": {"factor": t.factor, "subnormal_share": t.subnormal_share,
-                       "dead_min_samples": t.dead_min_samples},
+                       "dead_min_samples": t.dead_min_samples, "dead_share": t.dead_share},
         "parameters": [_param(facts, g) for g in gh.parameters],
         "calls": [_call(facts, c) for c in gh.calls],
         "forward_origin": _origin(gh, gh.forward_origin),
