@@ -10,7 +10,8 @@
 * ``fp16-underflow``: float16 gradients with subnormal values (or flushed to all zeros) in a backward that ran
   without loss scaling.
 * ``dead-units``: ReLU units that no sample of the batch activated, and the exactly-zero gradient rows and
-  columns of the layers around them (told apart from zero gradients of a zero-initialised partner factor).
+  columns of the layers around them (told apart from zero gradients of a zero-initialised partner factor, which
+  ``grad-zero`` of :mod:`gradprobe.judges.gradients` words as expected; :func:`zero_grad_cause` uses its rule).
 
 Every message states what was measured; a cause that was not measured is worded as likely.
 """
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 
 from gradprobe.facts.grad_health import DTYPE_MAX, CallGrad, GradHealthFacts, NonfiniteOrigin, ParamGrad, ValueStats
 from gradprobe.facts.run import Finding, GraphFact, ParamFact, RunFacts
+from gradprobe.judges.gradients import _zero_partners
+from gradprobe.units import shorten
 
 CODES = {
     "nonfinite-forward": "the forward made NaN/Inf: the module call and op that made the first one",
@@ -186,8 +189,8 @@ def _backward_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
     calls_bad = [c for c in gh.calls if _bad(c.grad_out_norm) or _bad(c.grad_in_norm)]
     if not bad_params and not calls_bad:
         return []
-    tail = (f"; {len(bad_params)} parameter gradient(s) hold NaN/Inf ({_names([p.name for p in bad_params])})"
-            if bad_params else "")
+    names = shorten([p.name for p in bad_params], 3, quote=True)
+    tail = f"; {len(bad_params)} parameter gradient(s) hold NaN/Inf ({names})" if bad_params else ""
     if gh.backward_nodes:
         node = gh.backward_nodes[0]
         subject = gh.calls[node.call].module or "(model)" if node.call is not None else node.kind
@@ -249,11 +252,6 @@ def nodes_made_in(graph: GraphFact | None, call: CallGrad) -> list[str]:
             if kind not in kinds and kind != "AccumulateGrad":
                 kinds.append(kind)
     return kinds
-
-
-def _names(names: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(f"'{n}'" for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # ------------------------------------------------------------------------------------- vanishing / exploding
@@ -395,24 +393,20 @@ def underflow_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
     parts = []
     if hit:
         parts.append(f"{len(hit)} float16 gradient(s) hold subnormal values (nonzero, below 6.1e-05; up to "
-                     f"{worst_sub:.0%} of their elements) at {_list(hit)}")
+                     f"{worst_sub:.0%} of their elements) at {shorten(hit)}")
     if len(zero_shares) >= 2 and zero_shares[0][1] > zero_shares[-1][1]:
         (early, early_share), (late, late_share) = zero_shares[0], zero_shares[-1]
         parts.append(f"exact zeros rise from {late_share:.0%} of the gradient at {label(gh, late)} to "
                      f"{early_share:.0%} at {label(gh, early)}")
     if flushed:
         parts.append(f"{len(flushed)} float16 gradient(s) are all zeros although the gradient at the model's output "
-                     f"is not, at {_list(flushed)}")
+                     f"is not, at {shorten(flushed)}")
     return [Finding(
         "fp16-underflow", "warning", (hit or flushed)[0].split(" (")[0].strip("'"),
         f"{'; '.join(parts)}: values below float16's range flush to zero, and gradprobe's backward ran without loss "
         f"scaling, as a training step without torch.amp.GradScaler does (loss = {_g(facts.loss)})",
         "use torch.amp.GradScaler (scaler.scale(loss).backward(); scaler.step(opt); scaler.update()), or bfloat16 "
         "autocast, whose range is float32's")]
-
-
-def _list(items: Sequence[str], limit: int = 4) -> str:
-    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 # ------------------------------------------------------------------------------------------------ dead units
@@ -469,7 +463,8 @@ def dead_unit_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
 
 def zero_grad_cause(facts: RunFacts, name: str) -> str | None:
     """Why a parameter's gradient has exact zeros, when a measurement says so: "dead units" (a ReLU next to
-    it had dead units), "zero partner" (an all-zero factor next to it, as LoRA's B at initialisation)."""
+    it had dead units), "zero partner" (an all-zero factor next to it, as LoRA's B at initialisation: the
+    ``grad-zero`` finding of gradprobe.judges.gradients words it, by the same rule)."""
     gh = facts.grad_health
     if gh is None:
         return None
@@ -478,20 +473,14 @@ def zero_grad_cause(facts: RunFacts, name: str) -> str | None:
         return None
     if (g.zero_rows or g.zero_cols):
         return "dead units"
-    if g.zeros == g.numel and zero_partners(gh, facts, name):
+    p = next((q for q in facts.parameters if q.name == name), None)
+    if p is not None and g.zeros == g.numel and _zero_partners(p, _zero_valued(facts)):
         return "zero partner"
     return None
 
 
-def zero_partners(gh: GradHealthFacts, facts: RunFacts, name: str) -> list[str]:
-    """All-zero parameters next to ``name`` (same parent module) sharing a dimension with it: a factor pair whose
-    zero half (LoRA's B = 0) makes the other half's gradient exactly zero."""
-    by_name = {p.name: p for p in facts.parameters}
-    p = by_name.get(name)
-    if p is None or len(p.shape) < 2:
-        return []
-    scope = p.module.rpartition(".")[0] if p.module else ""
-    return [q.name for q in facts.parameters
-            if q.name != name and len(q.shape) >= 2 and set(q.shape) & set(p.shape)
-            and (scope == "" or q.module == scope or q.module.startswith(scope + "."))
-            and (qg := _param_grads(gh).get(q.name)) is not None and qg.weight_norm == 0]
+def _zero_valued(facts: RunFacts) -> dict[str, ParamFact]:
+    """The all-zero parameters the run found (``RunFacts.zero_valued_parameters``), for the rule of
+    :mod:`gradprobe.judges.gradients` that pairs a zero gradient with its zero-initialised partner."""
+    names = set(facts.zero_valued_parameters)
+    return {p.name: p for p in facts.parameters if p.name in names}

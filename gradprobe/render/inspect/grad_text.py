@@ -12,6 +12,7 @@ from typing import Any
 from gradprobe.facts.grad_health import CallGrad, GradHealthFacts, NonfiniteOrigin, ParamGrad, ValueStats
 from gradprobe.facts.run import InspectReport, RunFacts
 from gradprobe.judges.grad_health import label, scale_profile, zero_grad_cause
+from gradprobe.render.common import md_escape
 from gradprobe.render.inspect.grad_flow import ratio
 from gradprobe.render.inspect.grad_rows import bar, flow, number, param_norm, scale_of
 
@@ -94,10 +95,6 @@ def _code(bar_text: str) -> str:
     return f"`{bar_text.rstrip()}`" if bar_text.strip() else ""
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def grad_health_markdown(report: InspectReport, top: int | None = 40) -> str:
     """The gradient-flow rows and the parameter gradients as Markdown ("" without ``--grads``)."""
     facts = report.facts
@@ -118,7 +115,7 @@ def grad_health_markdown(report: InspectReport, top: int | None = 40) -> str:
         name = "&nbsp;" * (2 * r.level) + f"`{r.name}`" + (f" (+{r.hidden})" if r.hidden else "")
         out.append(f"| {name} | {_code(bar(r.act, act_scale, 12))} | {number(r.act)} | "
                    f"{_code(bar(r.params, param_scale, 12))} | {number(r.params) if r.params is not None else ''} | "
-                   f"{_md(', '.join(notes))} |")
+                   f"{md_escape(', '.join(notes))} |")
     if shown.note:
         out += ["", f"_{shown.note}_"]
     if gh.forward_origin is not None and gh.forward_origin.call is not None:
