@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gradprobe.errors import InputError, UsageError
+from gradprobe.facts.grad_health import GradThresholds
 from gradprobe.facts.run import InspectReport
 from gradprobe.judges.inspect import judge_inspect
 from gradprobe.load.target import (
@@ -104,11 +105,14 @@ def probe(
     loaded: LoadedModel | None = None,
     optimizer_state: str = "adam",
     param_dtype: str | None = None,
+    grads: bool | GradThresholds = False,
 ) -> InspectReport:
     """Run ``model`` once in ``mode``/``grad_mode`` and return facts plus findings; the model is left as found.
 
     ``optimizer_state`` (sgd|momentum|adam) and ``param_dtype`` (float32|bfloat16|float16) shape the
     training-step memory estimate; on the meta device ``param_dtype`` casts the run (gradprobe.run.estimate).
+    ``grads`` (True, or :class:`~gradprobe.facts.grad_health.GradThresholds`) adds gradient health: per-parameter
+    gradient figures, the gradient reaching each module call, where NaN/Inf first appeared (``facts.grad_health``).
     """
     if depth < 0:
         raise UsageError(f"--depth {depth}: use 0 or more")
@@ -118,7 +122,8 @@ def probe(
         model = unwrap_model(model, notes)
     example = as_inputs(inputs, model)
     options = ProbeOptions(mode=mode, grad_mode=grad_mode, loss=loss, backward=backward, memory=memory,
-                           tensors=tensors, tree_depth=depth, seed=seed)
+                           tensors=tensors, tree_depth=depth, seed=seed,
+                           grads=grad_thresholds(grads))
     cast = param_dtype is not None and any(p.device.type == "meta" for p in model.parameters())
     with cast_floating(model, example.args, example.kwargs, param_dtype) if cast else \
             contextlib.nullcontext((example.args, example.kwargs)) as (args, kwargs):  # type: ignore[arg-type]
@@ -133,6 +138,18 @@ def probe(
     elif notes:
         facts = replace(facts, notes=tuple(notes) + facts.notes)
     return judge_inspect(facts)
+
+
+def grad_thresholds(grads: bool | GradThresholds) -> GradThresholds | None:
+    """``probe(grads=...)``: False → off, True → the documented defaults, thresholds as given (checked)."""
+    if grads is False or grads is None:
+        return None
+    found = GradThresholds() if grads is True else grads
+    if not isinstance(found, GradThresholds):
+        raise UsageError(f"grads={grads!r}: pass True, False or gradprobe.facts.grad_health.GradThresholds(...)")
+    if not found.factor > 1:
+        raise UsageError(f"--grad-factor {found.factor:g}: use a factor above 1 (e.g. 1000)")
+    return found
 
 
 def resolve_loss(spec: str | None) -> str | LossFn:

@@ -65,7 +65,8 @@ def inspect(
     high: HighOpt = 2,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
-    depth: Annotated[int, typer.Option("--depth", help="Levels of the grad_fn tree to show.")] = 8,
+    depth: Annotated[int, typer.Option("--depth", help="Levels of the grad_fn tree to show (and of nested module "
+                                       "calls in the --grads flow).")] = 8,
     top: Annotated[int, typer.Option("--top", help="Rows per table in the terminal view (0: all); JSON keeps "
                                      "every row.")] = 40,
     filter_: Annotated[str | None, typer.Option("--filter", metavar="GLOB",
@@ -79,6 +80,12 @@ def inspect(
         "--param-dtype", help="Estimate the training step with parameters in this dtype. On --device meta the "
         "model and its float inputs are cast for the run; elsewhere parameter, gradient and optimizer bytes are "
         "scaled.")] = None,
+    grads: Annotated[bool, typer.Option("--grads", help="Gradient health: per-parameter gradient figures, the "
+                                        "gradient reaching each module call, where NaN/Inf first appeared, "
+                                        "vanishing/exploding, fp16 underflow, dead ReLU units.")] = False,
+    grad_factor: Annotated[float, typer.Option("--grad-factor", metavar="FACTOR", help="With --grads: report a "
+                                               "gradient that falls or rises by more than FACTOR across the "
+                                               "model's blocks.")] = 1000.0,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when an error finding exists.")] = False,
     format_: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
@@ -90,11 +97,14 @@ def inspect(
         from gradprobe.api import load, probe, resolve_loss, user_output_to_stderr
         from gradprobe.cli.progress import progress
         from gradprobe.errors import UsageError
+        from gradprobe.facts.grad_health import GradThresholds
 
         if top < 0:
             raise UsageError(f"--top {top}: use 0 (all rows) or more")
         if depth < 0:  # checked before the user's code runs
             raise UsageError(f"--depth {depth}: use 0 or more")
+        if not grad_factor > 1:
+            raise UsageError(f"--grad-factor {grad_factor:g}: use a factor above 1 (e.g. 1000)")
         if loss not in ("sum", "mean") and ":" not in loss:
             raise UsageError(f"--loss '{loss}' is not a loss: use sum, mean, or MOD:fn (a function of "
                              f"(outputs, inputs) returning a scalar)")
@@ -108,7 +118,8 @@ def inspect(
                            loss=loss_fn, backward=not no_backward, memory=not no_memory,
                            tensors=not no_tensors, depth=depth, seed=seed, target=target, loaded=loaded,
                            optimizer_state=optimizer_state.value,
-                           param_dtype=param_dtype.value if param_dtype is not None else None)
+                           param_dtype=param_dtype.value if param_dtype is not None else None,
+                           grads=GradThresholds(factor=grad_factor) if grads else False)
         if format_ is OutputFormat.json:
             from gradprobe.render.inspect.json_out import dumps, inspect_json
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from gradprobe.facts.grad_health import GradHealthFacts
+
 Shape = tuple[int, ...]
 
 MODES = ("train", "eval")
@@ -288,6 +290,7 @@ class RunFacts:
     requires_grad_changed: tuple[str, ...] = ()  # parameters whose requires_grad forward flipped
     training_changed: tuple[str, ...] = ()  # modules whose training flag forward flipped
     zero_valued_parameters: tuple[str, ...] = ()  # all-zero parameters near one whose gradient is exactly zero
+    grad_health: GradHealthFacts | None = None  # --grads: gradient flow, NaN origin (gradprobe.facts.grad_health)
 
 
 @dataclass(frozen=True)

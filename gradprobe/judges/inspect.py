@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from gradprobe.facts.run import BufferFact, Finding, InspectReport, RunFacts
 from gradprobe.judges.checkpoint import ADVICE_TOP, checkpoint_advice
+from gradprobe.judges.grad_health import grad_health_findings
 from gradprobe.judges.gradients import gradient_findings
 from gradprobe.units import py_path, shorten
 
@@ -48,6 +49,7 @@ def judge_run(facts: RunFacts) -> list[Finding]:
     findings += _module_findings(facts)
     findings += _output_findings(facts)
     findings += _flag_findings(facts)
+    findings += grad_health_findings(facts)  # --grads only (gradprobe.judges.grad_health)
     if not facts.global_grad_enabled:
         findings.append(Finding(
             "global-grad-disabled", "warning", "torch.is_grad_enabled()",

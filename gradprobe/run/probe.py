@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gradprobe.errors import RunError, describe_exception
+from gradprobe.facts.grad_health import GradThresholds
 from gradprobe.facts.run import GraphFact, RunFacts
 from gradprobe.load.target import ExampleInputs
 from gradprobe.run import builders
@@ -50,6 +51,7 @@ class ProbeOptions:
     graph: bool = True
     tree_depth: int = 8  # levels of the graph a display shows (GraphFact.display_depth); 0: counts only
     seed: int | None = 0
+    grads: GradThresholds | None = None  # --grads: gradient health with these thresholds (None: off)
 
 
 @dataclass
@@ -145,7 +147,8 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
     canonical = {pid: ns[0] for pid, ns in names_by_id(before).items()}
     trackers = make_trackers(model, device, memory=options.memory, tensors=options.tensors,
                              grad=options.grad_mode == "grad", guard=guard, names=canonical,
-                             state_tensors=state_tensors, input_tensors=input_tensors)
+                             state_tensors=state_tensors, input_tensors=input_tensors, grads=options.grads,
+                             depth=options.tree_depth)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return _Run(model, inputs, options, target, state, guard, owners, device, trackers, before)

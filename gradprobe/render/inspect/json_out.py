@@ -18,6 +18,7 @@ from gradprobe.facts.run import (
     TrainingStepEstimate,
 )
 from gradprobe.render.common import dumps, finding_json
+from gradprobe.render.inspect.grad_text import grad_health_json
 
 __all__ = ["INSPECT_SCHEMA", "dumps", "inspect_json"]  # dumps: the CLI writes every document through it
 
@@ -157,4 +158,5 @@ def inspect_json(report: InspectReport) -> dict[str, Any]:
         "leaves": [{"name": x.name, "module": x.module, "shape": list(x.shape), "dtype": x.dtype,
                     "grad": x.grad and x.grad.value, "grad_norm": _num(x.grad_norm)} for x in f.leaves],
         "weights": {"missing_keys": list(f.missing_keys), "unexpected_keys": list(f.unexpected_keys)},
+        **grad_health_json(report),  # "grad_health", only with --grads (gradprobe.render.inspect.grad_text)
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gradprobe.facts.run import InspectReport
 from gradprobe.render.common import findings_md, md_table
+from gradprobe.render.inspect.grad_text import grad_health_markdown
 from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
 from gradprobe.units import human_bytes, shape_text
 
@@ -45,6 +46,9 @@ def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:
                 "", f"_{plan_text(report.checkpoint_plan)}_"]
         if len(shown_advice) < len(advice):
             out.append(f"\n_{len(advice) - len(shown_advice)} more calls: use --format json for all._")
+    grads = grad_health_markdown(report, top)  # only with --grads (gradprobe.render.inspect.grad_text)
+    if grads:
+        out += ["", grads.rstrip("\n")]
     params = list(f.parameters)
     shown = params[:top] if top else params
     out += ["", f"### Parameters ({len(params)})", "", md_table(

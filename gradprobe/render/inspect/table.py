@@ -318,6 +318,11 @@ def render_inspect(report: InspectReport, console: Console, *, top: int | None =
         tree = graph_tree(f)
         if tree is not None:
             console.print(tree)
+    if "grads" in want or sections is None:  # present only with --grads (gradprobe.render.inspect.grad_flow)
+        from gradprobe.render.inspect.grad_flow import grad_sections
+
+        for part in grad_sections(report, top, pattern):
+            console.print(part)
     if "memory" in want:
         mem = memory_table(report, top, pattern)
         if mem is not None:

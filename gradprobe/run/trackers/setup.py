@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from gradprobe.facts.grad_health import GradThresholds
 from gradprobe.facts.run import RunFacts
 from gradprobe.run.trackers.base import FORWARD, OpObserver, OpStream, Phase, Tracker, installed
 from gradprobe.run.trackers.cuts import CutTracker
+from gradprobe.run.trackers.grad_health import GradHealthTracker
 from gradprobe.run.trackers.memory import LiveBytesTracker
 from gradprobe.run.trackers.meta import meta_fidelity
 from gradprobe.run.trackers.modules import ModuleRecorder
@@ -81,6 +83,7 @@ class RunTrackers:
     kernels: MetaKernels | None = None
     cuts: GraphCuts | None = None
     stream: OpStream | None = None
+    grad_health: GradHealthTracker | None = None  # --grads
     ordered: list[Tracker] = field(default_factory=list)
 
     def installed(self, phase: Phase) -> contextlib.AbstractContextManager[None]:
@@ -98,10 +101,12 @@ class RunTrackers:
 
 def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tensors: bool, grad: bool,
                   guard: ParamWriteGuard, names: Mapping[int, str], state_tensors: Sequence[torch.Tensor],
-                  input_tensors: Sequence[torch.Tensor]) -> RunTrackers:
+                  input_tensors: Sequence[torch.Tensor], grads: GradThresholds | None = None,
+                  depth: int = 8) -> RunTrackers:
     """Build the trackers the options ask for.  ``grad``: the forward runs with grad enabled (saved tensors
     and graph cuts exist only then); ``names``: id(parameter) -> canonical name; ``state_tensors``
-    (parameters, buffers) cost no new bytes."""
+    (parameters, buffers) cost no new bytes; ``grads`` (thresholds) switches the gradient-health tracker on,
+    ``depth`` is its flow view's depth."""
     recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory)
     found = RunTrackers(recorder=recorder, guard=guard)
     if memory:
@@ -113,7 +118,9 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     found.cuts = GraphCuts(model, names, cuts=grad)
     observers: list[OpObserver] = [o for o in (guard if guard.watching else None, found.live) if o is not None]
     found.stream = OpStream(observers) if observers else None
+    if grads is not None:  # after the recorder (it asks which call made a node); its ops unseen by the stream
+        found.grad_health = GradHealthTracker(model, recorder, device, grads, depth)
     candidates: list[Tracker | None] = [recorder, guard, found.live, found.saved, found.kernels, found.cuts,
-                                        found.stream]
+                                        found.stream, found.grad_health]
     found.ordered = [t for t in candidates if t is not None]
     return found
