@@ -104,11 +104,13 @@ def probe(
     loaded: LoadedModel | None = None,
     optimizer_state: str = "adam",
     param_dtype: str | None = None,
+    memory_detail: bool = False,
 ) -> InspectReport:
     """Run ``model`` once in ``mode``/``grad_mode`` and return facts plus findings; the model is left as found.
 
     ``optimizer_state`` (sgd|momentum|adam) and ``param_dtype`` (float32|bfloat16|float16) shape the
     training-step memory estimate; on the meta device ``param_dtype`` casts the run (gradprobe.run.estimate).
+    ``memory_detail`` records the memory event log: what is alive at each peak, and the timeline.
     """
     if depth < 0:
         raise UsageError(f"--depth {depth}: use 0 or more")
@@ -118,7 +120,7 @@ def probe(
         model = unwrap_model(model, notes)
     example = as_inputs(inputs, model)
     options = ProbeOptions(mode=mode, grad_mode=grad_mode, loss=loss, backward=backward, memory=memory,
-                           tensors=tensors, tree_depth=depth, seed=seed)
+                           tensors=tensors, tree_depth=depth, seed=seed, memory_detail=memory_detail and memory)
     cast = param_dtype is not None and any(p.device.type == "meta" for p in model.parameters())
     with cast_floating(model, example.args, example.kwargs, param_dtype) if cast else \
             contextlib.nullcontext((example.args, example.kwargs)) as (args, kwargs):  # type: ignore[arg-type]

@@ -72,6 +72,9 @@ def inspect(
                                                 help="Show only names matching GLOB in the tables.")] = None,
     no_memory: Annotated[bool, typer.Option("--no-memory", help="Switch off the memory trackers.")] = False,
     no_tensors: Annotated[bool, typer.Option("--no-tensors", help="Do not record module output tensors.")] = False,
+    memory_detail: Annotated[bool, typer.Option(
+        "--memory-detail", help="Record every allocation and free: what is alive at each peak (by category, "
+        "largest tensors) and a memory timeline. On with --format html.")] = False,
     optimizer_state: Annotated[OptimizerState, typer.Option(
         "--optimizer-state", help="Optimizer state in the training-step memory estimate: sgd (none), momentum "
         "(1 copy of the trainable parameters), adam (2 copies).")] = OptimizerState.adam,
@@ -93,6 +96,8 @@ def inspect(
 
         if top < 0:
             raise UsageError(f"--top {top}: use 0 (all rows) or more")
+        if memory_detail and no_memory:
+            raise UsageError("--memory-detail needs the memory trackers: drop --no-memory")
         if depth < 0:  # checked before the user's code runs
             raise UsageError(f"--depth {depth}: use 0 or more")
         if loss not in ("sum", "mean") and ":" not in loss:
@@ -107,6 +112,7 @@ def inspect(
             report = probe(loaded.model, example, mode=mode.value, grad_mode=grad.value,
                            loss=loss_fn, backward=not no_backward, memory=not no_memory,
                            tensors=not no_tensors, depth=depth, seed=seed, target=target, loaded=loaded,
+                           memory_detail=memory_detail,
                            optimizer_state=optimizer_state.value,
                            param_dtype=param_dtype.value if param_dtype is not None else None)
         if format_ is OutputFormat.json:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from gradprobe.facts.memory import EventLog
+
 Shape = tuple[int, ...]
 
 MODES = ("train", "eval")
@@ -229,6 +231,7 @@ class MemoryFact:
     cuda_max_allocated_bytes: int | None = None
     by_module: tuple[ModuleMemory, ...] = ()
     training_step: TrainingStepEstimate | None = None
+    events: EventLog | None = None  # the memory event log, when asked for (--memory-detail, --format html)
 
 
 CUT_HOW = ("no_grad", "inference_mode", "detach", "data", "reentrant_checkpoint", "non_differentiable")

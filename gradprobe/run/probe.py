@@ -24,6 +24,7 @@ from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
 from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, sum_loss
 from gradprobe.run.state import ModelState, check_mode, grad_context
 from gradprobe.run.trackers.base import BACKWARD, FORWARD
+from gradprobe.run.trackers.events import run_event_log
 from gradprobe.run.trackers.graph import walk_graph
 from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message
 from gradprobe.run.trackers.modules import tensor_fact
@@ -49,6 +50,7 @@ class ProbeOptions:
     graph: bool = True
     tree_depth: int = 8  # levels of the graph a display shows (GraphFact.display_depth); 0: counts only
     seed: int | None = 0
+    memory_detail: bool = False  # record the memory event log: peak anatomy and timeline (issue 14)
 
 
 @dataclass
@@ -85,6 +87,7 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     forward_time: float | None = None
     backward_time: float | None = None
+    input_tensors: list[torch.Tensor] = field(default_factory=list)
 
 
 def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str = "") -> ProbeResult:
@@ -139,10 +142,12 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
     canonical = {pid: ns[0] for pid, ns in names_by_id(before).items()}
     trackers = make_trackers(model, device, memory=options.memory, tensors=options.tensors,
                              grad=options.grad_mode == "grad", guard=guard, names=canonical,
-                             state_tensors=state_tensors, input_tensors=input_tensors)
+                             state_tensors=state_tensors, input_tensors=input_tensors,
+                             events=options.memory_detail)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    return _Run(model, inputs, options, target, state, guard, owners, device, trackers, before)
+    return _Run(model, inputs, options, target, state, guard, owners, device, trackers, before,
+                input_tensors=input_tensors)
 
 
 def _run(run: _Run) -> RunFacts:
@@ -255,6 +260,11 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
         memory = builders.memory_fact(
             run.device, trackers.live.facts(), trackers.saved.facts() if trackers.saved is not None else None,
             calls.output_bytes, sum(p.nbytes for p in params), grad_bytes if did_backward else None)
+        if trackers.events is not None:
+            saved_first = {k: r.first for k, r in trackers.saved.facts().records.items()} if trackers.saved else None
+            memory = replace(memory, events=run_event_log(
+                trackers.events, model, run.input_tensors, [t for _, t in flat_out], saved_first,
+                run.device.type == "meta"))
     changes = builders.param_changes(run.before, run.after, run.guard.facts())
     skipped = tuple(what for what, off in (("memory (--no-memory)", not options.memory),
                                            ("module output tensors (--no-tensors)", not options.tensors)) if off)

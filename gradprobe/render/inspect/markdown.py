@@ -5,6 +5,7 @@ from __future__ import annotations
 from gradprobe.facts.run import InspectReport
 from gradprobe.render.common import findings_md, md_table
 from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
+from gradprobe.render.memory.view import memory_detail_markdown
 from gradprobe.units import human_bytes, shape_text
 
 
@@ -45,6 +46,10 @@ def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:
                 "", f"_{plan_text(report.checkpoint_plan)}_"]
         if len(shown_advice) < len(advice):
             out.append(f"\n_{len(advice) - len(shown_advice)} more calls: use --format json for all._")
+    if f.memory is not None:
+        detail = memory_detail_markdown(f.memory)  # peak anatomy and timeline, with --memory-detail (issue 14)
+        if detail:
+            out += ["", detail]
     params = list(f.parameters)
     shown = params[:top] if top else params
     out += ["", f"### Parameters ({len(params)})", "", md_table(
