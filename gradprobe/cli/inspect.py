@@ -82,6 +82,9 @@ def inspect(
         "--param-dtype", help="Estimate the training step with parameters in this dtype. On --device meta the "
         "model and its float inputs are cast for the run; elsewhere parameter, gradient and optimizer bytes are "
         "scaled.")] = None,
+    graph: Annotated[str | None, typer.Option(
+        "--graph", metavar="FILE", help="Also write the grad_fn graph collapsed by module call (--depth expands "
+        "it) as Graphviz DOT (.dot), Mermaid (.mmd) or SVG (.svg).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when an error finding exists.")] = False,
     format_: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
@@ -96,6 +99,11 @@ def inspect(
 
         if top < 0:
             raise UsageError(f"--top {top}: use 0 (all rows) or more")
+        graph_kind = None
+        if graph is not None:
+            from gradprobe.render.graph.export import check_graph_path
+
+            graph_kind = check_graph_path(graph)
         if memory_detail and no_memory:
             raise UsageError("--memory-detail needs the memory trackers: drop --no-memory")
         if depth < 0:  # checked before the user's code runs
@@ -115,6 +123,12 @@ def inspect(
                            memory_detail=memory_detail,
                            optimizer_state=optimizer_state.value,
                            param_dtype=param_dtype.value if param_dtype is not None else None)
+        if graph is not None and graph_kind is not None:
+            from pathlib import Path
+
+            from gradprobe.render.graph.export import export_graph
+
+            write_text(export_graph(report.facts, graph_kind, depth), Path(graph))
         if format_ is OutputFormat.json:
             from gradprobe.render.inspect.json_out import dumps, inspect_json
 

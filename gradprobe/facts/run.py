@@ -139,6 +139,9 @@ class GraphFact:
     saved_nodes: bytes = b""  # uint32 node indices
     saved_bytes: bytes = b""  # int64 bytes, parallel to saved_nodes
     display_depth: int = 8
+    # every module call of the forward with the call it ran inside (None: the outermost), in call order; what the
+    # exported pictures (--graph) nest and collapse by (issue 14)
+    call_tree: tuple[tuple[tuple[str, int], tuple[str, int] | None], ...] = ()
 
     def column(self, name: str) -> memoryview:
         """A per-node or per-edge column as integers: "kind_of", "edge_starts", "edges", "saved_nodes"

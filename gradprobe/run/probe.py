@@ -24,7 +24,7 @@ from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
 from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, sum_loss
 from gradprobe.run.state import ModelState, check_mode, grad_context
 from gradprobe.run.trackers.base import BACKWARD, FORWARD
-from gradprobe.run.trackers.events import run_event_log
+from gradprobe.run.trackers.events import call_tree, run_event_log
 from gradprobe.run.trackers.graph import walk_graph
 from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message
 from gradprobe.run.trackers.modules import tensor_fact
@@ -202,7 +202,8 @@ def loss_and_graph(run: _Run, output: Any) -> tuple[list[tuple[str, torch.Tensor
                        timeline=run.trackers.recorder.timeline(),
                        saved_by_node=saved.facts().by_node() if saved is not None else None)
     run.owners.shallow = graph.depth <= _SHALLOW_DEPTH
-    return flat_out, loss, replace(graph, display_depth=max(0, run.options.tree_depth))
+    return flat_out, loss, replace(graph, display_depth=max(0, run.options.tree_depth),
+                                   call_tree=call_tree(run.trackers.recorder.timeline()))
 
 
 def _output_tensors(run: _Run, output: Any) -> list[tuple[str, torch.Tensor]]:

@@ -266,3 +266,18 @@ def run_event_log(tracker: EventLogTracker, model: torch.nn.Module, inputs: Sequ
             ("buffers", _storage_bytes((b for b in model.buffers() if b is not None), seen)),
             ("inputs", _storage_bytes(inputs, seen))]
     return tracker.event_log(saved=saved_first, outputs=outputs, gradients=gradients, held=held, estimate=estimate)
+
+
+def call_tree(timeline: CallTimeline) -> tuple[tuple[Call, Call | None], ...]:
+    """Every module call with the call it ran inside, from the recorder's timeline of innermost calls.
+
+    The recorder marks the innermost call when a call begins (the new call) and when it ends (the enclosing
+    one again), so the mark just before a call's first mark is the call that was running when it began.
+    """
+    found: dict[Call, Call | None] = {}
+    previous: Call | None = None
+    for call in timeline.calls:
+        if call is not None and call not in found:
+            found[call] = previous
+        previous = call
+    return tuple(found.items())
