@@ -120,7 +120,7 @@ def inspect(
             report = probe(loaded.model, example, mode=mode.value, grad_mode=grad.value,
                            loss=loss_fn, backward=not no_backward, memory=not no_memory,
                            tensors=not no_tensors, depth=depth, seed=seed, target=target, loaded=loaded,
-                           memory_detail=memory_detail,
+                           memory_detail=(memory_detail or format_ is OutputFormat.html) and not no_memory,
                            optimizer_state=optimizer_state.value,
                            param_dtype=param_dtype.value if param_dtype is not None else None)
         if graph is not None and graph_kind is not None:
@@ -129,7 +129,11 @@ def inspect(
             from gradprobe.render.graph.export import export_graph
 
             write_text(export_graph(report.facts, graph_kind, depth), Path(graph))
-        if format_ is OutputFormat.json:
+        if format_ is OutputFormat.html:
+            from gradprobe.render.html.inspect import inspect_html
+
+            write_text(inspect_html(report, depth), output)
+        elif format_ is OutputFormat.json:
             from gradprobe.render.inspect.json_out import dumps, inspect_json
 
             write_text(dumps(inspect_json(report)), output)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CliResult
 
+from tests.conftest import CliResult
 from tests.fixtures.mermaid_check import check_mermaid
 
 MODEL = textwrap.dedent("""

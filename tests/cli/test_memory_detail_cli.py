@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from conftest import CliResult
+from tests.conftest import CliResult
 
 TARGET = "tests.fixtures.zoo:tiny_gpt"
 
