@@ -40,6 +40,8 @@ class Node:
     def stats(self) -> str:
         if self.kind in ("param", "leaves"):
             return ""
+        if not self.grad_fns:
+            return "no grad_fn"
         saved = f" · {human_bytes(self.saved_bytes)} saved" if self.saved_bytes else ""
         return f"{self.grad_fns} grad_fn{saved}"
 
@@ -134,6 +136,14 @@ def collapse(facts: RunFacts, depth: int, max_params: int | None = None) -> Coll
     for call in sorted({shown[c] for c in graph.calls}, key=lambda c: order[c]):
         call_node[call] = f"c{order[call]}"
     group_of_call = [call_node[shown[c]] for c in graph.calls]
+    # module calls without grad_fn nodes that own frozen or unused parameters: drawn too, so those attach
+    first_call = {}
+    for call in tree:
+        first_call.setdefault(call[0], call)
+    for p in facts.parameters:
+        call = first_call.get(p.module)
+        if call is not None and param_state(p, graph.reached_params) != TRAINABLE and shown[call] not in call_node:
+            call_node[shown[call]] = f"c{order[shown[call]]}"
     n = graph.nodes
     params = dict(graph.params)
     kind_of = graph.column("kind_of") if n else memoryview(b"").cast("I")
