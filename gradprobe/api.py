@@ -106,6 +106,7 @@ def probe(
     optimizer_state: str = "adam",
     param_dtype: str | None = None,
     grads: bool | GradThresholds = False,
+    memory_detail: bool = False,
 ) -> InspectReport:
     """Run ``model`` once in ``mode``/``grad_mode`` and return facts plus findings; the model is left as found.
 
@@ -113,6 +114,7 @@ def probe(
     training-step memory estimate; on the meta device ``param_dtype`` casts the run (gradprobe.run.estimate).
     ``grads`` (True, or :class:`~gradprobe.facts.grad_health.GradThresholds`) adds gradient health: per-parameter
     gradient figures, the gradient reaching each module call, where NaN/Inf first appeared (``facts.grad_health``).
+    ``memory_detail`` records the memory event log: what is alive at each peak, and the timeline.
     """
     if depth < 0:
         raise UsageError(f"--depth {depth}: use 0 or more")
@@ -123,7 +125,7 @@ def probe(
     example = as_inputs(inputs, model)
     options = ProbeOptions(mode=mode, grad_mode=grad_mode, loss=loss, backward=backward, memory=memory,
                            tensors=tensors, tree_depth=depth, seed=seed,
-                           grads=grad_thresholds(grads))
+                           grads=grad_thresholds(grads), memory_detail=memory_detail and memory)
     cast = param_dtype is not None and any(p.device.type == "meta" for p in model.parameters())
     with cast_floating(model, example.args, example.kwargs, param_dtype) if cast else \
             contextlib.nullcontext((example.args, example.kwargs)) as (args, kwargs):  # type: ignore[arg-type]

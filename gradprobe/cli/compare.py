@@ -92,7 +92,11 @@ def compare_modes(
 
             first = report.rows[0]
             raise RunError(f"every mode failed; {first.mode}:{first.grad_mode}: {first.error}")
-        if format_ is OutputFormat.json:
+        if format_ is OutputFormat.html:
+            from gradprobe.render.html.compare import compare_html
+
+            write_text(compare_html(report), output)
+        elif format_ is OutputFormat.json:
             from gradprobe.render.common import dumps
             from gradprobe.render.compare.json_out import compare_json
 

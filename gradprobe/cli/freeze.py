@@ -183,7 +183,11 @@ def _run(cli_values: dict[str, Any], given: set[str], config: Path | None, write
     from gradprobe.render.freeze import github
     from gradprobe.render.freeze.view import freeze_json, freeze_markdown, render_freeze
 
-    if format_ is OutputFormat.json:
+    if format_ is OutputFormat.html:
+        from gradprobe.render.html.freeze import freeze_html
+
+        write_text(freeze_html(report), output)
+    elif format_ is OutputFormat.json:
         from gradprobe.render.common import dumps
 
         write_text(dumps(freeze_json(report)), output)

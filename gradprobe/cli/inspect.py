@@ -73,6 +73,9 @@ def inspect(
                                                 help="Show only names matching GLOB in the tables.")] = None,
     no_memory: Annotated[bool, typer.Option("--no-memory", help="Switch off the memory trackers.")] = False,
     no_tensors: Annotated[bool, typer.Option("--no-tensors", help="Do not record module output tensors.")] = False,
+    memory_detail: Annotated[bool, typer.Option(
+        "--memory-detail", help="Record every allocation and free: what is alive at each peak (by category, "
+        "largest tensors) and a memory timeline. On with --format html.")] = False,
     optimizer_state: Annotated[OptimizerState, typer.Option(
         "--optimizer-state", help="Optimizer state in the training-step memory estimate: sgd (none), momentum "
         "(1 copy of the trainable parameters), adam (2 copies).")] = OptimizerState.adam,
@@ -86,6 +89,9 @@ def inspect(
     grad_factor: Annotated[float, typer.Option("--grad-factor", metavar="FACTOR", help="With --grads: report a "
                                                "gradient that falls or rises by more than FACTOR across the "
                                                "model's blocks.")] = 1000.0,
+    graph: Annotated[str | None, typer.Option(
+        "--graph", metavar="FILE", help="Also write the grad_fn graph collapsed by module call (--depth expands "
+        "it) as Graphviz DOT (.dot), Mermaid (.mmd) or SVG (.svg).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when an error finding exists.")] = False,
     format_: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
@@ -101,6 +107,13 @@ def inspect(
 
         if top < 0:
             raise UsageError(f"--top {top}: use 0 (all rows) or more")
+        graph_kind = None
+        if graph is not None:
+            from gradprobe.render.graph.export import check_graph_path
+
+            graph_kind = check_graph_path(graph)
+        if memory_detail and no_memory:
+            raise UsageError("--memory-detail needs the memory trackers: drop --no-memory")
         if depth < 0:  # checked before the user's code runs
             raise UsageError(f"--depth {depth}: use 0 or more")
         if not grad_factor > 1:
@@ -117,10 +130,21 @@ def inspect(
             report = probe(loaded.model, example, mode=mode.value, grad_mode=grad.value,
                            loss=loss_fn, backward=not no_backward, memory=not no_memory,
                            tensors=not no_tensors, depth=depth, seed=seed, target=target, loaded=loaded,
+                           memory_detail=(memory_detail or format_ is OutputFormat.html) and not no_memory,
                            optimizer_state=optimizer_state.value,
                            param_dtype=param_dtype.value if param_dtype is not None else None,
                            grads=GradThresholds(factor=grad_factor) if grads else False)
-        if format_ is OutputFormat.json:
+        if graph is not None and graph_kind is not None:
+            from pathlib import Path
+
+            from gradprobe.render.graph.export import export_graph
+
+            write_text(export_graph(report.facts, graph_kind, depth), Path(graph))
+        if format_ is OutputFormat.html:
+            from gradprobe.render.html.inspect import inspect_html
+
+            write_text(inspect_html(report, depth), output)
+        elif format_ is OutputFormat.json:
             from gradprobe.render.inspect.json_out import dumps, inspect_json
 
             write_text(dumps(inspect_json(report)), output)

@@ -22,6 +22,7 @@ class OutputFormat(str, Enum):
     table = "table"
     json = "json"
     markdown = "markdown"
+    html = "html"  # one self-contained page (issue 14); use with -o report.html
 
 
 TargetArg = Annotated[str, typer.Argument(

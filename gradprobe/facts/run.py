@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from gradprobe.facts.grad_health import GradHealthFacts
+from gradprobe.facts.memory import EventLog
 
 Shape = tuple[int, ...]
 
@@ -139,6 +140,9 @@ class GraphFact:
     saved_nodes: bytes = b""  # uint32 node indices
     saved_bytes: bytes = b""  # int64 bytes, parallel to saved_nodes
     display_depth: int = 8
+    # every module call of the forward with the call it ran inside (None: the outermost), in call order; what the
+    # exported pictures (--graph) nest and collapse by (issue 14)
+    call_tree: tuple[tuple[tuple[str, int], tuple[str, int] | None], ...] = ()
 
     def column(self, name: str) -> memoryview:
         """A per-node or per-edge column as integers: "kind_of", "edge_starts", "edges", "saved_nodes"
@@ -231,6 +235,7 @@ class MemoryFact:
     cuda_max_allocated_bytes: int | None = None
     by_module: tuple[ModuleMemory, ...] = ()
     training_step: TrainingStepEstimate | None = None
+    events: EventLog | None = None  # the memory event log, when asked for (--memory-detail, --format html)
 
 
 CUT_HOW = ("no_grad", "inference_mode", "detach", "data", "reentrant_checkpoint", "non_differentiable")

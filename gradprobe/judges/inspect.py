@@ -7,6 +7,8 @@ with hand-made facts as well as real runs.  Codes are a public contract.
 from __future__ import annotations
 
 from gradprobe.facts.run import BufferFact, Finding, InspectReport, RunFacts
+from gradprobe.judges.anatomy import CODES as ANATOMY_CODES
+from gradprobe.judges.anatomy import anatomy_findings
 from gradprobe.judges.checkpoint import ADVICE_TOP, checkpoint_advice
 from gradprobe.judges.grad_health import grad_health_findings
 from gradprobe.judges.gradients import gradient_findings
@@ -29,6 +31,7 @@ CODES = {
     "no-trainable-params": "no parameter requires grad: nothing will train",
     "weights-missing-keys": "the weights file lacks some of the model's keys",
     "weights-unexpected-keys": "the weights file has keys the model lacks",
+    **ANATOMY_CODES,
 }
 
 
@@ -87,6 +90,7 @@ def judge_run(facts: RunFacts) -> list[Finding]:
             f"{shorten(facts.unexpected_keys)}",
             "a renamed module or a prefix such as 'module.' from DataParallel",
         ))
+    findings += anatomy_findings(facts)  # only with the memory event log (issue 14)
     order = {"error": 0, "warning": 1, "info": 2}
     return sorted(findings, key=lambda f: order[f.severity])
 

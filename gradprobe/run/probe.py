@@ -26,6 +26,7 @@ from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, o
 from gradprobe.run.state import ModelState, check_mode, grad_context
 from gradprobe.run.timing import clock, lap
 from gradprobe.run.trackers.base import BACKWARD, FORWARD
+from gradprobe.run.trackers.events import call_tree, run_event_log
 from gradprobe.run.trackers.graph import walk_graph
 from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message
 from gradprobe.run.trackers.modules import tensor_fact
@@ -52,6 +53,7 @@ class ProbeOptions:
     tree_depth: int = 8  # levels of the graph a display shows (GraphFact.display_depth); 0: counts only
     seed: int | None = 0
     grads: GradThresholds | None = None  # --grads: gradient health with these thresholds (None: off)
+    memory_detail: bool = False  # record the memory event log: peak anatomy and timeline (issue 14)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class _Run:
     forward_time: float | None = None
     backward_time: float | None = None
     proven_finite: dict[int, int] = field(default_factory=dict)  # outputs the default loss proved finite
+    input_tensors: list[torch.Tensor] = field(default_factory=list)
 
 
 def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str = "") -> ProbeResult:
@@ -148,10 +151,11 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
     trackers = make_trackers(model, device, memory=options.memory, tensors=options.tensors,
                              grad=options.grad_mode == "grad", guard=guard, names=canonical,
                              state_tensors=state_tensors, input_tensors=input_tensors, grads=options.grads,
-                             depth=options.tree_depth)
+                             depth=options.tree_depth, events=options.memory_detail)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    return _Run(model, inputs, options, target, state, guard, owners, device, trackers, before)
+    return _Run(model, inputs, options, target, state, guard, owners, device, trackers, before,
+                input_tensors=input_tensors)
 
 
 def _run(run: _Run) -> RunFacts:
@@ -216,7 +220,8 @@ def loss_and_graph(run: _Run, output: Any) -> tuple[list[tuple[str, torch.Tensor
                        saved_by_node=saved.facts().by_node() if saved is not None else None)
     lap("graph", t0)
     run.owners.shallow = graph.depth <= _SHALLOW_DEPTH
-    return flat_out, loss, replace(graph, display_depth=max(0, run.options.tree_depth))
+    return flat_out, loss, replace(graph, display_depth=max(0, run.options.tree_depth),
+                                   call_tree=call_tree(run.trackers.recorder.timeline()))
 
 
 def _output_tensors(run: _Run, output: Any) -> list[tuple[str, torch.Tensor]]:
@@ -278,6 +283,11 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
         memory = builders.memory_fact(
             run.device, trackers.live.facts(), trackers.saved.facts() if trackers.saved is not None else None,
             calls.output_bytes, sum(p.nbytes for p in params), grad_bytes if did_backward else None)
+        if trackers.events is not None:
+            saved_first = {k: r.first for k, r in trackers.saved.facts().records.items()} if trackers.saved else None
+            memory = replace(memory, events=run_event_log(
+                trackers.events, model, run.input_tensors, [t for _, t in flat_out], saved_first,
+                run.device.type == "meta"))
     changes = builders.param_changes(run.before, run.after, run.guard.facts())
     skipped = tuple(what for what, off in (("memory (--no-memory)", not options.memory),
                                            ("module output tensors (--no-tensors)", not options.tensors)) if off)

@@ -21,6 +21,7 @@ from gradprobe.render.common import dumps, finding_json
 from gradprobe.render.inspect.grad_text import grad_health_json
 
 __all__ = ["INSPECT_SCHEMA", "dumps", "inspect_json"]  # dumps: the CLI writes every document through it
+from gradprobe.render.memory.view import memory_detail_json
 
 INSPECT_SCHEMA = "gradprobe.inspect/1"
 
@@ -104,6 +105,7 @@ def memory_json(m: MemoryFact | None, report: InspectReport | None = None) -> di
         ],
         "training_step": training_step_json(m.training_step),
         **(checkpoint_json(report) if report is not None else {}),
+        **memory_detail_json(m),
     }
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from gradprobe.facts.run import InspectReport
 from gradprobe.render.common import findings_md, md_table
+from gradprobe.render.graph.export import mermaid_markdown
 from gradprobe.render.inspect.grad_text import grad_health_markdown
 from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
+from gradprobe.render.memory.view import memory_detail_markdown
 from gradprobe.units import human_bytes, shape_text
 
 
@@ -27,6 +29,9 @@ def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:
                    f"grad_fn={o.grad_fn}, is_inference={o.is_inference}")
     if f.graph is not None:
         out.append(f"- grad_fn graph: {f.graph.nodes} nodes, depth {f.graph.depth}")
+        picture = mermaid_markdown(f, f.graph.display_depth)  # the graph as a picture on GitHub (issue 14)
+        if picture:
+            out += ["", picture, ""]
     out += ["", "### Findings", "", findings_md(report.findings)]
     if f.memory is not None:
         m = f.memory
@@ -49,6 +54,10 @@ def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:
     grads = grad_health_markdown(report, top)  # only with --grads (gradprobe.render.inspect.grad_text)
     if grads:
         out += ["", grads.rstrip("\n")]
+    if f.memory is not None:
+        detail = memory_detail_markdown(f.memory)  # peak anatomy and timeline, with --memory-detail (issue 14)
+        if detail:
+            out += ["", detail]
     params = list(f.parameters)
     shown = params[:top] if top else params
     out += ["", f"### Parameters ({len(params)})", "", md_table(

@@ -15,6 +15,7 @@ from gradprobe.facts.run import GradState, InspectReport, RunFacts, TensorFact
 from gradprobe.render.common import findings_table
 from gradprobe.render.graph.tree import GraphTree, display_tree
 from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
+from gradprobe.render.memory.view import memory_detail_view
 from gradprobe.units import human_bytes, human_count, seconds, shape_text
 
 GRAD_STYLE = {GradState.ABSENT: "red", GradState.ZERO: "yellow", GradState.NONZERO: "green", GradState.PRESENT: "green"}
@@ -298,6 +299,9 @@ def memory_table(report: InspectReport, top: int | None, pattern: str | None = N
     advice = checkpoint_table(report, top)
     if advice is not None:
         parts.append(advice)
+    detail = memory_detail_view(m, top)  # peak anatomy and timeline, with --memory-detail (issue 14)
+    if detail is not None:
+        parts.append(detail)
     return Group(*parts)
 
 

@@ -21,6 +21,7 @@ from gradprobe.facts.grad_health import GradThresholds
 from gradprobe.facts.run import RunFacts
 from gradprobe.run.trackers.base import FORWARD, OpObserver, OpStream, Phase, Tracker, installed
 from gradprobe.run.trackers.cuts import CutTracker
+from gradprobe.run.trackers.events import EventLogTracker
 from gradprobe.run.trackers.grad_health import GradHealthTracker
 from gradprobe.run.trackers.memory import LiveBytesTracker
 from gradprobe.run.trackers.meta import meta_fidelity
@@ -84,6 +85,7 @@ class RunTrackers:
     cuts: GraphCuts | None = None
     stream: OpStream | None = None
     grad_health: GradHealthTracker | None = None  # --grads
+    events: EventLogTracker | None = None  # the memory event log (--memory-detail)
     ordered: list[Tracker] = field(default_factory=list)
 
     def installed(self, phase: Phase) -> contextlib.AbstractContextManager[None]:
@@ -102,25 +104,28 @@ class RunTrackers:
 def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tensors: bool, grad: bool,
                   guard: ParamWriteGuard, names: Mapping[int, str], state_tensors: Sequence[torch.Tensor],
                   input_tensors: Sequence[torch.Tensor], grads: GradThresholds | None = None,
-                  depth: int = 8) -> RunTrackers:
+                  depth: int = 8, events: bool = False) -> RunTrackers:
     """Build the trackers the options ask for.  ``grad``: the forward runs with grad enabled (saved tensors
     and graph cuts exist only then); ``names``: id(parameter) -> canonical name; ``state_tensors``
     (parameters, buffers) cost no new bytes; ``grads`` (thresholds) switches the gradient-health tracker on,
-    ``depth`` is its flow view's depth."""
+    ``depth`` is its flow view's depth; ``events``: record the memory event log."""
     recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory)
     found = RunTrackers(recorder=recorder, guard=guard)
     if memory:
         found.live = LiveBytesTracker(known=[*state_tensors, *input_tensors])
         if grad:
             found.saved = SavedTensorTracker(exclude=state_tensors, calls=recorder)
+        if events:  # the same storages as the live-bytes count: its running sum reaches the same peaks
+            found.events = EventLogTracker(recorder, known=[*state_tensors, *input_tensors])
     if device.type == "meta":
         found.kernels = MetaKernels()
     found.cuts = GraphCuts(model, names, cuts=grad)
-    observers: list[OpObserver] = [o for o in (guard if guard.watching else None, found.live) if o is not None]
+    observers: list[OpObserver] = [o for o in (guard if guard.watching else None, found.live, found.events)
+                                   if o is not None]
     found.stream = OpStream(observers) if observers else None
     if grads is not None:  # after the recorder (it asks which call made a node); its ops unseen by the stream
         found.grad_health = GradHealthTracker(model, recorder, device, grads, depth)
     candidates: list[Tracker | None] = [recorder, guard, found.live, found.saved, found.kernels, found.cuts,
-                                        found.stream, found.grad_health]
+                                        found.events, found.stream, found.grad_health]
     found.ordered = [t for t in candidates if t is not None]
     return found
