@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -24,25 +22,8 @@ from gradprobe.cli.options import (
     WeightsOpt,
     guarded,
     render_rich,
-    stderr_console,
     write_text,
 )
-
-
-@contextlib.contextmanager
-def progress_bar() -> Iterator[Any]:
-    """A rich progress bar on stderr; silent when stderr is not a terminal, so logs and pipes stay clean."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = stderr_console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("compare-modes", total=None)
-
-        def update(description: str, done: int, total: int) -> None:
-            bar.update(task, description=description, completed=done, total=total)
-
-        yield update
 
 
 def compare_modes(
@@ -81,17 +62,19 @@ def compare_modes(
 
         from gradprobe.api import compare_modes as api_compare_modes
         from gradprobe.api import load, user_output_to_stderr
+        from gradprobe.cli.progress import progress
         with user_output_to_stderr():
             loaded, example = load(target, init=init, weights=weights, device=device, inputs=inputs,
                                    shapes=shape, dtype=dtype, high=high, seed=seed)
-            with progress_bar() as update:
+            with progress("compare-modes") as step:
                 report = api_compare_modes(loaded.model, example, modes=pairs, repeat=repeat, backward=backward,
-                                           seed=seed, target=target, loaded=loaded, progress=update)
+                                           seed=seed, target=target, loaded=loaded, progress=step)
         if report.rows and not any(row.ok for row in report.rows):  # nothing ran: no comparison to show
             from gradprobe.errors import RunError
 
             first = report.rows[0]
-            raise RunError(f"every mode failed; {first.mode}:{first.grad_mode}: {first.error}")
+            hints = "".join(f"; {note}" for note in report.comparison.notes if note.startswith("hint:"))
+            raise RunError(f"every mode failed; {first.mode}:{first.grad_mode}: {first.error}{hints}")
         if format_ is OutputFormat.json:
             from gradprobe.render.common import dumps
             from gradprobe.render.compare.json_out import compare_json

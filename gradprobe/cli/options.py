@@ -130,10 +130,3 @@ def render_rich(draw: Callable[[Any], None], output: Path | None) -> None:
     except OSError as exc:
         raise GradprobeError(f"--output: cannot write '{output}' ({exc.strerror}); choose a writable path") from exc
     sys.stderr.write(f"gradprobe: wrote {output}\n")
-
-
-def stderr_console() -> Any:
-    """Progress and messages go to stderr so stdout stays clean for --format json."""
-    from rich.console import Console
-
-    return Console(stderr=True)

@@ -225,3 +225,26 @@ def resolve_settings(cli: Mapping[str, Any], given: Iterable[str], config: Path 
         else:
             setattr(settings, key, table[key])
     return settings
+
+
+# --------------------------------------------------------------------------- baseline for one check
+
+
+def resolve_baseline(
+    baseline: str | os.PathLike[str] | Mapping[str, bool] | None,
+    write_to: str | os.PathLike[str] | None,
+    params: list[tuple[list[str], bool]],
+    target: str,
+) -> tuple[dict[str, bool] | None, str | None]:
+    """(expected flags, where they came from): ``write_to`` is written from ``params`` first and, when no
+    ``baseline`` is given, checked against; a mapping is taken as is."""
+    if write_to is not None:
+        write_baseline(write_to, params, target)
+        if baseline is None:
+            baseline = write_to
+    if baseline is None:
+        return None, None
+    if isinstance(baseline, Mapping):
+        return {str(k): bool(v) for k, v in baseline.items()}, "(mapping)"
+    path = os.fspath(baseline)
+    return read_baseline(path), path

@@ -24,7 +24,7 @@ from gradprobe.facts.run import (
     ParamFact,
     RunFacts,
 )
-from gradprobe.load.target import ExampleInputs
+from gradprobe.load.inputs import ExampleInputs
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
 from gradprobe.run.state import ModelState, check_mode, clear_grads, grad_context, table_get
 from gradprobe.run.trackers.cuts import CutTracker
