@@ -24,7 +24,7 @@ from gradprobe.judges.compare import compare_report
 from gradprobe.judges.freeze import FreezeReport, judge
 from gradprobe.judges.freeze_spec import FreezeSpec
 from gradprobe.judges.inspect import judge_inspect
-from gradprobe.load.config import resolve_baseline
+from gradprobe.load.baseline import resolve_baseline
 from gradprobe.load.inputs import ExampleInputs, as_inputs, cpu_fallback, needs_cpu, run_hint, to_device
 from gradprobe.load.loss import LossFn, resolve_loss
 from gradprobe.load.model import LoadedModel

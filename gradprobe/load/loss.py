@@ -1,11 +1,12 @@
-"""``--loss``: a reduction name, a user function ``module:fn(outputs, inputs)``, or the model's own loss."""
+"""``--loss``: a reduction name, a user function ``module:fn(outputs, inputs)``, or the model's own loss.
+
+Importing this module does not import torch: the CLI checks ``--loss`` before loading anything.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import torch
 
 from gradprobe.errors import RunError, UsageError
 from gradprobe.load.user_code import load_object
@@ -32,8 +33,10 @@ def resolve_loss(spec: str | None) -> str | LossFn:
     return fn  # type: ignore[no-any-return]
 
 
-def model_loss(outputs: Any, inputs: Any) -> torch.Tensor:
+def model_loss(outputs: Any, inputs: Any) -> Any:
     """The loss the model computed itself (a Hugging Face output's ``.loss`` when labels are passed)."""
+    import torch
+
     loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
     if not isinstance(loss, torch.Tensor):
         raise RunError("the model returned no loss although labels were passed; give --loss sum or --loss MOD:fn")
