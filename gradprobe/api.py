@@ -98,11 +98,11 @@ def _with_hints(model: nn.Module, example: ExampleInputs, run: Callable[[Example
         kept, names = retry
         try:
             result = run(kept)
-            if failed(result) is None:
-                notes.append(f"--device meta: kept {', '.join(names)} on the CPU (an op needs it there)")
-                return result
-        except RunError:
-            pass
+        except RunError as exc:  # kept on the CPU, a later op still needs values: that error is the one to show
+            raise RunError(f"{exc} (with {', '.join(names)} kept on the CPU, where an earlier op needs it)") from exc
+        if failed(result) is None:
+            notes.append(f"--device meta: kept {', '.join(names)} on the CPU with its values (an op needs it there)")
+            return result
     hint = run_hint(model, example, text)
     if isinstance(error, RunError):
         if hint is None:

@@ -328,9 +328,8 @@ def run_hint(model: nn.Module, inputs: ExampleInputs, error_text: str) -> str | 
         return f"hint: an integer input indexes past an nn.Embedding; draw token ids from a smaller range with " \
                f"--high N (N at most that embedding's num_embeddings, {size} for the first one)"
     if needs_cpu(error_text):
-        ints = [name for name, t in _integers(inputs.args, inputs.kwargs)]
+        ints = [name for name, t in _integers(inputs.args, inputs.kwargs) if t.dim() <= 1]
         named = f"input(s) {', '.join(ints[:3])}" if ints else "an input"
         return (f"hint: on --device meta an op needs {named} on the CPU with real values (e.g. "
-                f"pack_padded_sequence lengths); pass them as a Python list or create them inside forward, "
-                f"or run with --device cpu")
+                f"pack_padded_sequence lengths); run with --device cpu, or compute them inside forward")
     return None
