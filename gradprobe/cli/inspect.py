@@ -35,8 +35,8 @@ from gradprobe.cli.options import (
 
 EPILOG = examples(
     "gradprobe inspect gradprobe.examples:FineTuneNet --top 6",
-    "gradprobe inspect model.py:GPT --shape 2,64 --dtype int64 --mode eval --grad no_grad",
-    "gradprobe inspect ./checkpoints/my-bert --format json -o report.json",
+    "gradprobe inspect gradprobe.examples:FineTuneNet --mode eval --grad no_grad --filter 'backbone*'",
+    "gradprobe inspect gradprobe.examples:FineTuneNet --device meta --format json -o report.json",
 )
 
 
