@@ -213,8 +213,8 @@ class Settings:
         if self.config is None:
             return None
         where = f"{self.config} {' + '.join(self.sections) or '[tool.gradprobe]'}"
-        used = f"supplied {', '.join(self.supplied)}" if self.supplied else \
-            "supplied nothing (the command line set every key it has)"
+        used = f"supplied {', '.join(self.supplied)}" if self.supplied else "supplied nothing" if self.skipped \
+            else "supplied nothing: the command line gave every key it sets"
         skipped = f"; not used, as written for target '{self.table_target}': {', '.join(self.skipped)}" \
             if self.skipped else ""
         return f"config: {where} {used}{skipped}"
