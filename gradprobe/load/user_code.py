@@ -85,7 +85,7 @@ def public_names(path: Path) -> list[str]:
     for node in tree.body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and not node.name.startswith("_"):
             names.append(node.name)
-        elif isinstance(node, ast.Assign):  # model = Net(): an instance target
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):  # model = Net(): an instance target
             names += [t.id for t in node.targets if isinstance(t, ast.Name) and not t.id.startswith("_")]
     return names
 
