@@ -84,7 +84,7 @@ def test_import_failure_names_the_folders_searched_and_the_fix(project: Path, ru
 def test_path_option_and_table_key_make_a_folder_importable(project: Path, run_cli: Callable[..., Any]) -> None:
     torch.manual_seed(0)
     lin = torch.nn.Linear(3, 1)
-    expected = float(lin(torch.randn(2, 3)).sum())
+    expected = float(lin(torch.randn(2, 3)).sum().detach())
     res = run_cli("inspect", "vendored.model:Vendored", "--shape", "2,3", "--path", "third_party", "-f", "json",
                   cwd=project)
     assert loss_of(res) == pytest.approx(expected, rel=1e-6)
