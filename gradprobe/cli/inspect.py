@@ -155,7 +155,8 @@ def _render(report: Any, format_: OutputFormat, output: Any, top: int, filter_: 
     from gradprobe.cli.output import render_rich, write_text
 
     if format_ is OutputFormat.json:
-        from gradprobe.render.inspect.json_out import dumps, inspect_json
+        from gradprobe.render.common import dumps
+        from gradprobe.render.inspect.json_out import inspect_json
 
         write_text(dumps(inspect_json(report)), output)
     elif format_ is OutputFormat.markdown:
