@@ -1,39 +1,50 @@
-"""The Python API under the CLI: load a target, probe it, judge the facts.
+"""The Python API under the CLI: one thin function per command, usable from pytest on a model object.
 
-Usable from pytest on a model object (``probe(model, inputs)``) or from a
-spec string as the CLI does (``load(...)`` then ``probe(...)``).
+``load`` (a spec string → model and inputs, as the CLI does), ``probe`` (``inspect``), ``compare_modes``,
+``freeze_check`` and ``assert_frozen``.  Each resolves its inputs and loss in the load layer, runs the
+engine (``gradprobe.run``) and judges the facts (``gradprobe.judges``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-import torch
 from torch import nn
 
-from gradprobe.errors import InputError, UsageError
+from gradprobe.errors import RunError, UsageError
+from gradprobe.facts.compare import CompareReport
 from gradprobe.facts.grad_health import GradThresholds
 from gradprobe.facts.run import InspectReport
+from gradprobe.judges.compare import compare_report
+from gradprobe.judges.freeze import FreezeReport, judge
+from gradprobe.judges.freeze_spec import FreezeSpec
 from gradprobe.judges.inspect import judge_inspect
-from gradprobe.load.target import (
-    ExampleInputs,
-    LoadedModel,
-    build_model,
-    load_object,
-    load_weights,
-    make_inputs,
-    parse_init,
-    resolve_device,
-    to_device,
-    unwrap_model,
-)
+from gradprobe.load.baseline import resolve_baseline
+from gradprobe.load.inputs import ExampleInputs, as_inputs, cpu_fallback, needs_cpu, run_hint, to_device
+from gradprobe.load.loss import LossFn, resolve_loss
+from gradprobe.load.model import LoadedModel
+from gradprobe.load.modes import parse_modes
+from gradprobe.load.target import load_target, prepare
+from gradprobe.load.user_code import load_object
+from gradprobe.run.compare import run_compare
 from gradprobe.run.estimate import cast_floating, with_training_step
 from gradprobe.run.estimate import check_options as check_estimate_options
-from gradprobe.run.probe import LossFn, ProbeOptions, run_probe
+from gradprobe.run.freeze import run_freeze
+from gradprobe.run.probe import ProbeOptions, param_names, run_probe
+
+__all__ = ["as_inputs", "assert_frozen", "compare_modes", "freeze_check", "load", "probe", "resolve_loss",
+           "to_device", "user_output_to_stderr"]
+
+NOTHING_TO_CHECK = ("nothing to check: give --frozen/--trainable GLOB patterns, a [tool.gradprobe.freeze] table in "
+                    "pyproject.toml, or --baseline FILE")
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -52,41 +63,67 @@ def load(
     inputs: str | None = None,
     shapes: list[str] | None = None,
     dtype: str = "float32",
-    high: int = 2,
+    high: int | None = None,
     seed: int | None = 0,
+    path: Iterable[str | os.PathLike[str]] = (),
 ) -> tuple[LoadedModel, ExampleInputs]:
-    """Import and build ``target``, load weights, and make example inputs, as the CLI does."""
-    torch_device = resolve_device(device)
-    kwargs = init if isinstance(init, dict) else parse_init(init)
-    # seeded for a reproducible build and inputs, on a forked RNG so the caller's random state is untouched
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        obj = load_object(target)
-        loaded = build_model(obj, target, kwargs, torch_device)
-        if weights:
-            load_weights(loaded, weights)
-        example = make_inputs(loaded.model, spec=inputs, shapes=shapes, dtype=dtype, high=high,
-                              device=torch_device, target=target)
-    if inputs and shapes:
-        loaded.notes.append("--shape ignored: --inputs takes precedence")
-    return loaded, example
+    """Import and build ``target`` (a spec or a Hugging Face folder), load weights and make example inputs, as
+    the CLI does.  ``high=None`` draws integer inputs below the first nn.Embedding's size; ``path`` adds import
+    directories."""
+    return load_target(target, init=init, weights=weights, device=device, inputs=inputs, shapes=shapes,
+                       dtype=dtype, high=high, seed=seed, path=path)
 
 
-def as_inputs(inputs: Any, model: nn.Module) -> ExampleInputs:
-    """A tensor, tuple/list (positional) or dict (keyword) → ``ExampleInputs``; None uses example_input_array."""
-    if isinstance(inputs, ExampleInputs):
-        return inputs
-    if inputs is None:  # on the model's device: a model built on meta has meta example inputs
-        device = next((p.device for p in model.parameters()), None)
-        return make_inputs(model, target=type(model).__name__, device=device)
-    if isinstance(inputs, torch.Tensor):
-        return ExampleInputs((inputs,), {}, "inputs")
-    if isinstance(inputs, (tuple, list)):
-        return ExampleInputs(tuple(inputs), {}, "inputs")
-    if isinstance(inputs, dict):
-        return ExampleInputs((), dict(inputs), "inputs")
-    raise InputError(f"inputs of type {type(inputs).__name__}: pass a tensor, a tuple/list or a dict")
+def _loss(loss: str | LossFn | None, loaded: LoadedModel | None) -> str | LossFn:
+    """``None``: the model's own loss where loading chose one (a Hugging Face head given labels), else ``sum``."""
+    if loss is None:
+        return loaded.loss if loaded is not None and loaded.loss is not None else "sum"
+    return resolve_loss(loss) if isinstance(loss, str) else loss
+
+
+def _with_hints(model: nn.Module, example: ExampleInputs, run: Callable[[ExampleInputs], T],
+                notes: list[str], failed: Callable[[T], str | None] = lambda _: None) -> T:
+    """``run(example)``; on meta, once more with integer lengths/indices on the CPU when an op needs them there;
+    a failure caused by the inputs gets a one-line hint.  ``failed`` reads a failure out of a result that does
+    not raise (compare-modes rows)."""
+    try:
+        result = run(example)
+        error = failed(result)
+    except RunError as exc:
+        result, error = None, exc  # type: ignore[assignment]
+    if error is None:
+        return result
+    text = _error_text(error)
+    retry = cpu_fallback(example) if needs_cpu(text) else None
+    if retry is not None:
+        kept, names = retry
+        try:
+            result = run(kept)
+        except RunError as exc:  # kept on the CPU, a later op still needs values: that error is the one to show
+            raise RunError(f"{exc} (with {', '.join(names)} kept on the CPU, where an earlier op needs it)") from exc
+        if failed(result) is None:
+            notes.append(f"--device meta: kept {', '.join(names)} on the CPU with its values (an op needs it there)")
+            return result
+    hint = run_hint(model, example, text)
+    if isinstance(error, RunError):
+        if hint is None:
+            raise error
+        raise RunError(f"{error}; {hint}") from error
+    if hint is not None:
+        notes.append(hint)
+    return result
+
+
+def _error_text(error: BaseException | str) -> str:
+    """The error and its causes, for recognising what the inputs did wrong."""
+    parts: list[str] = []
+    seen: BaseException | None = error if isinstance(error, BaseException) else None
+    if seen is None:
+        return str(error)
+    while seen is not None and len(parts) < 5:
+        parts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    return " | ".join(parts)
 
 
 def probe(
@@ -95,7 +132,7 @@ def probe(
     *,
     mode: str = "train",
     grad_mode: str = "grad",
-    loss: str | LossFn = "sum",
+    loss: str | LossFn | None = None,
     backward: bool = True,
     memory: bool = True,
     tensors: bool = True,
@@ -110,8 +147,10 @@ def probe(
 ) -> InspectReport:
     """Run ``model`` once in ``mode``/``grad_mode`` and return facts plus findings; the model is left as found.
 
-    ``optimizer_state`` (sgd|momentum|adam) and ``param_dtype`` (float32|bfloat16|float16) shape the
-    training-step memory estimate; on the meta device ``param_dtype`` casts the run (gradprobe.run.estimate).
+    ``loss`` is ``sum``/``mean``/a function(outputs, inputs)/``module:fn``; None (the default) is ``sum``, or the
+    model's own loss for a Hugging Face folder given labels.  ``optimizer_state`` (sgd|momentum|adam) and
+    ``param_dtype`` (float32|bfloat16|float16) shape the training-step memory estimate; on the meta device
+    ``param_dtype`` casts the run (gradprobe.run.estimate).
     ``grads`` (True, or :class:`~gradprobe.facts.grad_health.GradThresholds`) adds gradient health: per-parameter
     gradient figures, the gradient reaching each module call, where NaN/Inf first appeared (``facts.grad_health``).
     ``memory_detail`` records the memory event log: what is alive at each peak, and the timeline.
@@ -119,26 +158,23 @@ def probe(
     if depth < 0:
         raise UsageError(f"--depth {depth}: use 0 or more")
     check_estimate_options(optimizer_state, param_dtype)
-    notes: list[str] = []
-    if loaded is None:  # a model object from Python: see through torch.compile/DataParallel as the CLI does
-        model = unwrap_model(model, notes)
-    example = as_inputs(inputs, model)
-    options = ProbeOptions(mode=mode, grad_mode=grad_mode, loss=loss, backward=backward, memory=memory,
-                           tensors=tensors, tree_depth=depth, seed=seed,
+    model, example, notes = prepare(model, inputs, loaded)
+    options = ProbeOptions(mode=mode, grad_mode=grad_mode, loss=_loss(loss, loaded), backward=backward,
+                           memory=memory, tensors=tensors, tree_depth=depth, seed=seed,
                            grads=grad_thresholds(grads), memory_detail=memory_detail and memory)
     cast = param_dtype is not None and any(p.device.type == "meta" for p in model.parameters())
-    with cast_floating(model, example.args, example.kwargs, param_dtype) if cast else \
-            contextlib.nullcontext((example.args, example.kwargs)) as (args, kwargs):  # type: ignore[arg-type]
-        run_inputs = ExampleInputs(args, kwargs, example.source)
-        result = run_probe(model, run_inputs, options, target or type(model).__name__)
-    facts = result.facts
+    label = target or type(model).__name__
+
+    def run(given: ExampleInputs) -> Any:
+        with cast_floating(model, given.args, given.kwargs, param_dtype) if cast else \
+                contextlib.nullcontext((given.args, given.kwargs)) as (args, kwargs):  # type: ignore[arg-type]
+            return run_probe(model, ExampleInputs(args, kwargs, given.source), options, label).facts
+
+    facts = _with_hints(model, example, run, notes)
     facts = replace(facts, memory=with_training_step(facts.memory, facts.parameters, optimizer_state, param_dtype,
-                                                     cast=cast))
+                                                     cast=cast), notes=tuple(notes) + facts.notes)
     if loaded is not None:
-        facts = replace(facts, notes=tuple(loaded.notes) + facts.notes, missing_keys=loaded.missing_keys,
-                        unexpected_keys=loaded.unexpected_keys)
-    elif notes:
-        facts = replace(facts, notes=tuple(notes) + facts.notes)
+        facts = replace(facts, missing_keys=loaded.missing_keys, unexpected_keys=loaded.unexpected_keys)
     return judge_inspect(facts)
 
 
@@ -152,27 +188,6 @@ def grad_thresholds(grads: bool | GradThresholds) -> GradThresholds | None:
     if not found.factor > 1:
         raise UsageError(f"--grad-factor {found.factor:g}: use a factor above 1 (e.g. 1000)")
     return found
-
-
-def resolve_loss(spec: str | None) -> str | LossFn:
-    """``sum``/``mean`` stay names; ``module:fn`` is imported."""
-    if spec is None or spec in ("sum", "mean"):
-        return spec or "sum"
-    fn = load_object(spec, "--loss")
-    if not callable(fn):
-        raise UsageError(f"--loss '{spec}' is a {type(fn).__name__}, not a function(outputs, inputs) -> scalar")
-    return fn  # type: ignore[no-any-return]
-
-
-__all__ = ["as_inputs", "load", "probe", "resolve_loss", "to_device", "user_output_to_stderr"]
-
-# freeze-check (issue 4): implemented in gradprobe/api_freeze.py, part of the public API here.
-from gradprobe.api_freeze import assert_frozen, freeze_check  # noqa: E402
-
-__all__ += ["assert_frozen", "freeze_check"]
-
-# compare-modes (issue 3): implemented in gradprobe/run/compare/ (torch side) and gradprobe/judges/compare.py.
-from gradprobe.facts.compare import CompareReport  # noqa: E402
 
 
 def compare_modes(
@@ -192,21 +207,93 @@ def compare_modes(
 
     ``progress``, if given, is called as ``progress(description, done, total)`` after each step.
     """
-    from gradprobe.judges.compare import compare_report
-    from gradprobe.load.modes import parse_modes
-    from gradprobe.run.compare import run_compare
-
     pairs = parse_modes(modes)
-    notes: list[str] = list(loaded.notes) if loaded is not None else []
-    if loaded is None:  # a model object from Python: see through torch.compile/DataParallel as probe() does
-        model = unwrap_model(model, notes)
-    example = as_inputs(inputs, model)
-    comparison = run_compare(model, example, pairs, repeat=repeat, backward=backward, seed=seed,
-                             target=target or type(model).__name__, progress=progress)
+    model, example, notes = prepare(model, inputs, loaded)
+
+    def run(given: ExampleInputs) -> Any:
+        return run_compare(model, given, pairs, repeat=repeat, backward=backward, seed=seed,
+                           target=target or type(model).__name__, progress=progress)
+
+    def all_failed(comparison: Any) -> str | None:
+        rows = comparison.rows
+        return rows[0].error if rows and not any(row.ok for row in rows) else None
+
+    comparison = _with_hints(model, example, run, notes, all_failed)
     comparison = replace(comparison, notes=tuple(notes) + comparison.notes,
                          missing_keys=loaded.missing_keys if loaded is not None else (),
                          unexpected_keys=loaded.unexpected_keys if loaded is not None else ())
     return compare_report(comparison)
 
 
-__all__ += ["compare_modes"]
+def freeze_check(
+    model: nn.Module,
+    inputs: Any = None,
+    *,
+    frozen: str | Iterable[str] = (),
+    trainable: str | Iterable[str] = (),
+    optimizer: Any = None,
+    unlisted: str = "warn",
+    allow_buffer_updates: bool = False,
+    baseline: str | os.PathLike[str] | Mapping[str, bool] | None = None,
+    write_baseline: str | os.PathLike[str] | None = None,
+    loss: str | LossFn | None = None,
+    seed: int | None = 0,
+    target: str | None = None,
+    loaded: LoadedModel | None = None,
+    config: str | os.PathLike[str] | None = None,
+) -> FreezeReport:
+    """Check that ``model`` is frozen as intended; ``report.passed`` is False when any violation exists.
+
+    ``optimizer`` is an Optimizer, a function(model) returning one, or a ``module:fn`` / ``file.py:fn``
+    spec.  ``baseline`` is a ``--write-baseline`` file or a mapping of name → expected requires_grad.
+    The model (and a given optimizer) is left exactly as found.
+    """
+    model, example, notes = prepare(model, inputs, loaded)
+    label = target or type(model).__name__
+    names = param_names(model)
+    flags = [(names[id(p)], p.requires_grad) for p in {id(p): p for p in model.parameters()}.values()]
+    expected, baseline_path = resolve_baseline(baseline, write_baseline, flags, label)
+    spec = FreezeSpec.make(frozen, trainable, unlisted=unlisted, allow_buffer_updates=allow_buffer_updates,
+                           baseline=expected, baseline_path=baseline_path)
+    if spec.empty:
+        raise UsageError(NOTHING_TO_CHECK)
+    spec.check_patterns([n for ns in names.values() for n in ns],
+                        [n for n, _ in model.named_buffers(remove_duplicate=False)])  # aliases too
+    opt_label = optimizer if isinstance(optimizer, str) else \
+        getattr(optimizer, "__qualname__", type(optimizer).__name__) if optimizer is not None else "optimizer"
+    if isinstance(optimizer, str):
+        optimizer = load_object(optimizer, "--optimizer")
+    loss_fn = _loss(loss, loaded)
+
+    def run(given: ExampleInputs) -> Any:
+        return run_freeze(model, given, optimizer=optimizer, optimizer_label=opt_label, loss=loss_fn, seed=seed,
+                          target=label)
+
+    try:
+        facts = _with_hints(model, example, run, notes)
+    except RunError as exc:
+        raise RunError(f"the freeze could not be verified: {exc}") from exc
+    verdict = judge(spec, facts)
+    if not facts.run.backward:
+        notes.append(f"no backward: {facts.run.backward_skipped_reason}")
+    if facts.optimizer is not None and facts.optimizer.steps_skipped:
+        notes.append(f"optimizer steps skipped: {facts.optimizer.steps_skipped}")
+    if verdict.ddp_unused:
+        notes.append(f"{len(verdict.ddp_unused)} parameter(s) require grad but receive no gradient: "
+                     f"DistributedDataParallel would need find_unused_parameters=True")
+    notes += verdict.notes
+    return FreezeReport(
+        target=label, frozen=spec.frozen, trainable=spec.trainable, unlisted=spec.unlisted,
+        parameters=verdict.parameters, violations=verdict.violations, warnings=verdict.warnings, facts=facts,
+        allow_buffer_updates=allow_buffer_updates, baseline=baseline_path,
+        config=str(Path(config)) if config is not None else None, notes=tuple(notes), ddp_unused=verdict.ddp_unused,
+    )
+
+
+def assert_frozen(model: nn.Module, inputs: Any = None, **kwargs: Any) -> FreezeReport:
+    """``freeze_check`` for pytest: raise ``AssertionError`` listing every violation; return the report otherwise."""
+    report = freeze_check(model, inputs, **kwargs)
+    if not report.passed:
+        raise AssertionError(report.explain())
+    return report
+

@@ -626,9 +626,9 @@ def test_table_and_verdict_share_the_console_width(bn_report: CompareReport) -> 
     console = Console(record=True, width=100, color_system=None)
     render_compare(bn_report, console)
     lines = console.export_text().splitlines()
-    table_top = next(line for line in lines if line.startswith("┏"))
+    table_rule = next(line for line in lines if line.startswith("─"))  # the rule under the header row
     panel_top = next(line for line in lines if line.startswith("╭"))
-    assert len(table_top.rstrip()) == len(panel_top.rstrip()) == 100
+    assert len(table_rule.rstrip()) == len(panel_top.rstrip()) == 100
 
 
 # -------------------------------------------------------------------------------------------- the CLI

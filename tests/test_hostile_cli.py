@@ -133,7 +133,7 @@ CASES: list[Case] = [
     case("device-cuda-index-missing", f"inspect {M}:Fine --device cuda:1", "cuda"),
     case("unknown-option", f"inspect {M}:Fine --frobnicate", "no such option: --frobnicate", sub=True),
     case("unknown-command", "frobnicate", "no such command 'frobnicate'"),
-    case("missing-target", "inspect", "missing argument 'target'"),
+    case("missing-target", "inspect", "no target", "[tool.gradprobe]"),
     case("bad-mode", f"inspect {M}:Fine --mode sideways", "--mode", "sideways"),
     case("bad-grad-mode", f"inspect {M}:Fine --grad maybe", "--grad", "maybe"),
     case("bad-format", f"inspect {M}:Fine --format xml", "--format", "xml"),

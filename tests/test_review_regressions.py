@@ -200,7 +200,7 @@ def test_an_instance_on_meta_without_device_meta_is_one_clear_error(tmp_path) ->
 
 def test_a_file_without_name_lists_what_it_defines_without_running_it(tmp_path) -> None:
     from gradprobe.errors import UsageError
-    from gradprobe.load.target import split_spec
+    from gradprobe.load.user_code import split_spec
 
     model_file = tmp_path / "m.py"
     model_file.write_text("raise SystemExit('must not run')\nclass Net: pass\n"

@@ -6,24 +6,45 @@ Importing this package must not import torch, so ``--help`` is instant.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from gradprobe.cli.compare import compare_modes
-from gradprobe.cli.freeze import freeze_check
-from gradprobe.cli.inspect import inspect
+from gradprobe.cli import compare, freeze
+from gradprobe.cli import inspect as inspect_command
+
+
+class _BareHelpFlag:
+    """``--help`` takes no value: show no type for it in --help (newer typer prints ``<bool>``)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_BareHelpFlag, TyperCommand):
+    pass
+
+
+class Group(_BareHelpFlag, TyperGroup):
+    pass
+
 
 app = typer.Typer(
     name="gradprobe",
+    cls=Group,
     help="Show what PyTorch's autograd sees in your model: gradients, graphs, memory, and the classic mistakes.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
-app.command("inspect")(inspect)
-app.command("compare-modes")(compare_modes)
-app.command("freeze-check")(freeze_check)
+app.command("inspect", cls=Command, rich_help_panel="Commands", epilog=inspect_command.EPILOG)(inspect_command.inspect)
+app.command("compare-modes", cls=Command, rich_help_panel="Commands", epilog=compare.EPILOG)(compare.compare_modes)
+app.command("freeze-check", cls=Command, rich_help_panel="Commands", epilog=freeze.EPILOG)(freeze.freeze_check)
 
 
 def _version(value: bool) -> None:
@@ -39,7 +60,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version.",
+                                 metavar=""),
 ) -> None:
     """Show what PyTorch's autograd sees in your model: gradients, graphs, memory, and the classic mistakes."""
 
@@ -48,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: click's usage errors become one line and exit code 2."""
     exits, aborts, usage_errors, click_errors = _click_exceptions()
     command = typer.main.get_command(app)
+    for param in command.params:  # --install-completion/--show-completion are flags: no type in --help
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
     try:
         result = command.main(args=argv, prog_name="gradprobe", standalone_mode=False)
     except exits as exc:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from gradprobe.cli.options import (
+    CI_PANEL,
+    LOADING,
+    RUN_PANEL,
+    ConfigOpt,
     DebugOpt,
     DeviceOpt,
     DtypeOpt,
@@ -16,82 +18,87 @@ from gradprobe.cli.options import (
     HighOpt,
     InitOpt,
     InputsOpt,
+    NoConfigOpt,
     OutputFormat,
     OutputOpt,
+    PathOpt,
     SeedOpt,
     ShapeOpt,
     TargetArg,
     WeightsOpt,
-    guarded,
-    render_rich,
-    stderr_console,
-    write_text,
+    examples,
+    flag,
+)
+
+EPILOG = examples(
+    "gradprobe compare-modes gradprobe.examples:FineTuneNet",
+    "gradprobe compare-modes gradprobe.examples:FineTuneNet --modes train:grad,eval:no_grad --backward",
+    "gradprobe compare-modes gradprobe.examples:fixed --repeat 2 --strict --format json -o modes.json",
 )
 
 
-@contextlib.contextmanager
-def progress_bar() -> Iterator[Any]:
-    """A rich progress bar on stderr; silent when stderr is not a terminal, so logs and pipes stay clean."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = stderr_console()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("compare-modes", total=None)
-
-        def update(description: str, done: int, total: int) -> None:
-            bar.update(task, description=description, completed=done, total=total)
-
-        yield update
-
-
 def compare_modes(
-    target: TargetArg,
-    modes: Annotated[str | None, typer.Option(
-        "--modes", metavar="LIST", help="Combinations to run, e.g. train:grad,eval:no_grad (MODE: train|eval; "
-        "GRAD: grad|no_grad|inference_mode). Default: all six.")] = None,
-    repeat: Annotated[int, typer.Option("--repeat", help="Timed forwards per combination (the median is shown), "
-                                        "after one warm-up run that also takes the measurements.")] = 5,
-    backward: Annotated[bool, typer.Option("--backward", help="Also time the backward (sum of the float outputs) "
-                                           "and measure its peak, where one is possible.")] = False,
+    ctx: typer.Context,
+    target: TargetArg = None,
     init: InitOpt = None,
     weights: WeightsOpt = None,
     inputs: InputsOpt = None,
     shape: ShapeOpt = None,
     dtype: DtypeOpt = "float32",
-    high: HighOpt = 2,
+    high: HighOpt = None,
+    path: PathOpt = None,
+    config: ConfigOpt = None,
+    no_config: NoConfigOpt = False,
+    modes: Annotated[str | None, typer.Option(
+        "--modes", metavar="LIST", rich_help_panel=RUN_PANEL, help="Combinations to run, e.g. train:grad,eval:no_grad "
+        "(MODE: train|eval; GRAD: grad|no_grad|inference_mode). Default: all six.")] = None,
+    repeat: Annotated[int, typer.Option("--repeat", metavar="N", rich_help_panel=RUN_PANEL,
+                                        help="Timed forwards per combination (the median is shown), after one "
+                                             "warm-up run that also takes the measurements.")] = 5,
+    backward: Annotated[bool, flag("--backward", "Also time the backward (sum of the float outputs) and measure "
+                                   "its peak, where one is possible.", RUN_PANEL)] = False,
     device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when an error finding exists (e.g. a "
-                                         "combination whose forward fails).")] = False,
     format_: FormatOpt = OutputFormat.table,
     output: OutputOpt = None,
     debug: DebugOpt = False,
+    strict: Annotated[bool, flag("--strict", "Exit 1 when an error finding exists (e.g. a combination whose "
+                                 "forward fails).", CI_PANEL)] = False,
 ) -> None:
-    """Run the forward under train/eval x grad/no_grad/inference_mode from one starting state and compare
-    flags, graph, saved bytes, peak memory, time, outputs and buffers, with a verdict in plain words."""
+    """Run the forward under train/eval x grad/no_grad/inference_mode from one starting state and compare flags, graph, saved bytes, peak memory, time, outputs and buffers, with a verdict in plain words."""  # noqa: E501
+    values = {name: value for name, value in locals().items() if name in LOADING}
 
     def body() -> int:
+        from gradprobe.cli.command import quiet_torch_import, settings
         from gradprobe.errors import UsageError
         from gradprobe.load.modes import parse_modes
 
         if repeat < 1:
             raise UsageError(f"--repeat {repeat}: use 1 or more")
         pairs = parse_modes(modes)  # bad options fail before torch is even imported
+        s = settings(ctx, "compare-modes", values, config, no_config)
+        quiet_torch_import(debug)
 
         from gradprobe.api import compare_modes as api_compare_modes
         from gradprobe.api import load, user_output_to_stderr
-        with user_output_to_stderr():
-            loaded, example = load(target, init=init, weights=weights, device=device, inputs=inputs,
-                                   shapes=shape, dtype=dtype, high=high, seed=seed)
-            with progress_bar() as update:
+        from gradprobe.cli.progress import progress
+        from gradprobe.load.user_code import search_paths
+
+        with user_output_to_stderr(), search_paths(s["path"]):
+            loaded, example = load(s["target"], init=s["init"], weights=s["weights"], device=s["device"],
+                                   inputs=s["inputs"], shapes=s["shape"], dtype=s["dtype"], high=s["high"],
+                                   seed=s["seed"])
+            with progress("compare-modes") as step:
                 report = api_compare_modes(loaded.model, example, modes=pairs, repeat=repeat, backward=backward,
-                                           seed=seed, target=target, loaded=loaded, progress=update)
+                                           seed=s["seed"], target=s["target"], loaded=loaded, progress=step)
         if report.rows and not any(row.ok for row in report.rows):  # nothing ran: no comparison to show
             from gradprobe.errors import RunError
 
             first = report.rows[0]
-            raise RunError(f"every mode failed; {first.mode}:{first.grad_mode}: {first.error}")
+            hints = "".join(f"; {note}" for note in report.comparison.notes if note.startswith("hint:"))
+            raise RunError(f"every mode failed; {first.mode}:{first.grad_mode}: {first.error}{hints}")
+        from gradprobe.cli.output import render_rich, write_text
+
         if format_ is OutputFormat.html:
             from gradprobe.render.html.compare import compare_html
 
@@ -110,5 +117,7 @@ def compare_modes(
 
             render_rich(lambda console: render_compare(report, console), output)
         return 1 if strict and report.has_errors else 0
+
+    from gradprobe.cli.command import guarded
 
     guarded(debug, body)

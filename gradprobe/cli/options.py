@@ -1,21 +1,22 @@
-"""Options every command shares, error handling, and output writing.
+"""Options every command shares, grouped into help panels.
 
 Nothing here imports torch: ``gradprobe --help`` must stay instant.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import traceback
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from gradprobe.errors import GradprobeError
+from gradprobe.cli.complete import complete_spec, complete_target
+
+TARGET_PANEL = "Target & inputs"
+RUN_PANEL = "Run"
+OUTPUT_PANEL = "Output"
+CI_PANEL = "CI"
 
 
 class OutputFormat(str, Enum):
@@ -25,116 +26,65 @@ class OutputFormat(str, Enum):
     html = "html"  # one self-contained page (issue 14); use with -o report.html
 
 
-TargetArg = Annotated[str, typer.Argument(
-    metavar="TARGET", help="The model: 'package.module:Name' or 'path/to/file.py:Name' (class, factory or instance).",
-    show_default=False)]
+def flag(name: str, help: str, panel: str) -> Any:
+    """A boolean switch: no value, so no type shown in --help."""
+    return typer.Option(name, help=help, metavar="", rich_help_panel=panel, show_default=False)
+
+
+TargetArg = Annotated[str | None, typer.Argument(
+    metavar="TARGET", show_default=False, autocompletion=complete_target,
+    help="The model: 'package.module:Name' or 'path/to/file.py:Name' (class, factory or instance), or a Hugging "
+         "Face model folder (with config.json). May come from 'target' in \\[tool.gradprobe] of pyproject.toml.")]
 InitOpt = Annotated[str | None, typer.Option(
-    "--init", metavar="JSON", help="Keyword arguments for the class or factory, as a JSON object.")]
+    "--init", metavar="JSON", rich_help_panel=TARGET_PANEL,
+    help="Keyword arguments for the class or factory (config values for a Hugging Face folder), as a JSON object.")]
 WeightsOpt = Annotated[str | None, typer.Option(
-    "--weights", metavar="FILE", help="State dict to load (.pt/.pth with weights_only=True, or .safetensors).")]
+    "--weights", metavar="FILE", rich_help_panel=TARGET_PANEL,
+    help="State dict to load (.pt/.pth with weights_only=True, or .safetensors).")]
 InputsOpt = Annotated[str | None, typer.Option(
-    "--inputs", metavar="SPEC", help="'module:fn' or 'file.py:fn' returning a tensor, tuple (positional) or dict "
-    "(keyword); it may take the model as its one argument.")]
+    "--inputs", metavar="SPEC", rich_help_panel=TARGET_PANEL, autocompletion=complete_spec,
+    help="'module:fn' or 'file.py:fn' returning a tensor, tuple (positional) or dict (keyword); it may take the "
+         "model as its one argument.")]
 ShapeOpt = Annotated[list[str] | None, typer.Option(
-    "--shape", metavar="DIMS", help="Random input of this shape, e.g. 8,3,32,32; repeat once per positional input.")]
+    "--shape", metavar="DIMS", rich_help_panel=TARGET_PANEL,
+    help="Random input of this shape, e.g. 8,3,32,32; repeat once per positional input (a Hugging Face folder: "
+         "B,T).")]
 DtypeOpt = Annotated[str, typer.Option(
-    "--dtype", help="dtype of --shape inputs (integer dtypes draw from [0, --high)).")]
-HighOpt = Annotated[int, typer.Option("--high", help="Upper bound (exclusive) for integer --shape inputs.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, mps, or meta (estimates without memory).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for inputs, initialisation and dropout.")]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.", case_sensitive=False)]
+    "--dtype", metavar="DTYPE", rich_help_panel=TARGET_PANEL,
+    help="dtype of --shape inputs: float32, int64 (token ids), bool ...")]
+HighOpt = Annotated[int | None, typer.Option(
+    "--high", metavar="N", rich_help_panel=TARGET_PANEL, show_default=False,
+    help="Integer --shape inputs are drawn from [0, N). Default: the num_embeddings of the model's first "
+         "nn.Embedding, else 2.")]
+PathOpt = Annotated[list[str] | None, typer.Option(
+    "--path", metavar="DIR", rich_help_panel=TARGET_PANEL,
+    help="Also import from DIR (repeatable); the current folder and its src/ are searched already.")]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", metavar="FILE", dir_okay=False, rich_help_panel=TARGET_PANEL,
+    help="TOML file with \\[tool.gradprobe]; default: the nearest pyproject.toml with that table, walking up from "
+         "the current folder. Options given here win over it.")]
+NoConfigOpt = Annotated[bool, flag("--no-config", "Ignore \\[tool.gradprobe] in pyproject.toml.", TARGET_PANEL)]
+LossOpt = Annotated[str | None, typer.Option(
+    "--loss", metavar="LOSS", rich_help_panel=RUN_PANEL, show_default=False, autocompletion=complete_spec,
+    help="sum (of every float output; the default), mean, or MOD:fn(outputs, inputs) returning a scalar. A Hugging "
+         "Face folder given labels defaults to the model's own loss.")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", metavar="DEVICE", rich_help_panel=RUN_PANEL,
+    help="cpu, cuda, cuda:N, mps, or meta (estimates without memory).")]
+SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", rich_help_panel=RUN_PANEL,
+                                      help="Seed for inputs, initialisation and dropout.")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.", case_sensitive=False,
+                                                 rich_help_panel=OUTPUT_PANEL)]
 OutputOpt = Annotated[Path | None, typer.Option(
-    "--output", "-o", metavar="FILE", help="Write the report to FILE instead of stdout.", dir_okay=False)]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+    "--output", "-o", metavar="FILE", help="Write the report to FILE instead of stdout.", dir_okay=False,
+    rich_help_panel=OUTPUT_PANEL)]
+DebugOpt = Annotated[bool, flag("--debug", "Show tracebacks for errors.", OUTPUT_PANEL)]
+
+# the options a pyproject table may set, as the command functions name them
+LOADING = ("target", "init", "weights", "inputs", "shape", "dtype", "high", "device", "seed", "loss", "path")
 
 
-def print_error(message: str, kind: str = "error") -> None:
-    """One line on stderr, no traceback."""
-    sys.stderr.write(f"gradprobe: {kind}: {message}\n")
-    sys.stderr.flush()
-
-
-def guarded(debug: bool, body: Callable[[], int]) -> None:
-    """Run a command body; turn every failure into one line and exit code 2."""
-    try:
-        code = body()
-    except typer.Exit:
-        raise
-    except GradprobeError as exc:
-        if debug:
-            traceback.print_exc()
-        print_error(str(exc), exc.kind)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
-        print_error("interrupted (KeyboardInterrupt); the model was restored and nothing was reported")
-        raise typer.Exit(2) from None
-    except SystemExit as exc:
-        if debug:
-            traceback.print_exc()
-        print_error(f"the model's code called sys.exit({exc.code!r}) during the run")
-        raise typer.Exit(2) from None
-    except RecursionError as exc:
-        if debug:
-            traceback.print_exc()
-        print_error(f"recursion limit hit ({exc}); run with --debug and report it")
-        raise typer.Exit(2) from None
-    except Exception as exc:  # a bug of ours or an unexpected failure in user code: still one line
-        if debug:
-            traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [""])[0]
-        print_error(f"{type(exc).__name__}: {first} (run with --debug for the traceback)", "unexpected error")
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
-
-
-def write_text(text: str, output: Path | None) -> None:
-    """Write a JSON/Markdown document to stdout or the file the user named."""
-    if output is None:
-        try:
-            sys.stdout.write(text if text.endswith("\n") else text + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:  # `gradprobe ... | head`: the reader left; keep the exit code, say nothing
-            _silence_stdout()
-        return
-    try:
-        output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise GradprobeError(f"--output: cannot write '{output}' ({exc.strerror}); choose a writable path") from exc
-    sys.stderr.write(f"gradprobe: wrote {output}\n")
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail on a closed pipe."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
-
-def render_rich(draw: Callable[[Any], None], output: Path | None) -> None:
-    """Draw rich renderables on stdout, or into a plain-text file at a fixed width."""
-    from rich.console import Console
-
-    if output is None:
-        try:
-            draw(Console(soft_wrap=False))
-        except (BrokenPipeError, SystemExit):  # rich turns a closed pipe into SystemExit(1)
-            _silence_stdout()
-        return
-    try:
-        with output.open("w", encoding="utf-8") as fh:
-            draw(Console(file=fh, width=int(os.environ.get("COLUMNS", "120")), force_terminal=False,
-                         color_system=None))
-    except OSError as exc:
-        raise GradprobeError(f"--output: cannot write '{output}' ({exc.strerror}); choose a writable path") from exc
-    sys.stderr.write(f"gradprobe: wrote {output}\n")
-
-
-def stderr_console() -> Any:
-    """Progress and messages go to stderr so stdout stays clean for --format json."""
-    from rich.console import Console
-
-    return Console(stderr=True)
+def examples(*lines: str) -> str:
+    """An ``Examples`` epilog for a command's --help: one command per line."""
+    body = "\n\n".join(f"  {line}" for line in lines)
+    return f"[bold]Examples[/bold]\n\n{body}"

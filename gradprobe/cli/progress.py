@@ -1,7 +1,7 @@
-"""A progress line on stderr for runs that take a while (large models, meta estimates, several modes).
+"""The one progress display: a transient line on stderr for runs that take a while.
 
-Shown only when stderr is a terminal, so pipes, files, CI logs and ``--format json`` on stdout never
-see it; it is transient (erased when done).  No torch here: the CLI imports it at command time.
+Shown only when stderr is a terminal and ``GRADPROBE_NO_PROGRESS`` is unset, so pipes, files, CI logs and
+``--format json`` on stdout never see it; erased when done.  No torch here: the CLI imports it at command time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 Step = Callable[..., None]
 
 
-def _wanted() -> bool:
+def wanted() -> bool:
+    """A terminal on stderr and no ``GRADPROBE_NO_PROGRESS``."""
     if os.environ.get("GRADPROBE_NO_PROGRESS"):
         return False
     try:
@@ -24,24 +25,29 @@ def _wanted() -> bool:
 
 
 @contextlib.contextmanager
-def progress(title: str, total: int | None = None) -> Iterator[Step]:
-    """Yield ``step(text, advance=0)``: names the phase running now (and advances a bar of ``total`` steps).
+def progress(title: str) -> Iterator[Step]:
+    """Yield ``step(text, done=None, total=None)``: names the phase running now and, given ``done``/``total``,
+    fills a bar (the API's ``progress(description, done, total)`` callback has that shape).
 
     Without a terminal on stderr, ``step`` does nothing.
     """
-    if not _wanted():
+    if not wanted():
         yield lambda *args, **kwargs: None
         return
     from rich.console import Console
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    count = TextColumn("{task.fields[count]}")
     bar = Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[title]}[/] {task.description}"), BarColumn(),
-                   TimeElapsedColumn(), console=Console(stderr=True), transient=True, redirect_stdout=False,
-                   redirect_stderr=True)  # user code printing to stderr appears above the line
+                   count, TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                   redirect_stdout=False, redirect_stderr=True)  # user code printing to stderr appears above the line
     with bar:
-        task = bar.add_task("", total=total, title=title)
+        task = bar.add_task("", total=None, title=title, count="")
 
-        def step(text: str, advance: int = 0) -> None:
-            bar.update(task, description=text, advance=advance)
+        def step(text: str, done: int | None = None, total: int | None = None) -> None:
+            if done is None:
+                bar.update(task, description=text)
+            else:
+                bar.update(task, description=text, completed=done, total=total, count=f"{done}/{total}")
 
         yield step

@@ -1,20 +1,26 @@
-"""``[tool.gradprobe.freeze]`` in pyproject.toml and freeze baseline files: reading and writing them.
+"""``[tool.gradprobe]`` in pyproject.toml: settings for every command, merged under the command line.
 
-No torch here.  Patterns are ``fnmatch`` globs matched against every name a parameter has (tied
-parameters have several); a bare module name ``backbone`` also matches ``backbone.*``.
+Precedence, for every key of every command: an option given on the command line > the table > the default.
+
+* ``[tool.gradprobe]`` holds what every command shares (target, inputs, shape, device, path ...);
+* ``[tool.gradprobe.inspect]``, ``[tool.gradprobe.compare-modes]`` and ``[tool.gradprobe.freeze]`` add to (and
+  override) it for one command; the freeze table also holds the intended freeze (frozen, trainable, optimizer ...).
+
+When the table names a ``target`` and the command line names another, the table's target-specific keys
+(inputs, shape, optimizer, baseline ...) are not used: they were written for the other model.  Relative paths
+in the table are relative to the pyproject.toml's folder.  No torch here.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gradprobe.errors import UsageError
+from gradprobe.load.user_code import is_file_spec
 
 try:  # Python 3.11+
     import tomllib
@@ -25,105 +31,65 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
         tomllib = None  # type: ignore[assignment]
 
 
-BASELINE_SCHEMA = "gradprobe.freeze-baseline/1"
-
-# key in [tool.gradprobe.freeze] -> kind of value
-CONFIG_KEYS: dict[str, str] = {
-    "target": "spec", "inputs": "spec", "optimizer": "spec", "loss": "spec",
-    "frozen": "globs", "trainable": "globs", "unlisted": "str", "allow_buffer_updates": "bool",
-    "baseline": "path", "weights": "path", "init": "init", "shape": "shapes", "dtype": "str",
-    "high": "int", "device": "str", "seed": "int",
+# key -> kind of value; SHARED_KEYS may appear in every table
+SHARED_KEYS: dict[str, str] = {
+    "target": "spec", "inputs": "spec", "loss": "spec", "init": "init", "weights": "path", "shape": "shapes",
+    "dtype": "str", "high": "int", "device": "str", "seed": "int", "path": "paths",
 }
+FREEZE_KEYS: dict[str, str] = {
+    "optimizer": "spec", "frozen": "globs", "trainable": "globs", "unlisted": "str", "allow_buffer_updates": "bool",
+    "baseline": "path",
+}
+CONFIG_KEYS: dict[str, str] = {**SHARED_KEYS, **FREEZE_KEYS}
+# written for one model: not used when the command line names another target than the table
+TARGET_KEYS = ("inputs", "shape", "dtype", "high", "init", "weights", "loss", "optimizer", "baseline")
+# command -> its own table under [tool.gradprobe]
+COMMAND_TABLES = {"inspect": "inspect", "compare-modes": "compare-modes", "freeze-check": "freeze"}
 
 
-# --------------------------------------------------------------------------- baseline
+# --------------------------------------------------------------------------- finding and reading the file
 
 
-def read_baseline(path: str | Path) -> dict[str, bool]:
-    """Load a ``--write-baseline`` file: qualified name → expected ``requires_grad``."""
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UsageError(f"--baseline: '{path}' not found; create it with --write-baseline {path}") from exc
-    except OSError as exc:
-        raise UsageError(f"--baseline: cannot read '{path}' ({exc.strerror}); check the path") from exc
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--baseline: '{path}' is not JSON ({exc.msg}, line {exc.lineno}); "
-                         f"rewrite it with --write-baseline {path}") from exc
-    params = doc.get("parameters") if isinstance(doc, dict) else None
-    if not isinstance(params, dict) or not all(isinstance(k, str) and isinstance(v, bool) for k, v in params.items()):
-        raise UsageError(f"--baseline: '{path}' has no 'parameters' object of name → requires_grad; "
-                         f"rewrite it with --write-baseline {path}")
-    if doc.get("schema") != BASELINE_SCHEMA:
-        raise UsageError(f"--baseline: '{path}' has schema {doc.get('schema')!r}, expected '{BASELINE_SCHEMA}'; "
-                         f"rewrite it with --write-baseline {path}")
-    return dict(params)
-
-
-def baseline_document(params: Iterable[tuple[Iterable[str], bool]], target: str) -> dict[str, Any]:
-    """Every name of every parameter (tied aliases too) with its ``requires_grad``, sorted for clean diffs."""
-    flags: dict[str, bool] = {}
-    for names, requires_grad in params:
-        for n in names:
-            flags[n] = bool(requires_grad)
-    return {"schema": BASELINE_SCHEMA, "target": target, "parameters": dict(sorted(flags.items()))}
-
-
-def write_baseline(path: str | Path, params: Iterable[tuple[Iterable[str], bool]], target: str) -> None:
-    doc = baseline_document(params, target)
-    try:
-        Path(path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"--write-baseline: cannot write '{path}' ({exc.strerror}); choose a writable path") from exc
-
-
-# --------------------------------------------------------------------------- pyproject.toml
-
-
-def find_config(start: Path) -> Path | None:
-    """The nearest ``pyproject.toml`` with a ``[tool.gradprobe.freeze]`` table, walking up from ``start``."""
-    for directory in (start, *start.parents):
-        candidate = directory / "pyproject.toml"
-        if candidate.is_file():
-            if _read_table(candidate) is not None:
-                return candidate
-    return None
-
-
-def _read_table(path: Path) -> dict[str, Any] | None:
+def _load_toml(path: Path) -> dict[str, Any]:
     if tomllib is None:
         raise UsageError(f"reading {path} needs Python 3.11+ (tomllib) or the tomli package: pip install tomli")
     try:
         with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+            return tomllib.load(fh)
     except OSError as exc:
         raise UsageError(f"--config: cannot read '{path}' ({exc.strerror}); check the path") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: invalid TOML ({exc}); fix the file") from exc
-    table = doc.get("tool", {}).get("gradprobe", {}).get("freeze")
+
+
+def _gradprobe_table(path: Path) -> dict[str, Any] | None:
+    tool = _load_toml(path).get("tool", {})
+    table = tool.get("gradprobe") if isinstance(tool, dict) else None
     if table is not None and not isinstance(table, dict):
-        raise UsageError(f"{path}: [tool.gradprobe.freeze] must be a table; write it as a [tool.gradprobe.freeze] "
-                         f"section")
+        raise UsageError(f"{path}: [tool.gradprobe] must be a table; write it as a [tool.gradprobe] section")
     return table
 
 
-def _is_file_spec(spec: str) -> bool:
-    module_part = spec.rpartition(":")[0]
-    return module_part.endswith(".py") or "/" in module_part or os.sep in module_part
+def find_config(start: Path) -> Path | None:
+    """The nearest ``pyproject.toml`` with a ``[tool.gradprobe]`` table, walking up from ``start``."""
+    for directory in (start, *start.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file() and _gradprobe_table(candidate) is not None:
+            return candidate
+    return None
 
 
-def _check_value(path: Path, key: str, kind: str, value: Any) -> Any:
-    where = f"{path} [tool.gradprobe.freeze]"
+def _check_value(where: str, key: str, kind: str, value: Any) -> Any:
     if kind in ("spec", "str", "path"):
         if not isinstance(value, str):
             raise UsageError(f"{where}: '{key}' must be a string, e.g. {key} = \"...\"")
         return value
-    if kind == "globs":
+    if kind in ("globs", "paths"):
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise UsageError(f"{where}: '{key}' must be a list of glob strings, e.g. {key} = [\"backbone\"]")
+            example = '["backbone"]' if kind == "globs" else '["src", "third_party"]'
+            raise UsageError(f"{where}: '{key}' must be a list of strings, e.g. {key} = {example}")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
@@ -138,90 +104,165 @@ def _check_value(path: Path, key: str, kind: str, value: Any) -> Any:
             raise UsageError(f"{where}: 'init' must be a table or a JSON string of keyword arguments")
         return value
     if kind == "shapes":
-        items = [value] if isinstance(value, str) or (isinstance(value, list) and value
-                                                        and all(isinstance(v, int) for v in value)) else value
-        if not isinstance(items, list):
-            raise UsageError(f"{where}: 'shape' must be \"8,3,32,32\" or a list of them")
-        out = []
-        for item in items:
-            if isinstance(item, str):
-                out.append(item)
-            elif isinstance(item, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in item):
-                out.append(",".join(str(v) for v in item))
-            else:
-                raise UsageError(f"{where}: 'shape' must be \"8,3,32,32\" or a list of them")
-        return out
+        return _shapes(where, value)
     raise AssertionError(kind)
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """``[tool.gradprobe.freeze]`` of ``path``, validated, with relative paths made absolute to its directory."""
-    table = _read_table(path)
-    if table is None:
-        raise UsageError(f"--config: '{path}' has no [tool.gradprobe.freeze] table; add one or drop --config")
+def _shapes(where: str, value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) or (isinstance(value, list) and value
+                                                    and all(isinstance(v, int) for v in value)) else value
+    if not isinstance(items, list):
+        raise UsageError(f"{where}: 'shape' must be \"8,3,32,32\" or a list of them")
+    out = []
+    for item in items:
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in item):
+            out.append(",".join(str(v) for v in item))
+        else:
+            raise UsageError(f"{where}: 'shape' must be \"8,3,32,32\" or a list of them")
+    return out
+
+
+def _absolute(root: Path, kind: str, value: Any) -> Any:
+    """Relative file specs and paths in the table are relative to the pyproject.toml's folder."""
+    if kind == "spec" and value not in ("sum", "mean") and ":" in value and is_file_spec(value.rpartition(":")[0]):
+        module_part, _, attr = value.rpartition(":")
+        if not Path(module_part).expanduser().is_absolute():
+            return f"{root / module_part}:{attr}"
+    elif kind == "path" and not Path(value).expanduser().is_absolute():
+        return str(root / value)
+    elif kind == "paths":
+        return [v if Path(v).expanduser().is_absolute() else str(root / v) for v in value]
+    return value
+
+
+def _read_section(path: Path, name: str, section: dict[str, Any], keys: dict[str, str],
+                  subtables: Iterable[str] = ()) -> dict[str, Any]:
+    where = f"{path} [{name}]"
     root = path.resolve().parent
     settings: dict[str, Any] = {}
-    for raw_key, value in table.items():
+    for raw_key, value in section.items():
         key = raw_key.replace("-", "_")
-        kind = CONFIG_KEYS.get(key)
+        if raw_key in subtables:
+            continue
+        kind = keys.get(key)
         if kind is None:
-            close = difflib.get_close_matches(key, list(CONFIG_KEYS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(CONFIG_KEYS)}"
-            raise UsageError(f"{path} [tool.gradprobe.freeze]: unknown key '{raw_key}'; {hint}")
-        value = _check_value(path, key, kind, value)
-        if kind == "spec" and value not in ("sum", "mean") and ":" in value and _is_file_spec(value):
-            module_part, _, attr = value.rpartition(":")
-            if not Path(module_part).expanduser().is_absolute():
-                value = f"{root / module_part}:{attr}"
-        elif kind == "path" and not Path(value).expanduser().is_absolute():
-            value = str(root / value)
-        settings[key] = value
+            if key in CONFIG_KEYS:
+                raise UsageError(f"{where}: '{raw_key}' belongs under [tool.gradprobe.freeze]; move it there")
+            close = difflib.get_close_matches(key, [*keys, *subtables], n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(keys)}"
+            raise UsageError(f"{where}: unknown key '{raw_key}'; {hint}")
+        settings[key] = _absolute(root, kind, _check_value(where, key, kind, value))
     return settings
 
 
 @dataclass
-class FreezeSettings:
-    """Everything a ``freeze-check`` run needs, after merging pyproject.toml and the command line."""
+class Table:
+    """What the pyproject.toml says for one command: merged values, and the sections they came from."""
 
-    target: str | None = None
-    inputs: str | None = None
-    optimizer: str | None = None
-    loss: str = "sum"
-    init: str | dict[str, Any] | None = None
-    weights: str | None = None
-    shape: list[str] | None = None
-    dtype: str = "float32"
-    high: int = 2
-    device: str = "cpu"
-    seed: int = 0
-    frozen: list[str] = field(default_factory=list)
-    trainable: list[str] = field(default_factory=list)
-    unlisted: str = "warn"
-    allow_buffer_updates: bool = False
-    baseline: str | None = None
-    config: Path | None = None  # the pyproject.toml the settings came from
-
-    @property
-    def import_root(self) -> Path | None:
-        """``module:fn`` specs from the config import relative to the config's directory."""
-        return self.config.resolve().parent if self.config is not None else None
+    path: Path
+    sections: tuple[str, ...]
+    values: dict[str, Any]
 
 
-def resolve_settings(cli: Mapping[str, Any], given: Iterable[str], config: Path | None, cwd: Path) -> FreezeSettings:
-    """Command-line values override ``[tool.gradprobe.freeze]``; the table fills in what the command line left out."""
+def read_config(path: Path, command: str = "freeze-check") -> Table:
+    """``[tool.gradprobe]`` merged with the command's own table, validated, relative paths made absolute."""
+    table = _gradprobe_table(path)
+    if table is None:
+        raise UsageError(f"--config: '{path}' has no [tool.gradprobe] table; add one or drop --config")
+    own = COMMAND_TABLES[command]
+    for sub in COMMAND_TABLES.values():
+        if sub in table and not isinstance(table[sub], dict):
+            raise UsageError(f"{path}: [tool.gradprobe.{sub}] must be a table; write it as a "
+                             f"[tool.gradprobe.{sub}] section")
+    shared = {k: v for k, v in table.items() if k not in COMMAND_TABLES.values()}
+    values = _read_section(path, "tool.gradprobe", shared, SHARED_KEYS)
+    sections = ["[tool.gradprobe]"] if shared else []
+    # every command's table is validated, so a typo in another command's table is caught too
+    for sub in COMMAND_TABLES.values():
+        if sub in table:
+            keys = CONFIG_KEYS if sub == "freeze" else SHARED_KEYS
+            section = _read_section(path, f"tool.gradprobe.{sub}", table[sub], keys)
+            if sub == own:
+                values.update(section)
+                sections.append(f"[tool.gradprobe.{sub}]")
+    return Table(path, tuple(sections), values)
+
+
+# --------------------------------------------------------------------------- merging with the command line
+
+
+@dataclass
+class Settings:
+    """A command's option values after merging the command line over the table."""
+
+    values: dict[str, Any]
+    config: Path | None = None  # the pyproject.toml that was read
+    sections: tuple[str, ...] = ()
+    supplied: tuple[str, ...] = ()  # keys whose value came from the table
+    skipped: tuple[str, ...] = ()  # target-specific keys not used: the table was written for another target
+    table_target: str | None = None
+    paths: list[str] = field(default_factory=list)  # import directories: --path, the table's path, its folder
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def describe(self) -> str | None:
+        """One line for stderr: which table was used and which keys it supplied; None without a table."""
+        if self.config is None:
+            return None
+        where = f"{self.config} {' + '.join(self.sections) or '[tool.gradprobe]'}"
+        used = f"supplied {', '.join(self.supplied)}" if self.supplied else "supplied nothing" if self.skipped \
+            else "supplied nothing: the command line gave every key it sets"
+        skipped = f"; not used, as written for target '{self.table_target}': {', '.join(self.skipped)}" \
+            if self.skipped else ""
+        return f"config: {where} {used}{skipped}"
+
+
+def _same_target(given: str, written: str, cwd: Path) -> bool:
+    if given == written:
+        return True
+    module_a, _, attr_a = given.rpartition(":")
+    module_b, _, attr_b = written.rpartition(":")
+    if attr_a != attr_b or not (module_a and module_b):
+        return False
+    if is_file_spec(module_a) and is_file_spec(module_b):
+        return (cwd / Path(module_a).expanduser()).resolve() == Path(module_b).expanduser().resolve()
+    return False
+
+
+def resolve_settings(command: str, cli: Mapping[str, Any], given: Iterable[str], config: Path | None, cwd: Path,
+                     no_config: bool = False) -> Settings:
+    """Command-line values given explicitly win; the table fills in the rest; the defaults what remains."""
     given = set(given)
-    path = config if config is not None else find_config(cwd)
-    table = read_config(path) if path is not None else {}
-    settings = FreezeSettings(config=path)
-    for key in vars(settings):
-        if key == "config":
-            continue
-        if key in given or key not in table:
-            if key in cli:
-                value = cli[key]
-                if key in ("frozen", "trainable"):
-                    value = list(value or [])
-                setattr(settings, key, value)
+    path = None if no_config else (config if config is not None else find_config(cwd))
+    table = read_config(path, command) if path is not None else None
+    found = dict(table.values) if table is not None else {}
+    written_for = found.get("target")
+    skipped: list[str] = []
+    if written_for and "target" in given and cli.get("target") and not _same_target(cli["target"], written_for, cwd):
+        skipped = [k for k in TARGET_KEYS if k in found and k in cli and k not in given]
+        for key in TARGET_KEYS:
+            found.pop(key, None)
+    values: dict[str, Any] = {}
+    supplied: list[str] = []
+    for key, value in cli.items():
+        if key in given or key not in found:
+            values[key] = value
         else:
-            setattr(settings, key, table[key])
-    return settings
+            values[key] = found[key]
+            supplied.append(key)
+    paths = [str(p) for p in cli.get("path") or []]
+    if "path" in found and "path" not in supplied:
+        supplied.append("path")
+    if path is not None:
+        root = path.resolve().parent
+        for entry in found.get("path", []):
+            if not Path(entry).is_dir():
+                raise UsageError(f"{path} [tool.gradprobe]: path entry '{entry}' is not a directory; fix the entry")
+            paths.append(entry)
+        paths += [str(d) for d in (root, root / "src") if d.is_dir()]
+    values["path"] = paths
+    return Settings(values, path, table.sections if table is not None else (), tuple(supplied), tuple(skipped),
+                    written_for, paths)

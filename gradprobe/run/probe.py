@@ -18,7 +18,7 @@ from torch import nn
 from gradprobe.errors import RunError, describe_exception
 from gradprobe.facts.grad_health import GradThresholds
 from gradprobe.facts.run import GraphFact, RunFacts
-from gradprobe.load.target import ExampleInputs
+from gradprobe.load.inputs import ExampleInputs
 from gradprobe.run import builders
 from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
