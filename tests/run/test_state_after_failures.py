@@ -19,7 +19,8 @@ from torch import nn
 from gradprobe import GradprobeError, probe
 from gradprobe.api import load
 
-HOSTILE = "tests/hostile/models.py"
+MODELS = "tests/fixtures/models.py"
+BAD = "tests/fixtures/bad_imports"
 
 
 class Stateful(nn.Module):
@@ -200,16 +201,16 @@ def test_repeated_failures_do_not_accumulate(failure: str) -> None:
 
 
 @pytest.mark.parametrize(("target", "import_fails"), [
-    (f"{HOSTILE}:CtorRaises", False), (f"{HOSTILE}:NoInputs", False), (f"{HOSTILE}:factory_returns_int", False),
-    ("tests/hostile/import_raises.py:X", True), ("tests/hostile/import_exits.py:X", True),
-    ("tests/hostile/import_missing_dep.py:X", True), ("tests.hostile.import_raises:X", True),
-    ("tests.hostile.import_interrupt:X", True),
+    (f"{MODELS}:RaisingInit", False), (f"{MODELS}:NoExample", False), (f"{MODELS}:make_not_a_module", False),
+    (f"{BAD}/import_raises.py:X", True), (f"{BAD}/import_exits.py:X", True),
+    (f"{BAD}/import_missing_dep.py:X", True), ("tests.fixtures.bad_imports.import_raises:X", True),
+    ("tests.fixtures.bad_imports.import_interrupt:X", True),
 ])
 def test_failing_load_leaves_the_process_as_found(target: str, import_fails: bool,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from pathlib import Path
 
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
     path_before = list(sys.path)
     modules_before = set(sys.modules)
     bytecode_before = sys.dont_write_bytecode
@@ -219,7 +220,7 @@ def test_failing_load_leaves_the_process_as_found(target: str, import_fails: boo
     assert sys.path == path_before
     if import_fails:  # no half-imported module is left behind to be found by the next import
         new = set(sys.modules) - modules_before
-        assert not {m for m in new if "gradprobe_user" in m or m.startswith("tests.hostile.")}
+        assert not {m for m in new if "gradprobe_user" in m or m.startswith("tests.fixtures.bad_imports.")}
     assert sys.dont_write_bytecode == bytecode_before
     assert sys.stdout is stdout_before
     assert torch.is_grad_enabled()

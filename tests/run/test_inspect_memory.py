@@ -9,13 +9,13 @@ excluded).  So saved-for-backward is B·(IN + H)·4 bytes.
 
 from __future__ import annotations
 
-import models_inspect as mi
 import pytest
 import torch
 from torch import nn
 
 from gradprobe.api import probe
 from gradprobe.errors import RunError
+from tests.fixtures import models as mi
 
 F32 = 4
 

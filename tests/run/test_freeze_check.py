@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_freeze_models as fm  # tests/ is on sys.path under pytest's default import mode
 import torch
 from torch import nn
 
@@ -22,6 +21,7 @@ import gradprobe
 from gradprobe.errors import UsageError
 from gradprobe.facts.freeze import CHECKS
 from gradprobe.judges.freeze_spec import FreezeSpec, pattern_matches
+from tests.fixtures import freeze_models as fm
 
 MODELS = Path(fm.__file__).resolve()
 

@@ -6,13 +6,13 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-import models_inspect as mi
 import pytest
 import torch
 from torch import nn
 
 from gradprobe.api import probe
 from gradprobe.errors import RunError
+from tests.fixtures import models as mi
 
 
 @dataclass

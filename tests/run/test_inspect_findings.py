@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import models_inspect as mi
 import pytest
 import torch
 from torch import nn
 
 from gradprobe.api import load, probe
 from gradprobe.facts.run import Finding, InspectReport
+from tests.fixtures import models as mi
 
 
 def _codes(report: InspectReport) -> list[str]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import models_inspect as mi
 import pytest
 import torch
 
 from gradprobe.api import load, probe
 from gradprobe.errors import InputError, UsageError
+from tests.fixtures import models as mi
 
 FILE = str(Path(mi.__file__))
 
@@ -54,8 +54,8 @@ def test_inputs_fn_taking_the_model() -> None:
 
 
 def test_inputs_from_a_module_spec(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(Path(FILE).parent)
-    _, example = load(f"{FILE}:MLP", inputs="models_inspect:inputs_tensor")
+    monkeypatch.chdir(Path(FILE).parents[2])
+    _, example = load(f"{FILE}:MLP", inputs="tests.fixtures.models:inputs_tensor")
     assert torch.equal(example.args[0], torch.ones(mi.B, mi.IN))
 
 

@@ -7,12 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import models_inspect as mi
 import pytest
 import torch
 
 from gradprobe.api import probe
 from gradprobe.render.inspect.json_out import dumps, inspect_json
+from tests.fixtures import models as mi
 
 FILE = str(Path(mi.__file__))
 

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import models_inspect as mi
 import pytest
+
+from tests.fixtures import models as mi
 
 FILE = str(Path(mi.__file__))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import models_inspect as mi
 import pytest
 import torch
 from torch import nn
@@ -12,6 +11,7 @@ from torch import nn
 from gradprobe.api import probe
 from gradprobe.errors import RunError
 from gradprobe.render.graph.tree import display_tree
+from tests.fixtures import models as mi
 
 # structure → expected (path, plain-PyTorch tensor picker) in output order
 STRUCTURES = {

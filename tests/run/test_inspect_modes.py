@@ -6,13 +6,13 @@ import copy
 import itertools
 from pathlib import Path
 
-import models_inspect as mi
 import pytest
 import torch
 from torch import nn
 
 from gradprobe.api import load, probe
 from gradprobe.errors import UsageError
+from tests.fixtures import models as mi
 
 GRAD_CONTEXTS = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
 COMBOS = list(itertools.product(("train", "eval"), GRAD_CONTEXTS))

@@ -6,13 +6,13 @@ import json
 import uuid
 from pathlib import Path
 
-import models_inspect as mi
 import pytest
 import torch
 from torch import nn
 
 from gradprobe.api import load, probe
 from gradprobe.errors import TargetError, UsageError
+from tests.fixtures import models as mi
 
 MODELS = Path(mi.__file__)
 FILE = str(MODELS)
@@ -91,8 +91,8 @@ def test_file_class() -> None:
 
 
 def test_relative_file_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(MODELS.parent.parent)
-    loaded, _ = load("tests/models_inspect.py:MLP")
+    monkeypatch.chdir(MODELS.parents[2])
+    loaded, _ = load("tests/fixtures/models.py:MLP")
     assert type(loaded.model).__name__ == "MLP"
 
 
@@ -120,14 +120,14 @@ def test_class_with_init_json() -> None:
 
 
 def test_class_needing_args_with_init() -> None:
-    loaded, _ = load(f"{FILE}:NeedsArgs", init={"hidden": 4})
-    assert loaded.model.lin.out_features == 4
+    loaded, _ = load(f"{FILE}:NeedsArgs", init={"hidden": 4, "depth": 2})
+    assert loaded.model.lin.out_features == 4 and len(loaded.model.blocks) == 2
 
 
 def test_module_instance_is_used_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
     """An instance is not copied or rebuilt: the user's object is probed (and left as found)."""
-    monkeypatch.chdir(MODELS.parent)
-    loaded, _ = load("models_inspect:mlp_instance")
+    monkeypatch.chdir(MODELS.parents[2])
+    loaded, _ = load("tests.fixtures.models:mlp_instance")
     assert loaded.model is mi.mlp_instance
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import models_inspect as mi
 import pytest
 import torch
+
+from tests.fixtures import models as mi
 
 FILE = str(Path(mi.__file__))
 
@@ -95,7 +96,7 @@ def test_not_a_module_or_factory(cli, name: str, needle: str) -> None:
     ("make_raising", "RuntimeError: factory exploded on purpose"),
 ])
 def test_constructor_or_factory_raised(cli, name: str, needle: str) -> None:
-    assert_one_line_error(cli("inspect", f"{FILE}:{name}"), needle, "models_inspect.py:")
+    assert_one_line_error(cli("inspect", f"{FILE}:{name}"), needle, "models.py:")
 
 
 def test_constructor_needs_args(cli) -> None:

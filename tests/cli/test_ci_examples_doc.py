@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "ci-examples.md"
+REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs" / "ci-examples.md"
 
 
 def snippets() -> dict[str, str]:
@@ -23,13 +24,13 @@ def snippets() -> dict[str, str]:
 
 def test_readme_use_in_ci_shows_the_same_snippets() -> None:
     """The README's "Use in CI" section copies the tested snippets; a drift would show untested text."""
-    readme = (DOC.parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     for name, code in snippets().items():
         assert code in readme, f"README.md lacks the '{name}' snippet of docs/ci-examples.md"
 
 
 def test_pytest_example_is_the_real_test_file() -> None:
-    example = Path(__file__).with_name("test_freeze_ci_example.py").read_text(encoding="utf-8")
+    example = (REPO / "tests" / "run" / "test_freeze_ci_example.py").read_text(encoding="utf-8")
     assert snippets()["pytest"] == example
 
 

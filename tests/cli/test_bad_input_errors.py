@@ -1,10 +1,11 @@
-"""The hostile corpus: broken invocations and broken models through the real command line.
+"""The bad-input corpus: broken invocations and broken models through the real command line.
 
 Every case must end with exit code 2 and exactly one line on stderr that names the problem (the key
 words each case lists), never a traceback.  The whole corpus runs in-process through
 ``gradprobe.cli.main`` (the code path of the console script), and a sample of it runs again in real
 subprocesses, several at a time, to prove the installed command behaves the same.  The models live in
-``tests/hostile/``; broken files (syntax errors, weights) are written to a temporary directory.
+``tests/fixtures/`` (``broken_models.py``, ``models.py``, ``bad_imports/``); broken files (syntax errors,
+weights) are written to a temporary directory.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import pytest
 import torch
 from torch import nn
 
-TESTS = Path(__file__).resolve().parent
-M = "hostile/models.py"  # relative to TESTS, the working directory of every case
+TESTS = Path(__file__).resolve().parents[1]
+M = "fixtures/broken_models.py"  # relative to TESTS, the working directory of every case
+MI = "fixtures/models.py"  # the failures both corpora need live here once
+BAD = "fixtures/bad_imports"
 
 
 @dataclass(frozen=True)
@@ -44,68 +47,68 @@ CASES: list[Case] = [
     # ---- the target cannot be found, imported or built
     case("missing-module", "inspect no_such_module_xyz:Net", "module 'no_such_module_xyz' not found", "searched",
          sub=True),
-    case("missing-file", "inspect hostile/missing.py:Net", "missing.py", "not found"),
-    case("directory", "inspect hostile/:Net", "is a directory"),
+    case("missing-file", "inspect fixtures/missing.py:Net", "missing.py", "not found"),
+    case("directory", "inspect fixtures/:Net", "is a directory"),
     case("directory-named-py", "inspect {W}/adir.py:Net", "adir.py", "is a directory"),
     case("not-python", "inspect {W}/notes.txt:Net", "notes.txt", "cannot be imported as python"),
     case("syntax-error", "inspect {W}/syntax_error.py:Net", "syntax error", "syntax_error.py:3", sub=True),
-    case("import-raises", "inspect hostile/import_raises.py:Net", "importing", "keyerror", "import_raises.py:4"),
-    case("import-raises-module", "inspect hostile.import_raises:Net", "importing", "keyerror"),
-    case("import-sys-exit", "inspect hostile/import_exits.py:Net", "sys.exit(4)", "__main__", sub=True),
-    case("import-keyboard-interrupt", "inspect hostile/import_interrupt.py:Net", "interrupted"),
-    case("import-missing-dependency", "inspect hostile/import_missing_dep.py:Net", "gradprobe_no_such_dependency",
+    case("import-raises", f"inspect {BAD}/import_raises.py:Net", "importing", "keyerror", "import_raises.py:4"),
+    case("import-raises-module", "inspect fixtures.bad_imports.import_raises:Net", "importing", "keyerror"),
+    case("import-sys-exit", f"inspect {BAD}/import_exits.py:Net", "sys.exit(4)", "__main__", sub=True),
+    case("import-keyboard-interrupt", f"inspect {BAD}/import_interrupt.py:Net", "interrupted"),
+    case("import-missing-dependency", f"inspect {BAD}/import_missing_dep.py:Net", "gradprobe_no_such_dependency",
          "install it"),
-    case("import-missing-dependency-module", "inspect hostile.import_missing_dep:Net",
+    case("import-missing-dependency-module", "inspect fixtures.bad_imports.import_missing_dep:Net",
          "gradprobe_no_such_dependency", "install it"),
     case("missing-attribute", f"inspect {M}:Fien", "no attribute 'fien'", "did you mean 'fine'"),
     case("no-colon", f"inspect {M}", "not a spec", "file.py:name"),
     case("bad-attribute-name", f"inspect {M}:1abc", "'1abc'", "not a (dotted) python name"),
-    case("class-not-a-module", f"inspect {M}:NotAModule", "notamodule", "not an nn.module subclass"),
-    case("not-callable", f"inspect {M}:NUMBER", "int", "not an nn.module class, instance or factory"),
-    case("constructor-needs-args", f"inspect {M}:NeedsArgs", "required", "--init", "hidden", "depth",
+    case("class-not-a-module", f"inspect {MI}:NotAModule", "notamodule", "not an nn.module subclass"),
+    case("not-callable", f"inspect {MI}:not_a_model", "int", "not an nn.module class, instance or factory"),
+    case("constructor-needs-args", f"inspect {MI}:NeedsArgs", "required", "--init", "hidden", "depth",
          sub=True),
-    case("init-not-json", f"inspect {M}:NeedsArgs --init notjson", "--init", "not valid json"),
-    case("init-not-object", f"inspect {M}:NeedsArgs --init [1,2]", "--init", "json object", "list"),
-    case("init-wrong-keys", ["inspect", f"{M}:NeedsArgs", "--init", '{"hidden": 4, "width": 3}'],
+    case("init-not-json", f"inspect {MI}:NeedsArgs --init notjson", "--init", "not valid json"),
+    case("init-not-object", f"inspect {MI}:NeedsArgs --init [1,2]", "--init", "json object", "list"),
+    case("init-wrong-keys", ["inspect", f"{MI}:NeedsArgs", "--init", '{"hidden": 4, "width": 3}'],
          "'width'", "--init"),
-    case("init-on-instance", ["inspect", f"{M}:instance", "--init", '{"a": 1}'], "--init does not apply",
+    case("init-on-instance", ["inspect", f"{MI}:mlp_instance", "--init", '{"a": 1}'], "--init does not apply",
          "instance"),
-    case("constructor-raises", f"inspect {M}:CtorRaises", "cannot build: config file missing", "models.py:"),
+    case("constructor-raises", f"inspect {MI}:RaisingInit", "constructor exploded on purpose", "models.py:"),
     case("constructor-sys-exit", f"inspect {M}:CtorExits", "sys.exit(3)"),
-    case("factory-returns-int", f"inspect {M}:factory_returns_int", "returned int", "not an nn.module"),
+    case("factory-returns-dict", f"inspect {MI}:make_not_a_module", "returned dict", "not an nn.module"),
     case("factory-returns-none", f"inspect {M}:factory_returns_none", "returned nonetype", "not an nn.module"),
     case("lazy-module", f"inspect {M}:Lazy", "'encoder.0.weight'", "lazylinear", "uninitialized lazy"),
-    case("factory-raises", f"inspect {M}:factory_raises", "oserror", "checkpoint directory"),
+    case("factory-raises", f"inspect {MI}:make_raising", "runtimeerror", "factory exploded on purpose"),
     # ---- example inputs
-    case("no-inputs", f"inspect {M}:NoInputs", "no example inputs", "--shape", "--inputs", "example_input_array"),
+    case("no-inputs", f"inspect {MI}:NoExample", "no example inputs", "--shape", "--inputs", "example_input_array"),
     case("wrong-input-shape", f"inspect {M}:WrongShape", "'encoder.0'", "linear", "(3, 5)", "3x5", sub=True),
-    case("inputs-raise", f"inspect {M}:Fine --inputs {M}:inputs_raise", "--inputs", "tokenizer not loaded"),
-    case("inputs-none", f"inspect {M}:Fine --inputs {M}:inputs_none", "--inputs", "gave none"),
+    case("inputs-raise", f"inspect {M}:Fine --inputs {MI}:inputs_raising", "--inputs", "dataset missing on purpose"),
+    case("inputs-none", f"inspect {M}:Fine --inputs {MI}:inputs_none", "--inputs", "gave none"),
     case("inputs-string", f"inspect {M}:Fine --inputs {M}:inputs_string", "gave str"),
     case("inputs-sys-exit", f"inspect {M}:Fine --inputs {M}:inputs_exit", "--inputs", "sys.exit(1)"),
     case("inputs-int-keys", f"inspect {M}:Fine --inputs {M}:inputs_bad_keys", "string keys"),
     case("inputs-wrong-shape", f"inspect {M}:Fine --inputs {M}:inputs_wrong_shape", "'fc1'", "(3, 7)"),
-    case("inputs-file-missing", f"inspect {M}:Fine --inputs hostile/nothere.py:f", "--inputs", "not found"),
+    case("inputs-file-missing", f"inspect {M}:Fine --inputs fixtures/nothere.py:f", "--inputs", "not found"),
     case("inputs-attribute-missing", f"inspect {M}:Fine --inputs {M}:nope", "--inputs", "no attribute 'nope'"),
     case("example-input-is-string", f"inspect {M}:BadExampleInput", "example_input_array", "gave str"),
     # ---- forward
-    case("forward-returns-none", f"inspect {M}:ForwardNone", "returned none", "not tensors"),
+    case("forward-returns-none", f"inspect {MI}:ReturnsNone", "returned none", "not tensors"),
     case("forward-returns-number", f"inspect {M}:ForwardNumber", "python float", "0.5"),
     case("forward-returns-string", f"inspect {M}:ForwardString", "returned a string"),
     case("forward-returns-no-tensor", f"inspect {M}:ForwardDictNoTensor", "dict holding no tensor"),
     case("forward-sys-exit", f"inspect {M}:ForwardExits", "sys.exit('giving up')"),
-    case("forward-keyboard-interrupt", f"inspect {M}:ForwardInterrupted", "interrupted", "restored", sub=True),
-    case("forward-raises-in-submodule", f"inspect {M}:ForwardRaisesInChild", "'head'", "broken",
-         "expected a mask argument", "(2, 4)"),
+    case("forward-keyboard-interrupt", f"inspect {MI}:InterruptInForward", "interrupted", "restored", sub=True),
+    case("forward-raises-in-submodule", f"inspect {MI}:RaisesInForward", "'encoder.1'", "boom",
+         "boom in forward", "(4, 6)"),
     case("forward-recursion", f"inspect {M}:ForwardRecursion", "recursionerror"),
     # ---- backward and loss
-    case("backward-inplace", f"inspect {M}:InplaceAfterSave", "backward", "modified by an inplace operation",
+    case("backward-inplace", f"inspect {MI}:InplaceBad", "backward", "modified by an inplace operation",
          sub=True),
-    case("backward-raises", f"inspect {M}:BackwardRaises", "backward", "not implemented for boom"),
+    case("backward-raises", f"inspect {MI}:RaisesInBackward", "backward", "backward exploded on purpose"),
     case("loss-raises", f"inspect {M}:Fine --loss {M}:loss_raises", "loss function raised", "keyerror"),
     case("loss-not-scalar", f"inspect {M}:Fine --loss {M}:loss_not_scalar", "scalar", "(3, 2)"),
     case("loss-number", f"inspect {M}:Fine --loss {M}:loss_number", "returned float", "scalar"),
-    case("loss-not-callable", f"inspect {M}:Fine --loss {M}:NUMBER", "--loss", "not a function"),
+    case("loss-not-callable", f"inspect {M}:Fine --loss {MI}:not_a_model", "--loss", "not a function"),
     case("loss-unknown-name", f"inspect {M}:Fine --loss max", "--loss 'max'"),
     # ---- weights
     case("weights-garbage", f"inspect {M}:Fine --weights {{W}}/garbage.pt", "cannot read", "torch.save"),
@@ -159,15 +162,15 @@ CASES: list[Case] = [
          "not json"),
     case("freeze-baseline-wrong-shape", f"freeze-check {M}:Fine --baseline {{W}}/wrong_baseline.json",
          "--baseline", "--write-baseline"),
-    case("freeze-optimizer-not-callable", f"freeze-check {M}:Fine --frozen fc1 --optimizer {M}:NUMBER",
+    case("freeze-optimizer-not-callable", f"freeze-check {M}:Fine --frozen fc1 --optimizer {MI}:not_a_model",
          "--optimizer", "torch.optim.optimizer"),
-    case("freeze-optimizer-wrong-signature", f"freeze-check {M}:Fine --frozen fc1 --optimizer {M}:factory_returns_int",
+    case("freeze-optimizer-wrong-signature", f"freeze-check {M}:Fine --frozen fc1 --optimizer {MI}:make_not_a_module",
          "--optimizer", "called with the model"),
-    case("freeze-forward-raises", f"freeze-check {M}:ForwardRaisesInChild --frozen fc", "could not be verified",
-         "'head'", "expected a mask argument", sub=True),
-    case("freeze-backward-inplace", f"freeze-check {M}:InplaceAfterSave --frozen fc1", "could not be verified",
+    case("freeze-forward-raises", f"freeze-check {MI}:RaisesInForward --frozen encoder", "could not be verified",
+         "'encoder.1'", "boom in forward", sub=True),
+    case("freeze-backward-inplace", f"freeze-check {MI}:InplaceBad --frozen lin", "could not be verified",
          "modified by an inplace operation"),
-    case("freeze-keyboard-interrupt", f"freeze-check {M}:ForwardInterrupted --frozen fc1", "interrupted"),
+    case("freeze-keyboard-interrupt", f"freeze-check {MI}:InterruptInForward --frozen lin", "interrupted"),
     case("freeze-config-missing", f"freeze-check {M}:Fine --frozen fc1 --config {{W}}/nothere.toml", "--config",
          "nothere.toml"),
     case("freeze-junit-unwritable", f"freeze-check {M}:Fine --frozen fc1 --junit {{W}}/no/dir/j.xml", "--junit",
@@ -178,7 +181,7 @@ CASES: list[Case] = [
          sub=True),
     case("compare-modes-not-pairs", f"compare-modes {M}:Fine --modes nonsense", "--modes", "train:grad"),
     case("compare-repeat-zero", f"compare-modes {M}:Fine --repeat 0", "--repeat 0"),
-    case("compare-keyboard-interrupt", f"compare-modes {M}:ForwardInterrupted --repeat 1", "interrupted"),
+    case("compare-keyboard-interrupt", f"compare-modes {MI}:InterruptInForward --repeat 1", "interrupted"),
     case("compare-missing-module", "compare-modes no_such_module_xyz:Net", "no_such_module_xyz", "not found"),
     case("compare-cuda-missing", f"compare-modes {M}:Fine --device cuda", "cuda is not available"),
     case("compare-weights-not-torch", f"compare-modes {M}:Fine --weights {M}", "cannot read", "torch.save"),
@@ -217,7 +220,7 @@ class Evil:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Broken files the cases name as {W}/...; written once per module."""
-    w = tmp_path_factory.mktemp("hostile")
+    w = tmp_path_factory.mktemp("bad_inputs")
     (w / "syntax_error.py").write_text("import torch\n\nclass Net(torch.nn.Module)\n    pass\n")
     (w / "adir.py").mkdir()
     (w / "notes.txt").write_text("not python\n")
@@ -260,7 +263,7 @@ def in_tests_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
-def test_hostile_case_in_process(c: Case, workdir: Path, in_tests_dir: None,
+def test_bad_input_in_process(c: Case, workdir: Path, in_tests_dir: None,
                                  capfd: pytest.CaptureFixture[str]) -> None:
     from gradprobe.cli.app import main
 
@@ -292,7 +295,7 @@ SUBPROCESS_CASES = [c for c in CASES if c.subprocess and not (c.id in NEEDS_NO_C
 
 
 @pytest.mark.slow
-def test_hostile_sample_in_subprocesses(workdir: Path) -> None:
+def test_bad_input_sample_in_subprocesses(workdir: Path) -> None:
     """The installed command, in fresh processes (three at a time: each one pays the torch import)."""
     assert len(SUBPROCESS_CASES) >= 12
     with ThreadPoolExecutor(max_workers=3) as pool:
@@ -306,14 +309,14 @@ def test_debug_shows_the_traceback(workdir: Path, in_tests_dir: None, capfd: pyt
     """The contrast case: --debug is the one way to get the traceback."""
     from gradprobe.cli.app import main
 
-    code = main(["inspect", f"{M}:ForwardRaisesInChild", "--debug"])
+    code = main(["inspect", f"{MI}:RaisesInForward", "--debug"])
     err = capfd.readouterr().err
     assert code == 2
-    assert "Traceback" in err and "expected a mask argument" in err
+    assert "Traceback" in err and "boom in forward" in err
     assert err.rstrip("\n").splitlines()[-1].startswith("gradprobe: run error:")
 
 
-# ------------------------------------------------------------- hostile models where a report is the answer
+# ------------------------------------------------------------- odd models where a report is the answer
 
 
 def run_json(args: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
@@ -326,10 +329,11 @@ def run_json(args: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, d
     return code, json.loads(captured.out), captured.err
 
 
-@pytest.mark.parametrize(("name", "path"), [("NaNOutput", "output"), ("InfOutput", "output[1]")])
-def test_nonfinite_outputs_are_a_finding_not_a_crash(name: str, path: str, in_tests_dir: None,
+@pytest.mark.parametrize(("spec", "path"), [(f"{MI}:NonFinite", "output[1]"), (f"{M}:InfOutput", "output[1]")],
+                         ids=["nan", "inf"])
+def test_nonfinite_outputs_are_a_finding_not_a_crash(spec: str, path: str, in_tests_dir: None,
                                                      capfd: pytest.CaptureFixture[str]) -> None:
-    code, doc, _ = run_json(["inspect", f"{M}:{name}"], capfd)
+    code, doc, _ = run_json(["inspect", spec], capfd)
     assert code == 0
     bad = [f for f in doc["findings"] if f["code"] == "nonfinite-output"]
     assert [f["subject"] for f in bad] == [path]
@@ -337,7 +341,7 @@ def test_nonfinite_outputs_are_a_finding_not_a_crash(name: str, path: str, in_te
     # --strict turns an error finding into exit code 1, still not a crash
     from gradprobe.cli.app import main
 
-    assert main(["inspect", f"{M}:{name}", "--strict", "--format", "json"]) == 1
+    assert main(["inspect", spec, "--strict", "--format", "json"]) == 1
 
 
 def test_model_printing_to_stdout_keeps_json_valid(in_tests_dir: None, capfd: pytest.CaptureFixture[str]) -> None:
@@ -347,16 +351,16 @@ def test_model_printing_to_stdout_keeps_json_valid(in_tests_dir: None, capfd: py
 
 
 def test_printing_at_import_through_the_installed_command() -> None:
-    proc = run_process(["inspect", "hostile/import_prints.py:Net", "--format", "json"], TESTS)
+    proc = run_process(["inspect", f"{BAD}/import_prints.py:Net", "--format", "json"], TESTS)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["target"] == "hostile/import_prints.py:Net"
+    assert doc["target"] == f"{BAD}/import_prints.py:Net"
     for text in ("importing import_prints", "constructing Net", "forward torch.Size([3, 4])"):
         assert text in proc.stderr
 
 
 def test_global_grad_off_at_import_is_a_finding(in_tests_dir: None, capfd: pytest.CaptureFixture[str]) -> None:
-    code, doc, _ = run_json(["inspect", "hostile/import_grad_off.py:Net"], capfd)
+    code, doc, _ = run_json(["inspect", f"{BAD}/import_grad_off.py:Net"], capfd)
     assert code == 0
     assert doc["global_grad_enabled"] is False
     assert doc["backward"] is True  # --grad grad enables grad explicitly
@@ -372,7 +376,7 @@ def test_forward_switching_grad_off_is_undone(in_tests_dir: None, capfd: pytest.
 
 
 def test_empty_model(in_tests_dir: None, capfd: pytest.CaptureFixture[str]) -> None:
-    code, doc, _ = run_json(["inspect", f"{M}:Empty"], capfd)
+    code, doc, _ = run_json(["inspect", f"{MI}:Empty"], capfd)
     assert code == 0
     assert doc["parameters"] == [] and doc["backward"] is False
     assert doc["backward_skipped_reason"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 
-import models_inspect as mi
 import pytest
 import torch
 from rich.console import Console
@@ -12,6 +11,7 @@ from rich.console import Console
 from gradprobe.api import load, probe
 from gradprobe.facts.run import InspectReport
 from gradprobe.render.inspect.table import render_inspect
+from tests.fixtures import models as mi
 
 STABLE_SECTIONS = {"parameters", "buffers", "tensors", "graph", "findings"}  # no timings, no torch version
 

@@ -32,7 +32,7 @@ from gradprobe.render.graph.tree import GraphTree, display_tree
 from gradprobe.run.trackers.graph import walk_graph
 from gradprobe.run.trackers.release import release_on_big_stack
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def leaf(n: int = 3) -> torch.Tensor:
