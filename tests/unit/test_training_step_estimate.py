@@ -1,12 +1,11 @@
-"""The training-step estimate and the checkpoint advice as pure functions of hand-made facts."""
+"""The training-step estimate as a pure function of hand-made facts (``run/estimate.py``)."""
 
 from __future__ import annotations
 
 import pytest
 
 from gradprobe.errors import UsageError
-from gradprobe.facts.run import MemoryFact, ModuleFact, ModuleMemory, ParamFact, RunFacts
-from gradprobe.judges.checkpoint import checkpoint_advice
+from gradprobe.facts.run import MemoryFact, ModuleMemory, ParamFact
 from gradprobe.run.estimate import training_step
 
 MIB = 2**20
@@ -79,36 +78,3 @@ def test_without_backward_every_trainable_parameter_would_get_a_gradient() -> No
 def test_bad_names_are_usage_errors(optimizer: str, dtype: str | None) -> None:
     with pytest.raises(UsageError):
         training_step(memory(PARAMS, 0, 0), PARAMS, optimizer, dtype)
-
-
-# ---- checkpoint advice
-
-
-def facts_with(rows: list[tuple[str, str, int, int]], saved: int) -> RunFacts:
-    """rows: (module, type, inside_saved, checkpoint_saving)."""
-    modules = tuple(ModuleFact(name, kind, True, 1, (), None, False) for name, kind, _, _ in rows)
-    by_module = tuple(ModuleMemory(name, 0, 0, 0, inside, saving) for name, _, inside, saving in rows)
-    mem = MemoryFact("test", saved, saved, saved, 0, 0, by_module=by_module)
-    return RunFacts("t", "2", "cpu", "train", "grad", True, None, None, (), (), modules, (), (), None, mem, True)
-
-
-def test_advice_picks_repeated_blocks_largest_first_without_nesting() -> None:
-    rows = [
-        ("", "Net", 1000, 990),  # the model itself: never advised
-        ("trunk", "Trunk", 900, 880),  # one call only: repeated blocks are preferred
-        ("trunk.blocks.0", "Block", 300, 290),
-        ("trunk.blocks.0.attn", "Attn", 200, 195),  # nested in a chosen block
-        ("trunk.blocks.1", "Block", 300, 290),
-        ("trunk.blocks.10", "Block", 310, 300),
-        ("trunk.blocks.1.attn", "Attn", 200, 195),
-        ("trunk.blocks.10.attn", "Attn", 200, 195),
-        ("head", "Linear", 5, 1),
-        ("tail", "Linear", 5, 1),
-    ]
-    candidates, plan = checkpoint_advice(facts_with(rows, 1000), top=5)
-    assert [c.module for c in candidates] == ["trunk.blocks.10", "trunk.blocks.0", "trunk.blocks.1"]
-    assert plan is not None and (plan.module_type, plan.calls, plan.expected_saving_bytes) == ("Block", 3, 880)
-
-
-def test_no_advice_without_saved_bytes() -> None:
-    assert checkpoint_advice(facts_with([("a", "A", 0, 0)], 0)) == ([], None)
