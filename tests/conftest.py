@@ -1,4 +1,7 @@
-"""Shared test fixtures: the real CLI (in a subprocess and in-process), golden files, global-state hygiene."""
+"""Shared test fixtures: the real CLI (in a subprocess and in-process) and global-state hygiene.
+
+Golden-output (snapshot) tests live in ``tests/golden/`` and use syrupy: ``pytest tests/golden --snapshot-update``.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,6 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-GOLDEN = TESTS / "golden"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--update-golden", action="store_true", default=False,
-                     help="Rewrite the expected-output files under tests/golden/ from the current output.")
 
 
 @dataclass
@@ -83,22 +80,3 @@ def _restore_global_torch_state() -> Iterator[None]:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_grad_enabled(enabled)
-
-
-@pytest.fixture
-def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
-    """Compare text with ``tests/golden/NAME``; ``pytest --update-golden`` rewrites the file instead."""
-    update = bool(request.config.getoption("--update-golden"))
-
-    def check(name: str, text: str) -> None:
-        path = GOLDEN / name
-        if update:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            return
-        if not path.exists():
-            pytest.fail(f"no golden file {path}: run pytest with --update-golden once and review the file")
-        expected = path.read_text(encoding="utf-8")
-        assert text == expected, f"output differs from {path} (rerun with --update-golden if intended)"
-
-    return check

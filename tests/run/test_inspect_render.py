@@ -1,4 +1,4 @@
-"""The rich view: key lines at a fixed width, golden files (``pytest --update-golden``), and 80-column readability."""
+"""The rich view: key lines at a fixed width and 80-column readability (whole views: tests/golden/)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from gradprobe.facts.run import InspectReport
 from gradprobe.render.inspect.table import render_inspect
 from tests.fixtures import models as mi
 
-STABLE_SECTIONS = {"parameters", "buffers", "tensors", "graph", "findings"}  # no timings, no torch version
-
 
 def render(report: InspectReport, width: int = 100, **kwargs) -> str:
     console = Console(record=True, width=width, file=io.StringIO(), force_terminal=False, color_system=None)
@@ -25,16 +23,6 @@ def render(report: InspectReport, width: int = 100, **kwargs) -> str:
 def _report(factory) -> InspectReport:
     torch.manual_seed(0)
     return probe(factory())
-
-
-@pytest.mark.parametrize(("name", "factory"), [
-    ("frozen_backbone", mi.FrozenBackbone),
-    ("tied", mi.Tied),
-    ("called_twice", mi.CalledTwice),
-    ("never_called", mi.NeverCalled),
-])
-def test_golden_sections(golden, name: str, factory) -> None:
-    golden(f"inspect_{name}.txt", render(_report(factory), sections=STABLE_SECTIONS))
 
 
 def test_summary_key_lines() -> None:
