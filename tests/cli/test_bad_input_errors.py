@@ -350,6 +350,7 @@ def test_model_printing_to_stdout_keeps_json_valid(in_tests_dir: None, capfd: py
     assert "building Prints" in err and "forward called with (3, 4)" in err and "{not json" in err
 
 
+@pytest.mark.slow
 def test_printing_at_import_through_the_installed_command() -> None:
     proc = run_process(["inspect", f"{BAD}/import_prints.py:Net", "--format", "json"], TESTS)
     assert proc.returncode == 0, proc.stderr

@@ -34,6 +34,7 @@ def test_pytest_example_is_the_real_test_file() -> None:
     assert snippets()["pytest"] == example
 
 
+@pytest.mark.slow
 def test_pyproject_and_github_step_run_as_written(tmp_path: Path, run_cli: Callable[..., Any],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = snippets()

@@ -46,6 +46,7 @@ def test_help_never_imports_torch(args: list[str]) -> None:
     assert float(seconds) < 2.0  # measured ~0.1-0.3 s (typer and rich only)
 
 
+@pytest.mark.slow
 def test_progress_line_only_on_a_terminal(run_cli) -> None:
     """Piped stderr: no progress output at all, stdout is the JSON document."""
     result = run_cli("inspect", "tests.fixtures.zoo:tiny_gpt", "--format", "json")
@@ -54,6 +55,7 @@ def test_progress_line_only_on_a_terminal(run_cli) -> None:
     json.loads(result.out)
 
 
+@pytest.mark.slow
 def test_progress_line_on_a_terminal_goes_to_stderr() -> None:
     """With stderr on a pseudo-terminal the progress is drawn there; stdout still holds only the JSON."""
     from conftest import gradprobe_command

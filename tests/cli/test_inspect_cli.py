@@ -66,6 +66,7 @@ def test_help_importtime_has_no_torch() -> None:
 # ------------------------------------------------------------------ stdout carries only the report
 
 
+@pytest.mark.slow
 def test_user_prints_go_to_stderr_and_grad_mode_is_forced(tmp_path: Path, run_cli) -> None:
     (tmp_path / "user_module.py").write_text(USER_MODULE)
     result = run_cli("inspect", "user_module:Net", "--format", "json", cwd=tmp_path)
@@ -93,6 +94,7 @@ def test_user_prints_in_process_too(cli, tmp_path: Path) -> None:
 # ------------------------------------------------------------------ formats and --output
 
 
+@pytest.mark.slow
 def test_table_format_through_python_m(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "gradprobe", "inspect", f"{FILE}:NeverCalled"],
                           capture_output=True, text=True, timeout=120,
@@ -138,6 +140,7 @@ def test_output_file(cli, tmp_path: Path, fmt: str, suffix: str) -> None:
         assert "Parameters (4; all float32" in text and "grad-none" in text
 
 
+@pytest.mark.slow
 def test_strict_exits_1_and_writes_the_report(run_cli, tmp_path: Path) -> None:
     """Through the installed command: --strict with an error finding exits 1, and the report is still written."""
     target = tmp_path / "out.md"

@@ -234,6 +234,7 @@ def test_pickled_weights_are_refused_with_the_reason(cli, files: Path) -> None:
 # ------------------------------------------------------------------ the real command, in a subprocess
 
 
+@pytest.mark.slow
 def test_errors_through_the_installed_command(run_cli, files: Path) -> None:
     """A few of the above through the installed script: same single line, exit code 2."""
     cases = [
@@ -244,6 +245,7 @@ def test_errors_through_the_installed_command(run_cli, files: Path) -> None:
         assert_one_line_error(run_cli(*args), needle)
 
 
+@pytest.mark.slow
 def test_forward_error_through_the_installed_command(run_cli) -> None:
     assert_one_line_error(run_cli("inspect", f"{FILE}:RaisesInForward"), "'encoder.1' (Boom)")
 

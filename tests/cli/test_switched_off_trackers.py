@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # the installed command, twice: seconds
+
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:

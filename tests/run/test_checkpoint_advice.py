@@ -26,6 +26,7 @@ FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "resnet_small": zoo.resnet_small,
     "mlp": lambda: zoo.mlp(in_features=32, hidden=64, out_features=4, depth=4, batch=16),
 }
+SLOW = {"tiny_gpt", "resnet_small"}  # seconds each on 2 cores: left to the full run
 
 
 def _facts(model: nn.Module) -> RunFacts:
@@ -50,7 +51,7 @@ def _fresh(name: str) -> nn.Module:
     return FACTORIES[name]()
 
 
-@pytest.mark.parametrize("name", list(FACTORIES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in FACTORIES])
 def test_checkpointing_the_suggested_module_saves_what_was_estimated(name: str) -> None:
     facts = _facts(_fresh(name))
     candidates, plan = checkpoint_advice(facts)
@@ -64,7 +65,8 @@ def test_checkpointing_the_suggested_module_saves_what_was_estimated(name: str) 
         assert abs(measured - candidate.expected_saving_bytes) <= 0.10 * measured, (candidate, measured)
 
 
-@pytest.mark.parametrize("name", ["tiny_gpt", "tiny_llama", "resnet_small"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in ["tiny_gpt", "tiny_llama", "resnet_small"]])
 def test_checkpointing_every_block_of_the_plan(name: str) -> None:
     """The plan's figure (sum of single-call savings) against wrapping every one of those calls."""
     facts = _facts(_fresh(name))
@@ -107,6 +109,7 @@ def test_by_module_attribution_on_an_mlp_by_hand() -> None:
     assert rows["layers"].checkpoint_saving_bytes == b * h * 4
 
 
+@pytest.mark.slow
 def test_json_carries_every_module_call_and_the_advice(run_cli) -> None:
     result = run_cli("inspect", "tests.fixtures.zoo:tiny_gpt", "--format", "json")
     assert result.code == 0, result.err
@@ -123,6 +126,7 @@ def test_json_carries_every_module_call_and_the_advice(run_cli) -> None:
     assert memory["checkpoint_plan"]["type"] == "GPTBlock"
 
 
+@pytest.mark.slow
 def test_table_shows_top_modules_and_the_advice(run_cli) -> None:
     result = run_cli("inspect", "tests.fixtures.zoo:tiny_gpt", "--top", "3")
     assert result.code == 0, result.err

@@ -634,6 +634,7 @@ def test_table_and_verdict_share_the_console_width(bn_report: CompareReport) -> 
 # -------------------------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow
 def test_cli_json_on_the_bundled_example(run_cli: Callable[..., Any]) -> None:
     res = run_cli("compare-modes", "gradprobe.examples:FineTuneNet", "--format", "json", "--repeat", "2")
     assert res.code == 0, res.err
@@ -648,6 +649,7 @@ def test_cli_json_on_the_bundled_example(run_cli: Callable[..., Any]) -> None:
     assert "━" not in res.err and "\r" not in res.err  # no progress bar when stderr is not a terminal
 
 
+@pytest.mark.slow
 def test_cli_failing_row_strict_and_markdown_file(run_cli: Callable[..., Any], tmp_path: Path) -> None:
     src = tmp_path / "badmodel.py"
     src.write_text(
@@ -675,6 +677,7 @@ def test_cli_failing_row_strict_and_markdown_file(run_cli: Callable[..., Any], t
     assert "every mode failed" in res.err and "Traceback" not in res.err
 
 
+@pytest.mark.slow
 def test_cli_catches_dropout_that_ignores_eval(run_cli: Callable[..., Any], tmp_path: Path) -> None:
     src = tmp_path / "evaldrop.py"
     src.write_text("import torch\nfrom torch import nn\nimport torch.nn.functional as F\n\n"

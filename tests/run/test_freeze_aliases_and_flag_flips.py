@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -59,6 +60,7 @@ def test_buffer_of_aliased_frozen_module_is_checked_under_its_second_name() -> N
     assert ok.passed
 
 
+@pytest.mark.slow
 def test_aliased_buffer_through_the_cli(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("gradprobe")
     cmd = [str(exe), "freeze-check", f"{Path(__file__).resolve()}:make_aliased", "--frozen", "encoder",

@@ -410,6 +410,7 @@ def test_cli_usage_errors(tmp_path: Path, cli: Callable[..., Any], monkeypatch: 
 # --------------------------------------------------------------------------- the real command
 
 
+@pytest.mark.slow
 def test_exit_codes_through_the_real_cli(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
     spec = ["--frozen", "backbone", "--trainable", "stem", "--trainable", "head"]
     ok = run_cli("freeze-check", f"{MODELS}:Frozen", *spec, cwd=tmp_path)
@@ -419,6 +420,7 @@ def test_exit_codes_through_the_real_cli(tmp_path: Path, run_cli: Callable[..., 
     assert broken.code == 2 and "could not be verified" in broken.err and "Traceback" not in broken.err
 
 
+@pytest.mark.slow
 def test_github_actions_annotations_and_summary(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
     summary = tmp_path / "summary.md"
     summary.write_text("earlier step\n")

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 from rich.console import Console
 from torch import nn
@@ -157,6 +158,7 @@ def test_grouping_reads_parts_not_messages() -> None:
         (i.subject, i.message, None) for i in bare]
 
 
+@pytest.mark.slow
 def test_real_cli_at_80_columns(run_cli: Callable[..., Any]) -> None:
     res = run_cli("freeze-check", "gradprobe.examples:FineTuneNet", "--frozen", "backbone", "--trainable", "head",
                   "--trainable", "aux_head", env={"COLUMNS": "80"})

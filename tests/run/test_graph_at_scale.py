@@ -59,6 +59,7 @@ def test_million_node_walk_in_a_fresh_process() -> None:
     assert (result["nodes"], result["depth"]) == (1_000_002, 1_000_002)
 
 
+@pytest.mark.slow
 def test_walk_memory_is_linear_and_small() -> None:
     """Python heap at the walk's peak: ~160-190 bytes per node (~180 MiB for a million), none of it kept."""
     small, large = _walk(20_000, "memory"), _walk(100_000, "memory")

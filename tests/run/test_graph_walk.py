@@ -538,6 +538,7 @@ DIRECT_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("mode", ["walk", "backward"])
+@pytest.mark.slow
 def test_deep_walked_chain_is_released_on_a_big_stack(mode: str) -> None:
     proc = run_python(DIRECT_SCRIPT, mode)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stderr[-2000:]}"

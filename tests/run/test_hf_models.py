@@ -23,7 +23,7 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-pytestmark = pytest.mark.transformers
+pytestmark = [pytest.mark.transformers, pytest.mark.slow]  # importing transformers alone takes seconds
 
 from gradprobe.api import probe  # noqa: E402
 

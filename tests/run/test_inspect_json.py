@@ -68,6 +68,7 @@ def _strict_loads(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_cli_json_document(run_cli) -> None:
     result = run_cli("inspect", f"{FILE}:FrozenBackbone", "--format", "json")
     assert result.code == 0, result.err

@@ -64,6 +64,7 @@ def test_installed_package_module_class() -> None:
     assert type(loaded.model) is FineTuneNet
 
 
+@pytest.mark.slow
 def test_dotted_package_module_via_cli(tmp_path: Path, run_cli) -> None:
     """``package.module:Name`` with the current directory importable, as ``python -m`` does."""
     pkg = tmp_path / "mypkg"

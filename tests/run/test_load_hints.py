@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import pytest
 
+
+@pytest.mark.slow
 def test_an_instance_on_meta_without_device_meta_is_one_clear_error(tmp_path) -> None:
     import subprocess
     import sys

@@ -73,6 +73,7 @@ RSS_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_factory_is_built_on_meta_without_allocating() -> None:
     """Llama-7B holds 27 GB of float32 parameters; built on meta the whole process stays a small fraction of that
     (~330 MB measured; the bound is loose so a busy machine cannot fail it)."""
@@ -85,6 +86,7 @@ def test_factory_is_built_on_meta_without_allocating() -> None:
     assert int(rss) < 4 * 2**30
 
 
+@pytest.mark.slow
 def test_instance_moved_to_meta_keeps_its_tied_weights(run_cli, model_dir: Path) -> None:
     plain = zoo.tiny_gpt().to("meta")  # what .to("meta") alone does: the tied head becomes a second Parameter
     assert plain.lm_head.weight is not plain.transformer.wte.weight
@@ -99,6 +101,7 @@ def test_instance_moved_to_meta_keeps_its_tied_weights(run_cli, model_dir: Path)
     assert any("re-tied 1 shared parameter" in note for note in meta["notes"])
 
 
+@pytest.mark.slow
 def test_meta_reports_gradients_as_present(run_cli, model_dir: Path) -> None:
     doc = _json(run_cli, "tests.fixtures.zoo:tiny_llama", "--device", "meta")
     assert doc["device"] == "meta" and doc["backward"] is True
@@ -119,6 +122,7 @@ def test_meta_frozen_parameters_get_no_gradient() -> None:
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.slow
 def test_meta_buffers_change_as_on_cpu(mode: str) -> None:
     """BatchNorm running statistics: changed in train mode, untouched in eval, told by the version counter."""
     torch.manual_seed(0)
@@ -161,6 +165,7 @@ def _meta(factory) -> nn.Module:
 
 @pytest.mark.parametrize(("op", "words"), [
     ("nonzero", "nonzero"), ("item", ".item()"), ("one_hot", ".item()")])
+@pytest.mark.slow
 def test_value_dependent_op_fails_with_one_clear_line(run_cli, model_dir: Path, op: str, words: str) -> None:
     result = run_cli("inspect", "metamodels.py:Net", "--init", json.dumps({"op": op}), "--device", "meta",
                      cwd=model_dir)
@@ -227,6 +232,7 @@ def test_param_dtype_on_cpu_scales_and_leaves_the_model_alone() -> None:
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
+@pytest.mark.slow
 def test_cli_options_for_the_training_step(run_cli) -> None:
     doc = _json(run_cli, "tests.fixtures.zoo:tiny_gpt", "--device", "meta", "--optimizer-state", "sgd",
                 "--param-dtype", "float16")

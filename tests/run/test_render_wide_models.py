@@ -16,12 +16,13 @@ from gradprobe.facts.run import InspectReport
 from gradprobe.render.inspect.json_out import dumps, inspect_json
 from gradprobe.render.inspect.table import render_inspect
 
+pytestmark = pytest.mark.slow  # building and probing 15,000 module calls: seconds
+
 BLOCKS = 5_000  # Sequential(Linear, Tanh) each: 15,001 module calls with the model and the Sequentials
 
 WIDE = f"""
 import torch
 from torch import nn
-
 
 class Wide(nn.Module):
     def __init__(self, blocks: int = {BLOCKS}) -> None:

@@ -86,6 +86,7 @@ X = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
 # ---------------------------------------------------------------------------------- compile and wrappers
 
 
+@pytest.mark.slow
 def test_torch_compile_inspects_the_original_module_and_says_so() -> None:
     inner = MLP()
     compiled = torch.compile(inner)

@@ -225,6 +225,7 @@ def test_factories_take_batch_and_seq() -> None:
 
 
 @pytest.mark.parametrize("factory", [zoo.llama_7b, zoo.gpt2_xl], ids=lambda f: f.__name__)
+@pytest.mark.slow
 def test_big_model_meta_build_forward_backward(factory: Callable[[], nn.Module]) -> None:
     model = on_meta(factory)  # build time is measured in benchmarks/run.py, not asserted here
     assert model.training  # dropout (GPT) must also run on meta in train mode
@@ -239,7 +240,8 @@ def test_big_model_meta_build_forward_backward(factory: Callable[[], nn.Module])
 # ----------------------------------------------------------------------------------- CPU end to end
 
 
-@pytest.mark.parametrize("factory", CHEAP, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("factory", [pytest.param(f, marks=pytest.mark.slow) if f is zoo.resnet_small else f
+                                     for f in CHEAP], ids=lambda f: f.__name__)
 def test_cheap_model_cpu_forward_backward(factory: Callable[[], nn.Module]) -> None:
     torch.manual_seed(0)
     model = factory()
