@@ -85,8 +85,8 @@ STEADY_TIMES = {"grad": 0.0010, "no_grad": 0.0008, "inference_mode": 0.0007}  # 
 
 def steady_comparison(report: Any) -> Any:
     """A CompareReport with fixed timings (grad 1 ms, no_grad 0.8 ms, inference_mode 0.7 ms, backward 2 ms) and
-    rounded differences; findings and verdict are judged again from those facts, as compare-modes does."""
-    from gradprobe.judges.compare import compare_verdict, judge_compare
+    rounded differences; findings, verdict and notes are judged again from those facts, as compare-modes does."""
+    from gradprobe.judges.compare import compare_report
 
     c = report.comparison
     rows = []
@@ -103,7 +103,7 @@ def steady_comparison(report: Any) -> Any:
     c = replace(c, torch_version=TORCH, rows=tuple(rows), attribution=attribution,
                 grad_mode_diffs=tuple(replace(d, max_abs_diff=steady_float(d.max_abs_diff)) for d in c.grad_mode_diffs),
                 eval_random_max_abs_diff=steady_float(c.eval_random_max_abs_diff))
-    return replace(report, comparison=c, findings=tuple(judge_compare(c)), verdict=tuple(compare_verdict(c)))
+    return compare_report(c)
 
 
 @pytest.fixture(scope="session")

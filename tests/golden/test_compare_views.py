@@ -12,7 +12,8 @@ from torch import nn
 from gradprobe.api import compare_modes
 from gradprobe.examples import FineTuneNet
 from gradprobe.facts.compare import CompareReport
-from gradprobe.render.compare.view import compare_markdown, render_compare
+from gradprobe.render.compare.markdown import compare_markdown
+from gradprobe.render.compare.table import render_compare
 from tests.fixtures import models as mi
 
 

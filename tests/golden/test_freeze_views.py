@@ -10,7 +10,7 @@ import torch
 
 import gradprobe
 from gradprobe.examples import FineTuneNet, fixed
-from gradprobe.facts.freeze import FreezeReport
+from gradprobe.judges.freeze import FreezeReport
 from gradprobe.render.freeze.view import freeze_markdown, render_freeze
 from tests.fixtures import freeze_models as fm
 
@@ -19,8 +19,10 @@ CASES: dict[str, Callable[[], FreezeReport]] = {
     "pass_finetune_fixed": lambda: gradprobe.freeze_check(fixed(), frozen=["backbone"], trainable=["head"]),
     # the README model: BatchNorm statistics drift in the frozen backbone, an unlisted layer never called
     "fail_finetune": lambda: gradprobe.freeze_check(FineTuneNet(), frozen=["backbone"], trainable=["head"]),
-    # no_grad "freeze" and an AdamW over every parameter: flag, gradient, optimizer and step violations
+    # a no_grad "freeze" and an AdamW over every parameter: flag and gradient violations, param-group warnings
     "fail_no_grad_adamw": lambda: gradprobe.freeze_check(fm.NoGradFreeze(), **fm.SPEC, optimizer=fm.adamw_all),
+    # a correct freeze with an optimizer resumed from a checkpoint: momentum moves the frozen backbone
+    "fail_resumed_momentum": lambda: gradprobe.freeze_check(fm.Frozen(), **fm.SPEC, optimizer=fm.sgd_momentum_resumed),
     # a tied weight frozen under one name and trained under the other
     "fail_tied": lambda: gradprobe.freeze_check(fm.TiedLM(), frozen=["embed"], trainable=["head", "body"]),
 }

@@ -50,7 +50,7 @@ def test_a_slower_mode_and_a_higher_peak_are_said_as_such() -> None:
 
 
 def test_failed_rows_are_errors_with_the_right_hint_and_counted_in_the_verdict() -> None:
-    c = comparison(mode_row("train", "inference_mode", ok=False,
+    c = comparison(mode_row("train", "inference_mode", ok=False, error_cause="inference-tensor",
                             error="RuntimeError: Inference tensors cannot be saved for backward"),
                    mode_row("eval", "grad", ok=False, error="ValueError: boom"),
                    mode_row("eval", "no_grad"))
@@ -155,11 +155,15 @@ def test_identical_train_and_eval_outputs() -> None:
 
 
 def test_a_grad_mode_that_changes_the_output_unless_the_row_is_nondeterministic() -> None:
-    diff = GradModeDiff("eval:inference_mode", "eval:no_grad", 1e-3)
+    diff = GradModeDiff("eval:inference_mode", "eval:no_grad", 1e-3, within_tolerance=False, tolerance=1e-6)
     c = comparison(mode_row("eval", "no_grad"), mode_row("eval", "inference_mode"), grad_mode_diffs=(diff,))
     f = only(judge_compare(c), "grad-mode-changes-output")
-    assert f.message.startswith("eval:inference_mode's output differs from eval:no_grad's (max |diff| 0.001) "
-                                "although only the grad mode changed")
+    assert f.message.startswith("eval:inference_mode's output differs from eval:no_grad's (max |diff| 0.001, more "
+                                "than float rounding explains) although only the grad mode changed")
+    # within float rounding it is no finding
+    rounding = GradModeDiff("eval:inference_mode", "eval:no_grad", 1e-7, within_tolerance=True, tolerance=1e-6)
+    calm = comparison(mode_row("eval", "no_grad"), mode_row("eval", "inference_mode"), grad_mode_diffs=(rounding,))
+    assert "grad-mode-changes-output" not in {f.code for f in judge_compare(calm)}
     noisy = comparison(mode_row("eval", "no_grad"), mode_row("eval", "inference_mode", repeat_max_abs_diff=0.1),
                        grad_mode_diffs=(diff,))
     assert "grad-mode-changes-output" not in {f.code for f in judge_compare(noisy)}

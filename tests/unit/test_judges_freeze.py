@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from gradprobe.facts.freeze import CHECKS, FreezeIssue
 from gradprobe.facts.run import ParamFact
-from gradprobe.judges.freeze import DDP_NOTE, judge, py_path
+from gradprobe.judges.freeze import judge
+from gradprobe.judges.freeze.text import DDP_NOTE, py_path
 from gradprobe.judges.freeze_spec import FreezeSpec
 from tests.fixtures.facts import (
     buffer,
@@ -18,6 +19,7 @@ from tests.fixtures.facts import (
     optimizer,
     param,
     run_facts,
+    state,
     tensor,
 )
 
@@ -125,39 +127,53 @@ def test_a_tied_weight_frozen_under_one_name_and_trained_under_the_other_is_a_co
     assert (j.parameters[0].conflict, j.parameters[0].groups) == (True, ("conflict",))
 
 
-def test_frozen_parameters_in_an_sgd_momentum_optimizer_move_after_a_zero_grad() -> None:
-    opt = optimizer([opt_param("stem.weight"), opt_param("head.weight"),
-                     opt_param("backbone.0.weight", had_grad=False, moved=False, delta=0.0, trap_moved=True,
-                               trap_delta=0.0123, state=["momentum_buffer"]),
-                     opt_param("backbone.0.bias", had_grad=False, moved=False, delta=0.0)],
+def test_frozen_parameters_in_a_momentum_group_warn_until_they_move() -> None:
+    resting = [opt_param("backbone.0.weight", had_grad=False, moved=False, delta=0.0),
+               opt_param("backbone.0.bias", had_grad=False, moved=False, delta=0.0)]
+    opt = optimizer([opt_param("stem.weight"), opt_param("head.weight"), *resting],
                     settings={"lr": "0.1", "momentum": "0.9", "weight_decay": "0"})
     j = judge(SPEC, freeze_facts(run_facts(model()), opt))
-    assert [(v.check, v.subject) for v in j.violations] == [
-        ("optimizer", "backbone.0.weight"), ("optimizer", "backbone.0.bias"), ("step", "backbone.0.weight")]
-    in_group = j.violations[0]
-    assert (in_group.expected, in_group.found) == ("in no param group", "in param group 0")
-    assert ("is in param group 0 of SGD: it costs optimizer state; momentum=0.9 keeps moving it once it has had "
-            "a gradient") in in_group.message
-    step = j.violations[2]
-    assert step.found == "moved by up to 0.0123 with a zero gradient, by momentum=0.9 via its momentum_buffer"
-    assert [r.optimizer_group for r in j.parameters] == [0, 0, 0, 0]
+    assert j.violations == ()
+    assert [(w.check, w.subject, w.found) for w in j.warnings] == [
+        ("optimizer", "backbone.0.weight", "in param group 0, unchanged, no optimizer state"),
+        ("optimizer", "backbone.0.bias", "in param group 0, unchanged, no optimizer state")]
+    assert j.warnings[0].message.startswith(
+        "frozen parameter 'backbone.0.weight' is in param group 0 of SGD, but it does not move: its .grad stays None, "
+        "so SGD skips it and creates no state for it (3 steps checked)")
+    assert "momentum=0.9 keep moving it" in j.warnings[0].message
+    # resumed from a checkpoint: its momentum buffer moves it in step 2 although backward gives it no gradient
+    moving = opt_param("backbone.0.weight", had_grad=False, moved=True, delta=0.0123, moved_step=2,
+                       state_before=state("momentum_buffer"), state_after=state("momentum_buffer"))
+    opt = optimizer([opt_param("stem.weight"), opt_param("head.weight"), moving, resting[1]],
+                    settings={"lr": "0.1", "momentum": "0.9", "weight_decay": "0"})
+    [step] = judge(SPEC, freeze_facts(run_facts(model()), opt)).violations
+    assert (step.check, step.subject, step.found, step.mechanism) == (
+        "step", "backbone.0.weight", "changed by up to 0.0123", ("momentum",))
+    assert ("changed in optimizer.step() without a gradient from backward (step 2 of 3)" in step.message
+            and "moved by momentum=0.9 via its momentum_buffer (held since before these steps: a resumed "
+                "checkpoint)" in step.message)
+    assert "drop its optimizer state (del optimizer.state[p])" in step.fix
 
 
-def test_adamw_weight_decay_moves_a_frozen_parameter_without_any_gradient() -> None:
+def test_adamw_state_and_weight_decay_move_a_frozen_parameter_without_any_gradient() -> None:
     opt = optimizer([opt_param("stem.weight"), opt_param("head.weight"),
-                     opt_param("backbone.0.weight", had_grad=False, moved=True, delta=0.001,
-                               state=["exp_avg", "exp_avg_sq"]),
+                     opt_param("backbone.0.weight", had_grad=False, moved=True, delta=0.001, stale_grad="zero",
+                               state_after=state("exp_avg", "exp_avg_sq")),
                      opt_param("backbone.0.bias", groups=(), had_grad=False, moved=True, delta=0.5)],
                     type="AdamW", settings={"lr": "0.01", "betas": "(0.9, 0.999)", "weight_decay": "0.1"})
     j = judge(SPEC, freeze_facts(run_facts(model()), opt))
     steps = {v.subject: v for v in j.violations if v.check == "step"}
-    assert steps["backbone.0.weight"].found == "changed by up to 0.001"
-    assert steps["backbone.0.weight"].message.endswith(
-        "AdamW updates it without any gradient (Adam's state exp_avg/exp_avg_sq with betas=(0.9, 0.999) and "
-        "weight_decay=0.1 as decoupled weight decay)")
+    weight = steps["backbone.0.weight"]
+    assert (weight.found, weight.mechanism) == ("changed by up to 0.001", ("adam-state", "weight-decay"))
+    assert weight.message.startswith(
+        "frozen parameter 'backbone.0.weight' changed in optimizer.step() without a gradient from backward (step 1 "
+        "of 3): it still holds the zero .grad it had when handed over")
+    assert ("moved by Adam's state exp_avg/exp_avg_sq with betas=(0.9, 0.999) and weight_decay=0.1 as decoupled "
+            "weight decay") in weight.message
     # not in the optimizer and still moved: written through shared storage
-    assert steps["backbone.0.bias"].found == "changed by up to 0.5"
-    assert "it is in no param group, so it shares storage" in steps["backbone.0.bias"].message
+    bias = steps["backbone.0.bias"]
+    assert (bias.found, bias.mechanism, bias.fix) == ("changed by up to 0.5", ("shared-storage",),
+                                                      "give it its own copy with .clone()")
 
 
 def test_a_trainable_parameter_missing_from_the_optimizer_or_not_moving() -> None:
@@ -169,8 +185,18 @@ def test_a_trainable_parameter_missing_from_the_optimizer_or_not_moving() -> Non
     assert (missing.check, missing.subject, missing.found) == ("optimizer", "head.weight", "in no param group")
     [still] = j.warnings
     assert (still.check, still.subject) == ("step", "stem.weight")
-    assert still.message.endswith("did not change in optimizer.step(): its gradient is zero or lr=0.1 is too "
-                                  "small to change it")
+    assert still.message == ("trainable parameter 'stem.weight' did not change in optimizer.step(): its gradient is "
+                             "zero or lr=0.1 is too small to change it")
+    frozen_lr = optimizer([opt_param("stem.weight", moved=False, delta=0.0), opt_param("head.weight")],
+                          settings={"lr": "0.0"})
+    [still] = judge(SPEC, freeze_facts(run_facts(model()), frozen_lr)).warnings
+    assert still.message.endswith("did not change in optimizer.step(): its param group has lr=0.0")
+
+
+def test_foreign_tensors_in_the_optimizer_are_a_warning() -> None:
+    opt = optimizer([opt_param("stem.weight"), opt_param("head.weight")], foreign=2)
+    [w] = judge(SPEC, freeze_facts(run_facts(model()), opt)).warnings
+    assert (w.check, w.subject, w.found) == ("optimizer", "(optimizer)", "2 foreign tensor(s)")
 
 
 def test_frozen_batchnorm_statistics_drift_under_any_name_of_the_buffer() -> None:
@@ -228,12 +254,6 @@ def test_flags_changed_inside_forward_are_violations_both_ways() -> None:
     assert flags["backbone.0.weight"].found == "requires_grad=True after forward"
     assert "requires_grad=False when the model is handed over" in flags["backbone.0.weight"].message
     assert flags["head.weight"].found == "requires_grad=False after forward"
-
-
-def test_foreign_tensors_in_the_optimizer_are_a_warning() -> None:
-    opt = optimizer([opt_param("stem.weight"), opt_param("head.weight")], foreign=2)
-    [w] = judge(SPEC, freeze_facts(run_facts(model()), opt)).warnings
-    assert (w.check, w.subject, w.found) == ("optimizer", "(optimizer)", "2 foreign tensor(s)")
 
 
 def test_issues_are_ordered_by_check() -> None:
