@@ -16,7 +16,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # the installed command on real models: seconds each (70 s seen under load)
 
 ENCODER = '''
 import torch
