@@ -9,8 +9,9 @@ from __future__ import annotations
 from gradprobe.facts.freeze import CHECKS, FreezeIssue
 from gradprobe.facts.run import ParamFact
 from gradprobe.judges.freeze import judge
-from gradprobe.judges.freeze.text import DDP_NOTE, py_path
+from gradprobe.judges.freeze.text import DDP_NOTE
 from gradprobe.judges.freeze_spec import FreezeSpec
+from gradprobe.units import py_path
 from tests.fixtures.facts import (
     buffer,
     freeze_facts,

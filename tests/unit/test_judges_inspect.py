@@ -26,12 +26,14 @@ def test_a_clean_run_has_no_finding() -> None:
 
 def test_cut_off_parameters_group_under_the_outermost_module_with_the_no_grad_cause() -> None:
     params = [*BACKBONE, *HEAD]
-    facts = run_facts(params, modules=modules_for(params, backbone={"output_grad_fn": False, "type": "Sequential"},
-                                                  **{"backbone.0": {"output_grad_fn": False}}))
+    # module-level facts only (no cut-tracker facts): the cause is read off each owner's outputs
+    off = {"output_grad_fn": False}
+    facts = run_facts(params, modules=modules_for(params, backbone={**off, "type": "Sequential"},
+                                                  **{"backbone.0": off, "backbone.2": off}))
     f = only(judge_run(facts), "grad-none")
     assert (f.severity, f.subject) == ("error", "backbone")
     assert f.message.startswith("3 parameter(s) of module 'backbone' require grad but received no gradient: ")
-    assert "the output of 'backbone' has no grad_fn" in f.message
+    assert "has no grad_fn: forward runs it under torch.no_grad() (or detaches inside it)" in f.message
     assert "model.backbone.requires_grad_(False)" in f.hint and "instead of no_grad in forward" in f.hint
 
 
@@ -46,9 +48,10 @@ def test_a_module_never_called_is_named_as_the_cause() -> None:
 
 def test_a_graph_the_loss_does_not_reach_is_a_detach() -> None:
     params = [*BACKBONE, *HEAD]
-    facts = run_facts(params, modules=modules_for(params, backbone={"output_grad_fn": True}))
+    on = {"output_grad_fn": True}
+    facts = run_facts(params, modules=modules_for(params, backbone=on, **{"backbone.0": on, "backbone.2": on}))
     f = only(judge_run(facts), "grad-none")
-    assert "'backbone' built a graph, but the loss does not reach it" in f.message
+    assert f.subject == "backbone" and "built a graph, but the loss does not reach it" in f.message
     assert "remove the .detach()/.data" in f.hint
 
 
@@ -87,7 +90,8 @@ def test_frozen_batchnorm_drift_is_one_finding_per_outermost_frozen_module() -> 
     buffers = [buffer("backbone.1.running_mean"), buffer("backbone.1.running_var"),
                buffer("backbone.1.num_batches_tracked", dtype="int64"), buffer("backbone.4.running_mean"),
                buffer("head_bn.running_mean", changed=False)]
-    facts = run_facts(params, buffers=buffers)
+    bn = {"type": "BatchNorm1d"}
+    facts = run_facts(params, buffers=buffers, modules=modules_for(params, **{"backbone.1": bn, "backbone.4": bn}))
     f = only(judge_run(facts), "frozen-bn-drift")
     assert (f.severity, f.subject) == ("warning", "backbone")
     assert f.message.startswith("4 buffer(s) of 2 module(s) inside frozen module 'backbone' changed in the forward "
@@ -97,7 +101,19 @@ def test_frozen_batchnorm_drift_is_one_finding_per_outermost_frozen_module() -> 
 
 def test_batchnorm_that_trains_may_update_its_statistics() -> None:
     params = [param("bn.weight", 8), param("bn.bias", 8), *HEAD]
-    assert "frozen-bn-drift" not in codes(judge_run(run_facts(params, buffers=[buffer("bn.running_mean")])))
+    facts = run_facts(params, buffers=[buffer("bn.running_mean")],
+                      modules=modules_for(params, bn={"type": "BatchNorm1d"}))
+    assert "frozen-bn-drift" not in codes(judge_run(facts))
+
+
+def test_other_buffers_drifting_in_a_frozen_module_are_told_apart_from_batchnorm() -> None:
+    params = [param("backbone.0.weight", 40, requires_grad=False, grad="none"), *HEAD]
+    facts = run_facts(params, buffers=[buffer("backbone.0.weight_u")])  # a spectral-norm vector of a Linear
+    f = only(judge_run(facts), "frozen-buffer-drift")
+    assert (f.severity, f.subject) == ("warning", "backbone")
+    assert f.message.startswith("1 buffer(s) of 1 module(s) inside frozen module 'backbone' changed in the forward "
+                                "(backbone.0.weight_u): these are not BatchNorm statistics (Linear)")
+    assert "frozen-bn-drift" not in codes(judge_run(facts))
 
 
 def test_dropout_in_train_mode_under_no_grad() -> None:
@@ -140,16 +156,16 @@ def test_global_grad_disabled_and_parameters_written_in_forward() -> None:
     assert only(findings, "global-grad-disabled").subject == "torch.is_grad_enabled()"
     f = only(findings, "param-modified-in-forward")
     assert f.subject == "blocks.0.scale"
-    assert "into 6 parameter(s) in place (blocks.0.scale, blocks.1.scale, blocks.2.scale, blocks.3.scale (+2 more))" \
-        in f.message
+    assert "into 6 parameter(s) in place (blocks.0.scale, blocks.1.scale, blocks.2.scale, blocks.3.scale, … and 2 " \
+        "more)" in f.message
 
 
 def test_weights_keys_are_counted_and_shortened() -> None:
     missing = [f"layer{i}.weight" for i in range(7)]
     findings = judge_run(run_facts(HEAD, missing_keys=missing, unexpected_keys=["module.head.weight"]))
     assert only(findings, "weights-missing-keys").message == (
-        "7 model key(s) not in the weights file: layer0.weight, layer1.weight, layer2.weight, layer3.weight "
-        "(+3 more)")
+        "7 model key(s) not in the weights file: layer0.weight, layer1.weight, layer2.weight, layer3.weight, "
+        "… and 3 more")
     unexpected = only(findings, "weights-unexpected-keys")
     assert unexpected.message == "1 key(s) in the weights file the model lacks: module.head.weight"
     assert "'module.'" in unexpected.hint

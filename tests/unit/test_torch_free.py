@@ -20,8 +20,9 @@ TORCH_FREE = ["gradprobe.facts", "gradprobe.judges"]
 
 
 def modules_of(package: str) -> list[str]:
+    """Every module of the package, subpackages' modules included."""
     path = PACKAGE / package.split(".", 1)[1]
-    return [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(path)])]
+    return [m.name for m in pkgutil.walk_packages([str(path)], prefix=f"{package}.")]
 
 
 MODULES = ["gradprobe.units", "gradprobe.errors", *(m for p in TORCH_FREE for m in modules_of(p)),
@@ -31,7 +32,7 @@ MODULES = ["gradprobe.units", "gradprobe.errors", *(m for p in TORCH_FREE for m 
 def test_every_judge_and_facts_module_is_listed() -> None:
     assert {"gradprobe.judges.inspect", "gradprobe.judges.freeze", "gradprobe.judges.compare",
             "gradprobe.judges.checkpoint", "gradprobe.facts.run", "gradprobe.facts.freeze",
-            "gradprobe.facts.compare"} <= set(MODULES)
+            "gradprobe.facts.compare", "gradprobe.judges.freeze.rules"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("blocked", [False, True], ids=["torch-installed", "torch-unimportable"])
