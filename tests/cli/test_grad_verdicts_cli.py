@@ -7,9 +7,12 @@ import json
 import warnings
 from collections.abc import Callable
 
+import pytest
 import torch
 from conftest import CliResult
 from fixtures import verdict_models as vm
+
+pytestmark = pytest.mark.slow  # the installed command, once per test: seconds each
 
 TARGET = "tests.fixtures.verdict_models:"
 

@@ -97,6 +97,7 @@ def test_torch_compile_inspects_the_original_module_and_says_so() -> None:
     assert {t.module for t in report.facts.tensors} >= {"fc1", "fc2"}
 
 
+@pytest.mark.slow
 def test_torch_compile_note_in_cli_json_and_table(tmp_path: Path, cli: Callable[..., Any]) -> None:
     (tmp_path / "compiled_model.py").write_text(textwrap.dedent("""
         import torch
