@@ -13,18 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 from gradprobe.facts.run import (
-    BufferFact,
     Finding,
     GradState,
-    GraphFact,
-    GraphTree,
     InspectReport,
     MemoryFact,
     ModuleFact,
-    ModuleMemory,
-    ParamFact,
     RunFacts,
-    TensorFact,
 )
 
 Shape = tuple[int, ...]
@@ -292,70 +286,22 @@ class NameMap:
 
 
 def rename_run_facts(facts: RunFacts, names: NameMap) -> RunFacts:
-    """``facts`` under the user's names: parameters, buffers, modules, tensors, memory, graph; wrapper modules
-    (and the outputs they only pass through) dropped."""
-
-    def module(name: str) -> str:
-        mapped = names.module(name)
-        return name if mapped is None else mapped
-
-    def params(p: ParamFact) -> ParamFact:
-        return replace(p, name=names.param(p.name), aliases=tuple(names.param(a) for a in p.aliases),
-                       module=module(p.module))
-
-    def buffer(b: BufferFact) -> BufferFact:
-        return replace(b, name=names.buffer(b.name), module=module(b.module))
-
-    modules: list[ModuleFact] = []
-    for m in facts.modules:
-        mapped = names.module(m.name)
-        if mapped is None:
-            continue
-        modules.append(replace(m, name=mapped, type=names.types.get(m.name, m.type),
-                               direct_params=tuple(names.param(n) for n in m.direct_params)))
-
-    def tensor(t: TensorFact) -> TensorFact:
-        return replace(t, module=module(t.module))
-
-    graph: GraphFact | None = facts.graph
-    if graph is not None:
-        graph = replace(graph, reached_params=frozenset(names.param(n) for n in graph.reached_params),
-                        tree=_relabel(graph.tree, names) if graph.tree is not None else None)
+    """``facts`` under the user's names: the wrapper modules (and the outputs they only pass through) dropped,
+    the user's class names where the wrapper changed them, and every parameter, buffer and module name —
+    wherever the facts hold one (parameters, modules, tensors, memory, graph, cuts, gradient health) — mapped."""
+    modules: list[ModuleFact] = [replace(m, type=names.types.get(m.name, m.type)) for m in facts.modules
+                                 if names.module(m.name) is not None]
+    tensors = tuple(t for t in facts.tensors if names.module(t.module) is not None)
     memory: MemoryFact | None = facts.memory
     if memory is not None:
-        by_module: list[ModuleMemory] = [replace(x, module=module(x.module)) for x in memory.by_module
-                                         if names.module(x.module) is not None]
-        memory = replace(memory, by_module=tuple(by_module))
-    return replace(
-        facts,
-        parameters=tuple(params(p) for p in facts.parameters),
-        buffers=tuple(buffer(b) for b in facts.buffers),
-        modules=tuple(modules),
-        tensors=tuple(tensor(t) for t in facts.tensors if names.module(t.module) is not None),
-        graph=graph,
-        memory=memory,
-        modified_parameters=tuple(names.param(n) for n in facts.modified_parameters),
-    )
-
-
-def _relabel(tree: GraphTree, names: NameMap) -> GraphTree:
-    """``AccumulateGrad (module.fc.weight)`` → ``AccumulateGrad (fc.weight)`` throughout the tree (iteratively)."""
-    prefix = "AccumulateGrad ("
-    memo: dict[int, GraphTree] = {}
-    stack: list[tuple[GraphTree, bool]] = [(tree, False)]
-    while stack:
-        node, ready = stack.pop()
-        if id(node) in memo:
-            continue
-        if not ready:
-            stack.append((node, True))
-            stack.extend((child, False) for child in node.children if id(child) not in memo)
-            continue
-        label = node.label
-        if label.startswith(prefix) and label.endswith(")"):
-            label = f"{prefix}{names.param(label[len(prefix):-1])})"
-        memo[id(node)] = replace(node, label=label, children=tuple(memo[id(c)] for c in node.children))
-    return memo[id(tree)]
+        memory = replace(memory, by_module=tuple(x for x in memory.by_module if names.module(x.module) is not None))
+    kept = replace(facts, modules=tuple(modules), tensors=tensors, memory=memory)
+    mapping = {k: v for k, v in names.modules.items() if k and v is not None and k != v}
+    mapping.update({k: v for k, v in names.buffers.items() if k != v})
+    mapping.update({k: v for k, v in names.params.items() if k != v})
+    if not mapping:
+        return kept
+    return rename_strings(kept, lambda text: mapping.get(text, text))  # type: ignore[return-value]
 
 
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
@@ -371,8 +317,12 @@ def rename_strings(obj: object, fn: Callable[[str], str]) -> object:
     reports whose messages carry wrapper-side names (``module.bn``) get the user's names."""
     if isinstance(obj, str):
         return fn(obj)
+    if isinstance(obj, (bytes, int, float, type(None))):
+        return obj
     if isinstance(obj, tuple):
         return tuple(rename_strings(x, fn) for x in obj)
+    if isinstance(obj, frozenset):
+        return frozenset(rename_strings(x, fn) for x in obj)
     if isinstance(obj, list):
         return [rename_strings(x, fn) for x in obj]
     if isinstance(obj, dict):
