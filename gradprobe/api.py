@@ -66,12 +66,13 @@ def load(
     high: int | None = None,
     seed: int | None = 0,
     path: Iterable[str | os.PathLike[str]] = (),
+    keep_distributed: bool = False,
 ) -> tuple[LoadedModel, ExampleInputs]:
     """Import and build ``target`` (a spec or a Hugging Face folder), load weights and make example inputs, as
     the CLI does.  ``high=None`` draws integer inputs below the first nn.Embedding's size; ``path`` adds import
-    directories."""
+    directories; ``keep_distributed`` keeps a factory's DDP/FSDP1 wrapper (runs under torchrun go through it)."""
     return load_target(target, init=init, weights=weights, device=device, inputs=inputs, shapes=shapes,
-                       dtype=dtype, high=high, seed=seed, path=path)
+                       dtype=dtype, high=high, seed=seed, path=path, keep_distributed=keep_distributed)
 
 
 def _loss(loss: str | LossFn | None, loaded: LoadedModel | None) -> str | LossFn:

@@ -6,6 +6,19 @@ from typing import Annotated
 
 import typer
 
+from gradprobe.cli.distributed import (
+    DEFAULT_DIST_TIMEOUT,
+    DistArgs,
+    DistTimeoutOpt,
+    NprocOpt,
+    ShardOpt,
+    UseOrigParamsOpt,
+    WrapOpt,
+    compare_distributed,
+    dist_launch,
+    dist_run,
+    rank0_speaks,
+)
 from gradprobe.cli.options import (
     CI_PANEL,
     LOADING,
@@ -64,6 +77,11 @@ def compare_modes(
     debug: DebugOpt = False,
     strict: Annotated[bool, flag("--strict", "Exit 1 when an error finding exists (e.g. a combination whose "
                                  "forward fails).", CI_PANEL)] = False,
+    nproc: NprocOpt = None,
+    dist_timeout: DistTimeoutOpt = DEFAULT_DIST_TIMEOUT,
+    wrap: WrapOpt = None,
+    shard: ShardOpt = None,
+    use_orig_params: UseOrigParamsOpt = False,
 ) -> None:
     """Run the forward under train/eval x grad/no_grad/inference_mode from one starting state and compare flags, graph, saved bytes, peak memory, time, outputs and buffers, with a verdict in plain words."""  # noqa: E501
     values = {name: value for name, value in locals().items() if name in LOADING}
@@ -76,8 +94,18 @@ def compare_modes(
         if repeat < 1:
             raise UsageError(f"--repeat {repeat}: use 1 or more")
         pairs = parse_modes(modes)  # bad options fail before torch is even imported
-        s = settings(ctx, "compare-modes", values, config, no_config)
+        dist = DistArgs.of(nproc, dist_timeout, wrap, shard, use_orig_params)
+        launched = dist_launch(dist, debug)  # --nproc: this process only starts torch's launcher
+        if launched is not None:
+            return launched
+        with rank0_speaks():
+            s = settings(ctx, "compare-modes", values, config, no_config)
         quiet_torch_import(debug)
+        routed = dist_run(dist, debug, lambda env, opts: compare_distributed(
+            env, opts, s=s, modes=pairs, repeat=repeat, backward=backward, format_=format_, output=output,
+            strict=strict))
+        if routed is not None:  # under torchrun (or --wrap): every rank ran, rank 0 reported
+            return routed
 
         from gradprobe.api import compare_modes as api_compare_modes
         from gradprobe.api import load, user_output_to_stderr

@@ -14,6 +14,19 @@ from typing import Annotated, Any
 import typer
 
 from gradprobe.cli.complete import complete_spec
+from gradprobe.cli.distributed import (
+    DEFAULT_DIST_TIMEOUT,
+    DistArgs,
+    DistTimeoutOpt,
+    NprocOpt,
+    ShardOpt,
+    UseOrigParamsOpt,
+    WrapOpt,
+    dist_launch,
+    dist_run,
+    freeze_distributed,
+    rank0_speaks,
+)
 from gradprobe.cli.options import (
     CI_PANEL,
     LOADING,
@@ -113,6 +126,11 @@ def freeze_check(
     write_baseline: WriteBaselineOpt = None,
     junit: JunitOpt = None,
     strict: StrictOpt = False,
+    nproc: NprocOpt = None,
+    dist_timeout: DistTimeoutOpt = DEFAULT_DIST_TIMEOUT,
+    wrap: WrapOpt = None,
+    shard: ShardOpt = None,
+    use_orig_params: UseOrigParamsOpt = False,
 ) -> None:
     """Check that the intended freeze holds: flags, gradient flow, optimizer groups and steps, buffers.
 
@@ -121,12 +139,16 @@ def freeze_check(
     """
     values: dict[str, Any] = {name: value for name, value in locals().items() if name in _CONFIGURABLE}
     values["unlisted"] = unlisted.value
+    dist = DistArgs.of(nproc, dist_timeout, wrap, shard, use_orig_params)
 
     def body() -> int:
         from gradprobe.render.freeze import github
 
         try:
-            return _run(ctx, values, config, no_config, write_baseline, format_, output, junit, debug, strict)
+            launched = dist_launch(dist, debug)  # --nproc: this process only starts torch's launcher
+            if launched is not None:
+                return launched
+            return _run(ctx, values, config, no_config, write_baseline, format_, output, junit, debug, strict, dist)
         except GradprobeError as exc:
             github.publish_error(str(exc), sys.stderr)
             raise
@@ -138,15 +160,20 @@ def freeze_check(
 
 def _run(ctx: typer.Context, values: dict[str, Any], config: Path | None, no_config: bool,
          write_baseline: Path | None, format_: OutputFormat, output: Path | None, junit: Path | None,
-         debug: bool, strict: bool = False) -> int:
+         debug: bool, strict: bool = False, dist: DistArgs | None = None) -> int:
     from gradprobe.cli.command import quiet_torch_import, settings
     from gradprobe.errors import UsageError
     from gradprobe.load.loss import check_loss_spec
 
-    s = settings(ctx, "freeze-check", values, config, no_config)
+    with rank0_speaks():
+        s = settings(ctx, "freeze-check", values, config, no_config)
     if s["loss"] is not None:
         check_loss_spec(s["loss"])
     quiet_torch_import(debug)
+    routed = dist_run(dist or DistArgs(), debug, lambda env, opts: freeze_distributed(
+        env, opts, s=s, write_baseline=write_baseline, format_=format_, output=output, junit=junit, strict=strict))
+    if routed is not None:  # under torchrun (or --wrap): every rank checked its freeze, rank 0 reported
+        return routed
     from gradprobe.api import freeze_check, load, user_output_to_stderr
     from gradprobe.load.user_code import search_paths
 

@@ -7,6 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
+from gradprobe.cli.distributed import (
+    DEFAULT_DIST_TIMEOUT,
+    DistArgs,
+    DistTimeoutOpt,
+    NprocOpt,
+    ShardOpt,
+    UseOrigParamsOpt,
+    WrapOpt,
+    dist_launch,
+    dist_run,
+    inspect_distributed,
+    rank0_speaks,
+)
 from gradprobe.cli.options import (
     CI_PANEL,
     LOADING,
@@ -115,14 +128,24 @@ def inspect(
         "module call (--depth expands it) as Graphviz DOT (.dot), Mermaid (.mmd) or SVG (.svg).")] = None,
     debug: DebugOpt = False,
     strict: Annotated[bool, flag("--strict", "Exit 1 when an error finding exists.", CI_PANEL)] = False,
+    nproc: NprocOpt = None,
+    dist_timeout: DistTimeoutOpt = DEFAULT_DIST_TIMEOUT,
+    wrap: WrapOpt = None,
+    shard: ShardOpt = None,
+    use_orig_params: UseOrigParamsOpt = False,
 ) -> None:
     """Run the model once in one mode and show what autograd sees: parameters, tensors, graph, memory, findings."""
     values = {name: value for name, value in locals().items() if name in LOADING}
+    dist = DistArgs.of(nproc, dist_timeout, wrap, shard, use_orig_params)
 
     def body() -> int:
         from gradprobe.cli.command import check_pattern, quiet_torch_import, settings
         from gradprobe.errors import UsageError
         from gradprobe.load.loss import check_loss_spec
+
+        launched = dist_launch(dist, debug)  # --nproc: this process only starts torch's launcher
+        if launched is not None:
+            return launched
 
         if top < 0:
             raise UsageError(f"--top {top}: use 0 (all rows) or more")
@@ -137,10 +160,19 @@ def inspect(
             from gradprobe.render.graph.export import check_graph_path
 
             graph_kind = check_graph_path(graph)
-        s = settings(ctx, "inspect", values, config, no_config)
+        with rank0_speaks():
+            s = settings(ctx, "inspect", values, config, no_config)
         if s["loss"] is not None:
             check_loss_spec(s["loss"])
         quiet_torch_import(debug)
+        routed = dist_run(dist, debug, lambda env, opts: inspect_distributed(
+            env, opts, s=s, probe=dict(mode=mode.value, grad_mode=grad.value, loss=s["loss"], backward=not no_backward,
+                                       memory=not no_memory, tensors=not no_tensors, depth=depth, seed=s["seed"],
+                                       optimizer_state=optimizer_state.value,
+                                       param_dtype=param_dtype.value if param_dtype is not None else None),
+            format_=format_, output=output, top=top, filter_=filter_, strict=strict))
+        if routed is not None:  # under torchrun (or --wrap): every rank ran, rank 0 reported
+            return routed
         from gradprobe.api import load, probe, resolve_loss, user_output_to_stderr
         from gradprobe.cli.progress import progress
         from gradprobe.facts.grad_health import GradThresholds

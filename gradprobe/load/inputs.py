@@ -247,6 +247,9 @@ def make_inputs(
         return _shape_inputs(model, shapes, dtype, high, device)
     try:
         value = getattr(model, "example_input_array", None)
+        inner = getattr(model, "module", None)  # DistributedDataParallel keeps the user's module there
+        if value is None and isinstance(inner, nn.Module):
+            value = getattr(inner, "example_input_array", None)
     except Exception as exc:
         raise InputError(f"reading {target}.example_input_array raised {describe_exception(exc)}") from exc
     if value is None:

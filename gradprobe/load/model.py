@@ -68,9 +68,17 @@ def parse_init(init: str | None) -> dict[str, Any]:
     return value
 
 
-def unwrap_model(model: nn.Module, notes: list[str]) -> nn.Module:
-    """See through ``torch.compile`` and DataParallel-style wrappers to the module users wrote."""
+DISTRIBUTED_WRAPPERS = ("DistributedDataParallel", "FullyShardedDataParallel")
+
+
+def unwrap_model(model: nn.Module, notes: list[str], keep_distributed: bool = False) -> nn.Module:
+    """See through ``torch.compile`` and DataParallel-style wrappers to the module users wrote.
+
+    ``keep_distributed`` (runs under torchrun) keeps DDP and FSDP1 wrappers: the run goes through them.
+    """
     for _ in range(8):
+        if keep_distributed and type(model).__name__ in DISTRIBUTED_WRAPPERS:
+            break
         inner = getattr(model, "_orig_mod", None)
         if isinstance(inner, nn.Module):
             notes.append(f"{type(model).__name__} from torch.compile: inspected the original module "
@@ -106,13 +114,14 @@ def _refuse_lazy(model: nn.Module) -> None:
             )
 
 
-def build_model(obj: Any, spec: str, init: dict[str, Any], device: torch.device) -> LoadedModel:
+def build_model(obj: Any, spec: str, init: dict[str, Any], device: torch.device,
+                keep_distributed: bool = False) -> LoadedModel:
     """Build (or take) the model that ``spec`` names, on ``device``."""
     notes: list[str] = []
     if isinstance(obj, nn.Module):
         if init:
             raise UsageError(f"--init does not apply: '{spec}' is a module instance, not a class or factory")
-        model = unwrap_model(obj, notes)
+        model = unwrap_model(obj, notes, keep_distributed)
         if device.type == "meta":
             model = move_instance_to_meta(model, notes)
         elif device.type != "cpu":
@@ -146,8 +155,8 @@ def build_model(obj: Any, spec: str, init: dict[str, Any], device: torch.device)
         raise TargetError(f"building '{spec}' ({kind}) raised {describe_exception(exc)}{user_frame(exc)}") from exc
     if not isinstance(built, nn.Module):
         raise TargetError(f"factory '{spec}' returned {type(built).__name__}, not an nn.Module; return the model")
-    model = unwrap_model(built, notes)
-    if device.type not in ("cpu", "meta"):
+    model = unwrap_model(built, notes, keep_distributed)
+    if device.type not in ("cpu", "meta") and type(model).__name__ not in DISTRIBUTED_WRAPPERS:
         model = model.to(device)
     _refuse_meta_on_real_device(model, spec, device)
     return LoadedModel(model, notes)

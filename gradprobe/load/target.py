@@ -37,8 +37,12 @@ def load_target(
     high: int | None = None,
     seed: int | None = 0,
     path: Iterable[str | os.PathLike[str]] = (),
+    keep_distributed: bool = False,
 ) -> tuple[LoadedModel, ExampleInputs]:
-    """Import and build ``target``, load weights, and make example inputs, as the CLI does."""
+    """Import and build ``target``, load weights, and make example inputs, as the CLI does.
+
+    ``keep_distributed``: a factory's DDP/FSDP1 wrapper is kept (runs under torchrun go through it).
+    """
     torch_device = resolve_device(device)
     kwargs = init if isinstance(init, dict) else parse_init(init)
     # seeded for a reproducible build and inputs, on a forked RNG so the caller's random state is untouched
@@ -49,7 +53,7 @@ def load_target(
             loaded = build_hf_folder(target, kwargs, torch_device)
         else:
             _refuse_plain_folder(target)
-            loaded = build_model(load_object(target), target, kwargs, torch_device)
+            loaded = build_model(load_object(target), target, kwargs, torch_device, keep_distributed)
         if weights:
             load_weights(loaded, weights)
         if is_hf_folder(target) and not inputs:

@@ -56,12 +56,25 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def local_tensor(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The part of ``t`` this process holds: a ``DTensor`` (FSDP2, tensor parallel) gives its local shard.
+
+    Reading a DTensor element-wise (``.tolist()``, ``float()``) raises or starts a collective; the state and norm
+    of a sharded gradient are those of the local shard, and the distributed report merges the ranks.
+    """
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None and callable(to_local) else t
+
+
 def grad_states(params: Sequence[torch.Tensor]) -> list[GradInfo]:
-    """The state of each parameter's ``.grad``, in order; meta gradients are ``present`` (values unknown)."""
+    """The state of each parameter's ``.grad``, in order; meta gradients are ``present`` (values unknown).
+
+    A sharded (``DTensor``) gradient is judged by its local shard.
+    """
     states: list[GradInfo | None] = [None] * len(params)
     batch: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, p in enumerate(params):
-        grad = p.grad
+        grad = local_tensor(p.grad)
         if grad is None:
             states[i] = (GradState.ABSENT, None)
         elif grad.device.type == "meta":
@@ -71,13 +84,13 @@ def grad_states(params: Sequence[torch.Tensor]) -> list[GradInfo]:
         else:
             states[i] = _one(grad)
     for idx in batch.values():
-        grads = [params[i].grad.detach() for i in idx]  # type: ignore[union-attr]
+        grads = [local_tensor(params[i].grad).detach() for i in idx]  # type: ignore[union-attr]
         wide = _wide(grads[0].dtype)
         with torch.no_grad():
             norms = torch.stack(torch._foreach_norm(grads, 2, dtype=wide)).double().tolist()
         for i, norm in zip(idx, norms, strict=True):
             if norm == 0.0:  # all zeros, or tiny values whose squares underflowed: look at the elements
-                states[i] = _one(params[i].grad)  # type: ignore[arg-type]
+                states[i] = _one(local_tensor(params[i].grad))  # type: ignore[arg-type]
             else:
                 states[i] = (GradState.NONZERO, norm)
     return states  # type: ignore[return-value]

@@ -1,0 +1,365 @@
+"""One rank's facts around a run through the wrapper: ``with RankCollector(wrapped): <the engine's run>``.
+
+What the engine cannot see from outside the wrapper is taken where the wrapper exposes it, cheaply:
+
+* DDP: a tensor hook per trainable parameter sees the gradient autograd computed on this rank *before*
+  the reducer all-reduces it (presence and norm) — used/unused per rank.
+* FSDP2: each unit's ``FSDPParamGroup.unshard``/``post_backward`` are wrapped on the instance: the
+  all-gather output bytes per phase, and the unsharded gradients (local, before the reduce-scatter),
+  with the sharded gradient each rank keeps afterwards.
+* FSDP1: the flat gradient of every unit after FSDP's final backward callback: per original parameter the
+  slice this rank holds, and the bytes it spends on frozen parameters.
+* every wrapper: a forward hook on the model digests the buffers right after the forward (BatchNorm
+  statistics), and parameter values are digested before the run where no wrapper broadcasts them.
+
+Observers that compute (norms, digests) do it with the engine's dispatch modes switched off, so that their
+temporaries never count in the run's measured memory.
+
+Everything installed is removed on exit; facts come out as ``gradprobe.facts.distributed.RankFacts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import _disable_current_modes
+
+from gradprobe.facts.distributed import NO_SHARD, RankBuffer, RankFacts, RankMemory, RankParam, UnitFact
+from gradprobe.facts.run import RunFacts
+from gradprobe.run.distributed.wrappers import Wrapped, element_size, numel
+from gradprobe.run.trackers.grads import local_tensor
+
+
+def _dtype(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _norm(t: torch.Tensor) -> float:
+    """The 2-norm of a gradient in its own dtype (one read, no float64 copy), as a Python float."""
+    return float(torch.linalg.vector_norm(t.detach()))
+
+
+def digest_tensors(tensors: list[torch.Tensor]) -> list[str | None]:
+    """A cheap fingerprint of each tensor's values (norm and sum in its own dtype, computed the same way on every
+    rank): equal values give equal digests; different ones almost surely differ."""
+    out: list[str | None] = [None] * len(tensors)
+    dense: list[int] = []
+    for i, t in enumerate(tensors):
+        t = local_tensor(t)
+        if t is None or t.device.type == "meta" or t.layout != torch.strided or not (
+                t.is_floating_point() or t.is_complex()):
+            continue
+        dense.append(i)
+    if not dense:
+        return out
+    locals_ = [local_tensor(tensors[i]).detach() for i in dense]  # type: ignore[union-attr]
+    with torch.no_grad(), torch._C._DisableTorchDispatch():  # plain (local) tensors, outside the trackers
+        norms = torch.stack(torch._foreach_norm(locals_)).tolist()
+        sums = [complex(x.sum()) if x.is_complex() else float(x.sum()) for x in locals_]
+    for i, n, s in zip(dense, norms, sums, strict=True):
+        out[i] = f"{n!r}/{s!r}"
+    return out
+
+
+def param_digests(model: nn.Module) -> list[tuple[str, str]]:
+    """(name, digest) of every parameter's values as this rank holds them."""
+    named = list(model.named_parameters())
+    digests = digest_tensors([p for _, p in named])
+    return [(n, d) for (n, _), d in zip(named, digests, strict=True) if d is not None]
+
+
+@dataclass
+class _UnitStats:
+    all_gather_forward: int = 0
+    all_gather_backward: int = 0
+    reduce_scatter: int = 0
+    gradient: int = 0
+    sharded_grads: dict[str, tuple[str, float | None, int]] = field(default_factory=dict)
+
+
+class RankCollector:
+    """Installs the observers for one run and builds this rank's ``RankFacts`` from the engine's facts."""
+
+    def __init__(self, wrapped: Wrapped, rank: int, host: str, *, compare_values: bool) -> None:
+        self.w = wrapped
+        self.rank = rank
+        self.host = host
+        self.compare_values = compare_values
+        self.local: dict[str, tuple[bool, float | None]] = {}  # name → (autograd produced a grad here, its norm)
+        self.units: dict[str, _UnitStats] = {}
+        self.flat_grads: dict[str, tuple[str, float | None]] = {}  # FSDP1: name → state/norm of the slice held here
+        self.flat_unit_bytes: dict[str, tuple[int, int]] = {}  # FSDP1 unit → (flat grad bytes, frozen part)
+        self.buffer_digests: dict[str, str | None] = {}
+        self.value_digests: dict[str, str] = {}
+        self.backward_seen = False
+        self._undo: list[Any] = []
+
+    # ------------------------------------------------------------------ install / remove
+
+    def __enter__(self) -> RankCollector:
+        if self.compare_values:
+            self.value_digests = dict(param_digests(self.w.inner if self.w.kind == "ddp" else self.w.model))
+        try:
+            if self.w.kind == "ddp":
+                self._hook_local_grads()
+            elif self.w.kind == "fsdp":
+                self._instrument_fsdp2()
+            elif self.w.kind == "fsdp1":
+                self._instrument_fsdp1()
+            self._hook_buffers()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        while self._undo:
+            undo = self._undo.pop()
+            with contextlib.suppress(Exception):
+                undo()
+
+    def _hook_local_grads(self) -> None:
+        params = {id(p): p for p in self.w.inner.parameters()}
+        for pid, name in self.w.by_id.items():
+            p = params.get(pid)
+            if p is None or not p.requires_grad:
+                continue
+
+            def hook(grad: torch.Tensor, name: str = name) -> None:
+                self.backward_seen = True
+                with torch.no_grad(), torch._C._DisableTorchDispatch():  # a plain tensor, outside the trackers
+                    norm = _norm(grad) if grad.layout == torch.strided and grad.is_floating_point() else None
+                self.local[name] = (True, norm)
+
+            self._undo.append(p.register_hook(hook).remove)
+
+    def _instrument_fsdp2(self) -> None:
+        names = {id(p): n for n, p in self.w.model.named_parameters()}
+        for unit in self.w.units:
+            group = unit.group
+            if group is None:
+                continue
+            stats = self.units.setdefault(unit.name, _UnitStats())
+            unshard, post_backward = group.unshard, group.post_backward
+
+            def unshard_wrapper(*args: Any, _orig: Any = unshard, _group: Any = group, _stats: _UnitStats = stats,
+                                **kwargs: Any) -> Any:
+                pending = _group._all_gather_result
+                out = _orig(*args, **kwargs)
+                result = _group._all_gather_result
+                if result is not None and result is not pending:
+                    buf = getattr(result, "all_gather_output", None)
+                    nbytes = buf.numel() * buf.element_size() if isinstance(buf, torch.Tensor) else 0
+                    if "BACKWARD" in str(getattr(_group, "_training_state", "")):
+                        _stats.all_gather_backward += nbytes
+                    else:
+                        _stats.all_gather_forward += nbytes
+                return out
+
+            def post_backward_wrapper(*args: Any, _orig: Any = post_backward, _group: Any = group,
+                                      _stats: _UnitStats = stats, **kwargs: Any) -> Any:
+                self.backward_seen = True
+                for fp in _group.fsdp_params:
+                    name = names.get(id(fp.sharded_param))
+                    if name is None or not hasattr(fp, "_unsharded_param"):
+                        continue
+                    grad = fp.unsharded_param.grad
+                    if grad is None:
+                        grad = getattr(fp, "unsharded_accumulated_grad", None)
+                    if grad is None:
+                        if fp.sharded_param.requires_grad:
+                            self.local.setdefault(name, (False, None))
+                        continue
+                    nbytes = grad.numel() * grad.element_size()
+                    _stats.gradient += nbytes
+                    _stats.reduce_scatter += nbytes
+                    with torch.no_grad(), _disable_current_modes():
+                        self.local[name] = (True, _norm(grad))
+                out = _orig(*args, **kwargs)
+                with _disable_current_modes():
+                    for fp in _group.fsdp_params:
+                        name = names.get(id(fp.sharded_param))
+                        grad = local_tensor(fp.sharded_param.grad)
+                        if name is None or grad is None:
+                            continue
+                        _stats.sharded_grads[name] = (*_state(grad), grad.numel() * grad.element_size())
+                return out
+
+            group.unshard = unshard_wrapper
+            group.post_backward = post_backward_wrapper
+            self._undo.append(lambda g=group: _drop_instance_attrs(g, ("unshard", "post_backward")))
+
+    def _instrument_fsdp1(self) -> None:
+        try:
+            from torch.distributed.fsdp import _runtime_utils as runtime
+        except ImportError:  # pragma: no cover
+            return
+        original = runtime._post_backward_final_callback
+
+        def final_callback(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            self.backward_seen = True
+            with _disable_current_modes():
+                self._read_flat_grads()
+            return out
+
+        runtime._post_backward_final_callback = final_callback
+        self._undo.append(lambda: setattr(runtime, "_post_backward_final_callback", original))
+
+    def _read_flat_grads(self) -> None:
+        by_unit: dict[str, tuple[int, int]] = {}
+        for name, info in self.w.shards.items():
+            if info.flat is None:
+                continue
+            flat, offset, count = info.flat
+            grad = flat.grad
+            unit = info.unit or ""
+            total, frozen = by_unit.get(unit, (0, 0))
+            if grad is not None and unit not in by_unit:
+                total = grad.numel() * grad.element_size()
+            if grad is None:
+                self.flat_grads[name] = ("none", None) if count else (NO_SHARD, None)
+            elif not count:
+                self.flat_grads[name] = (NO_SHARD, None)
+            else:
+                piece = grad.detach()[offset:offset + count]
+                self.flat_grads[name] = _state(piece)
+                if not info.requires_grad:
+                    frozen += count * grad.element_size()
+            by_unit[unit] = (total, frozen)
+        self.flat_unit_bytes = by_unit
+
+    def _hook_buffers(self) -> None:
+        inner = self.w.inner
+        named = [(n, b) for n, b in inner.named_buffers() if b is not None and b.is_floating_point()]
+        if not named:
+            return
+        done = [False]
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if done[0]:
+                return
+            done[0] = True
+            digests = digest_tensors([b for _, b in named])
+            self.buffer_digests = {n: d for (n, _), d in zip(named, digests, strict=True)}
+
+        self._undo.append(self.w.model.register_forward_hook(hook).remove)
+
+    # ------------------------------------------------------------------ facts
+
+    def usage(self) -> dict[str, bool]:
+        """Trainable parameter → whether autograd produced a gradient for it on this rank (empty: not observed)."""
+        if not self.backward_seen or self.w.kind not in ("ddp", "fsdp"):
+            return {}
+        return {name: self.local.get(name, (False, None))[0] for name, info in self.w.shards.items()
+                if info.requires_grad}
+
+    def facts(self, run: RunFacts | None, pre_wrap: list[tuple[str, str]] | None = None,
+              second_iteration: tuple[bool, str | None] = (False, None), notes: tuple[str, ...] = ()) -> RankFacts:
+        """This rank's ``RankFacts`` from the engine's facts (already under the original names)."""
+        engine = {p.name: p for p in run.parameters} if run is not None else {}
+        did_backward = bool(run is not None and run.backward)
+        params: list[RankParam] = []
+        local_param_bytes = 0
+        local_grad_bytes = 0
+        fsdp2_grads = {n: g for s in self.units.values() for n, g in s.sharded_grads.items()}
+        for name, info in self.w.shards.items():
+            size = element_size(info.dtype)
+            held = numel(info.local_shape) * size
+            local_param_bytes += held
+            fact = engine.get(name)
+            grad: str | None
+            norm: float | None
+            if not did_backward:
+                grad, norm = None, None
+            elif info.empty:
+                grad, norm = NO_SHARD, None
+            elif self.w.kind == "fsdp1" and fact is None and name in self.flat_grads:  # use_orig_params=False
+                grad, norm = self.flat_grads[name]
+            elif self.w.kind == "fsdp" and name in fsdp2_grads:
+                grad, norm, nbytes = fsdp2_grads[name]
+                local_grad_bytes += nbytes
+            elif fact is not None:
+                grad, norm = fact.grad, fact.grad_norm
+            else:
+                grad, norm = "none", None
+            if self.w.kind in ("none", "ddp") and grad not in (None, "none", NO_SHARD):
+                local_grad_bytes += held
+            if self.w.kind == "none" and did_backward and info.requires_grad:
+                local = (grad not in ("none", None), norm)
+            elif did_backward and info.requires_grad and self.w.kind in ("ddp", "fsdp"):
+                local = self.local.get(name, (False, None)) if self.backward_seen else (None, None)  # type: ignore
+            else:
+                local = (None, None)
+            params.append(RankParam(
+                name=name, global_shape=info.global_shape, local_shape=info.local_shape, placement=info.placement,
+                dtype=_dtype(info.dtype), requires_grad=info.requires_grad, grad=grad, grad_norm=norm,
+                local_grad=local[0], local_grad_norm=local[1], local_bytes=held,
+                digest=self.value_digests.get(name), unit=info.unit,
+            ))
+        if self.w.kind == "fsdp1":
+            local_grad_bytes = sum(total for total, _ in self.flat_unit_bytes.values())
+        memory = None
+        if run is not None and run.memory is not None:
+            m = run.memory
+            memory = RankMemory(
+                rank=self.rank, forward_peak_bytes=m.forward_peak_bytes, backward_peak_bytes=m.backward_peak_bytes,
+                saved_for_backward_bytes=m.saved_for_backward_bytes, parameter_bytes=local_param_bytes,
+                gradient_bytes=local_grad_bytes if did_backward else None,
+                cuda_max_allocated_bytes=m.cuda_max_allocated_bytes,
+            )
+        buffers = []
+        changed = {b.name: b.changed for b in run.buffers} if run is not None else {}
+        types = {n: type(m).__name__ for n, m in self.w.inner.named_modules()}
+        for name, _ in self.w.inner.named_buffers():
+            owner = name.rpartition(".")[0]
+            buffers.append(RankBuffer(name, self.w.names.types.get(owner, types.get(owner, "")), changed.get(name),
+                                      self.buffer_digests.get(name)))
+        return RankFacts(
+            rank=self.rank, host=self.host, params=tuple(params), buffers=tuple(buffers), memory=memory,
+            units=tuple(self._unit_facts()), pre_wrap_digests=tuple(pre_wrap or ()),
+            second_iteration_ran=second_iteration[0], second_iteration_error=second_iteration[1], notes=notes,
+        )
+
+    def _unit_facts(self) -> list[UnitFact]:
+        out = []
+        for unit in self.w.units:
+            frozen = [n for n in unit.params if not self.w.shards[n].requires_grad]
+            trainable = [n for n in unit.params if self.w.shards[n].requires_grad]
+
+            def full_bytes(names: list[str]) -> int:
+                return sum(numel(self.w.shards[n].global_shape) * element_size(self.w.shards[n].dtype) for n in names)
+
+            stats = self.units.get(unit.name)
+            flat = self.flat_unit_bytes.get(unit.name)
+            out.append(UnitFact(
+                name=unit.name, frozen=tuple(frozen), trainable=tuple(trainable), frozen_bytes=full_bytes(frozen),
+                trainable_bytes=full_bytes(trainable),
+                all_gather_forward_bytes=stats.all_gather_forward if stats else None,
+                all_gather_backward_bytes=stats.all_gather_backward if stats else None,
+                reduce_scatter_bytes=stats.reduce_scatter if stats else None,
+                gradient_bytes=stats.gradient if stats else None,
+                frozen_gradient_bytes=flat[1] if flat is not None else None,
+                flat_gradient_bytes=flat[0] if flat is not None else None,
+            ))
+        return out
+
+
+def _state(grad: torch.Tensor) -> tuple[str, float | None]:
+    """(zero|nonzero, norm) of a local, dense gradient."""
+    if grad.numel() == 0:
+        return "zero", 0.0
+    with torch.no_grad():
+        norm = _norm(grad)
+        if norm == 0.0:  # all zeros, or values whose squares underflow
+            return ("nonzero", norm) if bool(torch.any(grad != 0)) else ("zero", 0.0)
+    return "nonzero", norm
+
+
+def _drop_instance_attrs(obj: Any, attrs: tuple[str, ...]) -> None:
+    for attr in attrs:
+        obj.__dict__.pop(attr, None)

@@ -1,0 +1,141 @@
+"""The torch side of the distributed run, piece by piece, in one process (world size 1 where a group is needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gradprobe.errors import UsageError
+from gradprobe.run.distributed.ddp import quote
+from gradprobe.run.distributed.env import launch_env
+from gradprobe.run.distributed.launch import exit_code, strip_nproc
+from gradprobe.run.distributed.session import RankError, clean_collective_error, error_line
+from gradprobe.run.distributed.wrap import mixed_units, segment_match, shard_modules
+
+
+def test_error_line_merges_ranks_and_prefers_real_errors_over_timeouts():
+    a = RankError(1, "load error", "importing 'm' raised ImportError: x", "load")
+    b = RankError(0, "timeout", "rank(s) 1 did not reach 'loaded'", "load")
+    assert error_line([a, b], 2) == ("load error", "rank 1: importing 'm' raised ImportError: x")
+    c = RankError(0, "load error", "importing 'm' raised ImportError: x", "load")
+    assert error_line([a, c], 2) == ("load error", "every rank: importing 'm' raised ImportError: x")
+    d = RankError(2, "run error", "forward raised", "run", hint="cause: y")
+    kind, message = error_line([a, d], 4)
+    assert kind == "error"
+    assert message == "rank 1: importing 'm' raised ImportError: x; rank 2: forward raised; cause: y"
+    assert error_line([b], 2) == ("timeout", "rank 0: rank(s) 1 did not reach 'loaded'")
+
+
+def test_gloo_timeouts_read_as_sentences():
+    raw = ("RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out "
+           "waiting 5000ms for recv operation to complete")
+    assert clean_collective_error(raw) == ("RuntimeError: a collective timed out after 5 s waiting for the other "
+                                           "ranks (they never joined it)")
+
+
+def test_ddp_error_quote_keeps_the_first_sentence_and_the_indices():
+    text = ("Expected to have finished reduction in the prior iteration before starting a new one. This error "
+            "indicates that your module has parameters that were not used in producing loss. You can enable "
+            "unused parameter detection by passing the keyword argument `find_unused_parameters=True`. "
+            "Parameter indices which did not receive grad for rank 0: 6 7 In addition, you can set the environment")
+    assert quote(RuntimeError(text)) == ("Expected to have finished reduction in the prior iteration before starting "
+                                         "a new one. Parameter indices which did not receive grad for rank 0: 6 7.")
+
+
+@pytest.mark.parametrize(("name", "glob", "hit"), [
+    ("layers.0", "layers.*", True), ("layers.0.attn", "layers.*", False), ("layers.0.attn", "layers.**", True),
+    ("blocks.1.adapter", "blocks.*.adapter", True), ("encoder", "enc*", True), ("encoder.x", "enc*", False),
+    ("layers.10", "layers.[0-9]", False), ("layers.3", "layers.[0-9]", True),
+])
+def test_shard_globs_stay_inside_a_name_segment(name, glob, hit):
+    assert segment_match(name, glob) is hit
+
+
+class Tower(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)) for _ in range(2))
+        self.out = nn.Linear(4, 2)
+        self.blocks[0][0].requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = torch.relu(block(x))
+        return self.out(x)
+
+
+def test_units_and_mixed_units():
+    model = Tower()
+    units = shard_modules(model, ["blocks.*"])
+    assert units == ["blocks.0", "blocks.1"]
+    assert mixed_units(model, units) == [("blocks.0", ["blocks.0.0.weight", "blocks.0.0.bias"],
+                                          ["blocks.0.1.weight", "blocks.0.1.bias"])]
+    with pytest.raises(UsageError, match="--shard 'nope' matches no module"):
+        shard_modules(model, ["nope"])
+
+
+def test_launch_helpers():
+    assert strip_nproc(["inspect", "m:x", "--nproc", "2", "-f", "json"]) == ["inspect", "m:x", "-f", "json"]
+    assert strip_nproc(["inspect", "--nproc=4", "m:x"]) == ["inspect", "m:x"]
+    assert exit_code({0: 1, 1: -15}) == 1
+    assert exit_code({0: -15, 1: 2}) == 2
+    assert exit_code({0: -9}) == 2
+
+
+def test_launch_env():
+    assert launch_env({}) is None
+    env = launch_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "29500",
+                      "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RUN_ID": "abc"})
+    assert env is not None and (env.rank, env.world_size, env.agent_store, env.run_id) == (1, 2, True, "abc.0")
+    with pytest.raises(UsageError, match="MASTER_ADDR, MASTER_PORT are not"):
+        launch_env({"RANK": "0", "WORLD_SIZE": "2"})
+    with pytest.raises(UsageError, match="does not fit"):
+        launch_env({"RANK": "3", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1"})
+
+
+@pytest.fixture
+def world_of_one():
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_describe_fsdp2_and_collect_in_one_process(world_of_one):
+    from torch.distributed.fsdp import fully_shard
+
+    from gradprobe.api import probe
+    from gradprobe.facts.distributed import rename_run_facts
+    from gradprobe.load.target import LoadedModel
+    from gradprobe.run.distributed.collect import RankCollector
+    from gradprobe.run.distributed.wrappers import describe
+
+    torch.manual_seed(0)
+    model = Tower()
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    w = describe(model)
+    assert w.kind == "fsdp" and [u.name for u in w.units] == ["", "blocks.0", "blocks.1"]
+    assert w.names.types["blocks.0"] == "Sequential"  # FSDPSequential → the user's class
+    x = torch.randn(3, 4)
+    with RankCollector(w, 0, "h", compare_values=False) as collector:
+        report = probe(model, (x,), loaded=LoadedModel(model))
+    mine = collector.facts(rename_run_facts(report.facts, w.names))
+    grads = {p.name: p for p in mine.params}
+    # against plain PyTorch: the same model unsharded
+    torch.manual_seed(0)
+    plain = Tower()
+    plain(x).sum().backward()
+    for name, p in plain.named_parameters():
+        if p.grad is None:
+            assert grads[name].grad == "none"
+        else:
+            assert grads[name].grad_norm == pytest.approx(float(p.grad.norm()), rel=1e-5)
+            assert grads[name].local_grad is True
+    assert mine.units[1].mixed and mine.units[1].frozen == ("blocks.0.0.weight", "blocks.0.0.bias")
+    assert [p.grad for p in model.parameters()] == [None] * 10  # the model is left as found
