@@ -17,8 +17,8 @@ from torch import nn
 from gradprobe.errors import RunError
 from gradprobe.facts.freeze import FreezeFacts
 from gradprobe.facts.run import RunFacts
-from gradprobe.load.inputs import ExampleInputs
 from gradprobe.run.freeze_steps import OptimizerSource, build_optimizer, optimizer_facts
+from gradprobe.run.inputs import RunInputs as ExampleInputs
 from gradprobe.run.probe import LossFn, ProbeOptions, param_names, run_probe
 from gradprobe.run.state import ModelState
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from gradprobe.errors import RunError, UsageError, describe_exception
-from gradprobe.load.target import ExampleInputs
+from gradprobe.run.inputs import RunInputs as ExampleInputs
 from gradprobe.run.values import stored_values
 
 LossFn = Callable[[Any, ExampleInputs], torch.Tensor]

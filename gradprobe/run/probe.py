@@ -18,10 +18,10 @@ from torch import nn
 from gradprobe.errors import RunError, describe_exception
 from gradprobe.facts.grad_health import GradThresholds
 from gradprobe.facts.run import GraphFact, RunFacts
-from gradprobe.load.inputs import ExampleInputs
 from gradprobe.run import builders
 from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
+from gradprobe.run.inputs import RunInputs as ExampleInputs
 from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, output_versions, proven_finite, sum_loss
 from gradprobe.run.state import ModelState, check_mode, grad_context
 from gradprobe.run.timing import clock, lap

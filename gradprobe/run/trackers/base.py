@@ -65,7 +65,8 @@ class OpObserver(Protocol):
     """A tracker that sees aten ops through the run's :class:`OpStream`; either callback may be ``None``.
 
     ``on_write(func, written, args, kwargs)`` runs before each op that writes an argument (``written``:
-    :func:`written_args`), ``after_op(out)`` after every op.  Ops an observer issues itself inside these
+    :func:`written_args`), ``before_op(func, args, kwargs)`` (optional attribute) before every op,
+    ``after_op(out)`` after every op.  Ops an observer issues itself inside these
     callbacks are seen by no tracker of the stream."""
 
     phases: tuple[Phase, ...]
@@ -97,6 +98,7 @@ class OpStream(TorchDispatchMode):
         self.phases: tuple[Phase, ...] = tuple(sorted({p for o in self.observers for p in o.phases}))
         self._on_write: list[Callable[[Any, WrittenArgs, tuple[Any, ...], dict[str, Any]], None]] = []
         self._after: Callable[[Any], None] | None = None
+        self._before: list[Callable[[Any, Any, Any], None]] = []
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -107,8 +109,9 @@ class OpStream(TorchDispatchMode):
     @contextlib.contextmanager
     def install(self, phase: Phase) -> Iterator[None]:
         active = [o for o in self.observers if phase in o.phases]
-        self._on_write = [o.on_write for o in active if o.on_write is not None]
-        after = [o.after_op for o in active if o.after_op is not None]
+        self._on_write = [w for o in active if (w := getattr(o, "on_write", None)) is not None]
+        self._before = [b for o in active if (b := getattr(o, "before_op", None)) is not None]
+        after = [a for o in active if (a := getattr(o, "after_op", None)) is not None]
         self._after = after[0] if len(after) == 1 else (_fan_out(after) if after else None)
         with self:
             yield
@@ -127,6 +130,8 @@ class OpStream(TorchDispatchMode):
             if written:
                 for on_write in self._on_write:
                     on_write(func, written, args, kwargs)
+        for before in self._before:
+            before(func, args, kwargs)
         out = func(*args, **kwargs)
         if self._after is not None:
             self._after(out)
