@@ -97,6 +97,9 @@ class OpStream(TorchDispatchMode):
         self.phases: tuple[Phase, ...] = tuple(sorted({p for o in self.observers for p in o.phases}))
         self._on_write: list[Callable[[Any, WrittenArgs, tuple[Any, ...], dict[str, Any]], None]] = []
         self._after: Callable[[Any], None] | None = None
+        # optional ``before_op(func, args, kwargs)`` before every op: only the memory event log (issue 14) needs
+        # the op itself; an observer without the attribute costs nothing here
+        self._before: Callable[[Any, Any, Any], None] | None = None
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -110,6 +113,8 @@ class OpStream(TorchDispatchMode):
         self._on_write = [o.on_write for o in active if o.on_write is not None]
         after = [o.after_op for o in active if o.after_op is not None]
         self._after = after[0] if len(after) == 1 else (_fan_out(after) if after else None)
+        before = [b for b in (getattr(o, "before_op", None) for o in active) if b is not None]
+        self._before = before[0] if len(before) == 1 else (_fan_out_before(before) if before else None)
         with self:
             yield
 
@@ -120,6 +125,8 @@ class OpStream(TorchDispatchMode):
         # runs for every op of the forward and backward: one dictionary look-up unless the op writes
         if kwargs is None:
             kwargs = {}
+        if self._before is not None:
+            self._before(func, args, kwargs)
         if self._on_write:
             written = _WRITES.get(id(func))
             if written is None:
@@ -131,6 +138,13 @@ class OpStream(TorchDispatchMode):
         if self._after is not None:
             self._after(out)
         return out
+
+
+def _fan_out_before(calls: Sequence[Callable[[Any, Any, Any], None]]) -> Callable[[Any, Any, Any], None]:
+    def each(func: Any, args: Any, kwargs: Any) -> None:
+        for call in calls:
+            call(func, args, kwargs)
+    return each
 
 
 def _fan_out(calls: Sequence[Callable[[Any], None]]) -> Callable[[Any], None]:
