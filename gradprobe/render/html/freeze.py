@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from html import escape
 
-from gradprobe.facts.freeze import FreezeIssue, FreezeReport
+from gradprobe.facts.freeze import FreezeIssue
+from gradprobe.judges.freeze import FreezeReport
 from gradprobe.render.html.page import Section, cards, cell, key_values, page, table
 
 
@@ -35,7 +36,7 @@ def freeze_html(report: FreezeReport) -> str:
         wrong = p.expected in ("frozen", "trainable") and p.expected != actual
         state = f'<span class="pill {"error" if wrong else actual}">{actual}</span>'
         rows.append([cell(", ".join((p.name, *p.aliases)), None, "mono"), cell(p.expected),
-                     cell(state, 1 if wrong else 0, "", html=True), cell(p.grad or "-"),
+                     cell(state, 1 if wrong else 0, "", html=True), cell("-" if p.grad is None else p.grad.value),
                      cell(", ".join(p.groups) or "-"),
                      cell("-" if p.optimizer_group is None else p.optimizer_group,
                           -1 if p.optimizer_group is None else p.optimizer_group, "num")])

@@ -177,8 +177,9 @@ def _parameters(f: RunFacts) -> str:
         state = param_state(p, reached) if f.graph is not None else (TRAINABLE if p.requires_grad else FROZEN)
         rows.append([cell(", ".join(p.names), None, "mono"), cell(shape_text(p.shape), p.numel, "mono"),
                      cell(p.dtype), cell(f'<span class="pill {state}">{state}</span>', None, "", html=True),
-                     cell(p.grad or "-"), cell("-" if p.grad_norm is None else f"{p.grad_norm:.4g}",
-                                               p.grad_norm if p.grad_norm is not None else -1, "num"),
+                     cell("-" if p.grad is None else p.grad.value),
+                     cell("-" if p.grad_norm is None else f"{p.grad_norm:.4g}",
+                          p.grad_norm if p.grad_norm is not None else -1, "num"),
                      cell(p.module or "(model)"), cell(human_bytes(p.nbytes), p.nbytes, "num")])
     return table("parameters", ["name", "shape", "dtype", "state", "grad", ("‖grad‖", "num"), "module",
                                 ("bytes", "num")], rows, placeholder="filter parameters…")

@@ -109,7 +109,7 @@ def anatomy_markdown(anatomies: Sequence[PeakAnatomy], top: int = 5) -> str:
     """The anatomy as GitHub Markdown tables."""
     if not anatomies:
         return ""
-    from gradprobe.render.inspect.markdown import md_table
+    from gradprobe.render.common import md_table
 
     header = ["at the peak"] + [f"{a.phase} ({human_bytes(a.peak_bytes)})" for a in anatomies]
     rows = [[CATEGORY_LABEL[c]] + [f"{human_bytes(a.category(c))} ({_share(a.category(c), a.peak_bytes)})"

@@ -65,8 +65,7 @@ class OpObserver(Protocol):
     """A tracker that sees aten ops through the run's :class:`OpStream`; either callback may be ``None``.
 
     ``on_write(func, written, args, kwargs)`` runs before each op that writes an argument (``written``:
-    :func:`written_args`), ``before_op(func, args, kwargs)`` (optional attribute) before every op,
-    ``after_op(out)`` after every op.  Ops an observer issues itself inside these
+    :func:`written_args`), ``after_op(out)`` after every op.  Ops an observer issues itself inside these
     callbacks are seen by no tracker of the stream."""
 
     phases: tuple[Phase, ...]
@@ -98,7 +97,9 @@ class OpStream(TorchDispatchMode):
         self.phases: tuple[Phase, ...] = tuple(sorted({p for o in self.observers for p in o.phases}))
         self._on_write: list[Callable[[Any, WrittenArgs, tuple[Any, ...], dict[str, Any]], None]] = []
         self._after: Callable[[Any], None] | None = None
-        self._before: list[Callable[[Any, Any, Any], None]] = []
+        # optional ``before_op(func, args, kwargs)`` before every op: only the memory event log (issue 14) needs
+        # the op itself; an observer without the attribute costs nothing here
+        self._before: Callable[[Any, Any, Any], None] | None = None
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -109,10 +110,11 @@ class OpStream(TorchDispatchMode):
     @contextlib.contextmanager
     def install(self, phase: Phase) -> Iterator[None]:
         active = [o for o in self.observers if phase in o.phases]
-        self._on_write = [w for o in active if (w := getattr(o, "on_write", None)) is not None]
-        self._before = [b for o in active if (b := getattr(o, "before_op", None)) is not None]
-        after = [a for o in active if (a := getattr(o, "after_op", None)) is not None]
+        self._on_write = [o.on_write for o in active if o.on_write is not None]
+        after = [o.after_op for o in active if o.after_op is not None]
         self._after = after[0] if len(after) == 1 else (_fan_out(after) if after else None)
+        before = [b for b in (getattr(o, "before_op", None) for o in active) if b is not None]
+        self._before = before[0] if len(before) == 1 else (_fan_out_before(before) if before else None)
         with self:
             yield
 
@@ -123,6 +125,8 @@ class OpStream(TorchDispatchMode):
         # runs for every op of the forward and backward: one dictionary look-up unless the op writes
         if kwargs is None:
             kwargs = {}
+        if self._before is not None:
+            self._before(func, args, kwargs)
         if self._on_write:
             written = _WRITES.get(id(func))
             if written is None:
@@ -130,12 +134,17 @@ class OpStream(TorchDispatchMode):
             if written:
                 for on_write in self._on_write:
                     on_write(func, written, args, kwargs)
-        for before in self._before:
-            before(func, args, kwargs)
         out = func(*args, **kwargs)
         if self._after is not None:
             self._after(out)
         return out
+
+
+def _fan_out_before(calls: Sequence[Callable[[Any, Any, Any], None]]) -> Callable[[Any, Any, Any], None]:
+    def each(func: Any, args: Any, kwargs: Any) -> None:
+        for call in calls:
+            call(func, args, kwargs)
+    return each
 
 
 def _fan_out(calls: Sequence[Callable[[Any], None]]) -> Callable[[Any], None]:

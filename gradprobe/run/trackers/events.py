@@ -44,6 +44,7 @@ class EventLogTracker:
     """Records the event log of the forward and backward (a tracker and an op observer)."""
 
     phases = (FORWARD, BACKWARD)
+    on_write = None  # OpObserver: it needs every op (before_op, the stream's optional hook), not only writes
 
     def __init__(self, calls: CallSource, known: Iterable[torch.Tensor] = ()) -> None:
         self._calls = calls
