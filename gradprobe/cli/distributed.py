@@ -45,7 +45,8 @@ ShardOpt = Annotated[list[str] | None, typer.Option(
     help="Modules that become FSDP units with --wrap fsdp/fsdp1 ('layers.*': every layers.N; '*' stays in one "
          "name segment, '**' spans several). Repeatable; the root is always a unit.")]
 UseOrigParamsOpt = Annotated[bool, typer.Option(
-    "--use-orig-params", rich_help_panel=DIST_PANEL, help="FSDP1 use_orig_params=True (with --wrap fsdp1).")]
+    "--use-orig-params", rich_help_panel=DIST_PANEL, help="FSDP1 use_orig_params=True (with --wrap fsdp1).",
+    metavar="", show_default=False)]
 
 
 @dataclass(frozen=True)
