@@ -12,6 +12,7 @@ half-precision tensors.  ``None`` means "not measured" (no backward, the meta de
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 # largest finite value per dtype (torch.finfo(dtype).max), for overflow wording without importing torch
@@ -172,3 +173,17 @@ class GradHealthFacts:
     thresholds: GradThresholds = field(default_factory=GradThresholds)
     display_depth: int = 8  # module levels the flow view shows (--depth)
     notes: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def repeated(self) -> frozenset[str]:
+        """Modules called more than once (their calls are numbered in messages)."""
+        return frozenset(c.module for c in self.calls if c.call > 0)
+
+    @functools.cached_property
+    def consumers(self) -> dict[int, tuple[int, ...]]:
+        """Call index -> the calls that took its output as an input."""
+        found: dict[int, list[int]] = {}
+        for k, c in enumerate(self.calls):
+            for i in c.inputs_from:
+                found.setdefault(i, []).append(k)
+        return {i: tuple(ks) for i, ks in found.items()}

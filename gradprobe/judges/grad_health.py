@@ -56,7 +56,7 @@ def label(gh: GradHealthFacts, index: int | None) -> str:
     if index is None or not 0 <= index < len(gh.calls):
         return "outside any module call"
     c = gh.calls[index]
-    repeated = c.call > 0 or any(o.module == c.module and o.call > 0 for o in gh.calls)
+    repeated = c.module in gh.repeated
     where = f"'{c.module}'" if c.module else "the model itself"
     return f"{where} ({c.type}{f', call #{c.call}' if repeated else ''})"
 
@@ -416,14 +416,10 @@ def _param_grads(gh: GradHealthFacts) -> dict[str, ParamGrad]:
     return {p.name: p for p in gh.parameters}
 
 
-def _module_params(facts: RunFacts, module: str) -> list[ParamFact]:
-    direct = next((m.direct_params for m in facts.modules if m.name == module), ())
-    by_name = {p.name: p for p in facts.parameters}
-    return [by_name[n] for n in direct if n in by_name]
-
-
 def dead_unit_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
     grads = _param_grads(gh)
+    by_name = {p.name: p for p in facts.parameters}
+    own = {m.name: [by_name[n] for n in m.direct_params if n in by_name] for m in facts.modules}
     findings = []
     for i, c in enumerate(gh.calls):
         d = c.dead
@@ -431,14 +427,14 @@ def dead_unit_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
             continue
         around = []
         for j in c.inputs_from:
-            for p in _module_params(facts, gh.calls[j].module):
+            for p in own.get(gh.calls[j].module, ()):
                 g = grads.get(p.name)
                 if g is not None and g.zero_rows is not None and g.rows:
                     what = "rows" if len(p.shape) >= 2 else "entries"
                     around.append(f"'{p.name}' has {g.zero_rows} of {g.rows} gradient {what} exactly zero")
-        for k, consumer in enumerate(gh.calls):
-            if i in consumer.inputs_from and k != i:
-                for p in _module_params(facts, consumer.module):
+        for k in gh.consumers.get(i, ()):
+            if k != i:
+                for p in own.get(gh.calls[k].module, ()):
                     g = grads.get(p.name)
                     if g is not None and g.zero_cols is not None and g.cols:
                         around.append(f"'{p.name}' has {g.zero_cols} of {g.cols} gradient columns exactly zero")
@@ -461,22 +457,31 @@ def dead_unit_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
     return findings
 
 
-def zero_grad_cause(facts: RunFacts, name: str) -> str | None:
-    """Why a parameter's gradient has exact zeros, when a measurement says so: "dead units" (a ReLU next to
-    it had dead units), "zero partner" (an all-zero factor next to it, as LoRA's B at initialisation: the
-    ``grad-zero`` finding of gradprobe.judges.gradients words it, by the same rule)."""
+def zero_grad_causes(facts: RunFacts) -> dict[str, str]:
+    """Why parameters' gradients have exact zeros, where a measurement says so: "dead units" (a ReLU next to
+    it had dead units: zero rows or columns were counted), "zero partner" (an all-zero factor next to it, as
+    LoRA's B at initialisation: the ``grad-zero`` finding of gradprobe.judges.gradients words it, by the same
+    rule).  Parameters without such a cause are left out."""
     gh = facts.grad_health
     if gh is None:
-        return None
-    g = _param_grads(gh).get(name)
-    if g is None or not g.zeros:
-        return None
-    if (g.zero_rows or g.zero_cols):
-        return "dead units"
-    p = next((q for q in facts.parameters if q.name == name), None)
-    if p is not None and g.zeros == g.numel and _zero_partners(p, _zero_valued(facts)):
-        return "zero partner"
-    return None
+        return {}
+    by_name = {p.name: p for p in facts.parameters}
+    zero_valued = _zero_valued(facts)
+    causes = {}
+    for g in gh.parameters:
+        if not g.zeros:
+            continue
+        p = by_name.get(g.name)
+        if g.zero_rows or g.zero_cols:
+            causes[g.name] = "dead units"
+        elif p is not None and g.zeros == g.numel and zero_valued and _zero_partners(p, zero_valued):
+            causes[g.name] = "zero partner"
+    return causes
+
+
+def zero_grad_cause(facts: RunFacts, name: str) -> str | None:
+    """:func:`zero_grad_causes` for one parameter."""
+    return zero_grad_causes(facts).get(name)
 
 
 def _zero_valued(facts: RunFacts) -> dict[str, ParamFact]:

@@ -74,6 +74,12 @@ def test_flow_rows_forward_order_marks_and_collapse() -> None:
     assert any(m.startswith("NaN/Inf made here (enc.act)") for m in enc.marks)
     limited = flow(report.facts, limit=3)
     assert limited.depth == 1 and limited.note is not None and "--top 3" in limited.note
+    kept = flow(report.facts, limit=2)  # one level deep is still more than --top: the marked row stays
+    assert [(r.name, r.gap_before) for r in kept.rows] == [("(model)", 0), ("enc", 0), ("head", 0)]
+    chain = run_facts(health([call(f"l{i}") for i in range(9)]))  # 10 rows, one level deep, none marked
+    ends = flow(chain, limit=4)
+    assert [(r.name, r.gap_before) for r in ends.rows] == [("(model)", 0), ("l0", 0), ("l7", 6), ("l8", 0)]
+    assert ends.note is not None and "6 of 10 calls left out" in ends.note
 
 
 def test_terminal_view_fits_80_columns_without_colour() -> None:

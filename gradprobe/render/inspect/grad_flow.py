@@ -16,7 +16,7 @@ from rich.text import Text
 
 from gradprobe.facts.grad_health import GradHealthFacts, ParamGrad
 from gradprobe.facts.run import InspectReport, ParamFact, RunFacts
-from gradprobe.judges.grad_health import zero_grad_cause
+from gradprobe.judges.grad_health import zero_grad_causes
 from gradprobe.render.inspect.grad_rows import bar, flow, number, scale_of
 
 BAR = 12  # characters per bar: 96 steps between the smallest and largest value of a column
@@ -62,6 +62,8 @@ def flow_view(facts: RunFacts, top: int | None = 40, pattern: str | None = None)
     t.add_column("‖param grads‖", no_wrap=True)
     footnotes: list[Text] = []
     for r in shown.rows:
+        if r.gap_before:
+            t.add_row(Text(f"  … {r.gap_before} calls …", style="dim"), Text(""), Text(""))
         notes = list(r.marks)
         if r.nonfinite:
             made = next((i for i, m in enumerate(notes) if m.startswith("NaN/Inf made here")), None)
@@ -137,8 +139,8 @@ def param_table(facts: RunFacts, top: int | None = 40, pattern: str | None = Non
     rows = param_rows(facts, gh, pattern)
     hidden = 0
     if top and len(rows) > top:
+        hidden = len(rows) - top
         rows = sorted(rows, key=_concern)[:top]
-        hidden = len(param_rows(facts, gh, pattern)) - top
     t = _table()
     t.add_column("parameter", overflow="fold", ratio=1, min_width=_name_width([p.name for p, _ in rows]))
     t.add_column("‖g‖", justify="right", no_wrap=True)
@@ -148,8 +150,9 @@ def param_table(facts: RunFacts, top: int | None = 40, pattern: str | None = Non
     any_bad = any(g is not None and g.nonfinite for g in gh.parameters)
     if any_bad:
         t.add_column("NaN/Inf", justify="right", no_wrap=True)
+    causes = zero_grad_causes(facts)
     for p, g in rows:
-        cause = zero_grad_cause(facts, p.name)
+        cause = causes.get(p.name)
         zeros = Text(_share(g.zeros if g else None, p.numel))
         if cause:
             zeros.append(f" ({cause})", style="yellow")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gradprobe.facts.grad_health import CallGrad, GradHealthFacts
 from gradprobe.facts.run import RunFacts
@@ -32,6 +32,7 @@ class FlowRow:
     hidden: int  # descendant calls folded into this row
     nonfinite: int | None  # NaN/Inf in its forward output
     marks: tuple[str, ...]
+    gap_before: int = 0  # rows left out just above this one (more rows than --top even one level deep)
 
 
 @dataclass(frozen=True)
@@ -54,13 +55,31 @@ def _in(module: str, block: str) -> bool:
     return block == "" or module == block or module.startswith(block + ".")
 
 
+class ParamNorms:
+    """‖gradients‖ of a module's own parameters, or of every parameter under it, from the parameter facts
+    (sums of squares per module once, so a view over thousands of calls stays linear)."""
+
+    def __init__(self, facts: RunFacts) -> None:
+        self.own: dict[str, float] = {}
+        self.under: dict[str, float] = {}
+        for p in facts.parameters:
+            if p.grad_norm is None:
+                continue
+            square = p.grad_norm * p.grad_norm
+            self.own[p.module] = self.own.get(p.module, 0.0) + square
+            parts = p.module.split(".") if p.module else []
+            for n in range(len(parts) + 1):
+                prefix = ".".join(parts[:n])
+                self.under[prefix] = self.under.get(prefix, 0.0) + square
+
+    def of(self, block: str, whole: bool) -> float | None:
+        found = (self.under if whole else self.own).get(block)
+        return None if found is None else math.sqrt(found)
+
+
 def param_norm(facts: RunFacts, block: str, whole: bool) -> float | None:
     """‖(g_1, g_2, ...)‖ over the parameters of ``block`` (``whole``: every one under it, else its own)."""
-    found = [p.grad_norm for p in facts.parameters
-             if (_in(p.module, block) if whole else p.module == block) and p.grad_norm is not None]
-    if not found:
-        return None
-    return math.sqrt(sum(n * n for n in found))
+    return ParamNorms(facts).of(block, whole)
 
 
 def _marks(facts: RunFacts, gh: GradHealthFacts) -> dict[int, list[str]]:
@@ -86,7 +105,7 @@ def _marks(facts: RunFacts, gh: GradHealthFacts) -> dict[int, list[str]]:
 
 
 def call_name(gh: GradHealthFacts, c: CallGrad) -> str:
-    repeated = c.call > 0 or any(o.module == c.module and o.call > 0 for o in gh.calls)
+    repeated = c.module in gh.repeated
     return (c.module or "(model)") + (f" #{c.call}" if repeated else "")
 
 
@@ -106,6 +125,7 @@ def flow(facts: RunFacts, depth: int | None = None, limit: int | None = None, pa
         note = (f"calls nested up to {shown} levels shown: {_count(depths, shown + 1)} calls at {shown + 1} levels "
                 f"exceed --top {limit} (--depth/--top to change, --format json for every call)")
     marks = _marks(facts, gh)
+    norms = ParamNorms(facts)
     visible = [i for i, d in enumerate(depths) if d <= shown]
     visible_set = set(visible)
     folded = _folded(gh, visible_set)
@@ -122,14 +142,32 @@ def flow(facts: RunFacts, depth: int | None = None, limit: int | None = None, pa
         short = name if not prefix or not c.module.startswith(prefix + ".") else name[len(prefix) + 1:]
         rows.append(FlowRow(
             index=i, name=name, short="  " * level + short, level=level, act=c.grad_out_norm,
-            params=param_norm(facts, c.module, whole=bool(hidden) or (c.module == "" and shown == 0)),
+            params=norms.of(c.module, whole=bool(hidden) or (c.module == "" and shown == 0)),
             hidden=len(hidden), nonfinite=c.nonfinite, marks=tuple(own_marks)))
     if pattern:
         import fnmatch
 
         rows = [r for r in rows if fnmatch.fnmatchcase(gh.calls[r.index].module, pattern)
                 or fnmatch.fnmatchcase(gh.calls[r.index].module, pattern + ".*")]
+    if limit and len(rows) > limit:
+        rows = _ends(rows, limit)
+        note = (f"{sum(r.gap_before for r in rows)} of {len(gh.calls)} calls left out between the first and last "
+                f"rows (marked rows kept; --top/--filter to change, --format json for every call)")
     return Flow(tuple(rows), shown, note)
+
+
+def _ends(rows: list[FlowRow], limit: int) -> list[FlowRow]:
+    """The first and last rows (``limit`` in all) and up to ``limit`` marked rows between them (the first ones),
+    each after a count of the rows left out."""
+    head = max(1, limit // 2)
+    keep = set(range(head)) | set(range(len(rows) - (limit - head), len(rows)))
+    keep |= set([i for i, r in enumerate(rows) if (r.marks or r.nonfinite) and i not in keep][:limit])
+    kept: list[FlowRow] = []
+    last = -1
+    for i in sorted(keep):
+        kept.append(replace(rows[i], gap_before=i - last - 1))
+        last = i
+    return kept
 
 
 def _count(depths: list[int], depth: int) -> int:

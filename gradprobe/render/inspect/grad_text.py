@@ -10,11 +10,11 @@ import math
 from typing import Any
 
 from gradprobe.facts.grad_health import CallGrad, GradHealthFacts, NonfiniteOrigin, ParamGrad, ValueStats
-from gradprobe.facts.run import InspectReport, RunFacts
-from gradprobe.judges.grad_health import label, scale_profile, zero_grad_cause
+from gradprobe.facts.run import InspectReport, ParamFact, RunFacts
+from gradprobe.judges.grad_health import label, scale_profile, zero_grad_causes
 from gradprobe.render.common import md_escape
 from gradprobe.render.inspect.grad_flow import ratio
-from gradprobe.render.inspect.grad_rows import bar, flow, number, param_norm, scale_of
+from gradprobe.render.inspect.grad_rows import ParamNorms, bar, flow, number, scale_of
 
 
 def _num(x: float | None) -> float | str | None:
@@ -24,25 +24,24 @@ def _num(x: float | None) -> float | str | None:
     return str(x)
 
 
-def _param(facts: RunFacts, g: ParamGrad) -> dict[str, Any]:
-    p = next((q for q in facts.parameters if q.name == g.name), None)
+def _param(facts: RunFacts, g: ParamGrad, p: ParamFact | None, cause: str | None) -> dict[str, Any]:
     return {
         "name": g.name, "dtype": g.dtype or None, "numel": g.numel,
         "grad_norm": _num(p.grad_norm) if p is not None else None, "grad_max_abs": _num(g.max_abs),
         "weight_norm": _num(g.weight_norm), "grad_to_weight": _num(ratio(p, g)) if p is not None else None,
         "zeros": g.zeros, "zero_share": g.zero_share, "nan": g.nan, "inf": g.inf, "subnormal": g.subnormal,
         "zero_rows": g.zero_rows, "rows": g.rows, "zero_cols": g.zero_cols, "cols": g.cols,
-        "zero_cause": zero_grad_cause(facts, g.name),
+        "zero_cause": cause,
     }
 
 
-def _call(facts: RunFacts, c: CallGrad) -> dict[str, Any]:
+def _call(c: CallGrad, norms: ParamNorms) -> dict[str, Any]:
     return {
         "module": c.module, "call": c.call, "type": c.type, "parent": c.parent, "returned": c.finished,
         "outputs": c.outputs, "output_numel": c.output_numel, "output_dtype": c.output_dtype,
         "nonfinite": c.nonfinite, "grad_out_norm": _num(c.grad_out_norm), "grad_in_norm": _num(c.grad_in_norm),
         "grad_out_rms": _num(c.grad_out_rms), "grad_in_rms": _num(c.grad_in_rms),
-        "param_grad_norm": _num(param_norm(facts, c.module, whole=False)),
+        "param_grad_norm": _num(norms.of(c.module, whole=False)),
         "grad_out_dtype": c.grad_out_dtype, "grad_out_numel": c.grad_out_numel,
         "grad_out_zeros": c.grad_out_zeros, "grad_out_subnormal": c.grad_out_subnormal,
         "backward_rank": c.backward_rank, "inputs_from": list(c.inputs_from),
@@ -75,12 +74,15 @@ def grad_health_json(report: InspectReport) -> dict[str, Any]:
         return {}
     profile = scale_profile(gh) if gh.backward and gh.measured else None
     t = gh.thresholds
+    by_name = {p.name: p for p in facts.parameters}
+    causes = zero_grad_causes(facts)
+    norms = ParamNorms(facts)
     return {"grad_health": {
         "measured": gh.measured, "backward": gh.backward,
         "thresholds": {"factor": t.factor, "subnormal_share": t.subnormal_share,
                        "dead_min_samples": t.dead_min_samples, "dead_share": t.dead_share},
-        "parameters": [_param(facts, g) for g in gh.parameters],
-        "calls": [_call(facts, c) for c in gh.calls],
+        "parameters": [_param(facts, g, by_name.get(g.name), causes.get(g.name)) for g in gh.parameters],
+        "calls": [_call(c, norms) for c in gh.calls],
         "forward_origin": _origin(gh, gh.forward_origin),
         "backward_nodes": [{"kind": n.kind, "call_index": n.call, "rank": n.rank, "nonfinite_out": n.nonfinite_out}
                            for n in gh.backward_nodes],
@@ -111,6 +113,8 @@ def grad_health_markdown(report: InspectReport, top: int | None = 40) -> str:
            f"of its parameters' gradients (bars on a log10 scale).", "",
            "| module (call) | ‖g‖ at output | | ‖param grads‖ | | notes |", "|---|---|---:|---|---:|---|"]
     for r in shown.rows:
+        if r.gap_before:
+            out.append(f"| _… {r.gap_before} calls …_ | | | | | |")
         notes = ([f"{r.nonfinite} NaN/Inf in its output"] if r.nonfinite else []) + list(r.marks)
         name = "&nbsp;" * (2 * r.level) + f"`{r.name}`" + (f" (+{r.hidden})" if r.hidden else "")
         out.append(f"| {name} | {_code(bar(r.act, act_scale, 12))} | {number(r.act)} | "
@@ -123,12 +127,13 @@ def grad_health_markdown(report: InspectReport, top: int | None = 40) -> str:
                     + (f", op `{gh.forward_origin.op}`" if gh.forward_origin.op else "") + "."]
     if gh.backward:
         grads = {g.name: g for g in gh.parameters}
+        causes = zero_grad_causes(facts)
         params = list(facts.parameters)[:top] if top else list(facts.parameters)
         out += ["", f"### Parameter gradients ({len(facts.parameters)})", "",
                 "| parameter | ‖g‖ | max\\|g\\| | ‖g‖/‖w‖ | zeros | NaN/Inf |", "|---|---:|---:|---:|---:|---:|"]
         for p in params:
             g = grads.get(p.name)
-            cause = zero_grad_cause(facts, p.name)
+            cause = causes.get(p.name)
             zeros = "-" if g is None or g.zeros is None else f"{g.zeros}" + (f" ({cause})" if cause else "")
             bad = "-" if g is None or g.nonfinite is None else g.nonfinite
             out.append(f"| `{p.name}` | {number(p.grad_norm)} | {number(g.max_abs if g else None)} | "

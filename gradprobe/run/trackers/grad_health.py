@@ -428,6 +428,10 @@ class GradHealthTracker:
         want: dict[str, tuple[bool, bool]] = {}
         modules = dict(self._model.named_modules(remove_duplicate=False))
         first = {id(p): n for n, p in reversed(list(self._model.named_parameters(remove_duplicate=False)))}
+        consumers: dict[int, list[int]] = {}
+        for k, c in enumerate(calls):
+            for j in c.inputs_from:
+                consumers.setdefault(j, []).append(k)
         for i, c in enumerate(calls):
             if c.dead is None or not c.dead.dead:
                 continue
@@ -435,11 +439,10 @@ class GradHealthTracker:
                 for p in _direct(modules.get(calls[j].module)):
                     name = first.get(id(p), "")
                     want[name] = (True, want.get(name, (False, False))[1])
-            for consumer in calls:
-                if i in consumer.inputs_from:
-                    for p in _direct(modules.get(consumer.module)):
-                        name = first.get(id(p), "")
-                        want[name] = (want.get(name, (False, False))[0], True)
+            for k in consumers.get(i, ()):
+                for p in _direct(modules.get(calls[k].module)):
+                    name = first.get(id(p), "")
+                    want[name] = (want.get(name, (False, False))[0], True)
         return want
 
 
