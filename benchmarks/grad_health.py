@@ -3,11 +3,10 @@
 ``python benchmarks/grad_health.py`` (``--quick``: small models, 3 repeats).  Two sections:
 
 * cost    in process, alternating runs (median of ``--repeats``; process CPU time, which load from other
-          processes on a shared machine disturbs less than wall time, both in the JSON): plain forward+backward,
-          the same under
-          ``torch.autograd.detect_anomaly()``, gradprobe's run as ``inspect`` does it (every default tracker),
-          the same with ``--grads``, and ``--grads --no-memory --no-tensors`` (the gradient-health tracker alone
-          on top of the module recorder), each as a ratio to the plain forward+backward
+          processes on a shared machine disturbs less than wall time; both in the JSON): plain forward+backward,
+          the same under ``torch.autograd.detect_anomaly()``, gradprobe's run as ``inspect`` does it (every
+          default tracker), the same with ``--grads``, and ``--no-memory --no-tensors`` with and without
+          ``--grads`` (the gradient-health tracker's own share), each as a ratio to the plain forward+backward
 * names   planted faults (tests/fixtures/grad_models.py): what detect_anomaly reports (the exception's first
           line, or nothing) and what ``--grads`` reports (finding code, module, op or node)
 
