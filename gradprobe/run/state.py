@@ -121,11 +121,20 @@ def loose_leaves(model: nn.Module) -> list[tuple[str, nn.Module, str, torch.Tens
 def _leaves_of(mod_name: str, mod: nn.Module, found: list[tuple[str, nn.Module, str, torch.Tensor]]) -> None:
     attrs = mod.__dict__
     hits = [a for a in attrs.keys() - _MODULE_INTERNALS if isinstance(attrs[a], torch.Tensor)
-            and attrs[a].requires_grad and attrs[a].is_leaf and not isinstance(attrs[a], nn.Parameter)]
+            and attrs[a].requires_grad and _is_leaf(attrs[a]) and not isinstance(attrs[a], nn.Parameter)]
     if len(hits) > 1:  # a set difference has no order: the module's own attribute order
         order = {a: i for i, a in enumerate(attrs)}
         hits.sort(key=order.__getitem__)
     found.extend((f"{mod_name}.{a}" if mod_name else a, mod, a, attrs[a]) for a in hits)
+
+
+def _is_leaf(t: torch.Tensor) -> bool:
+    """``t.is_leaf``; a stale view whose base was modified in place (FSDP1 keeps such views of its flat parameter
+    as module attributes between iterations) raises on access: it is not a leaf anyone trains."""
+    try:
+        return bool(t.is_leaf)
+    except RuntimeError:
+        return False
 
 
 class _Slots(NamedTuple):
