@@ -1,0 +1,122 @@
+"""Never hang: a rank that fails stops every rank within --dist-timeout, with one line from rank 0 naming it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import HERE, dist_env
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 6  # --dist-timeout for these runs
+STARTUP = 90  # three interpreters importing torch on a busy 2-core machine
+
+
+def run_group(*args: str, interrupt_when: Path | None = None,
+              timeout: float = TIMEOUT) -> tuple[int, str, float, bool]:
+    """``gradprobe ... --nproc 2`` in a session of its own: (exit code, stderr, seconds, processes left over).
+
+    ``interrupt_when``: a folder where both ranks leave a mark once inside the forward; then Ctrl-C.
+    """
+    cmd = [str(Path(sys.executable).with_name("gradprobe")), *args, "--nproc", "2", "--dist-timeout", str(timeout)]
+    marker = uuid.uuid4().hex  # in every process of this run's environment: torchrun gives each rank its own session
+    env = dist_env({"GRADPROBE_TEST_RUN": marker, **({"GRADPROBE_TEST_MARKS": str(interrupt_when)}
+                                                      if interrupt_when else {})})
+    proc = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    start = time.monotonic()
+    if interrupt_when is not None:
+        while len(list(interrupt_when.iterdir())) < 2 and time.monotonic() - start < STARTUP:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        start = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    try:
+        _, err = proc.communicate(timeout=STARTUP + 4 * min(timeout, 60))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    seconds = time.monotonic() - start
+    time.sleep(0.5)
+    left = leftover(marker)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return proc.returncode, err, seconds, bool(left)
+
+
+def leftover(marker: str) -> list[int]:
+    """Processes still alive whose environment carries ``marker`` (the launcher and every rank had it)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"GRADPROBE_TEST_RUN={marker}".encode() in environ:
+            pids.append(int(entry.name))
+    return pids
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_import_error_on_one_rank():
+    code, err, _, left = run_group("inspect", "broken_on_rank1:Net")
+    assert code == 2 and not left
+    line = one_line(err)
+    assert line.startswith("gradprobe: load error: rank 1: ")
+    assert "No module named 'gradprobe_missing_dependency'" in line
+
+
+def test_bad_input_on_one_rank():
+    code, err, _, left = run_group("inspect", "dist_models:net", "--inputs", "dist_models:bad_inputs_on_rank1")
+    assert code == 2 and not left
+    line = one_line(err)
+    assert line.startswith("gradprobe: input error: rank 1: ") and "no data shard for rank 1" in line
+
+
+def test_forward_raising_on_one_rank():
+    code, err, _, left = run_group("freeze-check", "dist_models:ForwardRaises", "--trainable", "*")
+    assert code == 2 and not left
+    line = one_line(err)
+    assert line.startswith("gradprobe: run error: rank 1: ") and "rank 1 cannot run this forward" in line
+
+
+def test_collective_timeout_stops_every_rank_within_the_timeout():
+    code, err, _, left = run_group("inspect", "dist_models:ExtraCollective")
+    assert code == 2 and not left
+    line = one_line(err)
+    assert line.startswith("gradprobe: run error: rank 0: ")
+    assert f"a collective timed out after {TIMEOUT} s waiting for the other ranks" in line
+
+
+def test_ddp_rank_dependent_branch_hang_is_stopped_and_explained():
+    code, err, _, left = run_group("inspect", "dist_models:ddp_rank_branch", "--shape", "6,8")
+    assert code == 2 and not left
+    line = one_line(err)
+    assert "rank 0: backward raised" in line and "a collective timed out" in line
+    assert "cause: aux.weight, aux.bias got a gradient on rank 0 but none on rank 1" in line
+
+
+def test_ctrl_c_tears_every_rank_down(tmp_path):
+    # rank 1 sleeps a minute in its forward while rank 0 waits inside an all-reduce (C++, deaf to Python signals)
+    code, err, seconds, left = run_group("inspect", "dist_models:StuckInCollective", interrupt_when=tmp_path,
+                                         timeout=300)
+    assert code == 2 and not left
+    assert seconds < 15
+    assert "interrupted (Ctrl-C); every rank stopped" in err and "Traceback" not in err
