@@ -232,8 +232,12 @@ def merge_run_facts(facts: RunFacts, dist: DistFacts) -> RunFacts:
     The shape is the global one; ``grad``/``grad_norm`` combine the shards; ``numel``/``nbytes`` are global.
     """
     per = dist.per_param()
+    training = {m.name: m.training for m in facts.modules}
     params = []
     for p in facts.parameters:
+        if not p.module and "." in p.name:  # an FSDP2 parameter the engine found no owner for: its name says it
+            owner = p.name.rpartition(".")[0]
+            p = replace(p, module=owner, module_training=training.get(owner, p.module_training))
         ranks = per.get(p.name)
         if not ranks:
             params.append(p)

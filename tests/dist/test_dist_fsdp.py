@@ -27,6 +27,9 @@ def test_fsdp2_shards_and_gradients_match_pytorch_and_mixed_units_are_measured(r
         shard_norms = [ref["params"][name]["grad_norm"] or 0.0 for ref in r.ranks]
         if p["grad"] == "nonzero":
             assert close(p["grad_norm"], sum(n * n for n in shard_norms) ** 0.5), name
+    # FSDP2's unsharded gradients, before the reduce-scatter: every rank computed one for each trainable parameter
+    assert [x["local_grad"] for x in params["blocks.0.adapter.weight"]["ranks"]] == [True, True]
+    assert [x["local_grad"] for x in params["blocks.0.body.weight"]["ranks"]] == [None, None]  # frozen
     # out.weight is 3x16: 2 rows on rank 0, 1 on rank 1
     assert [x["local_shape"] for x in params["out.weight"]["ranks"]] == [[2, 16], [1, 16]]
     mixed = [f for f in doc["findings"] if f["code"] == "fsdp-mixed-unit"]

@@ -164,7 +164,7 @@ class RankCollector:
                                       _stats: _UnitStats = stats, **kwargs: Any) -> Any:
                 self.backward_seen = True
                 for fp in _group.fsdp_params:
-                    name = names.get(id(fp.sharded_param))
+                    name = _fqn(fp, names)
                     if name is None or not hasattr(fp, "_unsharded_param"):
                         continue
                     grad = fp.unsharded_param.grad
@@ -182,7 +182,7 @@ class RankCollector:
                 out = _orig(*args, **kwargs)
                 with _disable_current_modes():
                     for fp in _group.fsdp_params:
-                        name = names.get(id(fp.sharded_param))
+                        name = _fqn(fp, names)
                         grad = local_tensor(fp.sharded_param.grad)
                         if name is None or grad is None:
                             continue
@@ -358,6 +358,13 @@ def _state(grad: torch.Tensor) -> tuple[str, float | None]:
         if norm == 0.0:  # all zeros, or values whose squares underflow
             return ("nonzero", norm) if bool(torch.any(grad != 0)) else ("zero", 0.0)
     return "nonzero", norm
+
+
+def _fqn(fsdp_param: Any, names: dict[int, str]) -> str | None:
+    """The original name of an FSDP2 parameter: FSDP2's own record of it (set at its lazy initialisation, which
+    may register new parameter objects), else the name it had when the run started."""
+    fqn = getattr(fsdp_param, "_param_fqn", None)
+    return fqn if isinstance(fqn, str) and fqn else names.get(id(fsdp_param.sharded_param))
 
 
 def _drop_instance_attrs(obj: Any, attrs: tuple[str, ...]) -> None:
