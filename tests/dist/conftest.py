@@ -1,62 +1,17 @@
-"""Real ``torchrun`` runs on gloo: gradprobe as users start it, and plain PyTorch references on every rank."""
+"""Fixtures of the real ``torchrun`` tests: gradprobe as users start it, and plain PyTorch references on every rank."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-TIMEOUT = 180  # a whole torchrun job on a busy 2-core machine; the runs themselves take seconds
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # dist_helpers, dist_models: beside this file
 
-
-@dataclass
-class DistResult:
-    code: int
-    out: str
-    err: str
-    seconds: float
-    ranks: list[dict[str, Any]]  # reference facts per rank (reference runs only)
-
-    def json(self) -> dict[str, Any]:
-        return json.loads(self.out)  # one document: only rank 0 writes
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
-
-    def gradprobe_lines(self) -> list[str]:
-        return [line for line in self.err_lines if line.startswith("gradprobe:")]
-
-
-def dist_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    path = os.pathsep.join(p for p in (str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "COLUMNS": "100", "NO_COLOR": "1",
-           "GRADPROBE_NO_PROGRESS": "1", **(extra or {})}
-    env.pop("FORCE_COLOR", None)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _gradprobe() -> list[str]:
-    script = Path(sys.executable).with_name("gradprobe")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gradprobe"]
-
-
-def _run(cmd: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None) -> DistResult:
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=cwd, env=dist_env(env), capture_output=True, text=True, timeout=timeout)
-    return DistResult(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - start, [])
+from dist_helpers import HERE, TIMEOUT, DistResult, gradprobe_cmd, run_command
 
 
 @pytest.fixture
@@ -65,7 +20,7 @@ def nproc() -> Callable[..., DistResult]:
 
     def run(*args: str, n: int = 2, timeout: float = TIMEOUT, cwd: Path = HERE,
             env: dict[str, str] | None = None) -> DistResult:
-        return _run([*_gradprobe(), *args, "--nproc", str(n)], cwd, timeout, env)
+        return run_command([*gradprobe_cmd(), *args, "--nproc", str(n)], cwd, timeout, env)
 
     return run
 
@@ -77,7 +32,7 @@ def torchrun() -> Callable[..., DistResult]:
     def run(*args: str, n: int = 2, timeout: float = TIMEOUT, cwd: Path = HERE) -> DistResult:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                "-m", "gradprobe", *args]
-        return _run(cmd, cwd, timeout)
+        return run_command(cmd, cwd, timeout)
 
     return run
 
@@ -91,7 +46,7 @@ def reference(tmp_path: Path) -> Callable[..., DistResult]:
         out.mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                str(HERE / "reference.py"), str(out), *ref_args, "--", *gradprobe_args]
-        result = _run(cmd, HERE, timeout)
+        result = run_command(cmd, HERE, timeout)
         files = sorted(out.glob("rank*.json"), key=lambda p: int(p.stem[4:]))
         result.ranks = [json.loads(p.read_text()) for p in files]
         return result
@@ -99,22 +54,3 @@ def reference(tmp_path: Path) -> Callable[..., DistResult]:
     return run
 
 
-def by_name(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {p["name"]: p for p in doc["parameters"]}
-
-
-def codes(doc: dict[str, Any]) -> list[str]:
-    return [f["code"] for f in doc["findings"]]
-
-
-def finding(doc: dict[str, Any], code: str) -> dict[str, Any]:
-    found = [f for f in doc["findings"] if f["code"] == code]
-    assert found, f"no {code} finding in {codes(doc)}"
-    return found[0]
-
-
-def close(a: float | None, b: float | None, rel: float = 1e-5) -> bool:
-    """Norms equal up to float32 rounding (both None counts as equal)."""
-    if a is None or b is None:
-        return a is None and b is None
-    return abs(a - b) <= rel * max(abs(a), abs(b)) + 1e-9

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import HERE, dist_env
+from dist_helpers import HERE, dist_env
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import by_name, close, codes
+from dist_helpers import by_name, close, codes
 
 pytestmark = pytest.mark.slow
 
