@@ -148,10 +148,10 @@ def million() -> RunFacts:
 def test_a_million_grad_fn_nodes_export_in_under_five_seconds() -> None:
     f = million()
     for write in (to_dot, to_mermaid):
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: a loaded machine (xdist, 2 cores) must not fail it
         g = collapse(f, 8)
         text = write(g)
-        elapsed = time.perf_counter() - start
+        elapsed = time.process_time() - start
         assert elapsed < 5, f"{write.__name__}: {elapsed:.2f} s"
         assert g.grad_fns == 1_000_000 and len([n for n in g.nodes if n.kind == "call"]) == 1000
         assert "w" in text
