@@ -79,7 +79,8 @@ def build(name: str, wrapper: str) -> tuple[Any, Any]:
 
 def variants(name: str, wrapper: str, session: Any) -> dict[str, Callable[[], Any]]:
     from gradprobe.api import probe
-    from gradprobe.api_distributed import RankModel, inspect_loaded
+    from gradprobe.api_distributed.inspect import inspect_loaded
+    from gradprobe.api_distributed.rank import RankModel
     from gradprobe.load.target import ExampleInputs, LoadedModel
     from gradprobe.run.distributed.wrappers import describe
 

@@ -107,7 +107,7 @@ def dist_run(args: DistArgs, debug: bool, run: Callable[[Any, Any], int]) -> int
         if args.shard or args.use_orig_params:
             raise UsageError("--shard and --use-orig-params apply to --wrap fsdp/fsdp1")
         return None
-    from gradprobe.api_distributed import DistOptions
+    from gradprobe.api_distributed.rank import DistOptions
 
     options = DistOptions(timeout_s=args.timeout_s, wrap=args.wrap.value if args.wrap else None, shard=args.shard,
                           use_orig_params=args.use_orig_params, debug=debug)
@@ -143,9 +143,9 @@ def _single_process_env() -> Iterator[Any]:
 
 def run_rank(env: Any, options: Any, body: Callable[[Any], int | None]) -> int:
     """Run ``body(session)`` as this rank: returns the exit code every rank agrees on (rank 0 has printed)."""
-    from gradprobe.api_distributed import session
+    from gradprobe.api_distributed.rank import session
     from gradprobe.errors import GradprobeError
-    from gradprobe.run.distributed.session import DistAbort
+    from gradprobe.run.distributed.rank_error import DistAbort
 
     try:
         with session(env, options) as s:
@@ -168,7 +168,7 @@ def run_rank(env: Any, options: Any, body: Callable[[Any], int | None]) -> int:
 
 def load_spec(s: Any) -> Any:
     """The loading settings of a command (``gradprobe.cli.command.settings``) as a ``LoadSpec``."""
-    from gradprobe.api_distributed import LoadSpec
+    from gradprobe.api_distributed.rank import LoadSpec
 
     return LoadSpec(target=s["target"], init=s["init"], weights=s["weights"], device=s["device"], inputs=s["inputs"],
                     shapes=s["shape"], dtype=s["dtype"], high=s["high"], seed=s["seed"], path=list(s["path"] or ()))
@@ -180,7 +180,7 @@ def load_spec(s: Any) -> Any:
 def inspect_distributed(env: Any, options: Any, *, s: Any, probe: dict[str, Any], format_: Any,
                         output: Path | None, top: int, filter_: str | None, strict: bool) -> int:
     from gradprobe.api import resolve_loss, user_output_to_stderr
-    from gradprobe.api_distributed import inspect_rank
+    from gradprobe.api_distributed.inspect import inspect_rank
     from gradprobe.cli.options import OutputFormat
 
     def body(session: Any) -> int:
@@ -211,7 +211,7 @@ def inspect_distributed(env: Any, options: Any, *, s: Any, probe: dict[str, Any]
 def compare_distributed(env: Any, options: Any, *, s: Any, modes: Any, repeat: int, backward: bool, format_: Any,
                         output: Path | None, strict: bool) -> int:
     from gradprobe.api import user_output_to_stderr
-    from gradprobe.api_distributed import compare_rank
+    from gradprobe.api_distributed.compare import compare_rank
     from gradprobe.cli.options import OutputFormat
 
     def body(session: Any) -> int:
@@ -243,7 +243,7 @@ def freeze_distributed(env: Any, options: Any, *, s: Any, write_baseline: Path |
                        output: Path | None, junit: Path | None, strict: bool = False) -> int:
     """freeze-check on every rank; exit 1 when any rank violates the freeze (violations name the ranks)."""
     from gradprobe.api import user_output_to_stderr
-    from gradprobe.api_distributed import freeze_rank
+    from gradprobe.api_distributed.freeze import freeze_rank
     from gradprobe.cli.options import OutputFormat
 
     def body(session: Any) -> int:

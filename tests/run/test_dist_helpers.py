@@ -11,7 +11,7 @@ from gradprobe.errors import UsageError
 from gradprobe.run.distributed.ddp import quote
 from gradprobe.run.distributed.env import launch_env
 from gradprobe.run.distributed.launch import exit_code, strip_nproc
-from gradprobe.run.distributed.session import RankError, clean_collective_error, error_line
+from gradprobe.run.distributed.rank_error import RankError, clean_collective_error, error_line
 from gradprobe.run.distributed.wrap import mixed_units, segment_match, shard_modules
 
 

@@ -21,7 +21,8 @@ from gradprobe.facts.distributed import (
     rename_strings,
     wrapper_text_cleaner,
 )
-from gradprobe.judges.distributed import CODES, judge_distributed, ranks_text, shard_text
+from gradprobe.judges.distributed import CODES, judge_distributed
+from gradprobe.judges.distributed.text import ranks_text, shard_text
 
 
 def param(name: str, *, rg: bool = True, grad: str | None = "nonzero", norm: float | None = 1.0,

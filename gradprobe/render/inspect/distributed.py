@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradprobe.facts.distributed import NO_SHARD, DistFacts, DistInspectReport, RankMemory, RankParam, UnitFact
-from gradprobe.judges.distributed import shard_text
+from gradprobe.judges.distributed.text import shard_text
 from gradprobe.render.common import findings_table, md_table
 from gradprobe.render.inspect.json_out import inspect_json
 from gradprobe.render.inspect.markdown import inspect_markdown

@@ -5,26 +5,18 @@ Coordination goes through a control channel that exists before any user code run
 ``multi_tenant=True``, the way ``init_process_group`` itself does, so the two share the server), under a key
 prefix of its own.  Through it every rank posts the phase it reached and, on failure, its one-line error.
 
-Never hang: each wait has a timeout (``--dist-timeout``); a watchdog thread on every rank wakes when any rank
-posts a failure (even while the main thread is blocked in a collective) or when Ctrl-C arrives.  Rank 0 prints
-one line naming the failing rank(s) and error, then every rank exits 2.  Rank 0 reports and exits first; the
-others wait for its report (bounded) so that torchrun cannot kill rank 0 before it has said what went wrong.
+Never hang: each wait has a timeout (``--dist-timeout``); a failure on any rank stops every rank, and rank 0
+prints one line naming the failing rank(s) and error, then every rank exits 2 (``failure.py``: the watchdog
+and the report; ``rank_error.py``: the error line itself).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import re
-import select
-import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -33,68 +25,13 @@ import torch.distributed as dist
 
 from gradprobe.errors import GradprobeError, describe_exception
 from gradprobe.run.distributed.env import LaunchEnv
+from gradprobe.run.distributed.failure import FailurePropagation
+from gradprobe.run.distributed.rank_error import DistAbort, RankError, default_write_error
 
 CHECKPOINT_MARGIN_S = 5.0  # a stuck collective of the model (timeout = --dist-timeout) fails before our waits do
-REPORT_GRACE_S = 3.0  # after a failure, how long rank 0 waits for other ranks' errors before writing its line
-INTERRUPT_GRACE_S = 2.0  # Ctrl-C: how long the main thread gets to unwind before the watchdog ends the process
-WATCH_INTERVAL_S = 0.2  # how often the watchdog looks for another rank's failure
-INTERRUPTED = "interrupted (Ctrl-C); every rank stopped, nothing was reported"
 
 
-class DistAbort(Exception):
-    """The distributed run stopped; ``code`` is the exit code, the error line (if any) is already printed."""
-
-    def __init__(self, code: int = 2) -> None:
-        super().__init__(f"distributed run stopped (exit {code})")
-        self.code = code
-
-
-@dataclass(frozen=True)
-class RankError:
-    rank: int
-    kind: str  # "load error", "run error", ..., "timeout", "interrupted"
-    message: str
-    phase: str
-    hint: str = ""
-
-    def dumps(self) -> str:
-        return json.dumps({"rank": self.rank, "kind": self.kind, "message": self.message, "phase": self.phase,
-                           "hint": self.hint})
-
-    @classmethod
-    def loads(cls, text: bytes | str) -> RankError:
-        data = json.loads(text)
-        return cls(int(data["rank"]), str(data["kind"]), str(data["message"]), str(data["phase"]),
-                   str(data.get("hint", "")))
-
-
-def error_line(errors: list[RankError], world_size: int) -> tuple[str, str]:
-    """(kind, message) of the one line rank 0 prints: real errors before timeouts, identical ones merged."""
-    real = [e for e in errors if e.kind not in ("timeout",)]
-    chosen = real or errors
-    groups: dict[tuple[str, str], list[int]] = {}
-    hints: list[str] = []
-    for e in sorted(chosen, key=lambda e: e.rank):
-        groups.setdefault((e.kind, e.message), []).append(e.rank)
-    for e in sorted(errors, key=lambda e: e.rank):
-        if e.hint and e.hint not in hints:
-            hints.append(e.hint)
-    parts = []
-    for (_, message), ranks in groups.items():
-        if len(ranks) == world_size and world_size > 1:
-            who = "every rank"
-        else:
-            who = ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(str(r) for r in ranks)
-        parts.append(f"{who}: {message}")
-    kinds = {k for k, _ in groups}
-    kind = kinds.pop() if len(kinds) == 1 else "error"
-    text = "; ".join(parts)
-    if hints:
-        text += "; " + "; ".join(hints)
-    return kind, text
-
-
-class DistSession:
+class DistSession(FailurePropagation):
     """Control channel, process groups and timeouts of one rank; use as a context manager."""
 
     def __init__(self, env: LaunchEnv, timeout_s: float, *, debug: bool = False,
@@ -104,7 +41,7 @@ class DistSession:
         self.world_size = env.world_size
         self.timeout_s = float(timeout_s)
         self.debug = debug
-        self._write_error = write_error or _default_write_error
+        self._write_error = write_error or default_write_error
         self.store: Any = None
         self._watch_store: Any = None
         self.group: Any = None  # gradprobe's own gloo group for its gathers
@@ -277,170 +214,6 @@ class DistSession:
                                        f"{self.timeout_s + 60:g} s")
             return 2
 
-    # ------------------------------------------------------------------ failures
-
-    def fail(self, error: RankError | GradprobeError | BaseException) -> None:
-        """Post this rank's failure, make every rank stop, and raise ``DistAbort`` (after rank 0's report)."""
-        err = self._as_rank_error(error)
-        if threading.current_thread() is threading.main_thread():  # a second Ctrl-C must not cut the report short
-            with contextlib.suppress(ValueError, OSError):
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with contextlib.suppress(Exception):  # posted even if another failure is being handled: rank 0 names all
-            self._st().set(f"err/{self.rank}", err.dumps())
-            self._st().add("abort", 1)
-        with self._lock:
-            first = not self._handled
-            self._handled = True
-        if self.rank == 0:
-            if first:
-                self._report()
-            else:  # the watchdog is writing the line (and will end the process): let it finish
-                self._reported.wait(REPORT_GRACE_S + 10)
-            raise DistAbort(2)
-        self._wait_for_report(err)
-        raise DistAbort(2)
-
-    def _as_rank_error(self, error: RankError | GradprobeError | BaseException) -> RankError:
-        if isinstance(error, RankError):
-            err = error
-        elif isinstance(error, GradprobeError):
-            err = RankError(self.rank, error.kind, str(error), self.phase)
-        elif isinstance(error, KeyboardInterrupt):
-            err = RankError(self.rank, "error", INTERRUPTED, self.phase)
-        else:
-            first = (str(error).strip().splitlines() or [""])[0]
-            err = RankError(self.rank, "unexpected error", f"{type(error).__name__}: {first} (run with --debug for "
-                                                           f"the traceback)", self.phase)
-        err = RankError(err.rank, err.kind, clean_collective_error(err.message), err.phase, err.hint)
-        if not err.hint and self.hint_source is not None:
-            with contextlib.suppress(Exception):
-                err = RankError(err.rank, err.kind, err.message, err.phase, self.hint_source())
-        return err
-
-    def _errors(self) -> list[RankError]:
-        errors = []
-        for r in range(self.world_size):
-            text = self.get_text(f"err/{r}")
-            if text:
-                with contextlib.suppress(Exception):
-                    errors.append(RankError.loads(text))
-        return errors
-
-    def _report(self) -> None:
-        """Rank 0: wait briefly for every rank's error, print the one line, tell the others."""
-        deadline = time.monotonic() + REPORT_GRACE_S
-        errors = self._errors()
-        while time.monotonic() < deadline and len(errors) < self.world_size:  # ranks failing alike say so together
-            time.sleep(0.05)
-            errors = self._errors()
-        if errors:
-            kind, message = error_line(errors, self.world_size)
-            self._write_error(kind, message)
-        with contextlib.suppress(Exception):
-            self._st().set("reported", "1")
-        self._reported.set()
-
-    def _wait_for_report(self, own: RankError | None) -> None:
-        """Other ranks: stay alive until rank 0 has printed (or print this rank's own line if it never does)."""
-        try:
-            self._st().wait(["reported"], timedelta(seconds=self.timeout_s + REPORT_GRACE_S))
-        except Exception:  # rank 0 is gone: say it ourselves
-            if own is not None:
-                self._write_error(own.kind, f"rank {own.rank}: {own.message} (rank 0 did not report it)")
-
-    def _exit_after_report(self) -> None:
-        own = None
-        text = self.get_text(f"err/{self.rank}")
-        if text:
-            with contextlib.suppress(Exception):
-                own = RankError.loads(text)
-        self._wait_for_report(own)
-        _hard_exit(2)
-
-    # ------------------------------------------------------------------ watchdog
-
-    def _watch(self) -> None:
-        """Wake on another rank's failure or on Ctrl-C, even while the main thread is blocked in C++."""
-        while not self._stop.is_set():
-            # a non-blocking check, then a pause: a store wait with a short timeout logs a C++ warning each time
-            try:
-                aborted = bool(self._watch_store.check(["abort"]))
-            except Exception:  # the store went away: the launcher is tearing the job down
-                aborted = False
-            if not aborted and self._stop.wait(WATCH_INTERVAL_S):
-                return
-            if self._stop.is_set():
-                return
-            if self._signal_seen():
-                self._on_interrupt()
-            if not aborted:
-                continue
-            with self._lock:
-                if self._handled:
-                    return  # the main thread is reporting/unwinding this failure
-                self._handled = True
-            if self.rank == 0:
-                self._report()
-                _hard_exit(2)
-            self._exit_after_report()
-
-    def _on_interrupt(self) -> None:
-        now = time.monotonic()
-        if self._interrupted_at is None:
-            self._interrupted_at = now
-            return
-        if now - self._interrupted_at < INTERRUPT_GRACE_S:
-            return
-        # the main thread could not unwind (blocked in a collective): end this rank here
-        with self._lock:
-            first = not self._handled
-            self._handled = True
-        if first:
-            with contextlib.suppress(Exception):
-                self._st().set(f"err/{self.rank}", RankError(self.rank, "error", INTERRUPTED, self.phase).dumps())
-                self._st().add("abort", 1)
-            if self.rank == 0:
-                self._report()
-        _hard_exit(2)
-
-    def _install_signal_pipe(self) -> None:
-        """Ctrl-C reaches Python only between bytecodes; a wakeup fd lets the watchdog see it at once."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        try:
-            r, w = os.pipe()
-            os.set_blocking(r, False)
-            os.set_blocking(w, False)
-            self._old_wakeup_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-            self._signal_pipe = (r, w)
-        except (ValueError, OSError):
-            self._signal_pipe = None
-
-    def _remove_signal_pipe(self) -> None:
-        if self._signal_pipe is None:
-            return
-        with contextlib.suppress(ValueError, OSError):
-            if threading.current_thread() is threading.main_thread():
-                signal.set_wakeup_fd(self._old_wakeup_fd if self._old_wakeup_fd is not None else -1)
-        for fd in self._signal_pipe:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._signal_pipe = None
-
-    def _signal_seen(self) -> bool:
-        if self._signal_pipe is None:
-            return self._interrupted_at is not None
-        r = self._signal_pipe[0]
-        try:
-            ready, _, _ = select.select([r], [], [], 0)
-            if ready:
-                data = os.read(r, 64)
-                if any(b in (signal.SIGINT, signal.SIGTERM) for b in data):
-                    return True
-        except (OSError, ValueError):
-            return self._interrupted_at is not None
-        return self._interrupted_at is not None
-
     # ------------------------------------------------------------------ store helpers
 
     def _st(self) -> Any:
@@ -463,36 +236,6 @@ class DistSession:
         except Exception:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
-
-
-_SOURCE_TAG = re.compile(r"\[[^\]\s]*\.(?:cc|cpp|h):\d+\] ")
-_GLOO_TIMEOUT = re.compile(r"Timed out waiting (\d+)ms for (\w+) operation to complete")
-
-
-def clean_collective_error(message: str) -> str:
-    """gloo's ``[.../unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation to complete`` → a sentence
-    that says what it means."""
-    message = _SOURCE_TAG.sub("", message)
-    match = _GLOO_TIMEOUT.search(message)
-    if match:
-        seconds = int(match.group(1)) / 1000
-        message = message.replace(match.group(0), f"a collective timed out after {seconds:g} s waiting for the other "
-                                                   f"ranks (they never joined it)")
-    return message
-
-
-def _default_write_error(kind: str, message: str) -> None:
-    sys.stderr.write(f"gradprobe: {kind}: {' '.join(message.split())}\n")
-    sys.stderr.flush()
-
-
-def _hard_exit(code: int) -> None:
-    """End this rank now (the main thread may be blocked inside a collective)."""
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    os._exit(code)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,76 @@
+"""The run on every rank under the ``RankCollector``: which parameters got a local gradient where (posted to
+the store, so a failed run can name the cause), and the DDP second iteration that proves unused parameters."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from gradprobe.api_distributed.rank import RankModel
+from gradprobe.judges.distributed.text import names_text, ranks_text
+from gradprobe.run.distributed.collect import RankCollector
+from gradprobe.run.distributed.session import DistSession, phase
+
+
+def post_usage(s: DistSession, collector: RankCollector) -> None:
+    with contextlib.suppress(Exception):
+        s.store.set(f"usage/{s.rank}", json.dumps(collector.usage()))
+
+
+def usage_of(s: DistSession, rank: int) -> dict[str, bool]:
+    text = s.get_text(f"usage/{rank}")
+    if not text:
+        return {}
+    with contextlib.suppress(Exception):
+        return dict(json.loads(text))
+    return {}
+
+
+def usage_cause(s: DistSession) -> str:
+    """For a failed run: trainable parameters that got a local gradient on some ranks and not on others."""
+    usage = {r: u for r in range(s.world_size) if (u := usage_of(s, r))}
+    if len(usage) < 2:
+        return ""
+    names = list(dict.fromkeys(n for u in usage.values() for n in u))  # registration order
+    differing = []
+    for name in names:
+        flags = {r: u.get(name) for r, u in usage.items() if name in u}
+        if len(set(flags.values())) > 1:
+            differing.append((name, [r for r, f in flags.items() if f], [r for r, f in flags.items() if not f]))
+    if not differing:
+        return ""
+    _, used, unused = differing[0]
+    same = [name for name, u, n in differing if (u, n) == (used, unused)]
+    return (f"cause: {names_text(same)} got a gradient on {ranks_text(used)} but none on {ranks_text(unused)}, so "
+            f"the ranks disagree about what to reduce (a data-dependent branch?)")
+
+
+def run_with_collector(s: DistSession, rm: RankModel, collector: RankCollector, run: Any) -> Any:
+    s.hint_source = lambda: usage_cause(s)
+    with phase(s, "run"):
+        try:
+            with collector:
+                return run()
+        finally:
+            post_usage(s, collector)
+
+
+def run_second_iteration(s: DistSession, rm: RankModel, collector: RankCollector,
+                      did_backward: bool) -> tuple[bool, str | None]:
+    """DDP with find_unused_parameters=False and parameters without gradient on every rank: prove the failure."""
+    w = rm.wrapped
+    if w.kind != "ddp" or w.info.find_unused_parameters or w.info.static_graph:
+        return False, None
+    if not did_backward:
+        return False, None
+    # every rank posted its usage before the "ran" checkpoint: all ranks decide alike without a collective
+    everyone = [usage_of(s, r) for r in range(s.world_size)]
+    unused = [{n for n, used in u.items() if not used} for u in everyone]
+    if not unused[0] or any(u != unused[0] for u in unused):
+        return False, None  # nothing unused, or ranks differ (that case hangs instead; reported as such)
+    from gradprobe.run.distributed.ddp import second_iteration
+
+    with phase(s, "second iteration"):
+        return True, second_iteration(w.model, rm.example.args, rm.example.kwargs)
+    return False, None  # pragma: no cover - phase() raises on failure

@@ -1,0 +1,47 @@
+"""Parameters, modules and ranks in words, for findings and tables."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gradprobe.facts.distributed import NO_SHARD, RankParam
+
+
+def ranks_text(ranks: Sequence[int]) -> str:
+    """[1] → 'rank 1'; [0, 2, 3] → 'ranks 0, 2, 3'."""
+    ranks = sorted(ranks)
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(str(r) for r in ranks)
+
+
+def names_text(names: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+
+def subject(names: Sequence[str]) -> str:
+    """The innermost module holding every name, else the first name."""
+    if len(names) == 1:
+        return names[0]
+    return owner(names) or names[0]
+
+
+def owner(names: Sequence[str]) -> str:
+    """The innermost module holding every one of ``names`` ("" for the root)."""
+    parts = [n.split(".")[:-1] for n in names]
+    common: list[str] = []
+    for segs in zip(*parts, strict=False):
+        if len(set(segs)) != 1:
+            break
+        common.append(segs[0])
+    return ".".join(common)
+
+
+
+def shard_text(p: RankParam) -> str:
+    """How a rank holds a parameter, for tables: 'replicated', 'Shard(dim=0) 2×6', 'flat[0:106]', 'no shard here'."""
+    if p.grad == NO_SHARD or (p.placement != "replicated" and any(d == 0 for d in p.local_shape)):
+        return "no shard here"
+    if p.placement == "replicated":
+        return "replicated"
+    return f"{p.placement} {'×'.join(map(str, p.local_shape))}"
