@@ -8,10 +8,7 @@ from typing import Any
 
 from gradprobe.api_distributed.observe import run_with_collector
 from gradprobe.api_distributed.rank import DistOptions, LoadSpec, load_rank
-from gradprobe.facts.distributed import (
-    rename_strings,
-    wrapper_text_cleaner,
-)
+from gradprobe.facts.distributed import rename_strings, wrapper_text_cleaner
 from gradprobe.run.distributed.collect import RankCollector
 from gradprobe.run.distributed.session import DistSession, hostname
 

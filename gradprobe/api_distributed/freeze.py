@@ -11,9 +11,7 @@ from typing import Any
 from gradprobe.api_distributed.observe import run_with_collector
 from gradprobe.api_distributed.rank import DistOptions, LoadSpec, load_rank
 from gradprobe.errors import RunError, UsageError
-from gradprobe.facts.distributed import (
-    rename_run_facts,
-)
+from gradprobe.facts.distributed import rename_run_facts
 from gradprobe.judges.distributed.text import ranks_text
 from gradprobe.load.user_code import load_object
 from gradprobe.run.distributed.collect import RankCollector

@@ -8,13 +8,7 @@ from typing import Any
 
 from gradprobe.api_distributed.observe import run_second_iteration, run_with_collector
 from gradprobe.api_distributed.rank import DistOptions, LoadSpec, RankModel, load_rank
-from gradprobe.facts.distributed import (
-    DistFacts,
-    DistInspectReport,
-    RankFacts,
-    merge_run_facts,
-    rename_run_facts,
-)
+from gradprobe.facts.distributed import DistFacts, DistInspectReport, RankFacts, merge_run_facts, rename_run_facts
 from gradprobe.facts.run import InspectReport, ParamFact, RunFacts
 from gradprobe.judges.distributed import judge_distributed
 from gradprobe.run.distributed.collect import RankCollector

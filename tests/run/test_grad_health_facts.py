@@ -18,7 +18,8 @@ from torch import nn
 from gradprobe.api import probe
 from gradprobe.facts.grad_health import FLOAT16_TINY, GradHealthFacts, GradThresholds
 from gradprobe.facts.run import InspectReport
-from gradprobe.judges.grad_health import scale_profile, zero_grad_cause
+from gradprobe.judges.grad_health.dead_units import zero_grad_cause
+from gradprobe.judges.grad_health.scale import scale_profile
 from gradprobe.render.inspect.json_out import inspect_json
 
 

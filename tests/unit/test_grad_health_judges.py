@@ -18,13 +18,10 @@ from gradprobe.facts.grad_health import (
     ValueStats,
 )
 from gradprobe.facts.run import RunFacts
-from gradprobe.judges.grad_health import (
-    explain_op,
-    grad_health_findings,
-    node_hint,
-    scale_profile,
-    zero_grad_cause,
-)
+from gradprobe.judges.grad_health import grad_health_findings
+from gradprobe.judges.grad_health.dead_units import zero_grad_cause
+from gradprobe.judges.grad_health.nonfinite import explain_op, node_hint
+from gradprobe.judges.grad_health.scale import scale_profile
 
 
 def codes(facts: RunFacts) -> list[str]:

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from gradprobe.facts.grad_health import GradHealthFacts, ParamGrad
 from gradprobe.facts.run import InspectReport, ParamFact, RunFacts
-from gradprobe.judges.grad_health import zero_grad_causes
+from gradprobe.judges.grad_health.dead_units import zero_grad_causes
 from gradprobe.render.inspect.grad_rows import bar, flow, number, scale_of
 
 BAR = 12  # characters per bar: 96 steps between the smallest and largest value of a column

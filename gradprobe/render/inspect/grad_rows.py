@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 
 from gradprobe.facts.grad_health import CallGrad, GradHealthFacts
 from gradprobe.facts.run import RunFacts
-from gradprobe.judges.grad_health import first_turning, scale_profile
+from gradprobe.judges.grad_health.nonfinite import first_turning
+from gradprobe.judges.grad_health.scale import scale_profile
 
 EIGHTHS = " ▏▎▍▌▋▊▉█"
 

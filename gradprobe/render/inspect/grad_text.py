@@ -11,7 +11,9 @@ from typing import Any
 
 from gradprobe.facts.grad_health import CallGrad, GradHealthFacts, NonfiniteOrigin, ParamGrad, ValueStats
 from gradprobe.facts.run import InspectReport, ParamFact, RunFacts
-from gradprobe.judges.grad_health import label, scale_profile, zero_grad_causes
+from gradprobe.judges.grad_health.dead_units import zero_grad_causes
+from gradprobe.judges.grad_health.scale import scale_profile
+from gradprobe.judges.grad_health.words import label
 from gradprobe.render.common import md_escape
 from gradprobe.render.inspect.grad_flow import ratio
 from gradprobe.render.inspect.grad_rows import ParamNorms, bar, flow, number, scale_of
