@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gradprobe.api_distributed.observe import run_with_collector
-from gradprobe.api_distributed.rank import DistOptions, LoadSpec, load_rank
+from gradprobe.api_distributed.rank import DistOptions, LoadSpec, RankModel, load_rank
 from gradprobe.errors import RunError, UsageError
 from gradprobe.facts.distributed import rename_run_facts
 from gradprobe.judges.distributed.text import ranks_text
@@ -48,34 +48,13 @@ def freeze_rank(s: DistSession, spec: LoadSpec, options: DistOptions, *, frozen:
                 allow_buffer_updates: bool = False, baseline: str | None = None, write_baseline: Any = None,
                 loss: Any = "sum", config: Any = None) -> Any:
     """``gradprobe freeze-check`` on this rank (every rank checks its own freeze); the merged report on rank 0."""
-    from pathlib import Path
-
-    from gradprobe.api import NOTHING_TO_CHECK
-    from gradprobe.judges.freeze import FreezeReport, judge
-    from gradprobe.judges.freeze_spec import FreezeSpec
-    from gradprobe.load.baseline import resolve_baseline
-    from gradprobe.load.baseline import write_baseline as save_baseline
     from gradprobe.load.loss import resolve_loss
     from gradprobe.run.freeze import run_freeze
 
     rm = load_rank(s, spec, options)
     w = rm.wrapped
     with phase(s, "check"):
-        flags = [([name], info.requires_grad) for name, info in w.shards.items()]
-        expected: dict[str, bool] | None = None
-        if write_baseline is not None:  # rank 0's flags are the baseline every rank is checked against
-            everyone = s.all_gather(flags)
-            if s.rank == 0:
-                save_baseline(write_baseline, flags, spec.target)
-            expected = {names[0]: flag for names, flag in everyone[0]}
-            baseline = str(write_baseline)
-        elif baseline is not None:
-            expected, baseline = resolve_baseline(baseline, None, flags, spec.target)
-        fspec = FreezeSpec.make(frozen, trainable, unlisted=unlisted, allow_buffer_updates=allow_buffer_updates,
-                                baseline=expected, baseline_path=baseline)
-        if fspec.empty:
-            raise UsageError(NOTHING_TO_CHECK)
-        fspec.check_patterns(list(w.shards), [w.names.buffer(n) for n, _ in w.model.named_buffers()])
+        fspec = _freeze_spec(s, spec, w, frozen, trainable, unlisted, allow_buffer_updates, baseline, write_baseline)
         opt_label = optimizer if isinstance(optimizer, str) else "optimizer"
         opt = load_object(optimizer, "--optimizer") if isinstance(optimizer, str) else optimizer
     collector = RankCollector(w, s.rank, hostname(), compare_values=False)
@@ -91,21 +70,7 @@ def freeze_rank(s: DistSession, spec: LoadSpec, options: DistOptions, *, frozen:
     facts = run_with_collector(s, rm, collector, run)
     s.checkpoint("ran")
     with phase(s, "check"):
-        facts = rename_freeze_facts(facts, w)
-        verdict = judge(fspec, facts)
-        notes = list(rm.loaded.notes)
-        if not facts.run.backward:
-            notes.append(f"no backward: {facts.run.backward_skipped_reason}")
-        if facts.optimizer is not None and facts.optimizer.steps_skipped:
-            notes.append(f"optimizer steps skipped: {facts.optimizer.steps_skipped}")
-        notes += list(getattr(verdict, "notes", ()))
-        report = FreezeReport(
-            target=spec.target, frozen=fspec.frozen, trainable=fspec.trainable, unlisted=fspec.unlisted,
-            parameters=verdict.parameters, violations=verdict.violations, warnings=verdict.warnings,
-            facts=dataclasses.replace(facts, run=dataclasses.replace(facts.run, tensors=(), modules=())),
-            allow_buffer_updates=allow_buffer_updates, baseline=baseline,
-            config=str(Path(config)) if config is not None else None, notes=tuple(notes),
-            ddp_unused=verdict.ddp_unused)
+        report = _rank_report(spec.target, rm, fspec, rename_freeze_facts(facts, w), config)
         empty = tuple(name for name, info in w.shards.items() if info.empty)
     gathered = s.gather(RankFreeze(s.rank, report, empty))
     if gathered is None:
@@ -116,6 +81,54 @@ def freeze_rank(s: DistSession, spec: LoadSpec, options: DistOptions, *, frozen:
                      f"{' (--wrap)' if w.info.source == '--wrap' else ''}; every rank checked its own freeze")
         return replace(merged, notes=(dist_note, *merged.notes))
     return None  # pragma: no cover
+
+
+def _freeze_spec(s: DistSession, spec: LoadSpec, w: Wrapped, frozen: Sequence[str], trainable: Sequence[str],
+                 unlisted: str, allow_buffer_updates: bool, baseline: str | None, write_baseline: Any) -> Any:
+    """The freeze to check on this rank; with ``--write-baseline`` rank 0's flags are every rank's baseline."""
+    from gradprobe.api import NOTHING_TO_CHECK
+    from gradprobe.judges.freeze_spec import FreezeSpec
+    from gradprobe.load.baseline import resolve_baseline
+    from gradprobe.load.baseline import write_baseline as save_baseline
+
+    flags = [([name], info.requires_grad) for name, info in w.shards.items()]
+    expected: dict[str, bool] | None = None
+    if write_baseline is not None:
+        everyone = s.all_gather(flags)
+        if s.rank == 0:
+            save_baseline(write_baseline, flags, spec.target)
+        expected = {names[0]: flag for names, flag in everyone[0]}
+        baseline = str(write_baseline)
+    elif baseline is not None:
+        expected, baseline = resolve_baseline(baseline, None, flags, spec.target)
+    fspec = FreezeSpec.make(frozen, trainable, unlisted=unlisted, allow_buffer_updates=allow_buffer_updates,
+                            baseline=expected, baseline_path=baseline)
+    if fspec.empty:
+        raise UsageError(NOTHING_TO_CHECK)
+    fspec.check_patterns(list(w.shards), [w.names.buffer(n) for n, _ in w.model.named_buffers()])
+    return fspec
+
+
+def _rank_report(target: str, rm: RankModel, fspec: Any, facts: Any, config: Any) -> Any:
+    """This rank's ``FreezeReport``: the judged freeze, with the notes of loading and of the run."""
+    from pathlib import Path
+
+    from gradprobe.judges.freeze import FreezeReport, judge
+
+    verdict = judge(fspec, facts)
+    notes = list(rm.loaded.notes)
+    if not facts.run.backward:
+        notes.append(f"no backward: {facts.run.backward_skipped_reason}")
+    if facts.optimizer is not None and facts.optimizer.steps_skipped:
+        notes.append(f"optimizer steps skipped: {facts.optimizer.steps_skipped}")
+    notes += list(getattr(verdict, "notes", ()))
+    return FreezeReport(
+        target=target, frozen=fspec.frozen, trainable=fspec.trainable, unlisted=fspec.unlisted,
+        parameters=verdict.parameters, violations=verdict.violations, warnings=verdict.warnings,
+        facts=dataclasses.replace(facts, run=dataclasses.replace(facts.run, tensors=(), modules=())),
+        allow_buffer_updates=fspec.allow_buffer_updates, baseline=fspec.baseline_path,
+        config=str(Path(config)) if config is not None else None, notes=tuple(notes),
+        ddp_unused=verdict.ddp_unused)
 
 
 def on_ranks(issue: Any, where: str) -> Any:

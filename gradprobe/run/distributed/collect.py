@@ -261,8 +261,18 @@ class RankCollector:
     def facts(self, run: RunFacts | None, pre_wrap: list[tuple[str, str]] | None = None,
               second_iteration: tuple[bool, str | None] = (False, None), notes: tuple[str, ...] = ()) -> RankFacts:
         """This rank's ``RankFacts`` from the engine's facts (already under the original names)."""
-        engine = {p.name: p for p in run.parameters} if run is not None else {}
         did_backward = bool(run is not None and run.backward)
+        params, local_param_bytes, local_grad_bytes = self._param_facts(run, did_backward)
+        return RankFacts(
+            rank=self.rank, host=self.host, params=tuple(params), buffers=tuple(self._buffer_facts(run)),
+            memory=self._memory_fact(run, local_param_bytes, local_grad_bytes if did_backward else None),
+            units=tuple(self._unit_facts()), pre_wrap_digests=tuple(pre_wrap or ()),
+            second_iteration_ran=second_iteration[0], second_iteration_error=second_iteration[1], notes=notes,
+        )
+
+    def _param_facts(self, run: RunFacts | None, did_backward: bool) -> tuple[list[RankParam], int, int]:
+        """Every parameter as this rank holds it, with the bytes of its parameters and of its gradients."""
+        engine = {p.name: p for p in run.parameters} if run is not None else {}
         params: list[RankParam] = []
         local_param_bytes = 0
         local_grad_bytes = 0
@@ -271,30 +281,11 @@ class RankCollector:
             size = element_size(info.dtype)
             held = numel(info.local_shape) * size
             local_param_bytes += held
-            fact = engine.get(name)
-            grad: str | None
-            norm: float | None
-            if not did_backward:
-                grad, norm = None, None
-            elif info.empty:
-                grad, norm = NO_SHARD, None
-            elif self.w.kind == "fsdp1" and fact is None and name in self.flat_grads:  # use_orig_params=False
-                grad, norm = self.flat_grads[name]
-            elif self.w.kind == "fsdp" and name in fsdp2_grads:
-                grad, norm, nbytes = fsdp2_grads[name]
-                local_grad_bytes += nbytes
-            elif fact is not None:
-                grad, norm = fact.grad, fact.grad_norm
-            else:
-                grad, norm = "none", None
+            grad, norm, grad_bytes = self._grad_of(name, info, engine.get(name), did_backward, fsdp2_grads)
+            local_grad_bytes += grad_bytes
             if self.w.kind in ("none", "ddp") and grad not in (None, "none", NO_SHARD):
                 local_grad_bytes += held
-            if self.w.kind == "none" and did_backward and info.requires_grad:
-                local = (grad not in ("none", None), norm)
-            elif did_backward and info.requires_grad and self.w.kind in ("ddp", "fsdp"):
-                local = self.local.get(name, (False, None)) if self.backward_seen else (None, None)  # type: ignore
-            else:
-                local = (None, None)
+            local = self._local_grad(name, info, grad, norm, did_backward)
             params.append(RankParam(
                 name=name, global_shape=info.global_shape, local_shape=info.local_shape, placement=info.placement,
                 dtype=_dtype(info.dtype), requires_grad=info.requires_grad, grad=grad, grad_norm=norm,
@@ -303,27 +294,53 @@ class RankCollector:
             ))
         if self.w.kind == "fsdp1":
             local_grad_bytes = sum(total for total, _ in self.flat_unit_bytes.values())
-        memory = None
-        if run is not None and run.memory is not None:
-            m = run.memory
-            memory = RankMemory(
-                rank=self.rank, forward_peak_bytes=m.forward_peak_bytes, backward_peak_bytes=m.backward_peak_bytes,
-                saved_for_backward_bytes=m.saved_for_backward_bytes, parameter_bytes=local_param_bytes,
-                gradient_bytes=local_grad_bytes if did_backward else None,
-                cuda_max_allocated_bytes=m.cuda_max_allocated_bytes,
-            )
-        buffers = []
+        return params, local_param_bytes, local_grad_bytes
+
+    def _grad_of(self, name: str, info: Any, fact: Any, did_backward: bool,
+                 fsdp2_grads: dict[str, Any]) -> tuple[str | None, float | None, int]:
+        """(gradient state, norm, bytes of an FSDP2 sharded gradient) of one parameter on this rank."""
+        if not did_backward:
+            return None, None, 0
+        if info.empty:
+            return NO_SHARD, None, 0
+        if self.w.kind == "fsdp1" and fact is None and name in self.flat_grads:  # use_orig_params=False
+            grad, norm = self.flat_grads[name]
+            return grad, norm, 0
+        if self.w.kind == "fsdp" and name in fsdp2_grads:
+            grad, norm, nbytes = fsdp2_grads[name]
+            return grad, norm, nbytes
+        if fact is not None:
+            return fact.grad, fact.grad_norm, 0
+        return "none", None, 0
+
+    def _local_grad(self, name: str, info: Any, grad: str | None, norm: float | None,
+                    did_backward: bool) -> tuple[bool | None, float | None]:
+        """Whether autograd produced a gradient for the parameter on this rank (before any reduction)."""
+        if self.w.kind == "none" and did_backward and info.requires_grad:
+            return (grad not in ("none", None), norm)
+        if did_backward and info.requires_grad and self.w.kind in ("ddp", "fsdp"):
+            return self.local.get(name, (False, None)) if self.backward_seen else (None, None)  # type: ignore
+        return (None, None)
+
+    def _memory_fact(self, run: RunFacts | None, param_bytes: int, grad_bytes: int | None) -> RankMemory | None:
+        if run is None or run.memory is None:
+            return None
+        m = run.memory
+        return RankMemory(
+            rank=self.rank, forward_peak_bytes=m.forward_peak_bytes, backward_peak_bytes=m.backward_peak_bytes,
+            saved_for_backward_bytes=m.saved_for_backward_bytes, parameter_bytes=param_bytes,
+            gradient_bytes=grad_bytes, cuda_max_allocated_bytes=m.cuda_max_allocated_bytes,
+        )
+
+    def _buffer_facts(self, run: RunFacts | None) -> list[RankBuffer]:
         changed = {b.name: b.changed for b in run.buffers} if run is not None else {}
         types = {n: type(m).__name__ for n, m in self.w.inner.named_modules()}
+        buffers = []
         for name, _ in self.w.inner.named_buffers():
             owner = name.rpartition(".")[0]
             buffers.append(RankBuffer(name, self.w.names.types.get(owner, types.get(owner, "")), changed.get(name),
                                       self.buffer_digests.get(name)))
-        return RankFacts(
-            rank=self.rank, host=self.host, params=tuple(params), buffers=tuple(buffers), memory=memory,
-            units=tuple(self._unit_facts()), pre_wrap_digests=tuple(pre_wrap or ()),
-            second_iteration_ran=second_iteration[0], second_iteration_error=second_iteration[1], notes=notes,
-        )
+        return buffers
 
     def _unit_facts(self) -> list[UnitFact]:
         out = []
