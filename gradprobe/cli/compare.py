@@ -125,25 +125,14 @@ def compare_modes(
             first = report.rows[0]
             hints = "".join(f"; {note}" for note in report.comparison.notes if note.startswith("hint:"))
             raise RunError(f"every mode failed; {first.mode}:{first.grad_mode}: {first.error}{hints}")
-        from gradprobe.cli.output import render_rich, write_text
+        from gradprobe.cli.output import write_report
+        from gradprobe.render.compare.json_out import compare_json
+        from gradprobe.render.compare.markdown import compare_markdown
+        from gradprobe.render.compare.table import render_compare
+        from gradprobe.render.html.compare import compare_html
 
-        if format_ is OutputFormat.html:
-            from gradprobe.render.html.compare import compare_html
-
-            write_text(compare_html(report), output)
-        elif format_ is OutputFormat.json:
-            from gradprobe.render.common import dumps
-            from gradprobe.render.compare.json_out import compare_json
-
-            write_text(dumps(compare_json(report)), output)
-        elif format_ is OutputFormat.markdown:
-            from gradprobe.render.compare.markdown import compare_markdown
-
-            write_text(compare_markdown(report), output)
-        else:
-            from gradprobe.render.compare.table import render_compare
-
-            render_rich(lambda console: render_compare(report, console), output)
+        write_report(format_, output, html=lambda: compare_html(report), json=lambda: compare_json(report),
+                     markdown=lambda: compare_markdown(report), table=lambda console: render_compare(report, console))
         return 1 if strict and report.has_errors else 0
 
     from gradprobe.cli.command import guarded

@@ -181,10 +181,9 @@ def inspect_distributed(env: Any, options: Any, *, s: Any, probe: dict[str, Any]
                         output: Path | None, top: int, filter_: str | None, strict: bool) -> int:
     from gradprobe.api import resolve_loss, user_output_to_stderr
     from gradprobe.api_distributed.inspect import inspect_rank
-    from gradprobe.cli.options import OutputFormat
 
     def body(session: Any) -> int:
-        from gradprobe.cli.output import render_rich, write_text
+        from gradprobe.cli.output import write_report
         from gradprobe.run.distributed.session import phase
 
         with user_output_to_stderr():
@@ -194,15 +193,12 @@ def inspect_distributed(env: Any, options: Any, *, s: Any, probe: dict[str, Any]
             report = inspect_rank(session, load_spec(s), options, **probe)
         if report is None:
             return 0
-        from gradprobe.render.common import dumps
         from gradprobe.render.inspect.distributed import dist_inspect_json, dist_inspect_markdown, render_dist_inspect
 
-        if format_ is OutputFormat.json:
-            write_text(dumps(dist_inspect_json(report)), output)
-        elif format_ is OutputFormat.markdown:
-            write_text(dist_inspect_markdown(report, top or None), output)
-        else:  # table (and html, which has no distributed view yet: the table)
-            render_rich(lambda console: render_dist_inspect(report, console, top=top or None, pattern=filter_), output)
+        # html has no distributed view yet: the table stands in
+        write_report(format_, output, json=lambda: dist_inspect_json(report),
+                     markdown=lambda: dist_inspect_markdown(report, top or None),
+                     table=lambda console: render_dist_inspect(report, console, top=top or None, pattern=filter_))
         return 1 if strict and report.has_errors else 0
 
     return run_rank(env, options, body)
@@ -212,28 +208,23 @@ def compare_distributed(env: Any, options: Any, *, s: Any, modes: Any, repeat: i
                         output: Path | None, strict: bool) -> int:
     from gradprobe.api import user_output_to_stderr
     from gradprobe.api_distributed.compare import compare_rank
-    from gradprobe.cli.options import OutputFormat
 
     def body(session: Any) -> int:
-        from gradprobe.cli.output import render_rich, write_text
+        from gradprobe.cli.output import write_report
 
         with user_output_to_stderr():
             report = compare_rank(session, load_spec(s), options, modes=modes, repeat=repeat, backward=backward)
         if report is None:
             return 0
-        from gradprobe.render.common import dumps
         from gradprobe.render.compare.json_out import compare_json
         from gradprobe.render.compare.markdown import compare_markdown
         from gradprobe.render.compare.table import render_compare
 
-        if format_ is OutputFormat.json:
-            doc = compare_json(report)
-            doc["world_size"] = session.world_size
-            write_text(dumps(doc), output)
-        elif format_ is OutputFormat.markdown:
-            write_text(compare_markdown(report), output)
-        else:
-            render_rich(lambda console: render_compare(report, console), output)
+        def doc() -> dict[str, Any]:
+            return {**compare_json(report), "world_size": session.world_size}
+
+        write_report(format_, output, json=doc, markdown=lambda: compare_markdown(report),
+                     table=lambda console: render_compare(report, console))
         return 1 if strict and report.has_errors else 0
 
     return run_rank(env, options, body)
@@ -244,10 +235,8 @@ def freeze_distributed(env: Any, options: Any, *, s: Any, write_baseline: Path |
     """freeze-check on every rank; exit 1 when any rank violates the freeze (violations name the ranks)."""
     from gradprobe.api import user_output_to_stderr
     from gradprobe.api_distributed.freeze import freeze_rank
-    from gradprobe.cli.options import OutputFormat
 
     def body(session: Any) -> int:
-        from gradprobe.cli.output import render_rich, write_text
 
         with user_output_to_stderr():
             report = freeze_rank(session, load_spec(s), options, frozen=s["frozen"] or [],
@@ -256,28 +245,8 @@ def freeze_distributed(env: Any, options: Any, *, s: Any, write_baseline: Path |
                                  write_baseline=write_baseline, loss=s["loss"] or "sum", config=s.config)
         if report is None:
             return 0
-        if write_baseline is not None:
-            sys.stderr.write(f"gradprobe: wrote baseline {write_baseline} ({len(report.parameters)} parameters)\n")
-        from gradprobe.render.common import dumps
-        from gradprobe.render.freeze import github
-        from gradprobe.render.freeze.view import freeze_json, freeze_markdown, render_freeze
+        from gradprobe.cli.freeze import publish
 
-        if format_ is OutputFormat.json:
-            doc = freeze_json(report)
-            doc["world_size"] = session.world_size
-            write_text(dumps(doc), output)
-        elif format_ is OutputFormat.markdown:
-            write_text(freeze_markdown(report), output)
-        else:
-            render_rich(lambda console: render_freeze(report, console), output)
-        if junit is not None:
-            from gradprobe.render.freeze.junit import junit_xml
-
-            try:
-                junit.write_text(junit_xml(report), encoding="utf-8")
-            except OSError as exc:
-                raise UsageError(f"--junit: cannot write '{junit}' ({exc.strerror}); choose a writable path") from exc
-        github.publish(report, freeze_markdown(report), sys.stderr)
-        return 0 if report.passed and not (strict and report.warnings) else 1
+        return publish(report, format_, output, junit, strict, write_baseline, world_size=session.world_size)
 
     return run_rank(env, options, body)

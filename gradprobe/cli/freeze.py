@@ -162,7 +162,6 @@ def _run(ctx: typer.Context, values: dict[str, Any], config: Path | None, no_con
          write_baseline: Path | None, format_: OutputFormat, output: Path | None, junit: Path | None,
          debug: bool, strict: bool = False, dist: DistArgs | None = None) -> int:
     from gradprobe.cli.command import quiet_torch_import, settings
-    from gradprobe.errors import UsageError
     from gradprobe.load.loss import check_loss_spec
 
     with rank0_speaks():
@@ -185,9 +184,20 @@ def _run(ctx: typer.Context, values: dict[str, Any], config: Path | None, no_con
             unlisted=s["unlisted"], allow_buffer_updates=s["allow_buffer_updates"], baseline=s["baseline"],
             write_baseline=write_baseline, loss=s["loss"], seed=s["seed"], target=s["target"], loaded=loaded,
             config=s.config)
+    return publish(report, format_, output, junit, strict, write_baseline)
+
+
+def publish(report: Any, format_: OutputFormat, output: Path | None, junit: Path | None, strict: bool,
+            write_baseline: Path | None, world_size: int | None = None) -> int:
+    """Everything freeze-check does with its report, in one process or on rank 0 (``world_size``): the baseline
+    line, the report, JUnit XML, GitHub annotations; returns the exit code."""
+    from gradprobe.errors import UsageError
+    from gradprobe.render.freeze import github
+    from gradprobe.render.freeze.view import freeze_markdown
+
     if write_baseline is not None:
         sys.stderr.write(f"gradprobe: wrote baseline {write_baseline} ({len(report.parameters)} parameters)\n")
-    _write(report, format_, output)
+    _write(report, format_, output, world_size)
     if junit is not None:
         from gradprobe.render.freeze.junit import junit_xml
 
@@ -195,26 +205,21 @@ def _run(ctx: typer.Context, values: dict[str, Any], config: Path | None, no_con
             junit.write_text(junit_xml(report), encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--junit: cannot write '{junit}' ({exc.strerror}); choose a writable path") from exc
-    from gradprobe.render.freeze import github
-    from gradprobe.render.freeze.view import freeze_markdown
-
     github.publish(report, freeze_markdown(report), sys.stderr)
     return 0 if report.passed and not (strict and report.warnings) else 1
 
 
-def _write(report: Any, format_: OutputFormat, output: Path | None) -> None:
-    from gradprobe.cli.output import render_rich, write_text
+def _write(report: Any, format_: OutputFormat, output: Path | None, world_size: int | None) -> None:
+    """Distributed reports add ``world_size`` to the JSON and have no HTML view (the table stands in)."""
+    from gradprobe.cli.output import write_report
     from gradprobe.render.freeze.view import freeze_json, freeze_markdown, render_freeze
+    from gradprobe.render.html.freeze import freeze_html
 
-    if format_ is OutputFormat.html:
-        from gradprobe.render.html.freeze import freeze_html
+    def doc() -> dict[str, Any]:
+        d = freeze_json(report)
+        if world_size is not None:
+            d["world_size"] = world_size
+        return d
 
-        write_text(freeze_html(report), output)
-    elif format_ is OutputFormat.json:
-        from gradprobe.render.common import dumps
-
-        write_text(dumps(freeze_json(report)), output)
-    elif format_ is OutputFormat.markdown:
-        write_text(freeze_markdown(report), output)
-    else:
-        render_rich(lambda console: render_freeze(report, console), output)
+    write_report(format_, output, html=(lambda: freeze_html(report)) if world_size is None else None, json=doc,
+                 markdown=lambda: freeze_markdown(report), table=lambda console: render_freeze(report, console))

@@ -216,22 +216,12 @@ def _names(model: Any) -> list[str]:
 
 
 def _render(report: Any, format_: OutputFormat, output: Any, top: int, filter_: str | None, depth: int) -> None:
-    from gradprobe.cli.output import render_rich, write_text
+    from gradprobe.cli.output import write_report
+    from gradprobe.render.html.inspect import inspect_html
+    from gradprobe.render.inspect.json_out import inspect_json
+    from gradprobe.render.inspect.markdown import inspect_markdown
+    from gradprobe.render.inspect.table import render_inspect
 
-    if format_ is OutputFormat.html:
-        from gradprobe.render.html.inspect import inspect_html
-
-        write_text(inspect_html(report, depth), output)
-    elif format_ is OutputFormat.json:
-        from gradprobe.render.common import dumps
-        from gradprobe.render.inspect.json_out import inspect_json
-
-        write_text(dumps(inspect_json(report)), output)
-    elif format_ is OutputFormat.markdown:
-        from gradprobe.render.inspect.markdown import inspect_markdown
-
-        write_text(inspect_markdown(report, top or None), output)
-    else:
-        from gradprobe.render.inspect.table import render_inspect
-
-        render_rich(lambda console: render_inspect(report, console, top=top or None, pattern=filter_), output)
+    write_report(format_, output, html=lambda: inspect_html(report, depth), json=lambda: inspect_json(report),
+                 markdown=lambda: inspect_markdown(report, top or None),
+                 table=lambda console: render_inspect(report, console, top=top or None, pattern=filter_))

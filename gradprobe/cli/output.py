@@ -26,6 +26,11 @@ def write_text(text: str, output: Path | None) -> None:
         except BrokenPipeError:  # `gradprobe ... | head`: the reader left; keep the exit code, say nothing
             _silence_stdout()
         return
+    _write_file(text, output)
+
+
+def _write_file(text: str, output: Path) -> None:
+    """The report into the file the user named (--output), said on stderr."""
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
@@ -74,8 +79,22 @@ def render_rich(draw: Callable[[Any], None], output: Path | None) -> None:
     if output is None:
         write_text(text, None)
         return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise GradprobeError(f"--output: cannot write '{output}' ({exc.strerror}); choose a writable path") from exc
-    sys.stderr.write(f"gradprobe: wrote {output}\n")
+    _write_file(text, output)
+
+
+def write_report(format_: Any, output: Path | None, *, json: Callable[[], Any], markdown: Callable[[], str],
+                 table: Callable[[Any], None], html: Callable[[], str] | None = None) -> None:
+    """The report in the ``--format`` chosen: ``json`` gives the document (dumped here), ``markdown`` and ``html``
+    the text, ``table`` draws on a rich console.  Only the chosen view is built; a command without an HTML view
+    shows the table for ``--format html``."""
+    kind = getattr(format_, "value", format_)
+    if kind == "html" and html is not None:
+        write_text(html(), output)
+    elif kind == "json":
+        from gradprobe.render.common import dumps
+
+        write_text(dumps(json()), output)
+    elif kind == "markdown":
+        write_text(markdown(), output)
+    else:
+        render_rich(table, output)
