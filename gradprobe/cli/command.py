@@ -121,3 +121,11 @@ def check_pattern(option: str, pattern: str | None, names: Iterable[str]) -> Non
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else \
         f"names look like: {', '.join(pool[:5])}" if pool else "the model has no names to match"
     raise UsageError(f"{option} '{pattern}' matches no name; {hint} (globs use fnmatch: '*' and '?')")
+
+
+def load_target(s: Settings) -> Any:
+    """The model and example inputs the command's settings name (``gradprobe.api.load``): ``(loaded, example)``."""
+    from gradprobe.api import load
+
+    return load(s["target"], init=s["init"], weights=s["weights"], device=s["device"], inputs=s["inputs"],
+                shapes=s["shape"], dtype=s["dtype"], high=s["high"], seed=s["seed"])

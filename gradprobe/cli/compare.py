@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from gradprobe.cli.distributed import (
-    DEFAULT_DIST_TIMEOUT,
+    DIST_OPTIONS,
     DistArgs,
-    DistTimeoutOpt,
-    NprocOpt,
-    ShardOpt,
-    UseOrigParamsOpt,
-    WrapOpt,
     compare_distributed,
     dist_launch,
     dist_run,
@@ -21,26 +16,18 @@ from gradprobe.cli.distributed import (
 )
 from gradprobe.cli.options import (
     CI_PANEL,
-    LOADING,
+    LOAD_OPTIONS,
     RUN_PANEL,
-    ConfigOpt,
     DebugOpt,
     DeviceOpt,
-    DtypeOpt,
     FormatOpt,
-    HighOpt,
-    InitOpt,
-    InputsOpt,
-    NoConfigOpt,
     OutputFormat,
     OutputOpt,
-    PathOpt,
     SeedOpt,
-    ShapeOpt,
-    TargetArg,
-    WeightsOpt,
     examples,
     flag,
+    loading_values,
+    with_options,
 )
 
 EPILOG = examples(
@@ -50,18 +37,9 @@ EPILOG = examples(
 )
 
 
+@with_options(first=LOAD_OPTIONS, last=DIST_OPTIONS)
 def compare_modes(
     ctx: typer.Context,
-    target: TargetArg = None,
-    init: InitOpt = None,
-    weights: WeightsOpt = None,
-    inputs: InputsOpt = None,
-    shape: ShapeOpt = None,
-    dtype: DtypeOpt = "float32",
-    high: HighOpt = None,
-    path: PathOpt = None,
-    config: ConfigOpt = None,
-    no_config: NoConfigOpt = False,
     modes: Annotated[str | None, typer.Option(
         "--modes", metavar="LIST", rich_help_panel=RUN_PANEL, help="Combinations to run, e.g. train:grad,eval:no_grad "
         "(MODE: train|eval; GRAD: grad|no_grad|inference_mode). Default: all six.")] = None,
@@ -77,14 +55,10 @@ def compare_modes(
     debug: DebugOpt = False,
     strict: Annotated[bool, flag("--strict", "Exit 1 when an error finding exists (e.g. a combination whose "
                                  "forward fails).", CI_PANEL)] = False,
-    nproc: NprocOpt = None,
-    dist_timeout: DistTimeoutOpt = DEFAULT_DIST_TIMEOUT,
-    wrap: WrapOpt = None,
-    shard: ShardOpt = None,
-    use_orig_params: UseOrigParamsOpt = False,
+    **shared: Any,
 ) -> None:
     """Run the forward under train/eval x grad/no_grad/inference_mode from one starting state and compare flags, graph, saved bytes, peak memory, time, outputs and buffers, with a verdict in plain words."""  # noqa: E501
-    values = {name: value for name, value in locals().items() if name in LOADING}
+    values = loading_values(locals(), shared)
 
     def body() -> int:
         from gradprobe.cli.command import quiet_torch_import, settings
@@ -94,12 +68,12 @@ def compare_modes(
         if repeat < 1:
             raise UsageError(f"--repeat {repeat}: use 1 or more")
         pairs = parse_modes(modes)  # bad options fail before torch is even imported
-        dist = DistArgs.of(nproc, dist_timeout, wrap, shard, use_orig_params)
+        dist = DistArgs.of(shared)
         launched = dist_launch(dist, debug)  # --nproc: this process only starts torch's launcher
         if launched is not None:
             return launched
         with rank0_speaks():
-            s = settings(ctx, "compare-modes", values, config, no_config)
+            s = settings(ctx, "compare-modes", values, shared["config"], shared["no_config"])
         quiet_torch_import(debug)
         routed = dist_run(dist, debug, lambda env, opts: compare_distributed(
             env, opts, s=s, modes=pairs, repeat=repeat, backward=backward, format_=format_, output=output,
@@ -108,14 +82,13 @@ def compare_modes(
             return routed
 
         from gradprobe.api import compare_modes as api_compare_modes
-        from gradprobe.api import load, user_output_to_stderr
+        from gradprobe.api import user_output_to_stderr
+        from gradprobe.cli.command import load_target
         from gradprobe.cli.progress import progress
         from gradprobe.load.user_code import search_paths
 
         with user_output_to_stderr(), search_paths(s["path"]):
-            loaded, example = load(s["target"], init=s["init"], weights=s["weights"], device=s["device"],
-                                   inputs=s["inputs"], shapes=s["shape"], dtype=s["dtype"], high=s["high"],
-                                   seed=s["seed"])
+            loaded, example = load_target(s)
             with progress("compare-modes") as step:
                 report = api_compare_modes(loaded.model, example, modes=pairs, repeat=repeat, backward=backward,
                                            seed=s["seed"], target=s["target"], loaded=loaded, progress=step)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gradprobe.cli.options import option
 from gradprobe.errors import UsageError
 
 
@@ -60,9 +61,17 @@ class DistArgs:
     use_orig_params: bool = False
 
     @classmethod
-    def of(cls, nproc: int | None, timeout_s: float, wrap: WrapKind | None, shard: list[str] | None,
-           use_orig_params: bool) -> DistArgs:
-        return cls(nproc, timeout_s, wrap, tuple(shard or ()), use_orig_params)
+    def of(cls, shared: dict[str, Any]) -> DistArgs:
+        """From the values of ``DIST_OPTIONS`` a command received."""
+        return cls(shared["nproc"], shared["dist_timeout"], shared["wrap"], tuple(shared["shard"] or ()),
+                   shared["use_orig_params"])
+
+
+# the last options of every command, in this order
+DIST_OPTIONS = (
+    option("nproc", NprocOpt, None), option("dist_timeout", DistTimeoutOpt, DEFAULT_DIST_TIMEOUT),
+    option("wrap", WrapOpt, None), option("shard", ShardOpt, None), option("use_orig_params", UseOrigParamsOpt, False),
+)
 
 
 def dist_launch(args: DistArgs, debug: bool) -> int | None:

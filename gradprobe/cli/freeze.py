@@ -15,13 +15,8 @@ import typer
 
 from gradprobe.cli.complete import complete_spec
 from gradprobe.cli.distributed import (
-    DEFAULT_DIST_TIMEOUT,
+    DIST_OPTIONS,
     DistArgs,
-    DistTimeoutOpt,
-    NprocOpt,
-    ShardOpt,
-    UseOrigParamsOpt,
-    WrapOpt,
     dist_launch,
     dist_run,
     freeze_distributed,
@@ -29,26 +24,18 @@ from gradprobe.cli.distributed import (
 )
 from gradprobe.cli.options import (
     CI_PANEL,
+    LOAD_OPTIONS,
     LOADING,
-    ConfigOpt,
     DebugOpt,
     DeviceOpt,
-    DtypeOpt,
     FormatOpt,
-    HighOpt,
-    InitOpt,
-    InputsOpt,
     LossOpt,
-    NoConfigOpt,
     OutputFormat,
     OutputOpt,
-    PathOpt,
     SeedOpt,
-    ShapeOpt,
-    TargetArg,
-    WeightsOpt,
     examples,
     flag,
+    with_options,
 )
 from gradprobe.errors import GradprobeError
 
@@ -99,18 +86,9 @@ StrictOpt = Annotated[bool, flag(
     "once it got a gradient).", CI_PANEL)]
 
 
+@with_options(first=LOAD_OPTIONS, last=DIST_OPTIONS)
 def freeze_check(
     ctx: typer.Context,
-    target: TargetArg = None,
-    init: InitOpt = None,
-    weights: WeightsOpt = None,
-    inputs: InputsOpt = None,
-    shape: ShapeOpt = None,
-    dtype: DtypeOpt = "float32",
-    high: HighOpt = None,
-    path: PathOpt = None,
-    config: ConfigOpt = None,
-    no_config: NoConfigOpt = False,
     frozen: FrozenOpt = None,
     trainable: TrainableOpt = None,
     unlisted: UnlistedOpt = Unlisted.warn,
@@ -126,20 +104,16 @@ def freeze_check(
     write_baseline: WriteBaselineOpt = None,
     junit: JunitOpt = None,
     strict: StrictOpt = False,
-    nproc: NprocOpt = None,
-    dist_timeout: DistTimeoutOpt = DEFAULT_DIST_TIMEOUT,
-    wrap: WrapOpt = None,
-    shard: ShardOpt = None,
-    use_orig_params: UseOrigParamsOpt = False,
+    **shared: Any,
 ) -> None:
     """Check that the intended freeze holds: flags, gradient flow, optimizer groups and steps, buffers.
 
     Exit 0 when it holds, 1 on violations (with --strict: on warnings too), 2 when it could not be verified.
     Under GitHub Actions, violations also become ::error annotations and a step summary.
     """
-    values: dict[str, Any] = {name: value for name, value in locals().items() if name in _CONFIGURABLE}
+    values: dict[str, Any] = {n: v for n, v in {**shared, **locals()}.items() if n in _CONFIGURABLE}
     values["unlisted"] = unlisted.value
-    dist = DistArgs.of(nproc, dist_timeout, wrap, shard, use_orig_params)
+    dist = DistArgs.of(shared)
 
     def body() -> int:
         from gradprobe.render.freeze import github
@@ -148,7 +122,8 @@ def freeze_check(
             launched = dist_launch(dist, debug)  # --nproc: this process only starts torch's launcher
             if launched is not None:
                 return launched
-            return _run(ctx, values, config, no_config, write_baseline, format_, output, junit, debug, strict, dist)
+            return _run(ctx, values, shared["config"], shared["no_config"], write_baseline, format_, output, junit,
+                        debug, strict, dist)
         except GradprobeError as exc:
             github.publish_error(str(exc), sys.stderr)
             raise
@@ -173,12 +148,12 @@ def _run(ctx: typer.Context, values: dict[str, Any], config: Path | None, no_con
         env, opts, s=s, write_baseline=write_baseline, format_=format_, output=output, junit=junit, strict=strict))
     if routed is not None:  # under torchrun (or --wrap): every rank checked its freeze, rank 0 reported
         return routed
-    from gradprobe.api import freeze_check, load, user_output_to_stderr
+    from gradprobe.api import freeze_check, user_output_to_stderr
+    from gradprobe.cli.command import load_target
     from gradprobe.load.user_code import search_paths
 
     with user_output_to_stderr(), search_paths(s["path"]):
-        loaded, example = load(s["target"], init=s["init"], weights=s["weights"], device=s["device"],
-                               inputs=s["inputs"], shapes=s["shape"], dtype=s["dtype"], high=s["high"], seed=s["seed"])
+        loaded, example = load_target(s)
         report = freeze_check(
             loaded.model, example, frozen=s["frozen"] or [], trainable=s["trainable"] or [], optimizer=s["optimizer"],
             unlisted=s["unlisted"], allow_buffer_updates=s["allow_buffer_updates"], baseline=s["baseline"],

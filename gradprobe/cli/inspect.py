@@ -8,13 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from gradprobe.cli.distributed import (
-    DEFAULT_DIST_TIMEOUT,
+    DIST_OPTIONS,
     DistArgs,
-    DistTimeoutOpt,
-    NprocOpt,
-    ShardOpt,
-    UseOrigParamsOpt,
-    WrapOpt,
     dist_launch,
     dist_run,
     inspect_distributed,
@@ -22,28 +17,20 @@ from gradprobe.cli.distributed import (
 )
 from gradprobe.cli.options import (
     CI_PANEL,
-    LOADING,
+    LOAD_OPTIONS,
     OUTPUT_PANEL,
     RUN_PANEL,
-    ConfigOpt,
     DebugOpt,
     DeviceOpt,
-    DtypeOpt,
     FormatOpt,
-    HighOpt,
-    InitOpt,
-    InputsOpt,
     LossOpt,
-    NoConfigOpt,
     OutputFormat,
     OutputOpt,
-    PathOpt,
     SeedOpt,
-    ShapeOpt,
-    TargetArg,
-    WeightsOpt,
     examples,
     flag,
+    loading_values,
+    with_options,
 )
 
 EPILOG = examples(
@@ -76,18 +63,9 @@ class ParamDtype(str, Enum):
     float16 = "float16"
 
 
+@with_options(first=LOAD_OPTIONS, last=DIST_OPTIONS)
 def inspect(
     ctx: typer.Context,
-    target: TargetArg = None,
-    init: InitOpt = None,
-    weights: WeightsOpt = None,
-    inputs: InputsOpt = None,
-    shape: ShapeOpt = None,
-    dtype: DtypeOpt = "float32",
-    high: HighOpt = None,
-    path: PathOpt = None,
-    config: ConfigOpt = None,
-    no_config: NoConfigOpt = False,
     mode: Annotated[Mode, typer.Option("--mode", help="Module mode for the forward.",
                                        rich_help_panel=RUN_PANEL)] = Mode.train,
     grad: Annotated[GradMode, typer.Option("--grad", help="Grad mode for the forward.",
@@ -128,15 +106,11 @@ def inspect(
         "module call (--depth expands it) as Graphviz DOT (.dot), Mermaid (.mmd) or SVG (.svg).")] = None,
     debug: DebugOpt = False,
     strict: Annotated[bool, flag("--strict", "Exit 1 when an error finding exists.", CI_PANEL)] = False,
-    nproc: NprocOpt = None,
-    dist_timeout: DistTimeoutOpt = DEFAULT_DIST_TIMEOUT,
-    wrap: WrapOpt = None,
-    shard: ShardOpt = None,
-    use_orig_params: UseOrigParamsOpt = False,
+    **shared: Any,
 ) -> None:
     """Run the model once in one mode and show what autograd sees: parameters, tensors, graph, memory, findings."""
-    values = {name: value for name, value in locals().items() if name in LOADING}
-    dist = DistArgs.of(nproc, dist_timeout, wrap, shard, use_orig_params)
+    values = loading_values(locals(), shared)
+    dist = DistArgs.of(shared)
 
     def body() -> int:
         from gradprobe.cli.command import check_pattern, quiet_torch_import, settings
@@ -161,7 +135,7 @@ def inspect(
 
             graph_kind = check_graph_path(graph)
         with rank0_speaks():
-            s = settings(ctx, "inspect", values, config, no_config)
+            s = settings(ctx, "inspect", values, shared["config"], shared["no_config"])
         if s["loss"] is not None:
             check_loss_spec(s["loss"])
         quiet_torch_import(debug)
@@ -173,7 +147,8 @@ def inspect(
             format_=format_, output=output, top=top, filter_=filter_, strict=strict))
         if routed is not None:  # under torchrun (or --wrap): every rank ran, rank 0 reported
             return routed
-        from gradprobe.api import load, probe, resolve_loss, user_output_to_stderr
+        from gradprobe.api import probe, resolve_loss, user_output_to_stderr
+        from gradprobe.cli.command import load_target
         from gradprobe.cli.progress import progress
         from gradprobe.facts.grad_health import GradThresholds
         from gradprobe.load.user_code import search_paths
@@ -181,9 +156,7 @@ def inspect(
         with progress("inspect") as step, user_output_to_stderr(), search_paths(s["path"]):
             step(f"loading {s['target']}")
             loss_fn = resolve_loss(s["loss"]) if s["loss"] is not None else None
-            loaded, example = load(s["target"], init=s["init"], weights=s["weights"], device=s["device"],
-                                   inputs=s["inputs"], shapes=s["shape"], dtype=s["dtype"], high=s["high"],
-                                   seed=s["seed"])
+            loaded, example = load_target(s)
             check_pattern("--filter", filter_, _names(loaded.model))
             step(f"running {s['target']} on {s['device']} ({mode.value} + {grad.value})")
             report = probe(loaded.model, example, mode=mode.value, grad_mode=grad.value,

@@ -5,9 +5,12 @@ Nothing here imports torch: ``gradprobe --help`` must stay instant.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -82,6 +85,48 @@ DebugOpt = Annotated[bool, flag("--debug", "Show tracebacks for errors.", OUTPUT
 
 # the options a pyproject table may set, as the command functions name them
 LOADING = ("target", "init", "weights", "inputs", "shape", "dtype", "high", "device", "seed", "loss", "path")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def option(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    """A shared option as a parameter of the command functions: its declaration and its default, once."""
+    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+
+
+# target & inputs: the first options of every command, in this order
+LOAD_OPTIONS = (
+    option("target", TargetArg, None), option("init", InitOpt, None), option("weights", WeightsOpt, None),
+    option("inputs", InputsOpt, None), option("shape", ShapeOpt, None), option("dtype", DtypeOpt, "float32"),
+    option("high", HighOpt, None), option("path", PathOpt, None), option("config", ConfigOpt, None),
+    option("no_config", NoConfigOpt, False),
+)
+
+
+def with_options(first: Sequence[inspect.Parameter] = (), last: Sequence[inspect.Parameter] = ()) -> Callable[[F], F]:
+    """Put option groups every command shares into a command's signature (what typer reads): ``first`` right
+    after the context, ``last`` at the end, the command's own options in between, so --help keeps one order.
+    The command receives the shared ones in ``**shared``."""
+
+    def decorate(func: F) -> F:
+        own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        params = [*own[:1], *first, *own[1:], *last]
+
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+def loading_values(own: dict[str, Any], shared: dict[str, Any]) -> dict[str, Any]:
+    """The values of the options a pyproject table may set (``LOADING``), from a command's own and shared ones,
+    in the order of the command's signature (the shared loading options come first)."""
+    return {name: value for name, value in {**shared, **own}.items() if name in LOADING}
 
 
 def examples(*lines: str) -> str:
