@@ -72,6 +72,17 @@ class Collapsed:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
+def by_cluster(g: Collapsed) -> tuple[dict[str | None, list[Cluster]], dict[str | None, list[Node]]]:
+    """The clusters inside each cluster and the nodes drawn in each (key ``None``: the top level), in order."""
+    children: dict[str | None, list[Cluster]] = {}
+    for c in g.clusters:
+        children.setdefault(c.parent, []).append(c)
+    members: dict[str | None, list[Node]] = {}
+    for n in g.nodes:
+        members.setdefault(n.cluster, []).append(n)
+    return children, members
+
+
 def call_label(call: Call) -> str:
     name, number = call
     return (name or "(model)") + (f" #{number}" if number else "")

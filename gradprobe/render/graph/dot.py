@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradprobe.render.graph.collapse import FROZEN, TRAINABLE, UNUSED, Cluster, Collapsed, Node
+from gradprobe.render.graph.collapse import FROZEN, TRAINABLE, UNUSED, Collapsed, Node, by_cluster
 
 STYLE = {  # fill, border, text
     "call": ("#eef2ff", "#6366f1", "#1e1b4b"),
@@ -51,12 +51,7 @@ def to_dot(g: Collapsed, title: str = "") -> str:
              f"label={quote(title)}, labelloc=t, tooltip={quote(title or 'grad_fn graph')}];",
              '  node [fontname=Helvetica, fontsize=10, margin="0.12,0.05", height=0.3];',
              '  edge [color="#64748b", arrowsize=0.6, fontname=Helvetica, fontsize=8, fontcolor="#64748b"];']
-    children: dict[str | None, list[Cluster]] = {}
-    for c in g.clusters:
-        children.setdefault(c.parent, []).append(c)
-    members: dict[str | None, list[Node]] = {}
-    for n in g.nodes:
-        members.setdefault(n.cluster, []).append(n)
+    children, members = by_cluster(g)
 
     def emit(cluster: str | None, indent: str) -> None:
         for n in members.get(cluster, []):

@@ -3,7 +3,7 @@ pull-request comment shows the picture on GitHub)."""
 
 from __future__ import annotations
 
-from gradprobe.render.graph.collapse import FROZEN, TRAINABLE, UNUSED, Cluster, Collapsed, Node
+from gradprobe.render.graph.collapse import FROZEN, TRAINABLE, UNUSED, Collapsed, Node, by_cluster
 from gradprobe.render.graph.dot import STYLE, node_lines
 
 # Mermaid's own limits as GitHub renders it: past these the block shows an error instead of a picture
@@ -31,12 +31,7 @@ def to_mermaid(g: Collapsed) -> str:
     """``flowchart TB`` text: subgraphs for clusters, classes for the parameter states, dotted links for frozen
     and unused parameters."""
     lines = ["flowchart TB"]
-    children: dict[str | None, list[Cluster]] = {}
-    for c in g.clusters:
-        children.setdefault(c.parent, []).append(c)
-    members: dict[str | None, list[Node]] = {}
-    for n in g.nodes:
-        members.setdefault(n.cluster, []).append(n)
+    children, members = by_cluster(g)
 
     def emit(cluster: str | None, indent: str) -> None:
         for n in members.get(cluster, []):
