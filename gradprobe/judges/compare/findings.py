@@ -9,6 +9,7 @@ from gradprobe.judges.compare.words import (
     RANDOM_NOTE,
     attribution_note,
     effect_text,
+    int_outputs_differ,
     is_dropout,
     kernel_difference,
     listed,
@@ -61,7 +62,7 @@ def judge_compare(c: Comparison) -> list[Finding]:
     findings += _eval_random(c)
     findings += _train_eval(c)
     findings += _grad_mode_changes(c)
-    ints = [r.label for r in c.rows if r.ok and r.int_outputs_equal is False]
+    ints = int_outputs_differ(c)
     if ints:
         findings.append(Finding(
             "integer-output-differs", "info", ints[0],

@@ -8,6 +8,7 @@ from gradprobe.judges.compare.words import (
     RANDOM_NOTE,
     attribution_note,
     effect_text,
+    int_outputs_differ,
     is_dropout,
     is_norm,
     kernel_choice,
@@ -46,7 +47,7 @@ def compare_verdict(c: Comparison) -> list[str]:
     lines += _eval_random_lines(c)
     lines += _buffer_lines(c)
     lines += _determinism_lines(c)
-    ints = [r.label for r in c.rows if r.ok and r.int_outputs_equal is False]
+    ints = int_outputs_differ(c)
     if ints:
         lines.append(f"Integer/bool outputs differ from {c.reference}'s under {listed(ints)}.")
     for r in c.rows:

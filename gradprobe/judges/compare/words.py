@@ -167,6 +167,11 @@ def random_in_eval(c: Comparison) -> bool:
     return c.eval_random and not (ref is not None and ref.nondeterministic)
 
 
+def int_outputs_differ(c: Comparison) -> list[str]:
+    """The combinations whose integer/bool outputs differ from the reference's."""
+    return [r.label for r in c.rows if r.ok and r.int_outputs_equal is False]
+
+
 def random_runs(c: Comparison) -> str:
     """Which two eval:no_grad forwards were compared: the seeds when known."""
     if c.seed is None:

@@ -74,6 +74,12 @@ def unit_label(u: UnitFact) -> str:
     return f"unit '{u.name}'" if u.name else "root unit"
 
 
+def mix_text(u: UnitFact) -> str:
+    """``2 frozen parameter(s) (a, b) with 1 trainable one(s) (c)``: what an FSDP unit mixes."""
+    return (f"{len(u.frozen)} frozen parameter(s) ({names_text(list(u.frozen))}) with {len(u.trainable)} trainable "
+            f"one(s) ({names_text(list(u.trainable))})")
+
+
 def split_hint(u: UnitFact, wrapper: str) -> str:
     call = "fully_shard(model.{m})" if wrapper == "fsdp" else "an FSDP unit for {m} (auto_wrap_policy)"
     for part, names in (("trainable", u.trainable), ("frozen", u.frozen)):
@@ -106,9 +112,8 @@ def fsdp1_frozen_grads(dist: DistFacts) -> list[Finding]:
             cost = "its flat gradient covers the frozen parameters too (not measured: no backward ran)"
         out.append(Finding(
             "fsdp1-frozen-grad-memory", "warning", unit_subject(unit),
-            f"FSDP1 {unit_label(unit)} (use_orig_params=True) flattens {len(unit.frozen)} frozen "
-            f"parameter(s) ({names_text(list(unit.frozen))}) with {len(unit.trainable)} trainable one(s) "
-            f"({names_text(list(unit.trainable))}) into one flat parameter whose gradient spans all of them; {cost}",
+            f"FSDP1 {unit_label(unit)} (use_orig_params=True) flattens {mix_text(unit)} into one flat parameter "
+            f"whose gradient spans all of them; {cost}",
             split_hint(unit, "fsdp1")))
     return out
 
@@ -140,8 +145,6 @@ def fsdp2_mixed(dist: DistFacts) -> list[Finding]:
                     f"({frozen_share:.0%}) along with the trainable ones (not measured: world size 1 or no run)")
         out.append(Finding(
             "fsdp-mixed-unit", "warning", unit_subject(unit),
-            f"FSDP2 {unit_label(unit)} mixes {len(unit.frozen)} frozen parameter(s) "
-            f"({names_text(list(unit.frozen))}) with {len(unit.trainable)} trainable one(s) "
-            f"({names_text(list(unit.trainable))}): {cost}",
+            f"FSDP2 {unit_label(unit)} mixes {mix_text(unit)}: {cost}",
             split_hint(unit, "fsdp")))
     return out
