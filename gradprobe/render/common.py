@@ -70,3 +70,22 @@ def findings_table(findings: Sequence[Finding], top: int | None = None,
     if len(shown) < len(findings):
         parts.append(Text(f"{len(findings) - len(shown)} {MORE_FINDINGS}", style="dim"))
     return Group(*parts)
+
+
+def light_table() -> Any:
+    """A rich table without vertical rules, so names get the width on an 80-column terminal."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+
+
+def titled(title: str, table: Any, caption: str | None = None) -> Any:
+    """Title and caption outside the table, so a narrow table does not wrap them."""
+    from rich.console import Group
+    from rich.text import Text
+
+    parts: list[RenderableType] = [Text(title, style="bold"), table]
+    if caption:
+        parts.append(Text(caption, style="dim"))
+    return Group(*parts)

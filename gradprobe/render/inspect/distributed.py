@@ -13,14 +13,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from rich import box
 from rich.console import Console, Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from gradprobe.facts.distributed import NO_SHARD, DistFacts, DistInspectReport, RankMemory, RankParam, UnitFact
 from gradprobe.judges.distributed.text import shard_text
-from gradprobe.render.common import findings_table, md_table
+from gradprobe.render.common import findings_table, light_table, md_table, titled
 from gradprobe.render.inspect.json_out import inspect_json
 from gradprobe.render.inspect.markdown import inspect_markdown
 from gradprobe.render.inspect.table import render_inspect
@@ -38,17 +36,6 @@ GRAD_STYLE = {"none": "red", "zero": "yellow", "nonzero": "green", "present": "g
 
 def _num(x: float | None) -> float | str | None:
     return x if x is None or math.isfinite(x) else str(x)
-
-
-def _table() -> Table:
-    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
-
-
-def _titled(title: str, table: Table, caption: str | None = None) -> Group:
-    parts: list[RenderableType] = [Text(title, style="bold"), table]
-    if caption:
-        parts.append(Text(caption, style="dim"))
-    return Group(*parts)
 
 
 def _limit(rows: list[Any], top: int | None) -> tuple[list[Any], int]:
@@ -161,7 +148,7 @@ def per_rank_table(dist: DistFacts, top: int | None, pattern: str | None) -> Ren
     per = dist.per_param()
     rows = [(name, ranks) for name, ranks in per.items() if _match(name, pattern)]
     shown, hidden = _limit(rows, top)
-    t = _table()
+    t = light_table()
     t.add_column("name", overflow="fold", ratio=1, min_width=16)
     t.add_column("global shape", no_wrap=True)
     wide = len(dist.ranks) <= PER_RANK_COLUMNS
@@ -189,14 +176,14 @@ def per_rank_table(dist: DistFacts, top: int | None, pattern: str | None) -> Ren
     caption = "gradient held by each rank after the step's reductions (sharded: its shard)"
     if hidden:
         caption += f"; {hidden} more rows (--top to change, --format json for all)"
-    return _titled(title, t, caption)
+    return titled(title, t, caption)
 
 
 def per_rank_memory_table(dist: DistFacts) -> RenderableType | None:
     memory = [r.memory for r in dist.ranks if r.memory is not None]
     if not memory:
         return None
-    t = _table()
+    t = light_table()
     t.add_column("rank", no_wrap=True)
     for label in MEMORY_LABELS:
         t.add_column(label, justify="right", no_wrap=True)
@@ -206,7 +193,7 @@ def per_rank_memory_table(dist: DistFacts) -> RenderableType | None:
         lows, highs = memory_min_max(memory)
         t.add_row(Text("min", style="bold"), *[human_bytes(lows[k]) for k in MEMORY_FIELDS])
         t.add_row(Text("max", style="bold"), *[human_bytes(highs[k]) for k in MEMORY_FIELDS])
-    return _titled("Memory by rank (tensor bytes each rank measured; parameters and gradients as held locally)", t)
+    return titled("Memory by rank (tensor bytes each rank measured; parameters and gradients as held locally)", t)
 
 
 def units_table(dist: DistFacts) -> RenderableType | None:
@@ -214,7 +201,7 @@ def units_table(dist: DistFacts) -> RenderableType | None:
     if not units:
         return None
     fsdp1 = dist.wrapper.kind == "fsdp1"  # FSDP1: flat gradients measured; FSDP2: the collectives
-    t = _table()
+    t = light_table()
     t.add_column("unit", overflow="fold", ratio=1, min_width=12)
     t.add_column("frozen/trainable", no_wrap=True)
     t.add_column("mixed", no_wrap=True)
@@ -227,7 +214,7 @@ def units_table(dist: DistFacts) -> RenderableType | None:
         mixed = Text("yes", style="yellow") if u.mixed else Text("no", style="dim")
         t.add_row(u.name or "(root)", f"{len(u.frozen)}/{len(u.trainable)}", mixed,
                   *[human_bytes(getattr(u, key)) for _, key in columns])
-    return _titled(f"FSDP units (measured on rank {dist.ranks[0].rank})", t)
+    return titled(f"FSDP units (measured on rank {dist.ranks[0].rank})", t)
 
 
 def render_dist_inspect(dr: DistInspectReport, console: Console, *, top: int | None = 40,

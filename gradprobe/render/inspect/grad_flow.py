@@ -9,21 +9,16 @@ from __future__ import annotations
 import fnmatch
 import math
 
-from rich import box
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from gradprobe.facts.grad_health import GradHealthFacts, ParamGrad
 from gradprobe.facts.run import InspectReport, ParamFact, RunFacts
 from gradprobe.judges.grad_health.dead_units import zero_grad_causes
+from gradprobe.render.common import light_table
 from gradprobe.render.inspect.grad_rows import bar, flow, number, scale_of
 
 BAR = 12  # characters per bar: 96 steps between the smallest and largest value of a column
-
-
-def _table() -> Table:
-    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
 
 
 def _value(value: float | None) -> Text:
@@ -56,7 +51,7 @@ def flow_view(facts: RunFacts, top: int | None = 40, pattern: str | None = None)
     shown = flow(facts, limit=top, pattern=pattern)
     act_scale = scale_of(r.act for r in shown.rows)
     param_scale = scale_of(r.params for r in shown.rows)
-    t = _table()
+    t = light_table()
     t.add_column("module (call)", overflow="fold", ratio=1, min_width=_name_width([r.short for r in shown.rows]))
     t.add_column("‖g‖ at output", no_wrap=True)
     t.add_column("‖param grads‖", no_wrap=True)
@@ -141,7 +136,7 @@ def param_table(facts: RunFacts, top: int | None = 40, pattern: str | None = Non
     if top and len(rows) > top:
         hidden = len(rows) - top
         rows = sorted(rows, key=_concern)[:top]
-    t = _table()
+    t = light_table()
     t.add_column("parameter", overflow="fold", ratio=1, min_width=_name_width([p.name for p, _ in rows]))
     t.add_column("‖g‖", justify="right", no_wrap=True)
     t.add_column("max|g|", justify="right", no_wrap=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 
-from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -12,7 +11,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from gradprobe.facts.run import GradState, InspectReport, RunFacts, TensorFact
-from gradprobe.render.common import findings_table
+from gradprobe.render.common import findings_table, light_table, titled
 from gradprobe.render.graph.tree import GraphTree, display_tree
 from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
 from gradprobe.render.memory.view import memory_detail_view
@@ -23,19 +22,6 @@ GRAD_STYLE = {GradState.ABSENT: "red", GradState.ZERO: "yellow", GradState.NONZE
 
 def _flag(value: bool) -> Text:
     return Text("yes", style="green") if value else Text("no", style="dim")
-
-
-def _table() -> Table:
-    """A light table: no vertical rules, so names get the width on an 80-column terminal."""
-    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
-
-
-def _titled(title: str, table: Table, caption: str | None = None) -> Group:
-    """Title and caption outside the table, so a narrow table does not wrap them."""
-    parts: list[RenderableType] = [Text(title, style="bold"), table]
-    if caption:
-        parts.append(Text(caption, style="dim"))
-    return Group(*parts)
 
 
 def _uniform(values: list[str]) -> str | None:
@@ -105,7 +91,7 @@ def parameters_table(f: RunFacts, top: int | None, pattern: str | None) -> Rende
     shared += [{"True": "all require grad", "False": "all frozen"}[requires]] if requires else []
     shared += [f"modules in {'train' if training == 'True' else 'eval'} mode"] if training else []
     title = f"Parameters ({len(f.parameters)}{'; ' + ', '.join(shared) if shared else ''})"
-    t = _table()
+    t = light_table()
     t.add_column("name", overflow="fold", ratio=1, min_width=_name_width([p.name for p in shown]))
     t.add_column("shape", no_wrap=True)
     if dtype is None:
@@ -131,14 +117,14 @@ def parameters_table(f: RunFacts, top: int | None, pattern: str | None) -> Rende
         if training is None:
             cells.append(Text("train") if p.module_training else Text("eval", style="dim"))
         t.add_row(*cells)
-    return _titled(title, t, f"{hidden} more rows (--top to change, --format json for all)" if hidden else None)
+    return titled(title, t, f"{hidden} more rows (--top to change, --format json for all)" if hidden else None)
 
 
 def buffers_table(f: RunFacts, top: int | None, pattern: str | None) -> RenderableType:
     rows = [b for b in f.buffers if _match(b.name, pattern)]
     shown, hidden = _limit(rows, top)
     changed_count = sum(bool(b.changed) for b in f.buffers)
-    t = _table()
+    t = light_table()
     t.add_column("name", overflow="fold", ratio=1, min_width=16)
     t.add_column("shape", no_wrap=True)
     t.add_column("dtype", no_wrap=True)
@@ -147,7 +133,7 @@ def buffers_table(f: RunFacts, top: int | None, pattern: str | None) -> Renderab
         changed = Text("?", style="dim") if b.changed is None else (
             Text("yes", style="yellow") if b.changed else Text("no", style="dim"))
         t.add_row(b.name, shape_text(b.shape), b.dtype, changed)
-    return _titled(f"Buffers ({len(f.buffers)}, {changed_count} changed by the forward)", t,
+    return titled(f"Buffers ({len(f.buffers)}, {changed_count} changed by the forward)", t,
                    f"{hidden} more rows (--top to change, --format json for all)" if hidden else None)
 
 
@@ -177,7 +163,7 @@ def tensors_table(f: RunFacts, top: int | None, pattern: str | None) -> Renderab
     shared += [f"is_inference={inference}"] if inference else []
     title = f"Tensors ({len(f.tensors)}{'; ' + ', '.join(shared) if shared else ''})"
     labels = [_tensor_label(x, repeated) for x in shown]
-    t = _table()
+    t = light_table()
     t.add_column("module (call) / output", overflow="fold", ratio=1,
                  min_width=_name_width([label.plain for label in labels]))
     t.add_column("shape", no_wrap=True)
@@ -202,7 +188,7 @@ def tensors_table(f: RunFacts, top: int | None, pattern: str | None) -> Renderab
         if inference is None:
             cells.append(Text("yes", style="red") if x.is_inference else Text("no", style="dim"))
         t.add_row(*cells)
-    return _titled(title, t, f"{hidden} more rows (--top to change, --filter GLOB, --format json for all)"
+    return titled(title, t, f"{hidden} more rows (--top to change, --filter GLOB, --format json for all)"
                    if hidden else None)
 
 
@@ -254,7 +240,7 @@ def checkpoint_table(report: InspectReport, top: int | None) -> RenderableType |
     if not report.checkpoint_advice or plan is None:
         return None
     shown, hidden = _limit(list(report.checkpoint_advice), top)
-    t = _table()
+    t = light_table()
     t.add_column("module (call)", overflow="fold", ratio=1, min_width=16)
     t.add_column("type", overflow="fold")
     t.add_column("saved inside", justify="right", no_wrap=True)
@@ -262,7 +248,7 @@ def checkpoint_table(report: InspectReport, top: int | None) -> RenderableType |
     for c in shown:
         t.add_row(*candidate_cells(c))
     caption = plan_text(plan) + (f"; {hidden} more calls (--top to change, --format json for all)" if hidden else "")
-    return _titled(CHECKPOINT_TITLE, t, caption)
+    return titled(CHECKPOINT_TITLE, t, caption)
 
 
 def memory_table(report: InspectReport, top: int | None, pattern: str | None = None) -> RenderableType | None:
@@ -287,14 +273,14 @@ def memory_table(report: InspectReport, top: int | None, pattern: str | None = N
     saved = [x for x in m.by_module if x.saved_for_backward_bytes and _match(x.module, pattern)]
     if saved:
         shown, hidden = _limit(saved, top or 10)
-        bt = _table()
+        bt = light_table()
         bt.add_column("module (call)", overflow="fold", ratio=1, min_width=16)
         bt.add_column("saved", justify="right", no_wrap=True)
         bt.add_column("output", justify="right", no_wrap=True)
         for x in shown:
             bt.add_row((x.module or "(model)") + (f" #{x.call}" if x.call else ""),
                        human_bytes(x.saved_for_backward_bytes), human_bytes(x.output_bytes))
-        parts.append(_titled("Saved for backward, by module call (innermost module)", bt,
+        parts.append(titled("Saved for backward, by module call (innermost module)", bt,
                              f"{hidden} more module calls" if hidden else None))
     advice = checkpoint_table(report, top)
     if advice is not None:

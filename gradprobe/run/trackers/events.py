@@ -21,11 +21,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
-from torch.utils._pytree import tree_leaves
 
 from gradprobe.facts.memory import EventLog, PhaseSpan
 from gradprobe.run.trackers.base import BACKWARD, FORWARD, Phase
-from gradprobe.run.trackers.memory import storage_key
+from gradprobe.run.trackers.memory import for_each_output, storage_key
 from gradprobe.run.trackers.modules import Call, CallTimeline, dtype_name, shape_of
 
 _current_node = getattr(torch._C, "_current_autograd_node", None)
@@ -123,16 +122,7 @@ class EventLogTracker:
         self.op_call.append(self._last_call)
 
     def after_op(self, out: Any) -> None:
-        if isinstance(out, torch.Tensor):
-            self._track(out)
-        elif isinstance(out, (tuple, list)):
-            for t in out:
-                if isinstance(t, torch.Tensor):
-                    self._track(t)
-                elif t is not None and not isinstance(t, (int, float, bool)):
-                    for leaf in tree_leaves(t):
-                        if isinstance(leaf, torch.Tensor):
-                            self._track(leaf)
+        for_each_output(out, self._track)
 
     # ------------------------------------------------------------------ internals
     def _intern_op(self, func: Any) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,21 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from gradprobe.run.trackers.base import BACKWARD, FORWARD, Phase
+
+
+def for_each_output(out: Any, track: Callable[[torch.Tensor], None]) -> None:
+    """``track`` every tensor an op returned: a tensor, a tuple/list of tensors, or (rarely) something nested.
+    The fast paths matter: this runs for every op of the forward and backward."""
+    if isinstance(out, torch.Tensor):
+        track(out)
+    elif isinstance(out, (tuple, list)):
+        for t in out:
+            if isinstance(t, torch.Tensor):
+                track(t)
+            elif t is not None and not isinstance(t, (int, float, bool)):
+                for leaf in tree_leaves(t):
+                    if isinstance(leaf, torch.Tensor):
+                        track(leaf)
 
 
 def storage_key(t: torch.Tensor) -> int | None:
@@ -65,18 +80,7 @@ class LiveBytesTracker:
         return PhasePeaks(self.peaks.get(FORWARD), self.peaks.get(BACKWARD))
 
     def after_op(self, out: Any) -> None:
-        # Ops return a tensor, a tuple/list of tensors, or (rarely) something nested: the fast paths
-        # matter, this runs for every op of the forward and backward.
-        if isinstance(out, torch.Tensor):
-            self._track(out)
-        elif isinstance(out, (tuple, list)):
-            for t in out:
-                if isinstance(t, torch.Tensor):
-                    self._track(t)
-                elif t is not None and not isinstance(t, (int, float, bool)):
-                    for leaf in tree_leaves(t):
-                        if isinstance(leaf, torch.Tensor):
-                            self._track(leaf)
+        for_each_output(out, self._track)
 
     def _track(self, t: torch.Tensor) -> None:
         try:
