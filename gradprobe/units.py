@@ -55,6 +55,18 @@ def shorten(items: Iterable[str], limit: int = 4, *, quote: bool = False) -> str
     return ", ".join(items[:limit]) + f", … and {len(items) - limit} more"
 
 
+def common_module(modules: Iterable[str]) -> str:
+    """The innermost module holding all of ``modules`` (qualified names; "" is the model itself, and so is the
+    answer when they share no prefix)."""
+    split = [m.split(".") if m else [] for m in modules]
+    common: list[str] = []
+    for parts in zip(*split, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
 def py_path(module: str, root: str = "model") -> str:
     """``backbone.1.proj`` → ``model.backbone[1].proj``: the module as the user reaches it in Python.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from gradprobe.facts.run import Finding, GradState, ParamFact, RunFacts
 from gradprobe.judges.grad_causes import Cause, CauseFinder, module_label
-from gradprobe.units import py_path, shorten
+from gradprobe.units import common_module, py_path, shorten
 
 
 def gradient_findings(facts: RunFacts) -> list[Finding]:
@@ -84,7 +84,7 @@ def _named(facts: RunFacts, params: list[ParamFact], cause: Cause) -> tuple[str,
         p = loose[0]
         return p.name, f"parameter '{p.name}'", py_path(p.name)
     names = [f"'{r}'" if r else "the model" for r in roots] + [f"'{p.name}'" for p in loose]
-    subject = _common(roots + [p.module for p in loose])
+    subject = common_module(roots + [p.module for p in loose])
     if cause.kind == "not-routed":
         subject = cause.where
     owners = {p.module for p in loose}
@@ -97,17 +97,6 @@ def _named(facts: RunFacts, params: list[ParamFact], cause: Cause) -> tuple[str,
 
 def _module_words(module: str) -> str:
     return f"module '{module}'" if module else "the model"
-
-
-def _common(modules: list[str]) -> str:
-    """The innermost module holding all of ``modules``."""
-    split = [m.split(".") if m else [] for m in modules]
-    common: list[str] = []
-    for parts in zip(*split, strict=False):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    return ".".join(common)
 
 
 def _ancestors(module: str) -> list[str]:

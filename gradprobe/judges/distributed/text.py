@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gradprobe.facts.distributed import NO_SHARD, RankParam
+from gradprobe.units import common_module
 
 
 def ranks_text(ranks: Sequence[int]) -> str:
@@ -27,14 +28,8 @@ def subject(names: Sequence[str]) -> str:
 
 
 def owner(names: Sequence[str]) -> str:
-    """The innermost module holding every one of ``names`` ("" for the root)."""
-    parts = [n.split(".")[:-1] for n in names]
-    common: list[str] = []
-    for segs in zip(*parts, strict=False):
-        if len(set(segs)) != 1:
-            break
-        common.append(segs[0])
-    return ".".join(common)
+    """The innermost module holding every one of the parameters ``names`` ("" for the root)."""
+    return common_module(n.rpartition(".")[0] for n in names)
 
 
 

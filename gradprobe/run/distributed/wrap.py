@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from gradprobe.errors import RunError, UsageError, describe_exception
+from gradprobe.units import common_module
 
 WRAP_KINDS = ("ddp", "fsdp", "fsdp1")
 
@@ -111,15 +112,7 @@ def fsdp1_mixed_message(unit: str, kind: str, frozen: Sequence[str], trainable: 
 
 def _common_module(names: Sequence[str]) -> str | None:
     """The innermost module containing every name (what to shard separately)."""
-    if not names:
-        return None
-    parts = [n.split(".")[:-1] for n in names]
-    common = []
-    for segs in zip(*parts, strict=False):
-        if len(set(segs)) != 1:
-            break
-        common.append(segs[0])
-    return ".".join(common) or None
+    return common_module(n.rpartition(".")[0] for n in names) or None
 
 
 def wrap(model: nn.Module, kind: str, shard: Sequence[str], use_orig_params: bool, device: torch.device) -> nn.Module:
