@@ -114,26 +114,13 @@ def inspect(
 
     def body() -> int:
         from gradprobe.cli.command import check_pattern, quiet_torch_import, settings
-        from gradprobe.errors import UsageError
         from gradprobe.load.loss import check_loss_spec
 
         launched = dist_launch(dist, debug)  # --nproc: this process only starts torch's launcher
         if launched is not None:
             return launched
 
-        if top < 0:
-            raise UsageError(f"--top {top}: use 0 (all rows) or more")
-        if depth < 0:  # checked before the user's code runs
-            raise UsageError(f"--depth {depth}: use 0 or more")
-        if memory_detail and no_memory:
-            raise UsageError("--memory-detail needs the memory trackers: drop --no-memory")
-        if not grad_factor > 1:
-            raise UsageError(f"--grad-factor {grad_factor:g}: use a factor above 1 (e.g. 1000)")
-        graph_kind = None
-        if graph is not None:
-            from gradprobe.render.graph.export import check_graph_path
-
-            graph_kind = check_graph_path(graph)
+        graph_kind = _check_options(top, depth, memory_detail, no_memory, grad_factor, graph)
         with rank0_speaks():
             s = settings(ctx, "inspect", values, shared["config"], shared["no_config"])
         if s["loss"] is not None:
@@ -179,6 +166,26 @@ def inspect(
     from gradprobe.cli.command import guarded
 
     guarded(debug, body)
+
+
+def _check_options(top: int, depth: int, memory_detail: bool, no_memory: bool, grad_factor: float,
+                   graph: str | None) -> str | None:
+    """Option values that cannot work, refused before the user's code runs; the --graph export's kind."""
+    from gradprobe.errors import UsageError
+
+    if top < 0:
+        raise UsageError(f"--top {top}: use 0 (all rows) or more")
+    if depth < 0:
+        raise UsageError(f"--depth {depth}: use 0 or more")
+    if memory_detail and no_memory:
+        raise UsageError("--memory-detail needs the memory trackers: drop --no-memory")
+    if not grad_factor > 1:
+        raise UsageError(f"--grad-factor {grad_factor:g}: use a factor above 1 (e.g. 1000)")
+    if graph is None:
+        return None
+    from gradprobe.render.graph.export import check_graph_path
+
+    return check_graph_path(graph)
 
 
 def _names(model: Any) -> list[str]:
