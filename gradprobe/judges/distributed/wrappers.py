@@ -92,14 +92,16 @@ def split_hint(u: UnitFact, wrapper: str) -> str:
     return "make the trainable modules their own FSDP units (or the frozen ones), so no unit mixes the two"
 
 
+def mixed_units(dist: DistFacts) -> list[UnitFact]:
+    """Rank 0's FSDP units that mix frozen and trainable parameters (every rank has the same units)."""
+    return [u for u in dist.ranks[0].units if u.mixed]
+
+
 def fsdp1_frozen_grads(dist: DistFacts) -> list[Finding]:
     if dist.wrapper.kind != "fsdp1" or not dist.wrapper.use_orig_params:
         return []
     out = []
-    rank0 = dist.ranks[0]
-    for unit in rank0.units:
-        if not unit.mixed:
-            continue
+    for unit in mixed_units(dist):
         per_rank = [(r.rank, next((u for u in r.units if u.name == unit.name), None)) for r in dist.ranks]
         measured = [(rank, u.frozen_gradient_bytes) for rank, u in per_rank
                     if u is not None and u.frozen_gradient_bytes is not None]
@@ -123,9 +125,7 @@ def fsdp2_mixed(dist: DistFacts) -> list[Finding]:
         return []
     out = []
     rank0 = dist.ranks[0]
-    for unit in rank0.units:
-        if not unit.mixed:
-            continue
+    for unit in mixed_units(dist):
         frozen_share = unit.frozen_bytes / max(1, unit.frozen_bytes + unit.trainable_bytes)
         ag_f, ag_b = unit.all_gather_forward_bytes, unit.all_gather_backward_bytes
         if ag_f:
