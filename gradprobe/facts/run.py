@@ -295,6 +295,9 @@ class RunFacts:
     requires_grad_changed: tuple[str, ...] = ()  # parameters whose requires_grad forward flipped
     training_changed: tuple[str, ...] = ()  # modules whose training flag forward flipped
     zero_valued_parameters: tuple[str, ...] = ()  # all-zero parameters near one whose gradient is exactly zero
+    # measured in the autograd graph (gradprobe.run.trackers.zero_factor): (parameter with an exactly zero
+    # gradient, the all-zero parameters it is multiplied with on every path from the loss); None: not measured
+    zero_grad_partners: tuple[tuple[str, tuple[str, ...]], ...] | None = None
     grad_health: GradHealthFacts | None = None  # --grads: gradient flow, NaN origin (gradprobe.facts.grad_health)
 
 

@@ -144,21 +144,15 @@ def cut_off_roots(facts: RunFacts, missing: list[ParamFact]) -> tuple[list[str],
 
 
 def _grad_zero(facts: RunFacts) -> list[Finding]:
-    zero_valued = {p.name: p for p in facts.parameters if p.name in set(facts.zero_valued_parameters)}
+    by_name = {p.name: p for p in facts.parameters}
     findings = []
     for p in facts.parameters:
         if not (p.requires_grad and p.grad is GradState.ZERO):
             continue
-        partners = _zero_partners(p, zero_valued)
+        partners = zero_partners(facts, p)
         if partners:
-            findings.append(Finding(
-                "grad-zero", "info", p.name,
-                f"parameter '{p.name}' received a gradient that is exactly zero, as expected: "
-                f"{shorten(partners, 2, quote=True)} {'is' if len(partners) == 1 else 'are'} all zeros (a "
-                f"zero-initialised factor, as LoRA's B), so the other factor's gradient is zero until that one "
-                f"has trained a step",
-                "nothing to fix for a zero-initialised adapter; it gets a gradient after the first optimizer step",
-            ))
+            findings.append(_zero_factor_finding(p, [by_name[q] for q in partners if q in by_name] or partners,
+                                                 measured=facts.zero_grad_partners is not None))
         else:
             findings.append(Finding(
                 "grad-zero", "warning", p.name,
@@ -166,6 +160,47 @@ def _grad_zero(facts: RunFacts) -> list[Finding]:
                 "a dead ReLU, a zero mask, or a loss that does not depend on it",
             ))
     return findings
+
+
+def _zero_factor_finding(p: ParamFact, partners: list[ParamFact] | list[str], *, measured: bool) -> Finding:
+    """A zero gradient caused by an all-zero factor: expected while that factor trains, a problem if it cannot."""
+    facts = [q for q in partners if isinstance(q, ParamFact)]
+    names = [q.name if isinstance(q, ParamFact) else q for q in partners]
+    words = shorten(names, 2, quote=True)
+    verb = "is" if len(names) == 1 else "are"
+    init = "its usual initialisation in LoRA" if all("lora_b" in n.lower() for n in names) \
+        else "a zero-initialised factor"
+    how = "multiplies it on every path from the loss" if measured else "is next to it and shares a dimension"
+    head = (f"parameter '{p.name}' received a gradient that is exactly zero: {words} {verb} all zeros ({init}) "
+            f"and {how}, so its gradient is exactly zero on the first step")
+    training = [q for q in facts if q.requires_grad and q.grad is GradState.NONZERO]
+    if facts and len(training) == len(facts):
+        return Finding("grad-zero", "info", p.name,
+                       f"{head}; {words} got a nonzero gradient, so it becomes nonzero after that first "
+                       f"optimizer update, as expected",
+                       "nothing to fix for a zero-initialised adapter; it gets a gradient after the first "
+                       "optimizer step")
+    if facts:
+        stuck = [q.name for q in facts if q not in training]
+        return Finding("grad-zero", "warning", p.name,
+                       f"{head}; {shorten(stuck, 2, quote=True)} got no nonzero gradient itself, so neither "
+                       f"will change in training",
+                       "initialise one factor of the product with nonzero values, or unfreeze the zero one")
+    return Finding("grad-zero", "info", p.name, f"{head}, as expected until that factor has trained a step",
+                   "nothing to fix for a zero-initialised adapter; it gets a gradient after the first "
+                   "optimizer step")
+
+
+def zero_partners(facts: RunFacts, p: ParamFact) -> list[str]:
+    """The all-zero parameters that make ``p``'s gradient exactly zero.
+
+    Measured in the autograd graph where the run recorded it (``zero_grad_partners``); for facts without that
+    measurement (hand-made, older runs), all-zero matrices next to ``p`` sharing a dimension with it.
+    """
+    if facts.zero_grad_partners is not None:
+        return list(dict(facts.zero_grad_partners).get(p.name, ()))
+    zero_valued = {q.name: q for q in facts.parameters if q.name in set(facts.zero_valued_parameters)}
+    return _zero_partners(p, zero_valued)
 
 
 def _zero_partners(p: ParamFact, zero_valued: dict[str, ParamFact]) -> list[str]:

@@ -156,6 +156,9 @@ def inspect_json(report: InspectReport) -> dict[str, Any]:
         "requires_grad_changed": list(f.requires_grad_changed),
         "training_changed": list(f.training_changed),
         "modified_in_backward": list(f.modified_in_backward),
+        # measured in the autograd graph: parameters whose exactly zero gradient an all-zero factor explains
+        "zero_grad_partners": None if f.zero_grad_partners is None else [
+            {"parameter": name, "zero_factors": list(partners)} for name, partners in f.zero_grad_partners],
         "parameter_changes": [{"name": c.name, "phase": c.phase, "how": c.how} for c in f.param_changes],
         "leaves": [{"name": x.name, "module": x.module, "shape": list(x.shape), "dtype": x.dtype,
                     "grad": x.grad and x.grad.value, "grad_norm": _num(x.grad_norm)} for x in f.leaves],
