@@ -18,6 +18,7 @@ from gradprobe.facts.run import (
     TrainingStepEstimate,
 )
 from gradprobe.render.common import dumps, finding_json
+from gradprobe.render.inspect.experts import experts_json
 from gradprobe.render.inspect.grad_text import grad_health_json
 
 __all__ = ["INSPECT_SCHEMA", "dumps", "inspect_json"]  # dumps: the CLI writes every document through it
@@ -162,6 +163,8 @@ def inspect_json(report: InspectReport) -> dict[str, Any]:
         "parameter_changes": [{"name": c.name, "phase": c.phase, "how": c.how} for c in f.param_changes],
         "leaves": [{"name": x.name, "module": x.module, "shape": list(x.shape), "dtype": x.dtype,
                     "grad": x.grad and x.grad.value, "grad_norm": _num(x.grad_norm)} for x in f.leaves],
+        # fused mixture-of-experts parameters: routing and each expert slice's gradient (gradprobe.facts.experts)
+        "experts": [experts_json(e) for e in f.experts],
         "weights": {"missing_keys": list(f.missing_keys), "unexpected_keys": list(f.unexpected_keys)},
         **grad_health_json(report),  # "grad_health", only with --grads (gradprobe.render.inspect.grad_text)
     }
