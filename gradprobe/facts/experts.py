@@ -36,11 +36,22 @@ class ExpertsFact:
     tokens: tuple[int, ...] | None = None  # token assignments per expert, over every call
     routed_rows: int | None = None  # tokens (rows of the index tensor) that entered the layer, over every call
     top_k: int | None = None  # assignments per token
+    # of ``tokens``, those whose token's output row of the module got a nonzero gradient in the backward (the
+    # loss depends on it); the rest are tokens the loss ignores (padded or label-masked positions)
+    tokens_with_gradient: tuple[int, ...] | None = None
 
     @property
     def unrouted(self) -> tuple[int, ...]:
         """Experts no token was routed to (empty when routing was not seen)."""
         return tuple(e for e, n in enumerate(self.tokens or ()) if n == 0)
+
+    @property
+    def ignored(self) -> tuple[int, ...]:
+        """Experts that got tokens, but only tokens whose outputs got an exactly zero gradient."""
+        if self.tokens is None or self.tokens_with_gradient is None:
+            return ()
+        return tuple(e for e, (n, g) in enumerate(zip(self.tokens, self.tokens_with_gradient, strict=True))
+                     if n and not g)
 
     def zero_experts(self) -> tuple[int, ...]:
         """Experts whose slice is exactly zero (or absent) in every fused parameter that has a gradient."""

@@ -49,20 +49,27 @@ def _one(e: ExpertsFact) -> Finding | None:
                        f"{head}; gradprobe did not see the routing (no expert-index tensor reached the module), so "
                        f"whether no token was routed to them is unknown",
                        "run a batch with more tokens, or check the router and these experts' weights")
-    unrouted = set(e.unrouted)
-    routed_zero = [i for i in zero if i not in unrouted]
+    unrouted, ignored = set(e.unrouted), set(e.ignored)
+    unexplained = tuple(i for i in zero if i not in unrouted and i not in ignored)
     total = sum(e.tokens)
-    empty = tuple(i for i in zero if i in unrouted)
-    routing = (f"the router's top-{e.top_k} sent {total} assignments of {e.routed_rows} tokens as "
-               f"{_counts(e.tokens)} (per expert), none to expert(s) {_experts(empty)}")
-    if routed_zero:
+    routing = f"the router's top-{e.top_k} sent {total} assignments of {e.routed_rows} tokens as {_counts(e.tokens)}"
+    if unrouted & set(zero):
+        routing += f", none to expert(s) {_experts(tuple(i for i in zero if i in unrouted))}"
+    if ignored & set(zero):
+        some = tuple(i for i in zero if i in ignored)
+        routing += (f"; expert(s) {_experts(some)} got only tokens whose output got an exactly zero gradient "
+                    f"(the loss ignores them: padded or label-masked positions, or a causal LM's last position)")
+    if unexplained:
         return Finding(CODE, "warning", e.module or "(model)",
-                       f"{head}; {routing}; but expert(s) {_experts(tuple(routed_zero))} got tokens and still an "
-                       f"exactly zero gradient",
+                       f"{head}; {routing}; but expert(s) {_experts(unexplained)} got tokens the loss depends on "
+                       f"and still an exactly zero gradient",
                        "check those experts' weights and the routing weights they were given (a zero weight "
                        "or a zero-initialised factor)")
-    expected = uniform_empty_experts(e)
     data = "each expert's gradient comes only from the tokens routed to it, so this is data-dependent"
+    if not unrouted & set(zero):
+        return Finding(CODE, "info", e.module or "(model)", f"{head}: {routing}; {data}: expected",
+                       "nothing to fix; batches whose loss covers more tokens give these experts a gradient")
+    expected = uniform_empty_experts(e)
     if expected is not None and expected >= _LIKELY:
         return Finding(CODE, "info", e.module or "(model)",
                        f"{head}: {routing}; {data}, and expected with this few tokens (even uniform routing "

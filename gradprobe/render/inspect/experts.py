@@ -49,6 +49,8 @@ def _rows(facts: RunFacts, top: int | None) -> tuple[list[tuple[str, str, str, l
         by_short = {_short(p): p for p in e.parameters}
         for i in range(e.experts):
             tokens = "?" if e.tokens is None else str(e.tokens[i])
+            if e.tokens is not None and e.tokens_with_gradient is not None and e.tokens_with_gradient[i] != e.tokens[i]:
+                tokens += f" ({e.tokens_with_gradient[i]} in loss)"
             rows.append((e.module if i == 0 else "", str(i), tokens, [_cell(by_short.get(c), i) for c in cols]))
     if top and len(rows) > top:
         return rows[:top], len(rows) - top
@@ -62,7 +64,7 @@ def caption(facts: RunFacts) -> str:
     if routed:
         e = routed[0]
         parts.append(f"tokens: assignments the router's top-{e.top_k} sent each expert in this run "
-                     f"({e.routed_rows} tokens per layer call)")
+                     f"({e.routed_rows} tokens per layer call; 'in loss': those whose output got a nonzero gradient)")
     if len(routed) < len(facts.experts):
         parts.append("?: routing not seen")
     parts.append("grad: the state of each expert's slice grad[e] of the fused parameter, nonzero with its L2 norm")
@@ -81,7 +83,7 @@ def experts_view(facts: RunFacts, top: int | None) -> RenderableType | None:
         t.add_column(c)
     rows, left = _rows(facts, top)
     for module, expert, tokens, cells in rows:
-        t.add_row(module, expert, Text(tokens, style="yellow" if tokens == "0" else ""),
+        t.add_row(module, expert, Text(tokens, style="yellow" if tokens.startswith("0") else ""),
                   *(Text(text, style=_STYLE.get(state, "")) if state else Text(text, style="dim")
                     for text, state in cells))
     parts: list[RenderableType] = [Text(TITLE, style="bold"), t, Text(caption(facts), style="dim")]
@@ -108,6 +110,8 @@ def experts_json(e: ExpertsFact) -> dict[str, Any]:
     return {
         "module": e.module, "type": e.type, "experts": e.experts, "recognised_by": e.recognised_by,
         "tokens_per_expert": None if e.tokens is None else list(e.tokens), "routed_tokens": e.routed_rows,
+        "tokens_with_gradient_per_expert": None if e.tokens_with_gradient is None else list(e.tokens_with_gradient),
+        "ignored_token_experts": list(e.ignored),
         "top_k": e.top_k, "unrouted_experts": list(e.unrouted), "zero_grad_experts": list(e.zero_experts()),
         "parameters": [{"name": p.name, "shape": list(p.shape), "grad_per_expert": [s.value for s in p.states],
                         "grad_norm_per_expert": [_num(n) for n in p.norms]} for p in e.parameters],

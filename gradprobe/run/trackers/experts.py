@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -41,9 +41,15 @@ class _Experts:
     count: int
     recognised_by: str
     params: list[tuple[str, nn.Parameter]]
-    tokens: torch.Tensor | None = None  # int64 (count,) accumulated over calls
-    rows: int = 0
-    top_k: int | None = None
+    calls: list[_Call] = field(default_factory=list)
+
+
+@dataclass
+class _Call:
+    """One call's routing: the expert index of each (token, slot), and which tokens' outputs got a gradient."""
+
+    index: torch.Tensor  # int64 (tokens, k) on CPU
+    gradient: torch.Tensor | None = None  # bool (tokens,): the module's output row got a nonzero gradient
 
 
 def _declared_count(mod: nn.Module) -> tuple[int, str] | None:
@@ -94,6 +100,7 @@ class ExpertTracker:
     @contextlib.contextmanager
     def install(self, phase: Phase) -> Iterator[None]:
         handles = [e.module.register_forward_pre_hook(self._hook(e), with_kwargs=True) for e in self.found]
+        handles += [e.module.register_forward_hook(self._output_hook(e)) for e in self.found]
         try:
             yield
         finally:
@@ -108,6 +115,24 @@ class ExpertTracker:
                 _count(e, args, kwargs)
         return hook
 
+    @staticmethod
+    def _output_hook(e: _Experts) -> Any:
+        """Watch the gradient reaching each token's output row, to tell tokens the loss ignores."""
+        def hook(_: nn.Module, _args: Any, output: Any) -> None:
+            if not e.calls or e.calls[-1].gradient is not None:
+                return
+            call = e.calls[-1]
+            out = output[0] if isinstance(output, (tuple, list)) and output else output
+            if not isinstance(out, torch.Tensor) or not out.requires_grad or not out.dim() \
+                    or out.shape[0] != call.index.shape[0]:
+                return
+
+            def on_grad(grad: torch.Tensor) -> None:
+                with _disable_current_modes(), torch.no_grad():
+                    call.gradient = (grad.detach().reshape(grad.shape[0], -1) != 0).any(dim=1).cpu()
+            out.register_hook(on_grad)
+        return hook
+
     def facts(self) -> list[_Experts]:
         return self.found
 
@@ -117,16 +142,16 @@ class ExpertTracker:
 
 
 def _count(e: _Experts, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-    """Add one call's routing to ``e``: assignments per expert from the integer index tensor it received."""
+    """Keep one call's routing: the integer expert-index tensor the module received."""
     index = _routing_index(args, kwargs, e.count)
-    if index is None:
-        return
-    flat = index.detach().reshape(-1).to("cpu", torch.int64)
-    flat = flat[(flat >= 0) & (flat < e.count)]  # count (or -1) marks an empty slot in some kernels
-    counts = torch.bincount(flat, minlength=e.count)[: e.count]
-    e.tokens = counts if e.tokens is None else e.tokens + counts
-    e.rows += int(index.shape[0]) if index.dim() else 1
-    e.top_k = int(index.shape[-1]) if index.dim() >= 2 else 1
+    if index is not None:
+        e.calls.append(_Call(index.detach().reshape(index.shape[0] if index.dim() else 1, -1).to("cpu", torch.int64)))
+
+
+def _per_expert(index: torch.Tensor, count: int) -> torch.Tensor:
+    flat = index.reshape(-1)
+    flat = flat[(flat >= 0) & (flat < count)]  # count (or -1) marks an empty slot in some kernels
+    return torch.bincount(flat, minlength=count)[:count]
 
 
 def _routing_index(args: tuple[Any, ...], kwargs: Mapping[str, Any], count: int) -> torch.Tensor | None:
@@ -144,10 +169,17 @@ def _routing_index(args: tuple[Any, ...], kwargs: Mapping[str, Any], count: int)
 
 def _fact(e: _Experts, did_backward: bool) -> ExpertsFact:
     params = tuple(_slices(name, p, e.count, did_backward) for name, p in e.params)
+    if not e.calls:
+        return ExpertsFact(e.name, type(e.module).__name__, e.count, e.recognised_by, params)
+    with torch.no_grad():
+        tokens = sum(_per_expert(c.index, e.count) for c in e.calls)
+        watched = did_backward and all(c.gradient is not None for c in e.calls)
+        with_grad = sum(_per_expert(c.index[c.gradient], e.count) for c in e.calls) if watched else None  # type: ignore[index]
     return ExpertsFact(
         module=e.name, type=type(e.module).__name__, experts=e.count, recognised_by=e.recognised_by,
-        parameters=params, tokens=None if e.tokens is None else tuple(int(n) for n in e.tokens.tolist()),
-        routed_rows=e.rows if e.tokens is not None else None, top_k=e.top_k,
+        parameters=params, tokens=tuple(int(n) for n in tokens.tolist()),  # type: ignore[union-attr]
+        routed_rows=sum(int(c.index.shape[0]) for c in e.calls), top_k=int(e.calls[0].index.shape[1]),
+        tokens_with_gradient=None if with_grad is None else tuple(int(n) for n in with_grad.tolist()),  # type: ignore[union-attr]
     )
 
 
