@@ -179,13 +179,11 @@ def test_markdown_table_has_one_row_per_expert() -> None:
     md = inspect_markdown(probe(model, batch, loss=model_loss), top=0)
     assert "### Experts (fused MoE parameters, per expert slice)" in md
     first = next(iter(counts))
+    section = md.split(f"`{first}` (MixtralExperts, 4 experts, top-2 of 10 tokens)")[1]
     for i, n in enumerate(counts[first].tolist()):
-        state = "zero" if not grads[f"{first}.down_proj"][i].any() else "nonzero"
-        g = int(ref.in_loss[first][i])
-        tokens = str(n) if g == n else f"{n} ({g} in loss)"
-        row = f"| `{first}` | {i} | {tokens} |" if i == 0 else f"|  | {i} | {tokens} |"
-        line = next(x for x in md.splitlines() if x.startswith(row))
-        assert f"| {state}" in line
+        slices = [grads[f"{first}.{p}"][i] for p in ("gate_up_proj", "down_proj")]
+        states = ["zero" if not g.any() else f"nonzero ‖{float(g.norm()):.3g}‖" for g in slices]
+        assert f"| {i} | {n} | {int(ref.in_loss[first][i])} | {states[0]} | {states[1]} |" in section
 
 
 def test_cli_json_experts_field(run_cli: Callable[..., CliResult], tmp_path: Path) -> None:

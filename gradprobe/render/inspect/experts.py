@@ -36,59 +36,69 @@ def _cell(p: ExpertParamGrads | None, i: int) -> tuple[str, GradState | None]:
         return "-", None
     state, norm = p.states[i], p.norms[i]
     if state is GradState.NONZERO and norm is not None:
-        return f"nonzero {norm:.3g}", state
+        return f"nonzero ‖{norm:.3g}‖", state
     return state.value, state
 
 
-def _rows(facts: RunFacts, top: int | None) -> tuple[list[tuple[str, str, str, list[tuple[str, GradState | None]]]],
-                                                      int]:
-    """(module shown on its first row, expert, tokens, cells) for each row, and how many rows were left out."""
-    cols = _columns(facts)
-    rows = []
-    for e in facts.experts:
-        by_short = {_short(p): p for p in e.parameters}
-        for i in range(e.experts):
-            tokens = "?" if e.tokens is None else str(e.tokens[i])
-            if e.tokens is not None and e.tokens_with_gradient is not None and e.tokens_with_gradient[i] != e.tokens[i]:
-                tokens += f" ({e.tokens_with_gradient[i]} in loss)"
-            rows.append((e.module if i == 0 else "", str(i), tokens, [_cell(by_short.get(c), i) for c in cols]))
-    if top and len(rows) > top:
-        return rows[:top], len(rows) - top
-    return rows, 0
+def _tokens(e: ExpertsFact, i: int) -> tuple[str, str]:
+    """The assignments expert ``i`` got, and of those the ones whose token the loss depends on."""
+    if e.tokens is None:
+        return "?", "?"
+    return str(e.tokens[i]), "?" if e.tokens_with_gradient is None else str(e.tokens_with_gradient[i])
+
+
+def _rows(e: ExpertsFact, cols: list[str]) -> list[tuple[str, str, str, list[tuple[str, GradState | None]]]]:
+    """(expert, tokens, tokens in the loss, one cell per fused parameter) for each expert of ``e``."""
+    by_short = {_short(p): p for p in e.parameters}
+    return [(str(i), *_tokens(e, i), [_cell(by_short.get(c), i) for c in cols]) for i in range(e.experts)]
+
+
+def _heading(e: ExpertsFact) -> str:
+    routing = f"top-{e.top_k} of {e.routed_rows} tokens" if e.tokens is not None else "routing not seen"
+    return f"{e.module or '(model)'} ({e.type}, {e.experts} experts, {routing})"
 
 
 def caption(facts: RunFacts) -> str:
     """How the figures were measured, in one line."""
-    routed = [e for e in facts.experts if e.tokens is not None]
-    parts = []
-    if routed:
-        e = routed[0]
-        parts.append(f"tokens: assignments the router's top-{e.top_k} sent each expert in this run "
-                     f"({e.routed_rows} tokens per layer call; 'in loss': those whose output got a nonzero gradient)")
-    if len(routed) < len(facts.experts):
-        parts.append("?: routing not seen")
-    parts.append("grad: the state of each expert's slice grad[e] of the fused parameter, nonzero with its L2 norm")
-    return "; ".join(parts)
+    return ("tokens: assignments the router sent each expert in this run; in loss: those whose token's output got "
+            "a nonzero gradient; each parameter: the state of the expert's slice grad[e], with its L2 norm")
+
+
+def _shown(facts: RunFacts, top: int | None) -> tuple[list[ExpertsFact], int]:
+    """The experts modules that fit in ``top`` rows, and how many modules were left out."""
+    if not top:
+        return list(facts.experts), 0
+    shown, rows = [], 0
+    for e in facts.experts:
+        if shown and rows + e.experts > top:
+            break
+        shown.append(e)
+        rows += e.experts
+    return shown, len(facts.experts) - len(shown)
 
 
 def experts_view(facts: RunFacts, top: int | None) -> RenderableType | None:
-    """The rich table, or None when the model has no fused experts."""
+    """One small rich table per experts module, or None when the model has no fused experts."""
     if not facts.experts:
         return None
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
-    t.add_column("module", overflow="fold")
-    t.add_column("expert", justify="right")
-    t.add_column("tokens", justify="right")
-    for c in _columns(facts):
-        t.add_column(c)
-    rows, left = _rows(facts, top)
-    for module, expert, tokens, cells in rows:
-        t.add_row(module, expert, Text(tokens, style="yellow" if tokens.startswith("0") else ""),
-                  *(Text(text, style=_STYLE.get(state, "")) if state else Text(text, style="dim")
-                    for text, state in cells))
-    parts: list[RenderableType] = [Text(TITLE, style="bold"), t, Text(caption(facts), style="dim")]
+    cols = _columns(facts)
+    parts: list[RenderableType] = [Text(TITLE, style="bold")]
+    shown, left = _shown(facts, top)
+    for e in shown:
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+        for c in ("expert", "tokens", "in loss"):
+            t.add_column(c, justify="right")
+        for c in cols:
+            t.add_column(c)
+        for expert, tokens, in_loss, cells in _rows(e, cols):
+            t.add_row(expert, Text(tokens, style="yellow" if tokens == "0" else ""),
+                      Text(in_loss, style="yellow" if in_loss == "0" else ""),
+                      *(Text(text, style=_STYLE.get(state, "")) if state else Text(text, style="dim")
+                        for text, state in cells))
+        parts += [Text(_heading(e)), t]
+    parts.append(Text(caption(facts), style="dim"))
     if left:
-        parts.append(Text(f"{left} more rows: use --top 0 or --format json for all", style="dim"))
+        parts.append(Text(f"{left} more experts modules: use --top 0 or --format json for all", style="dim"))
     return Group(*parts)
 
 
@@ -96,12 +106,17 @@ def experts_markdown(facts: RunFacts, top: int | None) -> str:
     """The Markdown section ('' without fused experts)."""
     if not facts.experts:
         return ""
-    rows, left = _rows(facts, top)
-    table = md_table(["module", "expert", "tokens", *_columns(facts)],
-                     [(f"`{m}`" if m else "", x, n, *(text for text, _ in cells)) for m, x, n, cells in rows])
-    out = [f"### {TITLE}", "", table, "", f"_{caption(facts)}_"]
+    cols = _columns(facts)
+    out = [f"### {TITLE}", ""]
+    shown, left = _shown(facts, top)
+    for e in shown:
+        out += [f"`{e.module or '(model)'}` ({e.type}, {e.experts} experts, "
+                f"{_heading(e).rpartition(', ')[2]}", "",
+                md_table(["expert", "tokens", "in loss", *cols],
+                         [(x, n, g, *(text for text, _ in cells)) for x, n, g, cells in _rows(e, cols)]), ""]
+    out.append(f"_{caption(facts)}_")
     if left:
-        out.append(f"\n_{left} more rows: use --format json for all._")
+        out.append(f"\n_{left} more experts modules: use --format json for all._")
     return "\n".join(out)
 
 
