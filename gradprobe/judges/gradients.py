@@ -176,8 +176,8 @@ def _zero_factor_finding(p: ParamFact, partners: list[ParamFact] | list[str], *,
     training = [q for q in facts if q.requires_grad and q.grad is GradState.NONZERO]
     if facts and len(training) == len(facts):
         return Finding("grad-zero", "info", p.name,
-                       f"{head}; {words} got a nonzero gradient, so it becomes nonzero after that first "
-                       f"optimizer update, as expected",
+                       f"{head}; {words} got a nonzero gradient, so this gradient becomes nonzero once {words} "
+                       f"has taken its first optimizer step, as expected",
                        "nothing to fix for a zero-initialised adapter; it gets a gradient after the first "
                        "optimizer step")
     if facts:

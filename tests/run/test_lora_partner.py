@@ -104,7 +104,7 @@ def test_hand_lora_zero_partner_against_plain_pytorch() -> None:
     assert partners(report) == {"lora_A.weight": ("lora_B.weight",)}
     f = finding(report, "lora_A.weight")
     assert f.severity == "info" and "'lora_B.weight' is all zeros (its usual initialisation in LoRA)" in f.message
-    assert "becomes nonzero after that first optimizer update" in f.message and "dead ReLU" not in f.hint
+    assert "becomes nonzero once 'lora_B.weight' has taken its first optimizer step" in f.message and "dead ReLU" not in f.hint
 
 
 def test_any_zero_parameter_in_a_product() -> None:
