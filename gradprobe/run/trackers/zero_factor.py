@@ -47,7 +47,7 @@ def zero_factor_partners(roots: Sequence[Any], names: Mapping[int, str], zero_gr
     parameters that might be all zeros (those requiring grad).
     """
     wanted = set(zero_grad)
-    zero_ids = {id(p) for p in candidates if _all_zero(p)}
+    zero_ids = _all_zero_ids(list(candidates)) if wanted else set()
     if not wanted or not zero_ids or not roots:
         return ()
     blocked, reached = _walk_blocked(roots, zero_ids)
@@ -60,11 +60,20 @@ def zero_factor_partners(roots: Sequence[Any], names: Mapping[int, str], zero_gr
     return tuple((name, tuple(sorted(names[q] for q in qs))) for name, qs in sorted(found.items()) if qs)
 
 
-def _all_zero(p: torch.Tensor) -> bool:
-    if p.device.type == "meta" or not (p.is_floating_point() or p.is_complex()) or not p.numel():
-        return False
+def _all_zero_ids(params: list[torch.Tensor]) -> set[int]:
+    """ids of the all-zero parameters: one ``_foreach_norm`` read per dtype and device, zero norms confirmed."""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for p in params:
+        if p.device.type != "meta" and p.layout == torch.strided and p.numel() and \
+                (p.is_floating_point() or p.is_complex()):
+            groups.setdefault((p.device, p.dtype), []).append(p)
+    found = set()
     with torch.no_grad():
-        return not bool(torch.any(p != 0))
+        for group in groups.values():
+            norms = torch.stack(torch._foreach_norm([p.detach() for p in group])).tolist()
+            found.update(id(p) for p, n in zip(group, norms, strict=True)
+                         if n == 0 and not bool(torch.any(p != 0)))  # a zero norm may be underflow: confirm
+    return found
 
 
 def _zero_source(node: Any, zero_ids: set[int]) -> int | None:
