@@ -145,21 +145,47 @@ def cut_off_roots(facts: RunFacts, missing: list[ParamFact]) -> tuple[list[str],
 
 def _grad_zero(facts: RunFacts) -> list[Finding]:
     by_name = {p.name: p for p in facts.parameters}
+    measured = facts.zero_grad_partners is not None
     findings = []
+    expected: list[tuple[ParamFact, list[ParamFact]]] = []  # LoRA's first step: grouped when there are many
     for p in facts.parameters:
         if not (p.requires_grad and p.grad is GradState.ZERO):
             continue
         partners = zero_partners(facts, p)
-        if partners:
-            findings.append(_zero_factor_finding(p, [by_name[q] for q in partners if q in by_name] or partners,
-                                                 measured=facts.zero_grad_partners is not None))
+        known = [by_name[q] for q in partners if q in by_name]
+        if partners and known and all(q.requires_grad and q.grad is GradState.NONZERO for q in known):
+            expected.append((p, known))
+        elif partners:
+            findings.append(_zero_factor_finding(p, known or partners, measured=measured))
         else:
             findings.append(Finding(
                 "grad-zero", "warning", p.name,
                 f"parameter '{p.name}' received a gradient that is exactly zero",
                 "a dead ReLU, a zero mask, or a loss that does not depend on it",
             ))
-    return findings
+    if len(expected) <= _GROUP_FROM:
+        return [_zero_factor_finding(p, known, measured=measured) for p, known in expected] + findings
+    return [_zero_factors_grouped(expected, measured=measured), *findings]
+
+
+_GROUP_FROM = 2  # more zero-factor gradients than this (a LoRA model's every lora_A): one finding for them all
+
+
+def _zero_factors_grouped(expected: list[tuple[ParamFact, list[ParamFact]]], *, measured: bool) -> Finding:
+    """Many zero gradients of the first LoRA step in one finding, each parameter with its zero partner."""
+    pairs = [f"'{p.name}' (with '{known[0].name}')" for p, known in expected]
+    names = [q.name for _, known in expected for q in known]
+    init = "their usual initialisation in LoRA" if all("lora_b" in n.lower() for n in names) \
+        else "zero-initialised factors"
+    how = "multiplies it on every path from the loss" if measured else "is next to it and shares a dimension"
+    subject = _common([p.module for p, _ in expected]) or "(model)"
+    return Finding(
+        "grad-zero", "info", subject,
+        f"{len(expected)} parameters received a gradient that is exactly zero, each because an all-zero factor "
+        f"({init}) {how}: {shorten(pairs, 3)}; every one of those factors got a nonzero gradient, so these "
+        f"gradients become nonzero once they have taken their first optimizer step, as expected",
+        "nothing to fix for zero-initialised adapters; they get a gradient after the first optimizer step",
+    )
 
 
 def _zero_factor_finding(p: ParamFact, partners: list[ParamFact] | list[str], *, measured: bool) -> Finding:
