@@ -69,6 +69,8 @@ def find_fused_experts(model: nn.Module) -> list[_Experts]:
     """Every module whose own parameters carry a leading expert dimension."""
     found = []
     for name, mod in model.named_modules():
+        if isinstance(mod, torch.jit.ScriptModule):  # compiled: no Python hooks with keyword arguments
+            continue
         own = [(k, p) for k, p in mod._parameters.items() if p is not None and p.dim() >= 3]
         if not own:
             continue
