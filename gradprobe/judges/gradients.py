@@ -178,7 +178,7 @@ def _zero_factors_grouped(expected: list[tuple[ParamFact, list[ParamFact]]], *, 
     init = "their usual initialisation in LoRA" if all("lora_b" in n.lower() for n in names) \
         else "zero-initialised factors"
     how = "multiplies it on every path from the loss" if measured else "is next to it and shares a dimension"
-    subject = _common([p.module for p, _ in expected]) or "(model)"
+    subject = common_module([p.module for p, _ in expected]) or "(model)"
     return Finding(
         "grad-zero", "info", subject,
         f"{len(expected)} parameters received a gradient that is exactly zero, each because an all-zero factor "

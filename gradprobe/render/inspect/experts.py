@@ -10,14 +10,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rich import box
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from gradprobe.facts.experts import ExpertParamGrads, ExpertsFact
 from gradprobe.facts.run import GradState, RunFacts
-from gradprobe.render.common import md_table
+from gradprobe.render.common import light_table, md_table
 
 TITLE = "Experts (fused MoE parameters, per expert slice)"
 _STYLE = {GradState.ABSENT: "red", GradState.ZERO: "yellow", GradState.NONZERO: "green", GradState.PRESENT: "green"}
@@ -85,7 +83,7 @@ def experts_view(facts: RunFacts, top: int | None) -> RenderableType | None:
     parts: list[RenderableType] = [Text(TITLE, style="bold")]
     shown, left = _shown(facts, top)
     for e in shown:
-        t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1))
+        t = light_table()
         for c in ("expert", "tokens", "in loss"):
             t.add_column(c, justify="right")
         for c in cols:
