@@ -11,9 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from gradprobe.facts.grad_health import GradHealthFacts
 from gradprobe.facts.memory import EventLog
+
+if TYPE_CHECKING:  # facts.experts imports GradState from here
+    from gradprobe.facts.experts import ExpertsFact
 
 Shape = tuple[int, ...]
 
@@ -295,6 +299,11 @@ class RunFacts:
     requires_grad_changed: tuple[str, ...] = ()  # parameters whose requires_grad forward flipped
     training_changed: tuple[str, ...] = ()  # modules whose training flag forward flipped
     zero_valued_parameters: tuple[str, ...] = ()  # all-zero parameters near one whose gradient is exactly zero
+    # measured in the autograd graph (gradprobe.run.trackers.zero_factor): (parameter with an exactly zero
+    # gradient, the all-zero parameters it is multiplied with on every path from the loss); None: not measured
+    zero_grad_partners: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    # fused mixture-of-experts parameters: per-expert gradient states and routing (gradprobe.facts.experts)
+    experts: tuple[ExpertsFact, ...] = ()
     grad_health: GradHealthFacts | None = None  # --grads: gradient flow, NaN origin (gradprobe.facts.grad_health)
 
 

@@ -144,28 +144,89 @@ def cut_off_roots(facts: RunFacts, missing: list[ParamFact]) -> tuple[list[str],
 
 
 def _grad_zero(facts: RunFacts) -> list[Finding]:
-    zero_valued = {p.name: p for p in facts.parameters if p.name in set(facts.zero_valued_parameters)}
+    by_name = {p.name: p for p in facts.parameters}
+    measured = facts.zero_grad_partners is not None
     findings = []
+    expected: list[tuple[ParamFact, list[ParamFact]]] = []  # LoRA's first step: grouped when there are many
     for p in facts.parameters:
         if not (p.requires_grad and p.grad is GradState.ZERO):
             continue
-        partners = _zero_partners(p, zero_valued)
-        if partners:
-            findings.append(Finding(
-                "grad-zero", "info", p.name,
-                f"parameter '{p.name}' received a gradient that is exactly zero, as expected: "
-                f"{shorten(partners, 2, quote=True)} {'is' if len(partners) == 1 else 'are'} all zeros (a "
-                f"zero-initialised factor, as LoRA's B), so the other factor's gradient is zero until that one "
-                f"has trained a step",
-                "nothing to fix for a zero-initialised adapter; it gets a gradient after the first optimizer step",
-            ))
+        partners = zero_partners(facts, p)
+        known = [by_name[q] for q in partners if q in by_name]
+        if partners and known and all(q.requires_grad and q.grad is GradState.NONZERO for q in known):
+            expected.append((p, known))
+        elif partners:
+            findings.append(_zero_factor_finding(p, known or partners, measured=measured))
         else:
             findings.append(Finding(
                 "grad-zero", "warning", p.name,
                 f"parameter '{p.name}' received a gradient that is exactly zero",
                 "a dead ReLU, a zero mask, or a loss that does not depend on it",
             ))
-    return findings
+    if len(expected) <= _GROUP_FROM:
+        return [_zero_factor_finding(p, known, measured=measured) for p, known in expected] + findings
+    return [_zero_factors_grouped(expected, measured=measured), *findings]
+
+
+_GROUP_FROM = 2  # more zero-factor gradients than this (a LoRA model's every lora_A): one finding for them all
+
+
+def _zero_factors_grouped(expected: list[tuple[ParamFact, list[ParamFact]]], *, measured: bool) -> Finding:
+    """Many zero gradients of the first LoRA step in one finding, each parameter with its zero partner."""
+    pairs = [f"'{p.name}' (with '{known[0].name}')" for p, known in expected]
+    names = [q.name for _, known in expected for q in known]
+    init = "their usual initialisation in LoRA" if all("lora_b" in n.lower() for n in names) \
+        else "zero-initialised factors"
+    how = "multiplies it on every path from the loss" if measured else "is next to it and shares a dimension"
+    subject = common_module([p.module for p, _ in expected]) or "(model)"
+    return Finding(
+        "grad-zero", "info", subject,
+        f"{len(expected)} parameters received a gradient that is exactly zero, each because an all-zero factor "
+        f"({init}) {how}: {shorten(pairs, 3)}; every one of those factors got a nonzero gradient, so these "
+        f"gradients become nonzero once they have taken their first optimizer step, as expected",
+        "nothing to fix for zero-initialised adapters; they get a gradient after the first optimizer step",
+    )
+
+
+def _zero_factor_finding(p: ParamFact, partners: list[ParamFact] | list[str], *, measured: bool) -> Finding:
+    """A zero gradient caused by an all-zero factor: expected while that factor trains, a problem if it cannot."""
+    facts = [q for q in partners if isinstance(q, ParamFact)]
+    names = [q.name if isinstance(q, ParamFact) else q for q in partners]
+    words = shorten(names, 2, quote=True)
+    verb = "is" if len(names) == 1 else "are"
+    init = "its usual initialisation in LoRA" if all("lora_b" in n.lower() for n in names) \
+        else "a zero-initialised factor"
+    how = "multiplies it on every path from the loss" if measured else "is next to it and shares a dimension"
+    head = (f"parameter '{p.name}' received a gradient that is exactly zero: {words} {verb} all zeros ({init}) "
+            f"and {how}, so its gradient is exactly zero on the first step")
+    training = [q for q in facts if q.requires_grad and q.grad is GradState.NONZERO]
+    if facts and len(training) == len(facts):
+        return Finding("grad-zero", "info", p.name,
+                       f"{head}; {words} got a nonzero gradient, so this gradient becomes nonzero once {words} "
+                       f"has taken its first optimizer step, as expected",
+                       "nothing to fix for a zero-initialised adapter; it gets a gradient after the first "
+                       "optimizer step")
+    if facts:
+        stuck = [q.name for q in facts if q not in training]
+        return Finding("grad-zero", "warning", p.name,
+                       f"{head}; {shorten(stuck, 2, quote=True)} got no nonzero gradient itself, so neither "
+                       f"will change in training",
+                       "initialise one factor of the product with nonzero values, or unfreeze the zero one")
+    return Finding("grad-zero", "info", p.name, f"{head}, as expected until that factor has trained a step",
+                   "nothing to fix for a zero-initialised adapter; it gets a gradient after the first "
+                   "optimizer step")
+
+
+def zero_partners(facts: RunFacts, p: ParamFact) -> list[str]:
+    """The all-zero parameters that make ``p``'s gradient exactly zero.
+
+    Measured in the autograd graph where the run recorded it (``zero_grad_partners``); for facts without that
+    measurement (hand-made, older runs), all-zero matrices next to ``p`` sharing a dimension with it.
+    """
+    if facts.zero_grad_partners is not None:
+        return list(dict(facts.zero_grad_partners).get(p.name, ()))
+    zero_valued = {q.name: q for q in facts.parameters if q.name in set(facts.zero_valued_parameters)}
+    return _zero_partners(p, zero_valued)
 
 
 def _zero_partners(p: ParamFact, zero_valued: dict[str, ParamFact]) -> list[str]:

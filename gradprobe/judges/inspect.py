@@ -10,6 +10,9 @@ from gradprobe.facts.run import BufferFact, Finding, InspectReport, RunFacts
 from gradprobe.judges.anatomy import CODES as ANATOMY_CODES
 from gradprobe.judges.anatomy import anatomy_findings
 from gradprobe.judges.checkpoint import ADVICE_TOP, checkpoint_advice
+from gradprobe.judges.experts import CODE as EXPERTS_CODE
+from gradprobe.judges.experts import DESCRIPTION as EXPERTS_DESCRIPTION
+from gradprobe.judges.experts import expert_findings
 from gradprobe.judges.grad_health import grad_health_findings
 from gradprobe.judges.gradients import gradient_findings
 from gradprobe.units import py_path, shorten
@@ -17,6 +20,7 @@ from gradprobe.units import py_path, shorten
 CODES = {
     "grad-none": "a parameter requires grad but received no gradient",
     "grad-zero": "a parameter's gradient is exactly zero",
+    EXPERTS_CODE: EXPERTS_DESCRIPTION,
     "requires-grad-attr": "module.requires_grad set as a plain attribute (freezes nothing)",
     "frozen-bn-drift": "a frozen module's BatchNorm statistics changed in the forward",
     "frozen-buffer-drift": "a frozen module's other buffers (not BatchNorm statistics) changed in the forward",
@@ -49,6 +53,7 @@ def judge_run(facts: RunFacts) -> list[Finding]:
     """Every diagnosis the facts of one run support, most severe first."""
     findings: list[Finding] = []
     findings += gradient_findings(facts)
+    findings += expert_findings(facts)  # fused mixture-of-experts parameters (gradprobe.judges.experts)
     findings += _module_findings(facts)
     findings += _output_findings(facts)
     findings += _flag_findings(facts)

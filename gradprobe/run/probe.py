@@ -17,7 +17,7 @@ from torch import nn
 
 from gradprobe.errors import RunError, describe_exception
 from gradprobe.facts.grad_health import GradThresholds
-from gradprobe.facts.run import GraphFact, RunFacts
+from gradprobe.facts.run import GradState, GraphFact, RunFacts
 from gradprobe.run import builders
 from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
@@ -33,6 +33,7 @@ from gradprobe.run.trackers.modules import tensor_fact
 from gradprobe.run.trackers.release import release_on_big_stack
 from gradprobe.run.trackers.setup import RunTrackers, make_trackers
 from gradprobe.run.trackers.writes import ParamWriteGuard
+from gradprobe.run.trackers.zero_factor import zero_factor_partners
 
 __all__ = ["LossFn", "ProbeOptions", "ProbeResult", "device_of", "param_names", "run_probe", "sum_loss"]
 
@@ -170,8 +171,20 @@ def _run(run: _Run) -> RunFacts:
     loss_value = float(loss.detach()) if loss is not None and loss.device.type != "meta" else None
     run.proven_finite = proven_finite(run.proven_finite, loss_value)
     facts = _facts(run, flat_out, loss_value, graph, did_backward, reason)
+    if did_backward and loss is not None:
+        facts = _zero_partners(run, loss, facts)
     lap("facts", t0)  # grad_states and nonfinite included
     return facts
+
+
+def _zero_partners(run: _Run, loss: torch.Tensor, facts: RunFacts) -> RunFacts:
+    """Exactly zero gradients explained by an all-zero factor they are multiplied with (LoRA's B)."""
+    zero = [p.name for p in facts.parameters if p.requires_grad and p.grad is GradState.ZERO]
+    if not zero:
+        return replace(facts, zero_grad_partners=())
+    canonical = {pid: ns[0] for pid, ns in run.names.items()}
+    params = [p for p in {id(p): p for p in run.after.values()}.values() if p.requires_grad]
+    return replace(facts, zero_grad_partners=zero_factor_partners([loss.grad_fn], canonical, zero, params))
 
 
 def forward(run: _Run) -> Any:

@@ -4,9 +4,9 @@ parameter's gradient has exact zeros (dead units or a zero-initialised partner).
 from __future__ import annotations
 
 from gradprobe.facts.grad_health import GradHealthFacts, ParamGrad
-from gradprobe.facts.run import Finding, ParamFact, RunFacts
+from gradprobe.facts.run import Finding, RunFacts
 from gradprobe.judges.grad_health.words import label
-from gradprobe.judges.gradients import _zero_partners
+from gradprobe.judges.gradients import zero_partners
 
 
 def _param_grads(gh: GradHealthFacts) -> dict[str, ParamGrad]:
@@ -63,7 +63,6 @@ def zero_grad_causes(facts: RunFacts) -> dict[str, str]:
     if gh is None:
         return {}
     by_name = {p.name: p for p in facts.parameters}
-    zero_valued = _zero_valued(facts)
     causes = {}
     for g in gh.parameters:
         if not g.zeros:
@@ -71,7 +70,7 @@ def zero_grad_causes(facts: RunFacts) -> dict[str, str]:
         p = by_name.get(g.name)
         if g.zero_rows or g.zero_cols:
             causes[g.name] = "dead units"
-        elif p is not None and g.zeros == g.numel and zero_valued and _zero_partners(p, zero_valued):
+        elif p is not None and g.zeros == g.numel and zero_partners(facts, p):
             causes[g.name] = "zero partner"
     return causes
 
@@ -79,10 +78,3 @@ def zero_grad_causes(facts: RunFacts) -> dict[str, str]:
 def zero_grad_cause(facts: RunFacts, name: str) -> str | None:
     """:func:`zero_grad_causes` for one parameter."""
     return zero_grad_causes(facts).get(name)
-
-
-def _zero_valued(facts: RunFacts) -> dict[str, ParamFact]:
-    """The all-zero parameters the run found (``RunFacts.zero_valued_parameters``), for the rule of
-    :mod:`gradprobe.judges.gradients` that pairs a zero gradient with its zero-initialised partner."""
-    names = set(facts.zero_valued_parameters)
-    return {p.name: p for p in facts.parameters if p.name in names}

@@ -18,6 +18,7 @@ from gradprobe.facts.run import (
     TrainingStepEstimate,
 )
 from gradprobe.render.common import dumps, finding_json
+from gradprobe.render.inspect.experts import experts_json
 from gradprobe.render.inspect.grad_text import grad_health_json
 
 __all__ = ["INSPECT_SCHEMA", "dumps", "inspect_json"]  # dumps: the CLI writes every document through it
@@ -156,9 +157,14 @@ def inspect_json(report: InspectReport) -> dict[str, Any]:
         "requires_grad_changed": list(f.requires_grad_changed),
         "training_changed": list(f.training_changed),
         "modified_in_backward": list(f.modified_in_backward),
+        # measured in the autograd graph: parameters whose exactly zero gradient an all-zero factor explains
+        "zero_grad_partners": None if f.zero_grad_partners is None else [
+            {"parameter": name, "zero_factors": list(partners)} for name, partners in f.zero_grad_partners],
         "parameter_changes": [{"name": c.name, "phase": c.phase, "how": c.how} for c in f.param_changes],
         "leaves": [{"name": x.name, "module": x.module, "shape": list(x.shape), "dtype": x.dtype,
                     "grad": x.grad and x.grad.value, "grad_norm": _num(x.grad_norm)} for x in f.leaves],
+        # fused mixture-of-experts parameters: routing and each expert slice's gradient (gradprobe.facts.experts)
+        "experts": [experts_json(e) for e in f.experts],
         "weights": {"missing_keys": list(f.missing_keys), "unexpected_keys": list(f.unexpected_keys)},
         **grad_health_json(report),  # "grad_health", only with --grads (gradprobe.render.inspect.grad_text)
     }

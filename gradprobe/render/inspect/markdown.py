@@ -5,6 +5,7 @@ from __future__ import annotations
 from gradprobe.facts.run import InspectReport
 from gradprobe.render.common import findings_md, md_table
 from gradprobe.render.graph.export import mermaid_markdown
+from gradprobe.render.inspect.experts import experts_markdown
 from gradprobe.render.inspect.grad_text import grad_health_markdown
 from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
 from gradprobe.render.memory.view import memory_detail_markdown
@@ -58,6 +59,9 @@ def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:
         detail = memory_detail_markdown(f.memory)  # peak anatomy and timeline, with --memory-detail (issue 14)
         if detail:
             out += ["", detail]
+    experts = experts_markdown(f, top)  # fused mixture-of-experts parameters, per expert slice
+    if experts:
+        out += ["", experts]
     params = list(f.parameters)
     shown = params[:top] if top else params
     out += ["", f"### Parameters ({len(params)})", "", md_table(

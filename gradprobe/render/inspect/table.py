@@ -300,6 +300,12 @@ def render_inspect(report: InspectReport, console: Console, *, top: int | None =
         console.print(Panel(summary_table(f), title="gradprobe inspect", title_align="left", expand=False))
     if "parameters" in want and f.parameters:
         console.print(parameters_table(f, top, pattern))
+    if "parameters" in want and f.experts:  # fused mixture-of-experts parameters, per expert slice
+        from gradprobe.render.inspect.experts import experts_view
+
+        view = experts_view(f, top)
+        if view is not None:
+            console.print(view)
     if "buffers" in want and f.buffers:
         console.print(buffers_table(f, top, pattern))
     if "tensors" in want and f.tensors:

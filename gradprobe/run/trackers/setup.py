@@ -22,6 +22,7 @@ from gradprobe.facts.run import RunFacts
 from gradprobe.run.trackers.base import FORWARD, OpObserver, OpStream, Phase, Tracker, installed
 from gradprobe.run.trackers.cuts import CutTracker
 from gradprobe.run.trackers.events import EventLogTracker
+from gradprobe.run.trackers.experts import ExpertTracker, find_fused_experts
 from gradprobe.run.trackers.grad_health import GradHealthTracker
 from gradprobe.run.trackers.memory import LiveBytesTracker
 from gradprobe.run.trackers.meta import meta_fidelity
@@ -86,6 +87,7 @@ class RunTrackers:
     stream: OpStream | None = None
     grad_health: GradHealthTracker | None = None  # --grads
     events: EventLogTracker | None = None  # the memory event log (--memory-detail)
+    experts: ExpertTracker | None = None  # fused mixture-of-experts parameters, when the model has any
     ordered: list[Tracker] = field(default_factory=list)
 
     def installed(self, phase: Phase) -> contextlib.AbstractContextManager[None]:
@@ -120,12 +122,14 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     if device.type == "meta":
         found.kernels = MetaKernels()
     found.cuts = GraphCuts(model, names, cuts=grad)
+    fused = find_fused_experts(model)
+    found.experts = ExpertTracker(fused) if fused else None
     observers: list[OpObserver] = [o for o in (guard if guard.watching else None, found.live, found.events)
                                    if o is not None]
     found.stream = OpStream(observers) if observers else None
     if grads is not None:  # after the recorder (it asks which call made a node); its ops unseen by the stream
         found.grad_health = GradHealthTracker(model, recorder, device, grads, depth)
     candidates: list[Tracker | None] = [recorder, guard, found.live, found.saved, found.kernels, found.cuts,
-                                        found.events, found.stream, found.grad_health]
+                                        found.events, found.stream, found.grad_health, found.experts]
     found.ordered = [t for t in candidates if t is not None]
     return found
