@@ -169,7 +169,7 @@ def probe(
     def run(given: ExampleInputs) -> Any:
         with cast_floating(model, given.args, given.kwargs, param_dtype) if cast else \
                 contextlib.nullcontext((given.args, given.kwargs)) as (args, kwargs):  # type: ignore[arg-type]
-            return run_probe(model, ExampleInputs(args, kwargs, given.source), options, label).facts
+            return run_probe(model, ExampleInputs(args, kwargs, given.source, host=given.host), options, label).facts
 
     facts = _with_hints(model, example, run, notes)
     facts = replace(facts, memory=with_training_step(facts.memory, facts.parameters, optimizer_state, param_dtype,

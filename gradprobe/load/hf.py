@@ -20,7 +20,7 @@ from torch import nn
 
 from gradprobe.errors import InputError, TargetError, UsageError, describe_exception
 from gradprobe.load.inputs import ExampleInputs, parse_shape, to_device
-from gradprobe.load.model import LoadedModel, unwrap_model
+from gradprobe.load.model import LoadedModel, strays_to_meta, unwrap_model
 from gradprobe.load.user_code import user_frame
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -91,6 +91,8 @@ def build_hf_folder(folder: str, init: dict[str, Any], device: torch.device) -> 
             else:
                 with torch.device(device) if device.type == "meta" else contextlib.nullcontext():
                     model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+                if device.type == "meta":
+                    model = strays_to_meta(model, notes)
                 why = "on --device meta weights are not read" if weights else "the folder has no weights"
                 notes.append(f"built {type(model).__name__} from {folder}/config.json with random weights ({why})")
         except KeyboardInterrupt:

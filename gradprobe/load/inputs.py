@@ -76,7 +76,18 @@ def as_inputs(inputs: Any, model: nn.Module) -> ExampleInputs:
     if inputs is None:  # on the model's device: a model built on meta has meta example inputs
         device = next((p.device for p in model.parameters()), None)
         return make_inputs(model, target=type(model).__name__, device=device)
-    return to_example_inputs(inputs, "inputs")
+    found = to_example_inputs(inputs, "inputs")
+    if found.host is None and _on_meta(model) and any(not t.is_meta for _, t in named_tensors(found.args,
+                                                                                             found.kwargs)):
+        # CPU inputs for a meta model: moved to meta, their values kept for the ops that read them (masks)
+        return _placed(found, torch.device("meta"))
+    return found
+
+
+def _on_meta(model: nn.Module) -> bool:
+    """Any parameter on meta: a model built under ``torch.device("meta")`` can keep a stray CPU parameter (one
+    made with the legacy ``torch.Tensor(n)`` constructor, which ignores the device context)."""
+    return any(p.is_meta for p in model.parameters())
 
 
 def to_device(value: Any, device: torch.device) -> Any:

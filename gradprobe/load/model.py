@@ -156,6 +156,8 @@ def build_model(obj: Any, spec: str, init: dict[str, Any], device: torch.device,
     if not isinstance(built, nn.Module):
         raise TargetError(f"factory '{spec}' returned {type(built).__name__}, not an nn.Module; return the model")
     model = unwrap_model(built, notes, keep_distributed)
+    if device.type == "meta":
+        model = strays_to_meta(model, notes)
     if device.type not in ("cpu", "meta") and type(model).__name__ not in DISTRIBUTED_WRAPPERS:
         model = model.to(device)
     _refuse_meta_on_real_device(model, spec, device)
@@ -217,6 +219,20 @@ def _signature_hint(obj: Any) -> str:
     required = [p.name for p in sig.parameters.values()
                 if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     return f" (required: {', '.join(required)})" if required else ""
+
+
+def strays_to_meta(model: nn.Module, notes: list[str]) -> nn.Module:
+    """A model built under ``torch.device("meta")`` can keep tensors its constructor made on the CPU (the legacy
+    ``torch.Tensor(n)`` ignores the device context: Wav2Vec2's ``masked_spec_embed``); a meta run mixing them
+    fails in backward.  gradprobe built it, so it moves them (weight tying kept)."""
+    strays = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if not t.is_meta]
+    if not strays:
+        return model
+    moved: list[str] = []
+    model = move_instance_to_meta(model, moved)
+    notes.append(f"--device meta: moved {len(strays)} tensor(s) the constructor made on the CPU to meta "
+                 f"({', '.join(strays[:3])}{', ...' if len(strays) > 3 else ''})")
+    return model
 
 
 def move_instance_to_meta(model: nn.Module, notes: list[str]) -> nn.Module:

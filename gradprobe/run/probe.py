@@ -28,6 +28,7 @@ from gradprobe.run.timing import clock, lap
 from gradprobe.run.trackers.base import BACKWARD, FORWARD
 from gradprobe.run.trackers.events import call_tree, run_event_log
 from gradprobe.run.trackers.graph import walk_graph
+from gradprobe.run.trackers.host_values import HostInputs, NoHostValues, input_values
 from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message
 from gradprobe.run.trackers.modules import tensor_fact
 from gradprobe.run.trackers.release import release_on_big_stack
@@ -152,11 +153,20 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
     trackers = make_trackers(model, device, memory=options.memory, tensors=options.tensors,
                              grad=options.grad_mode == "grad", guard=guard, names=canonical,
                              state_tensors=state_tensors, input_tensors=input_tensors, grads=options.grads,
-                             depth=options.tree_depth, events=options.memory_detail)
+                             depth=options.tree_depth, events=options.memory_detail,
+                             host_inputs=_host_values(inputs, device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return _Run(model, inputs, options, target, state, guard, owners, device, trackers, before,
                 input_tensors=input_tensors)
+
+
+def _host_values(inputs: ExampleInputs, device: torch.device) -> HostInputs:
+    """On meta: each input with its CPU copy (``inputs.host``, kept where the inputs were moved from the CPU),
+    and the meta inputs without one."""
+    if device.type != "meta":
+        return [], []
+    return input_values(inputs.args, inputs.kwargs, getattr(inputs, "host", None))
 
 
 def _run(run: _Run) -> RunFacts:
@@ -202,6 +212,10 @@ def forward(run: _Run) -> Any:
     except Exception as exc:
         where = run.trackers.recorder.failed_in
         module = _module_label(model, where[0] if where else "")
+        values = _no_host_values(exc)
+        if values is not None:
+            raise RunError(f"forward on the meta device failed in module {module}: {values}; {values.fix()}",
+                           phase="forward") from exc
         value_op = explain_meta_failure(exc) if run.device.type == "meta" else None
         if value_op is not None:
             raise RunError(meta_failure_message(value_op, module), phase="forward") from exc
@@ -274,10 +288,33 @@ def backward(run: _Run, loss: torch.Tensor) -> bool:
     except KeyboardInterrupt:
         raise
     except Exception as exc:
+        values = _no_host_values(exc)
+        if values is not None:
+            where = _backward_module(run, values.seq)
+            raise RunError(f"backward on the meta device failed in {values.node or 'a backward node'} (the "
+                           f"gradient of {where}): {values}; {values.fix()}", phase="backward") from exc
         raise RunError(f"backward raised: {describe_exception(exc).rstrip('.')}; the forward of {run.target} ran, "
                        f"the gradient computation failed", phase="backward", debug_hint=True) from exc
     run.backward_time = time.perf_counter() - t1
     return True
+
+
+def _no_host_values(exc: BaseException) -> NoHostValues | None:
+    """The meta run's "these values are unknown" error, wherever in the exception chain it is."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, NoHostValues):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _backward_module(run: _Run, seq: int | None) -> str:
+    """The module whose forward made the backward node numbered ``seq``, in words."""
+    call = run.trackers.recorder.timeline().call_of(seq) if seq is not None else None
+    if call is None:
+        return "an op outside any module"
+    return f"module {_module_label(run.model, call[0])}"
 
 
 def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: float | None, graph: GraphFact | None,
@@ -320,7 +357,10 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
 
 
 def device_of(model: nn.Module, inputs: list[torch.Tensor]) -> torch.device:
-    """Where the model lives: its first parameter, else buffer, else input; CPU for an empty model."""
+    """Where the model lives: its first parameter, else buffer, else input; CPU for an empty model.  Meta when
+    any parameter is on meta (a model built on meta can keep a stray CPU parameter: values are unknown)."""
+    if any(p.is_meta for p in model.parameters()):
+        return torch.device("meta")
     for p in model.parameters():
         return p.device
     for b in model.buffers():

@@ -71,14 +71,15 @@ class MetaAttentionChoice(TorchFunctionMode):
         tensors = (query, key, value) + (() if attn_mask is None else (attn_mask,))
         if not all(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in tensors):
             return None
-        if enable_gqa or query.is_nested:
+        if query.is_nested:
             return None
         if not _cpu_would_use_flash(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
             return None  # the CPU would take the math path too, which meta runs as is
-        if attn_mask is not None and attn_mask.dtype == torch.bool:  # as sdpa's convert_boolean_attn_mask does
-            float_mask = torch.zeros_like(attn_mask, dtype=query.dtype)
-            float_mask.masked_fill_(attn_mask.logical_not(), float("-inf"))
-            attn_mask = float_mask
+        if attn_mask is not None and attn_mask.dtype == torch.bool:  # the ops of sdpa's convert_boolean_attn_mask
+            zero = torch.scalar_tensor(0.0, dtype=query.dtype, device=query.device)
+            attn_mask = torch.where(attn_mask, zero, torch.scalar_tensor(float("-inf"), dtype=query.dtype,
+                                                                          device=query.device))
+        # grouped-query attention (fewer key/value heads): the CPU flash kernel takes them as they are
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
 

@@ -19,11 +19,12 @@ from torch import nn
 
 from gradprobe.facts.grad_health import GradThresholds
 from gradprobe.facts.run import RunFacts
-from gradprobe.run.trackers.base import FORWARD, OpObserver, OpStream, Phase, Tracker, installed
+from gradprobe.run.trackers.base import BACKWARD, FORWARD, OpObserver, OpStream, Phase, Tracker, installed
 from gradprobe.run.trackers.cuts import CutTracker
 from gradprobe.run.trackers.events import EventLogTracker
 from gradprobe.run.trackers.experts import ExpertTracker, find_fused_experts
 from gradprobe.run.trackers.grad_health import GradHealthTracker
+from gradprobe.run.trackers.host_values import HostInputs, HostValues
 from gradprobe.run.trackers.memory import LiveBytesTracker
 from gradprobe.run.trackers.meta import meta_fidelity
 from gradprobe.run.trackers.modules import ModuleRecorder
@@ -32,16 +33,23 @@ from gradprobe.run.trackers.writes import ParamWriteGuard
 
 
 class MetaKernels:
-    """Tracker for a forward on the meta device: CPU kernel choices and outputs (see trackers.meta)."""
+    """Tracker for a run on the meta device: CPU kernel choices and outputs in forward (see trackers.meta),
+    and the inputs' CPU values followed through forward and backward (see trackers.host_values)."""
 
-    phases = (FORWARD,)
+    phases = (FORWARD, BACKWARD)
 
-    def __init__(self) -> None:
+    def __init__(self, host_inputs: HostInputs | None = None) -> None:
         self.written: set[int] = set()
+        pairs, unknown = host_inputs or ([], [])
+        self.values = HostValues(pairs, unknown)
 
     @contextlib.contextmanager
     def install(self, phase: Phase) -> Iterator[None]:
-        with meta_fidelity() as kernels:
+        if phase != FORWARD:
+            with self.values:
+                yield
+            return
+        with self.values, meta_fidelity() as kernels:
             try:
                 yield
             finally:
@@ -106,11 +114,13 @@ class RunTrackers:
 def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tensors: bool, grad: bool,
                   guard: ParamWriteGuard, names: Mapping[int, str], state_tensors: Sequence[torch.Tensor],
                   input_tensors: Sequence[torch.Tensor], grads: GradThresholds | None = None,
-                  depth: int = 8, events: bool = False) -> RunTrackers:
+                  depth: int = 8, events: bool = False,
+                  host_inputs: HostInputs | None = None) -> RunTrackers:
     """Build the trackers the options ask for.  ``grad``: the forward runs with grad enabled (saved tensors
     and graph cuts exist only then); ``names``: id(parameter) -> canonical name; ``state_tensors``
     (parameters, buffers) cost no new bytes; ``grads`` (thresholds) switches the gradient-health tracker on,
-    ``depth`` is its flow view's depth; ``events``: record the memory event log."""
+    ``depth`` is its flow view's depth; ``events``: record the memory event log; ``host_inputs``: on meta,
+    (input, its CPU copy) for each input whose values are known, and the inputs without."""
     recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory)
     found = RunTrackers(recorder=recorder, guard=guard)
     if memory:
@@ -120,7 +130,7 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
         if events:  # the same storages as the live-bytes count: its running sum reaches the same peaks
             found.events = EventLogTracker(recorder, known=[*state_tensors, *input_tensors])
     if device.type == "meta":
-        found.kernels = MetaKernels()
+        found.kernels = MetaKernels(host_inputs)
     found.cuts = GraphCuts(model, names, cuts=grad)
     fused = find_fused_experts(model)
     found.experts = ExpertTracker(fused) if fused else None
