@@ -227,6 +227,18 @@ class TrainingStepEstimate:
 
 
 @dataclass(frozen=True)
+class MemoryApproximation:
+    """A call whose meta estimate rests on a different kernel than a CPU run would use (so its bytes may differ)."""
+
+    module: str  # innermost module running ("" for the model's own forward)
+    call: int
+    op: str  # the function that chose its kernel by device: "lstm", "multi_head_attention_forward"
+    reason: str  # which kernel on the CPU, which on meta
+    cpu_saved_bytes: int | None = None  # bytes that call alone saved for backward on CPU stand-ins (None: unmeasured)
+    meta_saved_bytes: int | None = None  # the same on meta
+
+
+@dataclass(frozen=True)
 class MemoryFact:
     """Tensor-storage bytes seen by the trackers (not allocator workspaces)."""
 
@@ -240,6 +252,7 @@ class MemoryFact:
     by_module: tuple[ModuleMemory, ...] = ()
     training_step: TrainingStepEstimate | None = None
     events: EventLog | None = None  # the memory event log, when asked for (--memory-detail, --format html)
+    approximate: tuple[MemoryApproximation, ...] = ()  # meta: calls that ran another kernel than the CPU would
 
 
 CUT_HOW = ("no_grad", "inference_mode", "detach", "data", "reentrant_checkpoint", "non_differentiable")

@@ -333,6 +333,8 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
         memory = builders.memory_fact(
             run.device, trackers.live.facts(), trackers.saved.facts() if trackers.saved is not None else None,
             calls.output_bytes, sum(p.nbytes for p in params), grad_bytes if did_backward else None)
+        if trackers.kernels is not None and trackers.kernels.approximate:
+            memory = replace(memory, approximate=trackers.kernels.approximate)
         if trackers.events is not None:
             saved_first = {k: r.first for k, r in trackers.saved.facts().records.items()} if trackers.saved else None
             memory = replace(memory, events=run_event_log(

@@ -22,13 +22,15 @@ Three things differ on meta, and all are handled here (``meta_fidelity`` switche
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+from gradprobe.run.trackers.meta_fused import rnn_workspace_bytes
 
 _FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 
@@ -98,12 +100,17 @@ class MetaKernelFidelity(TorchDispatchMode):
     version instead would trip autograd's check, which saved the statistics before the kernel ran.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_unknown_workspace: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.written: set[int] = set()
+        self.on_unknown_workspace = on_unknown_workspace  # an LSTM workspace too costly to size: mark it approximate
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        if func is _RNN_LAYER and out[0].device.type == "meta":
+            return self._rnn_layer(args, out)
+        if func is _RNN_LAYER_BACKWARD and out[3] is out[4] and out[3].device.type == "meta":
+            return (*out[:4], out[4].new_empty(out[4].shape), *out[5:])  # the CPU returns two bias gradients
         if func in _NO_TRAINING_BN and isinstance(out, tuple) and out[0].device.type == "meta":
             training = func is _NATIVE_BN and (args[5] if len(args) > 5 else (kwargs or {}).get("training"))
             if not training:
@@ -114,14 +121,26 @@ class MetaKernelFidelity(TorchDispatchMode):
         return out
 
 
+    def _rnn_layer(self, args: Any, out: Any) -> Any:
+        """oneDNN's LSTM layer: the workspace its backward keeps has the CPU's size (meta returns it empty)."""
+        size = rnn_workspace_bytes(args)
+        if size is None:
+            if self.on_unknown_workspace is not None:
+                self.on_unknown_workspace()
+            return out
+        return (*out[:3], out[3].new_empty((size,)))
+
+
+_RNN_LAYER = torch.ops.aten.mkldnn_rnn_layer.default
+_RNN_LAYER_BACKWARD = torch.ops.aten.mkldnn_rnn_layer_backward.default
 _NATIVE_BN = torch.ops.aten.native_batch_norm.default
 _NO_TRAINING_BN = (_NATIVE_BN, torch.ops.aten._native_batch_norm_legit_no_training.default)
 
 
 @contextlib.contextmanager
-def meta_fidelity() -> Iterator[MetaKernelFidelity]:
+def meta_fidelity(on_unknown_workspace: Callable[[], None] | None = None) -> Iterator[MetaKernelFidelity]:
     """Both adjustments at once: the CPU attention kernel choice and the CPU kernels' outputs."""
-    with MetaAttentionChoice(), MetaKernelFidelity() as kernels:
+    with MetaAttentionChoice(), MetaKernelFidelity(on_unknown_workspace) as kernels:
         yield kernels
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gradprobe.facts.grad_health import GradThresholds
-from gradprobe.facts.run import RunFacts
+from gradprobe.facts.run import MemoryApproximation, RunFacts
 from gradprobe.run.trackers.base import BACKWARD, FORWARD, OpObserver, OpStream, Phase, Tracker, installed
 from gradprobe.run.trackers.cuts import CutTracker
 from gradprobe.run.trackers.events import EventLogTracker
@@ -26,7 +26,8 @@ from gradprobe.run.trackers.experts import ExpertTracker, find_fused_experts
 from gradprobe.run.trackers.grad_health import GradHealthTracker
 from gradprobe.run.trackers.host_values import HostInputs, HostValues
 from gradprobe.run.trackers.memory import LiveBytesTracker
-from gradprobe.run.trackers.meta import meta_fidelity
+from gradprobe.run.trackers.meta import MetaKernelFidelity, meta_fidelity
+from gradprobe.run.trackers.meta_fused import MetaFusedChoice
 from gradprobe.run.trackers.modules import ModuleRecorder
 from gradprobe.run.trackers.saved import SavedTensorTracker
 from gradprobe.run.trackers.writes import ParamWriteGuard
@@ -38,18 +39,25 @@ class MetaKernels:
 
     phases = (FORWARD, BACKWARD)
 
-    def __init__(self, host_inputs: HostInputs | None = None) -> None:
+    def __init__(self, recorder: ModuleRecorder, host_inputs: HostInputs | None = None) -> None:
         self.written: set[int] = set()
         pairs, unknown = host_inputs or ([], [])
         self.values = HostValues(pairs, unknown)
+        stack = recorder.call_stack
+        self.fused = MetaFusedChoice(lambda: stack()[-1] if stack() else ("", 0))
+
+    @property
+    def approximate(self) -> tuple[MemoryApproximation, ...]:
+        """Calls whose estimate rests on another kernel than the CPU's (see trackers.meta_fused)."""
+        return tuple(self.fused.approximate)
 
     @contextlib.contextmanager
     def install(self, phase: Phase) -> Iterator[None]:
-        if phase != FORWARD:
-            with self.values:
+        if phase != FORWARD:  # backward: values, and the CPU kernels' outputs (an LSTM's bias gradients)
+            with self.values, MetaKernelFidelity():
                 yield
             return
-        with self.values, meta_fidelity() as kernels:
+        with self.values, self.fused, meta_fidelity(self.fused.workspace_unknown) as kernels:
             try:
                 yield
             finally:
@@ -130,7 +138,7 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
         if events:  # the same storages as the live-bytes count: its running sum reaches the same peaks
             found.events = EventLogTracker(recorder, known=[*state_tensors, *input_tensors])
     if device.type == "meta":
-        found.kernels = MetaKernels(host_inputs)
+        found.kernels = MetaKernels(recorder, host_inputs)
     found.cuts = GraphCuts(model, names, cuts=grad)
     fused = find_fused_experts(model)
     found.experts = ExpertTracker(fused) if fused else None

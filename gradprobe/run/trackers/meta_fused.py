@@ -1,0 +1,186 @@
+"""Fused CPU kernels that a meta run must follow, and the ones it cannot: marked approximate, per module.
+
+Some functions choose their kernel by device in C++ or Python, so the meta device, having no kernel choice,
+runs a different op sequence than the CPU would -- and saves different tensors for backward:
+
+* ``torch._VF.lstm`` (``nn.LSTM``): on the CPU, float32 LSTMs without projections run oneDNN's fused
+  ``mkldnn_rnn_layer`` per layer and direction (aten/src/ATen/native/mkldnn/RNN.cpp); meta decomposes the
+  cell.  :func:`lstm_as_cpu` calls ``mkldnn_rnn_layer`` on meta the way the CPU's ``lstm`` does (it has meta
+  kernels, forward and backward), so the saved tensors match.  Other dtypes (bfloat16/float16 use oneDNN only
+  on some CPUs) are marked approximate.
+* ``F.multi_head_attention_forward`` reached on meta while the module could take ``nn.MultiheadAttention``'s
+  fused fast path (eval, no grad): the fast path checks ``query.device.type`` against a list without meta.
+* ``F.scaled_dot_product_attention`` is followed by :class:`~gradprobe.run.trackers.meta.MetaAttentionChoice`.
+
+Each mark says the module, the op, both kernels and (when cheap: the call's tensors are small) the bytes
+saved for backward by that one call on the CPU and on meta, measured on zero-filled stand-ins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._pytree import tree_flatten, tree_map
+
+from gradprobe.facts.run import MemoryApproximation
+
+MEASURE_NUMEL = 1 << 20  # a call whose tensors hold more elements than this is not re-run to measure the gap
+WORKSPACE_FLOPS = 2e9  # an LSTM layer costing more than this on the CPU is not run to learn its workspace size
+_LSTM_MODE = 2  # mkldnn's mode number for LSTM
+
+
+def _is_lstm(func: Any) -> bool:
+    return getattr(func, "__name__", "") == "lstm" and func is torch._VF.lstm  # type: ignore[attr-defined]
+
+
+def _mkldnn_on_cpu(x: torch.Tensor, params: Sequence[torch.Tensor], per: int, layers: int, dirs: int) -> bool:
+    """torch's ``use_mkldnn`` for an LSTM, as it would decide for CPU tensors like these."""
+    return (torch._C._get_mkldnn_enabled() and torch.backends.mkldnn.is_available() and x.numel() != 0
+            and len(params) == per * layers * dirs)  # more params: projections (w_hr), never mkldnn
+
+
+def lstm_as_cpu(input: torch.Tensor, hx: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
+                has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
+                batch_first: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch._VF.lstm`` as the CPU's oneDNN path runs it: one ``mkldnn_rnn_layer`` per layer and direction."""
+    x = (input.transpose(0, 1) if batch_first else input).contiguous()
+    h0, c0 = hx
+    dirs, per = (2 if bidirectional else 1), (4 if has_biases else 2)
+    hidden = h0.shape[-1]
+    hy: list[torch.Tensor] = []
+    cy: list[torch.Tensor] = []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(dirs):
+            idx = layer * dirs + d
+            w = list(params[idx * per:(idx + 1) * per])
+            h, c = h0[idx], c0[idx]
+            if not has_biases:  # the CPU passes zero biases shaped like the weights (w_hh's first)
+                b_hh = torch.zeros(w[1].shape, dtype=w[1].dtype, device=w[1].device)
+                w += [torch.zeros(w[0].shape, dtype=w[0].dtype, device=w[0].device), b_hh]
+            out, h_n, c_n, _ = torch.ops.aten.mkldnn_rnn_layer(
+                x, w[0], w[1], w[2], w[3], h, c, d == 1, [], _LSTM_MODE, hidden, num_layers, has_biases,
+                bidirectional, batch_first, train)
+            outs.append(out)
+            hy.append(h_n)
+            cy.append(c_n)
+        x = torch.cat(outs, -1) if dirs == 2 else outs[0]
+        if dropout != 0 and train and layer < num_layers - 1:
+            x = torch.dropout(x, dropout, train)
+    output = x.transpose(0, 1) if batch_first else x
+    return output, torch.stack(hy, 0), torch.stack(cy, 0)
+
+
+_WORKSPACE: dict[tuple[Any, ...], int] = {}
+
+
+def rnn_workspace_bytes(args: Sequence[Any]) -> int | None:
+    """The bytes of oneDNN's workspace for one ``mkldnn_rnn_layer`` call, which only oneDNN knows (it is padded
+    to pages, with no formula torch exposes; meta's kernel returns an empty one): learned by running the layer
+    once on zero-filled CPU stand-ins of the same sizes, cached.  None when that run would cost too much."""
+    x, w0, w1 = args[0], args[1], args[2]
+    key = (tuple(x.shape), tuple(w0.shape), tuple(w1.shape), x.dtype, *(tuple(a) if isinstance(a, list) else a
+                                                                     for a in args[7:]))
+    if key in _WORKSPACE:
+        return _WORKSPACE[key]
+    if x.numel() * (w0.shape[0] * (w0.shape[1] + w1.shape[1])) * 2 > WORKSPACE_FLOPS:
+        return None
+
+    def zeros(v: Any) -> Any:
+        return torch.zeros(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else v
+
+    with _disable_current_modes(), torch._C.DisableTorchFunction():
+        workspace = torch.ops.aten.mkldnn_rnn_layer(*[zeros(a) for a in args])[3]
+    _WORKSPACE[key] = workspace.untyped_storage().nbytes()
+    return _WORKSPACE[key]
+
+
+class MetaFusedChoice(TorchFunctionMode):
+    """On meta tensors: run fused CPU kernels where torch exposes them, mark the calls it cannot follow."""
+
+    def __init__(self, where: Callable[[], tuple[str, int]]) -> None:
+        super().__init__()
+        self.where = where  # the innermost module call running now
+        self.approximate: list[MemoryApproximation] = []
+        self.unknown_workspace = False  # set by the dispatch side when a workspace size could not be learned
+
+    def workspace_unknown(self) -> None:
+        """The dispatch side could not size an LSTM layer's oneDNN workspace: the running call is approximate."""
+        self.unknown_workspace = True
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if _is_lstm(func) and len(args) == 9 and isinstance(args[1], (tuple, list)) and _meta(args[0]):
+            return self._lstm(func, args, kwargs)
+        if func is F.multi_head_attention_forward and _meta(args[0]) and not kwargs.get("training", True) \
+                and not _grad_needed(args):
+            self._mark(func, args, kwargs, "multi_head_attention_forward",
+                       "nn.MultiheadAttention's fast path (torch._native_multi_head_attention) runs on the CPU "
+                       "in eval without grad; meta runs the decomposed attention")
+        return func(*args, **kwargs)
+
+    def _lstm(self, func: Any, args: Any, kwargs: Any) -> Any:
+        x, _, params, has_biases, layers, _, _, bidirectional, _ = args
+        per, dirs = (4 if has_biases else 2), (2 if bidirectional else 1)
+        if not _mkldnn_on_cpu(x, params, per, layers, dirs):
+            return func(*args, **kwargs)  # the CPU decomposes too: same ops
+        if x.dtype == torch.float32:
+            out = lstm_as_cpu(*args)
+            if self.unknown_workspace:
+                self.unknown_workspace = False
+                self._mark(func, args, kwargs, "lstm",
+                           "oneDNN's workspace (saved for backward) is too costly to size here: the CPU's "
+                           "mkldnn_rnn_layer ran on meta with an empty workspace")
+            return out
+        self._mark(func, args, kwargs, "lstm",
+                   f"on the CPU a {str(x.dtype).removeprefix('torch.')} LSTM runs oneDNN's fused mkldnn_rnn_layer "
+                   f"when the CPU supports that dtype; meta runs the decomposed LSTM cell")
+        return func(*args, **kwargs)
+
+    def _mark(self, func: Any, args: Any, kwargs: Any, op: str, reason: str) -> None:
+        module, call = self.where()
+        cpu, meta = _measure(func, args, kwargs)
+        self.approximate.append(MemoryApproximation(module, call, op, reason, cpu, meta))
+
+
+def _meta(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type == "meta"
+
+
+def _grad_needed(args: Any) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad
+                                           for t in tree_flatten(args)[0])
+
+
+def _measure(func: Any, args: Any, kwargs: Any) -> tuple[int | None, int | None]:
+    """Bytes saved for backward by this one call, on CPU and on meta, on stand-ins; None when too big."""
+    tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+    if sum(t.numel() for t in tensors) > MEASURE_NUMEL:
+        return None, None
+    return _saved_bytes(func, args, kwargs, "cpu"), _saved_bytes(func, args, kwargs, "meta")
+
+
+def _saved_bytes(func: Any, args: Any, kwargs: Any, device: str) -> int | None:
+    def stand_in(v: Any) -> Any:
+        if not isinstance(v, torch.Tensor):
+            return v
+        return torch.zeros(v.shape, dtype=v.dtype, device=device).requires_grad_(v.requires_grad)
+
+    saved: dict[tuple[str, int], int] = {}
+
+    def pack(t: torch.Tensor) -> None:
+        s = t.untyped_storage()
+        saved[(device, s.data_ptr() if device != "meta" else s._cdata)] = s.nbytes()
+
+    try:
+        with _disable_current_modes(), torch._C.DisableTorchFunction(), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
+            func(*tree_map(stand_in, args), **tree_map(stand_in, kwargs))
+    except Exception:
+        return None
+    return sum(saved.values())
