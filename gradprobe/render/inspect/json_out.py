@@ -105,6 +105,11 @@ def memory_json(m: MemoryFact | None, report: InspectReport | None = None) -> di
             for x in m.by_module
         ],
         "training_step": training_step_json(m.training_step),
+        "approximate": [
+            {"module": a.module, "call": a.call, "op": a.op, "reason": a.reason,
+             "cpu_saved_bytes": a.cpu_saved_bytes, "meta_saved_bytes": a.meta_saved_bytes}
+            for a in m.approximate
+        ],
         **(checkpoint_json(report) if report is not None else {}),
         **memory_detail_json(m),
     }

@@ -7,7 +7,13 @@ from gradprobe.render.common import findings_md, md_table
 from gradprobe.render.graph.export import mermaid_markdown
 from gradprobe.render.inspect.experts import experts_markdown
 from gradprobe.render.inspect.grad_text import grad_health_markdown
-from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
+from gradprobe.render.inspect.words import (
+    APPROXIMATE_TITLE,
+    CHECKPOINT_TITLE,
+    approximate_cells,
+    candidate_cells,
+    plan_text,
+)
 from gradprobe.render.memory.view import memory_detail_markdown
 from gradprobe.units import human_bytes, shape_text
 
@@ -43,6 +49,10 @@ def inspect_markdown(report: InspectReport, top: int | None = 40) -> str:
             ("parameters", human_bytes(m.parameter_bytes)),
             ("gradients", human_bytes(m.gradient_bytes)),
         ]), "", f"_{m.method}_"]
+        if m.approximate:
+            out += ["", f"**{APPROXIMATE_TITLE}**", "",
+                    md_table(["module (call)", "op", "why", "that call alone"],
+                             [approximate_cells(a) for a in m.approximate])]
     if report.checkpoint_advice and report.checkpoint_plan is not None:
         advice = list(report.checkpoint_advice)
         shown_advice = advice[:top] if top else advice

@@ -13,7 +13,13 @@ from rich.tree import Tree
 from gradprobe.facts.run import GradState, InspectReport, RunFacts, TensorFact
 from gradprobe.render.common import findings_table, light_table, titled
 from gradprobe.render.graph.tree import GraphTree, display_tree
-from gradprobe.render.inspect.words import CHECKPOINT_TITLE, candidate_cells, plan_text
+from gradprobe.render.inspect.words import (
+    APPROXIMATE_TITLE,
+    CHECKPOINT_TITLE,
+    approximate_cells,
+    candidate_cells,
+    plan_text,
+)
 from gradprobe.render.memory.view import memory_detail_view
 from gradprobe.units import human_bytes, human_count, seconds, shape_text
 
@@ -267,6 +273,13 @@ def memory_table(report: InspectReport, top: int | None, pattern: str | None = N
     if m.cuda_max_allocated_bytes is not None:
         t.add_row("cuda max allocated", human_bytes(m.cuda_max_allocated_bytes))
     parts: list[RenderableType] = [Text("Memory", style="bold italic"), t, Text(m.method, style="dim")]
+    if m.approximate:
+        at = _table()
+        for column in ("module (call)", "op", "why", "that call alone"):
+            at.add_column(column)
+        for a in m.approximate:
+            at.add_row(*approximate_cells(a))
+        parts += [Text(APPROXIMATE_TITLE, style="bold yellow"), at]
     step = training_step_table(f)
     if step is not None:
         parts.append(step)

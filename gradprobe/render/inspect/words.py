@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradprobe.facts.run import CheckpointCandidate, CheckpointPlan
+from gradprobe.facts.run import CheckpointCandidate, CheckpointPlan, MemoryApproximation
 from gradprobe.units import human_bytes
 
 CHECKPOINT_TITLE = "Activation checkpointing (torch.utils.checkpoint, use_reentrant=False)"
@@ -23,3 +23,15 @@ def plan_text(plan: CheckpointPlan) -> str:
     return (f"wrapping every {plan.module_type} call ({plan.calls}): about "
             f"{human_bytes(plan.expected_saving_bytes)} less saved for backward ({share:.0%}), "
             f"for one more forward of each inside backward")
+
+
+APPROXIMATE_TITLE = "Approximate: the meta run used another kernel than the CPU would"
+
+
+def approximate_cells(a: MemoryApproximation) -> tuple[str, str, str, str]:
+    """(module call, op, why, the gap measured for that call alone on stand-ins, or "not measured")."""
+    if a.cpu_saved_bytes is not None and a.meta_saved_bytes is not None:
+        gap = f"saved {human_bytes(a.cpu_saved_bytes)} on CPU vs {human_bytes(a.meta_saved_bytes)} on meta"
+    else:
+        gap = "not measured (too big to re-run)"
+    return call_label(a.module, a.call), a.op, a.reason, gap

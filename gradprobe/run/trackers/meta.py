@@ -176,3 +176,13 @@ def meta_failure_message(op: str, module: str) -> str:
     return (f"forward on the meta device failed in module {module}: {op} needs tensor values, which the meta "
             f"device does not have; run with --device cpu (a smaller --init or --shape keeps it fast), or make the "
             f"op shape-static (e.g. one_hot(x, num_classes=N))")
+
+
+def meta_kernel_refusal(exc: BaseException) -> str | None:
+    """A meta kernel that refuses what the CPU kernel accepts, in words with the way out; None otherwise."""
+    if "Expected inputs of BF16 type" in str(exc):
+        return ("torch's grouped_mm (transformers' mixture-of-experts layers call it) takes float32 on the CPU "
+                "but its meta kernel takes bfloat16 only, and this run is not bfloat16 -- plain PyTorch fails "
+                "the same way on meta; pass --param-dtype bfloat16 for the estimate of a bfloat16 run, or run "
+                "with --device cpu")
+    return None

@@ -1,0 +1,39 @@
+"""``gradprobe inspect --device meta`` on Hugging Face models, through the real CLI (issue 17 §1).
+
+The meta estimate of a padded Llama batch and of a Wav2Vec2 (time-step masking in training) must carry the
+same bytes as the CPU run of the same command; a Mixtral on meta ends in one line naming grouped_mm.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+TARGETS = {"llama": "tests.fixtures.hf_tiny:padded_batch", "wav2vec2": "tests.fixtures.hf_tiny:audio"}
+
+
+def _memory(run_cli, target: str, device: str) -> dict:
+    result = run_cli("inspect", f"tests.fixtures.hf_tiny:{target}", "--inputs", TARGETS[target], "--device", device,
+                     "--format", "json")
+    assert result.code == 0, result.err
+    return json.loads(result.out)["memory"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_meta_estimate_equals_the_cpu_run(run_cli, target: str) -> None:
+    cpu, meta = _memory(run_cli, target, "cpu"), _memory(run_cli, target, "meta")
+    keys = ("saved_for_backward_bytes", "forward_peak_bytes", "backward_peak_bytes", "parameter_bytes")
+    assert {k: meta[k] for k in keys} == {k: cpu[k] for k in keys}
+    assert meta["approximate"] == [] and cpu["approximate"] == []
+
+
+@pytest.mark.slow
+def test_mixtral_on_meta_is_one_line_naming_grouped_mm(run_cli) -> None:
+    result = run_cli("inspect", "tests.fixtures.hf_tiny:mixtral", "--inputs", TARGETS["llama"], "--device", "meta")
+    assert result.code == 2
+    assert len(result.err_lines) == 1, result.err
+    line = result.err_lines[0]
+    assert "MixtralExperts" in line and "grouped_mm" in line and "--param-dtype bfloat16" in line
+    assert "Traceback" not in result.err
