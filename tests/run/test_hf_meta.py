@@ -19,6 +19,7 @@ from gradprobe.errors import RunError
 from gradprobe.facts.run import MemoryFact
 from tests.fixtures import hf_tiny
 
+
 def _memory(model: nn.Module, batch: dict[str, torch.Tensor]) -> MemoryFact:
     memory = probe(model, batch).facts.memory
     assert memory is not None
