@@ -27,7 +27,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 HostInputs = tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[str, torch.Tensor]]]
 META = torch.device("meta")
 CPU = torch.device("cpu")
-MAX_TWIN_NUMEL = 1 << 26  # a twin bigger than this is not computed (64M elements): its values stay unknown
+MAX_TWIN_NUMEL = 1 << 24  # a twin bigger than this is not computed (16M elements): its values stay unknown
 _aten = torch.ops.aten
 # ops whose outputs' shapes (or Python results) depend on values: meta cannot run them alone
 _VALUE_OPS = {
@@ -38,6 +38,24 @@ _VALUE_OPS = {
 }
 _BOOL_INDEXED = {_aten.index.Tensor, _aten.index_put.default, _aten.index_put_.default,
                  _aten._index_put_impl_.default}
+_SPECIAL = _VALUE_OPS | _BOOL_INDEXED | {_aten._to_copy.default}
+_MUTABLE: dict[Any, bool] = {}
+_SEEDED: dict[Any, bool] = {}
+
+
+def _mutable(func: Any) -> bool:
+    found = _MUTABLE.get(func)
+    if found is None:
+        found = _MUTABLE[func] = bool(func._schema.is_mutable)
+    return found
+
+
+def _seeded(func: Any) -> bool:
+    """Random ops: their twin would draw from the CPU generator and change the user's random stream."""
+    found = _SEEDED.get(func)
+    if found is None:
+        found = _SEEDED[func] = torch.Tag.nondeterministic_seeded in func.tags
+    return found
 
 
 _LABELS = {
@@ -96,7 +114,7 @@ class HostValues(TorchDispatchMode):
         # meta tensors computed from an input that came without values: which input (for the error message)
         self.origins: WeakIdKeyDictionary = WeakIdKeyDictionary()
         for name, t in unknown:
-            if _is_meta(t):
+            if _is_meta(t) and not t.is_floating_point():
                 self.origins[t] = name
         self.twins: WeakIdKeyDictionary = WeakIdKeyDictionary()
         for meta, host in pairs:
@@ -159,8 +177,8 @@ class HostValues(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if func in _VALUE_OPS or (func in _BOOL_INDEXED and _bool_indices(args)) or _copies_off_meta(func, args,
-                                                                                                     kwargs):
+        if func in _SPECIAL and (func in _VALUE_OPS or (func in _BOOL_INDEXED and _bool_indices(args))
+                                 or _copies_off_meta(func, args, kwargs)):
             return self._value_op(func, args, kwargs)
         try:
             out = func(*args, **kwargs)
@@ -168,27 +186,56 @@ class HostValues(TorchDispatchMode):
             if self._twin_args(args, kwargs) is None:
                 raise
             return self._value_op(func, args, kwargs)
-        if torch.Tag.nondeterministic_seeded in func.tags or not _any_meta(out):
-            return out
-        twinned = self._twin_args(args, kwargs)
-        if twinned is None or _too_big(out):
-            if func._schema.is_mutable:
+        if not self._all_twinned(args, kwargs):  # most ops: a parameter or activation among the arguments
+            if self._storages and _mutable(func):
                 self._forget(func, args, kwargs)
             if self.origins:
                 self._follow_origin(args, kwargs, out)
             return out
-        with _disable_current_modes():
-            host_out = func(*twinned[0], **twinned[1])
-        self._record(out, host_out)
+        if _seeded(func) or not _any_meta(out) or _too_big(out):
+            return out
+        twinned = self._twin_args(args, kwargs)
+        if twinned is not None:
+            with _disable_current_modes():
+                host_out = func(*twinned[0], **twinned[1])
+            self._record(out, host_out)
         return out
 
+    def _all_twinned(self, args: Any, kwargs: Any) -> bool:
+        """Every meta tensor among the arguments has a twin (one level of lists looked into: aten's
+        arguments are flat); stops at the first that has none, which is the common case and must be cheap."""
+        twins = self.twins
+        for group in (args, kwargs.values()):
+            for value in group:
+                if isinstance(value, torch.Tensor):
+                    if value.device.type == "meta" and value not in twins:
+                        return False
+                elif isinstance(value, (list, tuple)):
+                    for item in value:
+                        if isinstance(item, torch.Tensor) and item.device.type == "meta" and item not in twins:
+                            return False
+        return True
+
     def _follow_origin(self, args: Any, kwargs: Any, out: Any) -> None:
-        origin = next((self.origins[v] for v in tree_flatten((args, kwargs))[0]
-                       if isinstance(v, torch.Tensor) and v in self.origins), None)
-        if origin is not None:
-            for v in tree_flatten(out)[0]:
-                if _is_meta(v):
-                    self.origins[v] = origin
+        """Outputs of an op on a tensor from an input without values remember that input (for the message)."""
+        outs = [v for v in (out if isinstance(out, (list, tuple)) else (out,))
+                if _is_meta(v) and not v.is_floating_point()]
+        if not outs:  # only masks, ids and indices are worth naming an input for, and floats are most ops
+            return
+        origins = self.origins
+        origin = None
+        for group in (args, kwargs.values()):
+            for value in group:
+                items = value if isinstance(value, (list, tuple)) else (value,)
+                origin = next((origins[t] for t in items if isinstance(t, torch.Tensor) and t in origins), None)
+                if origin is not None:
+                    break
+            if origin is not None:
+                break
+        if origin is None:
+            return
+        for v in outs:
+            origins[v] = origin
 
     def _value_op(self, func: Any, args: Any, kwargs: Any) -> Any:
         twinned = self._twin_args(args, kwargs)
