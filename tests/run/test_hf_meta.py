@@ -173,3 +173,74 @@ def test_bfloat16_lstm_is_marked_approximate_with_the_measured_gap() -> None:
     assert (mark.module, mark.op) == ("rnn", "lstm") and "mkldnn_rnn_layer" in mark.reason
     assert mark.cpu_saved_bytes is not None and mark.meta_saved_bytes is not None
     assert mark.cpu_saved_bytes != mark.meta_saved_bytes
+
+
+class _GruTagger(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(8, 16, num_layers=2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x)[0])
+
+
+def test_gru_on_meta_is_marked_approximate_where_the_cpu_branches() -> None:
+    """aten's GRU layer projects all time steps at once on the CPU and step by step elsewhere: the op streams
+    differ (the peaks do here), so the call is marked, with the gap that call alone shows."""
+    x = torch.randn(3, 5, 8)
+    torch.manual_seed(0)
+    cpu = _memory(_GruTagger(), x)
+    with torch.device("meta"):
+        meta = _memory(_GruTagger(), x)
+    assert _figures(meta) != _figures(cpu)  # the reason for the mark, measured
+    _assert_same_or_marked(cpu, meta)
+    (mark,) = meta.approximate
+    assert (mark.module, mark.op) == ("rnn", "gru") and "all time steps at once" in mark.reason
+
+
+class _Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x)[0]
+
+
+@pytest.mark.parametrize("grad_mode", ["no_grad", "grad"])
+def test_multihead_attention_fast_path_is_marked_only_where_the_cpu_takes_it(grad_mode: str) -> None:
+    x = torch.randn(2, 6, 16)
+    cpu = probe(_Attention(), x, mode="eval", grad_mode=grad_mode, backward=False).facts.memory
+    with torch.device("meta"):
+        model = _Attention()
+    meta = probe(model, x, mode="eval", grad_mode=grad_mode, backward=False).facts.memory
+    assert cpu is not None and meta is not None
+    if grad_mode == "grad":  # no fast path with grad: the same kernels, the same bytes, nothing marked
+        assert _figures(meta) == _figures(cpu) and meta.approximate == ()
+        return
+    assert meta.forward_peak_bytes != cpu.forward_peak_bytes
+    _assert_same_or_marked(cpu, meta)
+    assert [(a.module, a.op) for a in meta.approximate] == [("attn", "multi_head_attention_forward")]
+
+
+def test_approximate_marks_reach_json_markdown_and_the_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from gradprobe.render.inspect.json_out import inspect_json
+    from gradprobe.render.inspect.markdown import inspect_markdown
+    from gradprobe.render.inspect.table import render_inspect
+
+    with torch.device("meta"):
+        model = _Tagger().to(torch.bfloat16)
+    report = probe(model, torch.randn(3, 5, 8, dtype=torch.bfloat16))
+    (mark,) = inspect_json(report)["memory"]["approximate"]
+    assert (mark["module"], mark["call"], mark["op"]) == ("rnn", 0, "lstm")
+    assert mark["cpu_saved_bytes"] > mark["meta_saved_bytes"] > 0
+    assert "Approximate" in inspect_markdown(report) and "mkldnn_rnn_layer" in inspect_markdown(report)
+    console = Console(record=True, width=100, file=io.StringIO(), force_terminal=False, color_system=None)
+    render_inspect(report, console)
+    text = console.export_text()
+    assert "Approximate: the meta run used another kernel" in text and "lstm" in text

@@ -33,5 +33,5 @@ def approximate_cells(a: MemoryApproximation) -> tuple[str, str, str, str]:
     if a.cpu_saved_bytes is not None and a.meta_saved_bytes is not None:
         gap = f"saved {human_bytes(a.cpu_saved_bytes)} on CPU vs {human_bytes(a.meta_saved_bytes)} on meta"
     else:
-        gap = "not measured (too big to re-run)"
+        gap = "not measured (too big to re-run, or no grad)"
     return call_label(a.module, a.call), a.op, a.reason, gap

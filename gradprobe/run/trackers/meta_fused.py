@@ -38,6 +38,16 @@ def _is_lstm(func: Any) -> bool:
     return getattr(func, "__name__", "") == "lstm" and func is torch._VF.lstm  # type: ignore[attr-defined]
 
 
+_OTHER_RNNS = {"gru", "rnn_tanh", "rnn_relu"}
+_PRECOMPUTE = ("on the CPU the {op} projects the input of all time steps at once (one matmul: aten's RNN layer "
+               "branches on the device), meta projects it step by step: peaks differ, saved bytes may not")
+
+
+def _is_other_rnn(func: Any) -> bool:
+    name = getattr(func, "__name__", "")
+    return name in _OTHER_RNNS and func is getattr(torch._VF, name, None)
+
+
 def _mkldnn_on_cpu(x: torch.Tensor, params: Sequence[torch.Tensor], per: int, layers: int, dirs: int) -> bool:
     """torch's ``use_mkldnn`` for an LSTM, as it would decide for CPU tensors like these."""
     return (torch._C._get_mkldnn_enabled() and torch.backends.mkldnn.is_available() and x.numel() != 0
@@ -117,6 +127,9 @@ class MetaFusedChoice(TorchFunctionMode):
         kwargs = kwargs or {}
         if _is_lstm(func) and len(args) == 9 and isinstance(args[1], (tuple, list)) and _meta(args[0]):
             return self._lstm(func, args, kwargs)
+        if _is_other_rnn(func) and _meta(args[0]):
+            self._mark(func, args, kwargs, func.__name__, _PRECOMPUTE.format(op=func.__name__.upper()))
+            return func(*args, **kwargs)
         if func is F.multi_head_attention_forward and _meta(args[0]) and not kwargs.get("training", True) \
                 and not _grad_needed(args):
             self._mark(func, args, kwargs, "multi_head_attention_forward",
@@ -127,8 +140,9 @@ class MetaFusedChoice(TorchFunctionMode):
     def _lstm(self, func: Any, args: Any, kwargs: Any) -> Any:
         x, _, params, has_biases, layers, _, _, bidirectional, _ = args
         per, dirs = (4 if has_biases else 2), (2 if bidirectional else 1)
-        if not _mkldnn_on_cpu(x, params, per, layers, dirs):
-            return func(*args, **kwargs)  # the CPU decomposes too: same ops
+        if not _mkldnn_on_cpu(x, params, per, layers, dirs):  # projections, or oneDNN off: aten's own layer
+            self._mark(func, args, kwargs, "lstm", _PRECOMPUTE.format(op="LSTM"))
+            return func(*args, **kwargs)
         if x.dtype == torch.float32:
             out = lstm_as_cpu(*args)
             if self.unknown_workspace:
@@ -160,22 +174,32 @@ def _grad_needed(args: Any) -> bool:
 def _measure(func: Any, args: Any, kwargs: Any) -> tuple[int | None, int | None]:
     """Bytes saved for backward by this one call, on CPU and on meta, on stand-ins; None when too big."""
     tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-    if sum(t.numel() for t in tensors) > MEASURE_NUMEL:
-        return None, None
+    if sum(t.numel() for t in tensors) > MEASURE_NUMEL or not _grad_needed(args):
+        return None, None  # too big to re-run, or nothing is saved (no grad): the gap is not in saved bytes
     return _saved_bytes(func, args, kwargs, "cpu"), _saved_bytes(func, args, kwargs, "meta")
 
 
 def _saved_bytes(func: Any, args: Any, kwargs: Any, device: str) -> int | None:
+    given: set[int] = set()  # the call's own arguments (parameters, inputs) cost nothing new when saved
+
+    def key(t: torch.Tensor) -> int:
+        s = t.untyped_storage()
+        return s._cdata if device == "meta" else s.data_ptr()
+
     def stand_in(v: Any) -> Any:
         if not isinstance(v, torch.Tensor):
             return v
-        return torch.zeros(v.shape, dtype=v.dtype, device=device).requires_grad_(v.requires_grad)
+        t = torch.zeros(v.shape, dtype=v.dtype, device=device).requires_grad_(v.requires_grad)
+        given.add(key(t))
+        return t
 
-    saved: dict[tuple[str, int], int] = {}
+    saved: dict[int, int] = {}
+    alive: list[torch.Tensor] = []  # kept until counted: a freed storage's address could be counted again
 
     def pack(t: torch.Tensor) -> None:
-        s = t.untyped_storage()
-        saved[(device, s.data_ptr() if device != "meta" else s._cdata)] = s.nbytes()
+        alive.append(t)
+        if key(t) not in given:
+            saved[key(t)] = t.untyped_storage().nbytes()
 
     try:
         with _disable_current_modes(), torch._C.DisableTorchFunction(), \
