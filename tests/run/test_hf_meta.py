@@ -244,3 +244,41 @@ def test_approximate_marks_reach_json_markdown_and_the_terminal() -> None:
     render_inspect(report, console)
     text = console.export_text()
     assert "Approximate: the meta run used another kernel" in text and "lstm" in text
+
+
+class _ClipFn(torch.autograd.Function):
+    """A custom backward that reads a gradient value (clipping): fine on the CPU, no values on meta."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: object, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return g / g.abs().max() if g.abs().max() > 1.0 else g
+
+
+class _Clip(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ClipFn.apply(x)
+
+
+class _Clipped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.clip = _Clip()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.clip(self.lin(x))
+
+
+def test_a_value_read_in_backward_names_the_node_module_and_op() -> None:
+    x = torch.randn(2, 4)
+    probe(_Clipped(), x)  # runs on the CPU
+    with torch.device("meta"):
+        model = _Clipped()
+    with pytest.raises(RunError, match=r"^backward on the meta device failed in _ClipFnBackward \(the gradient of "
+                                       r"module 'clip' \(_Clip\)\): \.item\(\).*gradients.*--device cpu") as info:
+        probe(model, x)
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)

@@ -270,7 +270,7 @@ class HostValues(TorchDispatchMode):
                 if origin is not None:
                     return NoHostValues(op, f"{shape} computed from input '{origin}', which came on the meta "
                                             f"device without values", origin)
-                return NoHostValues(op, f"{shape} computed from the parameters (no values on meta)")
+                return NoHostValues(op, f"{shape} computed from parameters or gradients (no values on meta)")
         return NoHostValues(op, "a tensor without values")
 
 
