@@ -158,8 +158,8 @@ def hf_inputs(model: nn.Module, folder: str, shapes: list[str] | None, device: t
                              f"(batch, sequence length), e.g. --shape 2,16")
         batch, seq = shape if shape is not None else (2, min(16, longest))
         kwargs["input_ids"] = torch.randint(0, vocab, (batch, seq))
-        # on meta an all-ones mask is left out (it masks nothing): checking its values would need data
-        if "attention_mask" in accepted and device.type != "meta":
+        # on meta too: its values stay on the CPU beside the run (ExampleInputs.host), where transformers reads them
+        if "attention_mask" in accepted:
             kwargs["attention_mask"] = torch.ones(batch, seq, dtype=torch.long)
         notes.append(f"inputs from config.json: input_ids {batch}×{seq} in [0, {vocab}) (vocab_size)"
                      + (", attention_mask of ones" if "attention_mask" in kwargs else ""))

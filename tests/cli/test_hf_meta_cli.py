@@ -37,3 +37,23 @@ def test_mixtral_on_meta_is_one_line_naming_grouped_mm(run_cli) -> None:
     line = result.err_lines[0]
     assert "MixtralExperts" in line and "grouped_mm" in line and "--param-dtype bfloat16" in line
     assert "Traceback" not in result.err
+
+
+@pytest.mark.slow
+def test_hf_folder_on_meta_keeps_its_attention_mask_and_equals_the_cpu_run(run_cli, tmp_path) -> None:
+    """A config-only folder: inputs made from config.json carry an attention_mask on meta too (its values stay
+    on the CPU beside the run), so the estimate is the CPU run's to the byte."""
+    from tests.fixtures import hf_tiny
+
+    make_config, _ = hf_tiny._configs()["bert"]
+    config = make_config()
+    config.architectures = ["BertForMaskedLM"]
+    config.save_pretrained(tmp_path / "bert")
+    docs = {}
+    for device in ("cpu", "meta"):
+        result = run_cli("inspect", "bert", "--shape", "2,12", "--device", device, "-f", "json", cwd=tmp_path)
+        assert result.code == 0, result.err
+        docs[device] = json.loads(result.out)
+    assert any("attention_mask of ones" in n for n in docs["meta"]["notes"])
+    keys = ("saved_for_backward_bytes", "forward_peak_bytes", "backward_peak_bytes")
+    assert {k: docs["meta"]["memory"][k] for k in keys} == {k: docs["cpu"]["memory"][k] for k in keys}
