@@ -100,8 +100,17 @@ def test_meta_keeps_packed_lengths_on_the_cpu(models: Path, run_cli: Callable[..
         {p["name"] for p in cpu["parameters"] if p["grad"] != "none"}
 
 
-def test_meta_names_the_input_when_another_op_needs_values(models: Path, run_cli: Callable[..., Any]) -> None:
+def test_meta_reads_values_an_op_needs_from_the_cpu_copy(models: Path, run_cli: Callable[..., Any]) -> None:
+    """pad_packed_sequence needs the sorted indices' values: on meta they come from the inputs' CPU copy (issue 17),
+    and the packed LSTM, which the CPU runs on another kernel path, is marked approximate."""
     res = run_cli("inspect", "seqmodels.py:PackedPadded", "--inputs", "seqmodels.py:packed_inputs", "--device",
-                  "meta", cwd=models)
-    assert res.code == 2 and len(res.err_lines) == 1 and "Traceback" not in res.err
-    assert "with arg1 kept on the CPU" in res.err and "--device cpu" in res.err
+                  "meta", "-f", "json", cwd=models)
+    assert res.code == 0, res.err
+    doc = json.loads(res.out)
+    assert "--device meta: kept arg1 on the CPU with its values (an op needs it there)" in doc["notes"]
+    assert [(a["module"], a["op"]) for a in doc["memory"]["approximate"]] == [("rnn", "lstm")]
+    cpu = json.loads(run_cli("inspect", "seqmodels.py:PackedPadded", "--inputs", "seqmodels.py:packed_inputs", "-f",
+                             "json", cwd=models).out)
+    assert doc["memory"]["saved_for_backward_bytes"] == cpu["memory"]["saved_for_backward_bytes"]
+    assert {p["name"] for p in doc["parameters"] if p["grad"] != "none"} == \
+        {p["name"] for p in cpu["parameters"] if p["grad"] != "none"}

@@ -127,6 +127,10 @@ class MetaFusedChoice(TorchFunctionMode):
         kwargs = kwargs or {}
         if _is_lstm(func) and len(args) == 9 and isinstance(args[1], (tuple, list)) and _meta(args[0]):
             return self._lstm(func, args, kwargs)
+        if _is_lstm(func) and _meta(args[0]):  # the packed-sequence overload (data, batch_sizes, ...)
+            self._mark(func, args, kwargs, "lstm", "a packed-sequence LSTM: the CPU takes a device-specific path "
+                       "(oneDNN, or aten's layer projecting all time steps at once), meta the step-by-step one")
+            return func(*args, **kwargs)
         if _is_other_rnn(func) and _meta(args[0]):
             self._mark(func, args, kwargs, func.__name__, _PRECOMPUTE.format(op=func.__name__.upper()))
             return func(*args, **kwargs)
