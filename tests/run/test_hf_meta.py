@@ -18,6 +18,7 @@ from gradprobe.api import probe
 from gradprobe.errors import RunError
 from gradprobe.facts.run import MemoryFact
 from tests.fixtures import hf_tiny
+from tests.fixtures.saved_bytes import plain_saved_bytes
 
 
 def _memory(model: nn.Module, batch: dict[str, torch.Tensor]) -> MemoryFact:
@@ -57,21 +58,8 @@ def test_meta_estimate_of_a_padded_batch_equals_the_cpu_measurement(name: str) -
 def _plain_saved_bytes(model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
     """Bytes of every storage autograd saves in one training forward, parameters and buffers excluded."""
     model.train()
-    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-    keep: list[torch.Tensor] = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in own:
-            saved[storage.data_ptr()] = storage.nbytes()
-            keep.append(t)
-        return t
-
     torch.manual_seed(0)  # dropout masks are saved: same seed as gradprobe's run
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(**batch)
-    return sum(saved.values())
+    return plain_saved_bytes(model, lambda: model(**batch))
 
 
 @pytest.mark.parametrize("name", ["llama", "bert"])

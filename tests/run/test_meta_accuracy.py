@@ -22,6 +22,7 @@ from gradprobe.api import probe
 from gradprobe.facts.run import MemoryFact
 from gradprobe.run.trackers.meta import MetaAttentionChoice, meta_fidelity
 from tests.fixtures import zoo
+from tests.fixtures.saved_bytes import plain_saved_bytes
 
 # (factory, kwargs): every benchmark model that fits, at sizes that keep the test fast
 SLOW = {"gpt2_small", "resnet50", "resnet_small"}  # seconds each on 2 cores: left to the full run
@@ -73,20 +74,7 @@ def test_meta_estimate_matches_cpu_within_2_percent(name: str, mode: str) -> Non
 def _plain_saved_bytes(model: nn.Module, mode: str) -> int:
     """Bytes of every storage autograd saves in one forward, parameters and buffers excluded: plain PyTorch."""
     model.train(mode == "train")
-    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-    keep: list[torch.Tensor] = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in own:
-            saved[storage.data_ptr()] = storage.nbytes()
-            keep.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(model.example_input_array)
-    return sum(saved.values())
+    return plain_saved_bytes(model, lambda: model(model.example_input_array))
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -274,7 +274,7 @@ def memory_table(report: InspectReport, top: int | None, pattern: str | None = N
         t.add_row("cuda max allocated", human_bytes(m.cuda_max_allocated_bytes))
     parts: list[RenderableType] = [Text("Memory", style="bold italic"), t, Text(m.method, style="dim")]
     if m.approximate:
-        at = _table()
+        at = light_table()
         for column in ("module (call)", "op", "why", "that call alone"):
             at.add_column(column)
         for a in m.approximate:
