@@ -15,6 +15,7 @@ from gradprobe.cli.distributed import (
     inspect_distributed,
     rank0_speaks,
 )
+from gradprobe.cli.fit import BudgetOpt, WorldSizeOpt
 from gradprobe.cli.options import (
     CI_PANEL,
     LOAD_OPTIONS,
@@ -106,6 +107,8 @@ def inspect(
         "module call (--depth expands it) as Graphviz DOT (.dot), Mermaid (.mmd) or SVG (.svg).")] = None,
     debug: DebugOpt = False,
     strict: Annotated[bool, flag("--strict", "Exit 1 when an error finding exists.", CI_PANEL)] = False,
+    world_size: WorldSizeOpt = None,
+    budget: BudgetOpt = None,
     **shared: Any,
 ) -> None:
     """Run the model once in one mode and show what autograd sees: parameters, tensors, graph, memory, findings."""
@@ -116,6 +119,10 @@ def inspect(
         from gradprobe.cli.command import check_pattern, quiet_torch_import, settings
         from gradprobe.load.loss import check_loss_spec
 
+        if world_size is not None and shared["nproc"] is not None:
+            from gradprobe.errors import UsageError
+
+            raise UsageError("--world-size simulates every rank in one process: leave out --nproc")
         launched = dist_launch(dist, debug)  # --nproc: this process only starts torch's launcher
         if launched is not None:
             return launched
@@ -126,6 +133,16 @@ def inspect(
         if s["loss"] is not None:
             check_loss_spec(s["loss"])
         quiet_torch_import(debug)
+        if world_size is not None:  # will it fit on N GPUs: every rank simulated in this process
+            from gradprobe.cli.fit import inspect_fit
+
+            return inspect_fit(s=s, world_size=world_size, budget=budget, wrap=shared["wrap"], shard=shared["shard"],
+                               nproc=shared["nproc"], optimizer_state=optimizer_state.value, format_=format_,
+                               output=output)
+        if budget is not None:
+            from gradprobe.errors import UsageError
+
+            raise UsageError("--budget applies to --world-size N (the per-rank peak it predicts)")
         routed = dist_run(dist, debug, lambda env, opts: inspect_distributed(
             env, opts, s=s, probe=dict(mode=mode.value, grad_mode=grad.value, loss=s["loss"], backward=not no_backward,
                                        memory=not no_memory, tensors=not no_tensors, depth=depth, seed=s["seed"],

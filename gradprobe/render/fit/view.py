@@ -1,0 +1,128 @@
+"""``inspect --world-size``: the rich view, Markdown, and the JSON document (``memory.per_rank``).
+
+JSON (``gradprobe.inspect/1``, kind ``fit``): ``world_size`` (the list asked for), ``method``
+(simulated|estimated), ``memory.per_rank[]``: one entry per world size with ``rank`` (0), ``world_size``,
+``peak_bytes``, ``forward``/``backward``/``optimizer``/``step`` each ``{"total_bytes", "<category>_bytes"...}``,
+``saved_by_module[]``; ``memory.budget`` with the verdict and every lever's measured peak.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from gradprobe.facts.fit import CATEGORIES, PHASES, FitReport, PhaseMemory, RankFit
+from gradprobe.judges.budget import lever_line, verdict_text
+from gradprobe.render.common import md_table
+from gradprobe.render.fit.rows import (
+    SUMMARY_HEADER,
+    category_columns,
+    category_rows,
+    saved_rows,
+    summary_cells,
+)
+from gradprobe.units import human_bytes
+
+
+def _title(report: FitReport) -> str:
+    row = report.rows[0]
+    return (f"Per-rank memory of one training step: {report.target}, {row.wrapper}"
+            f"{' (' + str(len(row.units)) + ' FSDP units)' if row.units else ''}, optimizer {report.optimizer}")
+
+
+def render_fit(report: FitReport, console: Console) -> None:
+    budget = report.verdict.budget if report.verdict else None
+    summary = Table(title=_title(report), box=box.SIMPLE_HEAD, title_justify="left")
+    for h in SUMMARY_HEADER + (["fits budget"] if budget is not None else []):
+        summary.add_column(h, justify="right" if "peak" in h or h in ("world size", "local batch") else "left")
+    for row in report.rows:
+        summary.add_row(*summary_cells(row, budget))
+    console.print(summary)
+    header, _ = category_columns(report)
+    cats = Table(title="Rank 0's bytes by category", box=box.SIMPLE_HEAD, title_justify="left")
+    cats.add_column("category")
+    for h in header:
+        cats.add_column(h, justify="right")
+    cats.add_column("what it is", overflow="fold", max_width=60)
+    for cells in category_rows(report):
+        cats.add_row(*cells)
+    console.print(cats)
+    saved = saved_rows(report.rows[0])
+    if saved:
+        table = Table(title=f"Saved for backward by module (N={report.rows[0].world_size}, largest first)",
+                      box=box.SIMPLE_HEAD, title_justify="left")
+        for h in ("module", "type", "bytes"):
+            table.add_column(h, justify="right" if h == "bytes" else "left")
+        for cells in saved:
+            table.add_row(*cells)
+        console.print(table)
+    if report.verdict is not None:
+        v = report.verdict
+        console.print(Text(("✔ " if v.fits else "✘ ") + verdict_text(v), style="green" if v.fits else "bold red"))
+        for lever in v.levers:
+            console.print(Text(f"  lever: {lever_line(lever)}"))
+    for note in report.notes:
+        console.print(Text(f"note: {note}", style="dim"))
+
+
+def fit_markdown(report: FitReport) -> str:
+    budget = report.verdict.budget if report.verdict else None
+    parts = [f"## {_title(report)}", "",
+             md_table(SUMMARY_HEADER + (["fits budget"] if budget is not None else []),
+                      [summary_cells(r, budget) for r in report.rows]), ""]
+    header, _ = category_columns(report)
+    parts += ["### Rank 0's bytes by category", "", md_table(["category", *header, "what it is"],
+                                                              category_rows(report)), ""]
+    saved = saved_rows(report.rows[0])
+    if saved:
+        parts += [f"### Saved for backward by module (N={report.rows[0].world_size})", "",
+                  md_table(["module", "type", "bytes"], saved), ""]
+    if report.verdict is not None:
+        parts += [f"**{verdict_text(report.verdict)}**", ""]
+        parts += [f"- {lever_line(lv)}" for lv in report.verdict.levers] + [""]
+    parts += [f"> {note}" for note in report.notes]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _phase_json(p: PhaseMemory | None) -> dict[str, int] | None:
+    if p is None:
+        return None
+    return {"total_bytes": p.total, **{f"{c}_bytes": p.get(c) for c in CATEGORIES}}
+
+
+def rank_json(row: RankFit) -> dict[str, Any]:
+    doc: dict[str, Any] = {"rank": row.rank, "world_size": row.world_size, "method": row.method,
+                           "wrapper": row.wrapper, "units": list(row.units), "local_batch": row.local_batch,
+                           "peak_bytes": row.peak, "peak_phase": row.step.phase,
+                           "dominant": row.step.dominant(), "seconds": round(row.seconds, 3),
+                           "checkpointed": list(row.checkpointed),
+                           "reshard_after_forward": row.reshard_after_forward}
+    for phase in PHASES:
+        doc[phase] = _phase_json(row.phase(phase))
+    doc["step"] = _phase_json(row.step)
+    doc["saved_by_module"] = [{"module": m.module, "type": m.module_type, "bytes": m.nbytes}
+                              for m in row.saved_by_module]
+    return doc
+
+
+def fit_json(report: FitReport) -> dict[str, Any]:
+    budget = None
+    v = report.verdict
+    if v is not None:
+        budget = {"budget_bytes": v.budget, "fits": v.fits, "world_size": v.world_size, "peak_bytes": v.peak,
+                  "dominant": v.dominant, "dominant_bytes": v.dominant_bytes, "verdict": verdict_text(v),
+                  "chosen": v.chosen.kind if v.chosen else None,
+                  "levers": [{"kind": lv.kind, "text": lv.text, "peak_bytes": lv.peak, "fits": lv.fits,
+                              "detail": lv.detail} for lv in v.levers]}
+    return {"schema": "gradprobe.inspect/1", "kind": "fit", "target": report.target,
+            "world_size": [r.world_size for r in report.rows], "method": report.method,
+            "optimizer": report.optimizer,
+            "memory": {"per_rank": [rank_json(r) for r in report.rows], "budget": budget},
+            "notes": list(report.notes)}
+
+
+__all__ = ["fit_json", "fit_markdown", "human_bytes", "render_fit"]

@@ -1,0 +1,1 @@
+"""Per-rank memory of a sharded training step for any world size, in one process (``--world-size``)."""

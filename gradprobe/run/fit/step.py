@@ -1,0 +1,275 @@
+"""Rank 0 of an N-rank FSDP2/DDP job, in this process: build on meta, wrap, materialise the local shards, run
+one training step (forward, backward, optimizer step) and count the bytes alive at each phase's peak.
+
+Two ways to run it, the same code: ``estimate=False`` allocates the local shards on the CPU (values are
+meaningless: the fake group moves nothing), ``estimate=True`` runs everything under torch's ``FakeTensorMode``,
+which allocates nothing, for models whose per-rank step does not fit this machine.  In both, FSDP2's own code
+shards (dim-0 padding to the world size), all-gathers, reshards and reduce-scatters: nothing is re-derived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from gradprobe.errors import GradprobeError, RunError, UsageError, describe_exception
+from gradprobe.facts.fit import RankFit
+from gradprobe.run.fit.group import check_still_fake, fake_group, real_group_error
+from gradprobe.run.fit.tracker import SavedByModule, make_tracker
+
+WRAPPERS = ("ddp", "fsdp")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One run of the step: the wrapper, the units, and the levers applied (checkpointing, batch, reshard)."""
+
+    wrap: str | None  # None: the target wraps itself
+    shard: tuple[str, ...] = ()
+    optimizer: str = "adam"
+    estimate: bool = False
+    checkpoint: tuple[str, ...] = ()  # module names run under activation checkpointing
+    batch: int | None = None  # local batch (dim 0 of the inputs); None: as loaded
+    reshard_after_forward: bool = True
+
+
+Loader = Callable[[], tuple[Any, Any, Any]]  # () -> (model on meta, ExampleInputs, loss spec)
+
+
+def run_step(load: Loader, world_size: int, spec: StepSpec) -> RankFit:
+    """Rank 0's memory of one training step at ``world_size`` (the fake group lives only inside this call)."""
+    if world_size < 1:
+        raise UsageError(f"--world-size {world_size}: use 1 or more ranks")
+    start = time.perf_counter()
+    with warnings.catch_warnings(), fake_group(world_size):
+        warnings.simplefilter("ignore")  # DTensor's "random operators may not have complete support on cpu"
+        try:
+            model, example, loss = load()
+        except GradprobeError as exc:
+            raise real_group_error(exc) or exc from exc
+        check_still_fake()
+        kind = wrapped_kind(model)
+        if kind is not None and spec.wrap is not None:
+            raise UsageError(f"the target is already wrapped ({kind}): leave --wrap out, it is measured as it is")
+        kind = kind or spec.wrap
+        if kind is None:
+            raise UsageError("--world-size needs a wrapped model: add --wrap fsdp (with --shard GLOB) or --wrap "
+                             "ddp, or give a factory that wraps the model itself")
+        args, kwargs, batch = _inputs(example, spec.batch)
+        _wrap(model, kind, spec)  # on meta, outside the fake mode (FSDP2 reads sizes as Python numbers)
+        with _fake_mode(spec.estimate):
+            model, buckets = _materialise(model, kind, spec.estimate)
+            fit = _measure(model, kind, args, kwargs, loss, example, spec, buckets)
+    from dataclasses import replace
+
+    return replace(fit, world_size=world_size, local_batch=batch, seconds=time.perf_counter() - start)
+
+
+def wrapped_kind(model: nn.Module) -> str | None:
+    """"fsdp" for an FSDP2 root, "ddp" for DistributedDataParallel, None for a plain model (FSDP1: refused)."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        return "ddp"
+    if type(model).__name__ == "FullyShardedDataParallel":
+        raise UsageError("--world-size does not simulate FSDP1 (FullyShardedDataParallel): use FSDP2 "
+                         "(fully_shard, --wrap fsdp) or DDP")
+    if any(isinstance(m, FSDPModule) for m in model.modules()):
+        return "fsdp"
+    return None
+
+
+@contextlib.contextmanager
+def _fake_mode(on: bool) -> Iterator[None]:
+    if not on:
+        yield
+        return
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        yield
+
+
+def _inputs(example: Any, batch: int | None) -> tuple[tuple[Any, ...], dict[str, Any], int | None]:
+    """The example inputs on the CPU (their values where loading kept them), cut to ``batch`` rows."""
+    args, kwargs = example.host if example.host is not None else (example.args, example.kwargs)
+
+    def cpu(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor) or t.device.type != "meta":
+            return t
+        return torch.zeros(t.shape, dtype=t.dtype) if not t.is_floating_point() else torch.randn(t.shape).to(t.dtype)
+
+    args, kwargs = tree_map(cpu, (tuple(args), dict(kwargs)))
+    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim() > 0]
+    loaded = tensors[0].shape[0] if tensors else None
+    if batch is None or loaded is None or batch == loaded:
+        return args, kwargs, loaded
+
+    def cut(t: Any) -> Any:
+        return t[:batch].clone() if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == loaded else t
+
+    args, kwargs = tree_map(cut, (args, kwargs))
+    return args, kwargs, batch
+
+
+def _wrap(model: nn.Module, kind: str, spec: StepSpec) -> None:
+    """Activation checkpointing of the chosen modules, and FSDP2 units for --wrap fsdp (on meta)."""
+    modules = dict(model.named_modules())
+    if spec.checkpoint:
+        from torch.distributed._composable import checkpoint
+
+        for name in spec.checkpoint:
+            checkpoint(modules[name])
+    if kind == "fsdp" and spec.wrap == "fsdp":
+        _fully_shard(model, spec.shard, spec.reshard_after_forward)
+    if kind == "ddp" and spec.wrap is None:
+        raise UsageError("--world-size measures a DDP model that --wrap ddp wraps (DDP allocates its buckets "
+                         "when it is built): return the plain model and add --wrap ddp")
+
+
+def _materialise(model: nn.Module, kind: str, estimate: bool) -> tuple[nn.Module, int]:
+    """The local shards on the CPU (fake tensors under the estimate); DDP wraps the materialised model.
+    Returns the model to run and the bytes of DDP's gradient buckets.
+
+    DDP's C++ reducer cannot hold fake tensors: the estimate runs the plain model (a DDP rank runs exactly
+    that) and counts the buckets as the simulation measures them, one flat copy of the trainable parameters."""
+    _empty(model, estimate)
+    if kind != "ddp":
+        return model, 0
+    if estimate:
+        return model, sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return _ddp(model)
+
+
+def _ddp(model: nn.Module) -> tuple[nn.Module, int]:
+    """DDP around the materialised model; the bytes of its gradient buckets (allocated here, before any step)
+    are remembered on it for the tracker.  The fake group's all-reduce gives DDP no result to read back, so a
+    no-op communication hook stands in (an all-reduce works in place: it costs no memory of its own)."""
+    from torch.distributed.algorithms.ddp_comm_hooks.debugging_hooks import noop_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    from gradprobe.run.fit.tracker import NewStorages
+
+    try:
+        with NewStorages([*model.parameters(), *model.buffers()]) as created:
+            ddp = DistributedDataParallel(model)
+        ddp.register_comm_hook(None, noop_hook)
+    except Exception as exc:
+        raise RunError(f"--wrap ddp: DistributedDataParallel(model) raised {describe_exception(exc)}") from exc
+    return ddp, created.alive_bytes()
+
+
+def _fully_shard(model: nn.Module, shard: Sequence[str], reshard: bool) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    from gradprobe.run.distributed.wrap import shard_modules
+
+    modules = dict(model.named_modules())
+    try:
+        for name in shard_modules(model, shard):
+            fully_shard(modules[name], reshard_after_forward=reshard)
+        fully_shard(model, reshard_after_forward=reshard)
+    except GradprobeError:
+        raise
+    except Exception as exc:
+        raise RunError(f"--wrap fsdp: fully_shard raised {describe_exception(exc)}") from exc
+
+
+def _empty(model: nn.Module, estimate: bool) -> None:
+    """``to_empty`` allocates only what this rank holds; values are drawn (parameters) or zeroed (buffers) so
+    every op runs (indices stay in range), never read for anything but shapes."""
+    try:
+        model.to_empty(device="cpu")
+    except Exception as exc:
+        raise RunError(f"materialising the local shards (to_empty) raised {describe_exception(exc)}") from exc
+    if estimate:
+        return
+    with torch.no_grad():
+        for p in model.parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
+            if local.is_floating_point():
+                local.normal_(0.0, 0.02)
+        for b in model.buffers():
+            local = b.to_local() if hasattr(b, "to_local") else b
+            local.zero_()
+
+
+def _optimizer(model: nn.Module, name: str) -> torch.optim.Optimizer | None:
+    """The optimizer, its state already allocated (as in every step after the first)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return None
+    if name not in OPTIMIZERS:
+        raise UsageError(f"--optimizer-state '{name}': use sgd, momentum or adam")
+    opt: torch.optim.Optimizer
+    if name == "adam":
+        opt = torch.optim.Adam(params, lr=1e-3)
+    else:
+        opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9 if name == "momentum" else 0.0)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return opt
+
+
+def _measure(model: nn.Module, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], loss: Any,
+             example: Any, spec: StepSpec, buckets: int) -> RankFit:
+    from gradprobe.run.flatten import flatten_tensors
+    from gradprobe.run.loss import make_loss
+
+    opt = _optimizer(model, spec.optimizer)
+    inputs = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    tracker = make_tracker(model, opt, tuple(inputs))
+    tracker.extra = {"allreduce_buckets": buckets} if buckets else {}
+    saved = SavedByModule(getattr(model, "module", model) if kind == "ddp" else model, tracker)
+    try:
+        with tracker:
+            tracker.set_phase("forward")
+            with saved.install():
+                out = model(*args, **kwargs)
+                value = make_loss(loss, out, flatten_tensors(out), type(example)(args, kwargs, example.source))
+            if value is None:
+                raise RunError("the model's outputs hold no floating tensor to backpropagate: pass --loss")
+            tracker.set_phase("backward")
+            value.backward()
+            del value, out
+            if opt is not None:
+                tracker.set_phase("optimizer")
+                opt.step()
+    except GradprobeError:
+        raise
+    except Exception as exc:
+        raise RunError(f"the training step raised {describe_exception(exc)}") from exc
+    return RankFit(world_size=0, rank=0, method="estimated" if spec.estimate else "simulated", wrapper=kind,
+                   units=_units(model), local_batch=None, phases=tracker.phases(), saved_by_module=saved.facts(),
+                   checkpointed=spec.checkpoint, reshard_after_forward=_reshards(model))
+
+
+def _units(model: nn.Module) -> tuple[str, ...]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return tuple(name for name, m in model.named_modules() if isinstance(m, FSDPModule))
+
+
+def _reshards(model: nn.Module) -> bool | None:
+    """Whether the non-root FSDP units free their unsharded parameters after forward (None: no FSDP units)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    values = []
+    for name, m in model.named_modules():
+        if name and isinstance(m, FSDPModule):
+            group = getattr(m._get_fsdp_state(), "_fsdp_param_group", None)
+            if group is not None:
+                values.append(group.post_forward_mesh_info is not None)
+    return all(values) if values else None

@@ -1,0 +1,181 @@
+"""Bytes by category at each phase's peak, through torch's own FSDP/DDP memory trackers.
+
+torch's ``FSDPMemTracker`` (``torch.distributed._tools``) already knows FSDP2's categories: it hooks FSDP's
+pre-forward, post-forward, pre-backward and post-backward to tell unsharded parameters from all-gather and
+reduce-scatter buffers, and it patches ``UntypedStorage.resize_`` (how FSDP allocates and frees unsharded
+parameters, which a dispatch mode never sees).  It keeps one overall peak; the subclasses here add a peak per
+phase of gradprobe's step (forward, backward, optimizer) and the bytes autograd saved, by module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from gradprobe.facts.fit import CATEGORIES, ModuleSaved, PhaseMemory
+
+# torch's category names → gradprobe's (facts.fit.CATEGORIES)
+_CATEGORY = {
+    "Sharded Param": "sharded_parameters", "Parameter": "sharded_parameters",
+    "Unsharded Param": "unsharded_parameters",
+    "Sharded Grad": "gradients", "Unsharded Grad": "gradients", "Gradient": "gradients",
+    "OptState": "optimizer_state", "Optstate": "optimizer_state",
+    "Activation": "activations", "Temp": "temporaries",
+    "All Gather": "all_gather", "Reduce Scatter": "reduce_scatter",
+    "Buffer": "buffers", "Inputs": "inputs", "Input": "inputs",
+    "Other": "inputs",  # MemTracker.track_external: only the inputs are passed to it
+}
+
+
+def _phase_mixin(base: type) -> type:
+    class PhaseTracker(base):  # type: ignore[misc, valid-type]
+        """``base`` plus the snapshot at the peak of each phase (what was alive, by torch's category)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.phase = "forward"
+            self.extra: dict[str, int] = {}  # bytes held outside the tracker's view (DDP's buckets)
+            self.phase_peaks: dict[str, tuple[int, dict[str, int]]] = {}
+
+        def set_phase(self, phase: str) -> None:
+            """A phase's peak begins at what is alive when it starts (the backward's: what the forward left)."""
+            self.phase = phase
+            self._note_peak()
+
+        def _update_peak_stats(self, peak_state: Any) -> None:
+            super()._update_peak_stats(peak_state)
+            self._note_peak()
+
+        def _note_peak(self) -> None:
+            total = 0
+            merged: dict[str, int] = {}
+            for snap in self._curr_mem_snap.values():
+                for key, value in snap.items():
+                    name = getattr(key, "value", key)
+                    if name == "Total":
+                        total += value
+                    else:
+                        merged[name] = merged.get(name, 0) + value
+            best = self.phase_peaks.get(self.phase)
+            if best is None or total > best[0]:
+                self.phase_peaks[self.phase] = (total, merged)
+
+        def storage_kind(self, t: torch.Tensor) -> str | None:
+            """torch's category of the storage behind ``t`` (None: not tracked)."""
+            try:
+                st = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):
+                return None
+            winfo, _ = self._WINFO.get(st, (None, None))
+            return None if winfo is None else str(getattr(winfo.reftype, "value", winfo.reftype))
+
+        def phases(self) -> tuple[PhaseMemory, ...]:
+            out = []
+            for phase, (total, snap) in self.phase_peaks.items():
+                cats = dict.fromkeys(CATEGORIES, 0)
+                for name, value in snap.items():
+                    cats[_CATEGORY.get(name, "temporaries")] += value
+                for name, value in self.extra.items():
+                    cats[name] += value
+                out.append(PhaseMemory(phase, total + sum(self.extra.values()), tuple(cats.items())))
+            return tuple(out)
+
+    return PhaseTracker
+
+
+def make_tracker(model: nn.Module, optimizer: Any, inputs: Any) -> Any:
+    """The phase tracker for ``model``: FSDP's categories for an FSDP2 root, the plain ones otherwise (DDP)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+
+        tracker = _phase_mixin(FSDPMemTracker)(model, optimizer)
+        tracker.track_inputs(inputs)
+        return tracker
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = _phase_mixin(MemTracker)()
+    tracker.track_external(model, *([optimizer] if optimizer is not None else []), *inputs)
+    return tracker
+
+
+class NewStorages(TorchDispatchMode):
+    """The storages ops create while installed; ``alive_bytes()``: those still alive (what a constructor kept)."""
+
+    def __init__(self, existing: Any = ()) -> None:
+        super().__init__()
+        self._refs: dict[int, tuple[weakref.ref[Any], int]] = {}
+        self._existing = {t.untyped_storage()._cdata for t in existing}  # views of these are no new bytes
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                with contextlib.suppress(RuntimeError, NotImplementedError):
+                    st = t.untyped_storage()
+                    if st._cdata not in self._existing:
+                        self._refs.setdefault(st._cdata, (weakref.ref(st), st.nbytes()))
+        return out
+
+    def alive_bytes(self) -> int:
+        return sum(n for ref, n in self._refs.values() if ref() is not None)
+
+
+class SavedByModule:
+    """Bytes autograd saved for backward, by the innermost module call running when they were saved.
+
+    Counted once per storage, only storages the tracker files as activations: an unsharded parameter saved by a
+    linear layer is FSDP's (freed after the unit's forward), not an activation."""
+
+    def __init__(self, model: nn.Module, tracker: Any) -> None:
+        self.tracker = tracker
+        self.stack: list[str] = []
+        self.bytes: dict[str, int] = {}
+        self.types = {name: type(m).__name__ for name, m in model.named_modules()}
+        self._seen: set[int] = set()
+        self._model = model
+
+    @contextlib.contextmanager
+    def install(self) -> Iterator[None]:
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        names = {id(m): name for name, m in self._model.named_modules()}
+
+        def pre(module: nn.Module, _: Any) -> None:
+            if id(module) in names:
+                self.stack.append(names[id(module)])
+
+        def post(module: nn.Module, _: Any, __: Any) -> None:
+            if id(module) in names and self.stack:
+                self.stack.pop()
+
+        handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        kind = self.tracker.storage_kind(t)
+        if kind == "Activation":
+            st = t.untyped_storage()
+            key = st._cdata
+            if key not in self._seen:
+                self._seen.add(key)
+                where = self.stack[-1] if self.stack else ""
+                self.bytes[where] = self.bytes.get(where, 0) + st.nbytes()
+        return t
+
+    def facts(self) -> tuple[ModuleSaved, ...]:
+        rows = [ModuleSaved(name, self.types.get(name, "?"), n) for name, n in self.bytes.items() if n]
+        return tuple(sorted(rows, key=lambda r: -r.nbytes))
