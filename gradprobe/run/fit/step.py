@@ -42,6 +42,20 @@ class StepSpec:
     reshard_after_forward: bool = True
 
 
+@dataclass(frozen=True)
+class StepInputs:
+    """The inputs a loss function sees (gradprobe.run.inputs.RunInputs), for a step run outside the loader."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    source: str = ""
+
+    def as_user_value(self) -> Any:
+        if self.kwargs:
+            return self.kwargs
+        return self.args[0] if len(self.args) == 1 else self.args
+
+
 Loader = Callable[[], tuple[Any, Any, Any]]  # () -> (model on meta, ExampleInputs, loss spec)
 
 
@@ -67,7 +81,7 @@ def run_step(load: Loader, world_size: int, spec: StepSpec) -> RankFit:
         args, kwargs, batch = _inputs(example, spec.batch)
         _wrap(model, kind, spec)  # on meta, outside the fake mode (FSDP2 reads sizes as Python numbers)
         with _fake_mode(spec.estimate):
-            model, buckets = _materialise(model, kind, spec.estimate)
+            model, buckets = _materialise(model, kind, spec.estimate, args, kwargs)
             fit = _measure(model, kind, args, kwargs, loss, example, spec, buckets)
     from dataclasses import replace
 
@@ -137,36 +151,44 @@ def _wrap(model: nn.Module, kind: str, spec: StepSpec) -> None:
                          "when it is built): return the plain model and add --wrap ddp")
 
 
-def _materialise(model: nn.Module, kind: str, estimate: bool) -> tuple[nn.Module, int]:
+def _materialise(model: nn.Module, kind: str, estimate: bool, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> tuple[nn.Module, int]:
     """The local shards on the CPU (fake tensors under the estimate); DDP wraps the materialised model.
     Returns the model to run and the bytes of DDP's gradient buckets.
 
     DDP's C++ reducer cannot hold fake tensors: the estimate runs the plain model (a DDP rank runs exactly
-    that) and counts the buckets as the simulation measures them, one flat copy of the trainable parameters."""
+    that) and adds what DDP adds as the simulation and a real gloo run measure it (tests/dist): the buckets,
+    one flat copy of the trainable parameters' bytes, and from the end of backward on one more gradient-sized
+    copy (the reducer's result copied into ``.grad`` while autograd's gradients are still held)."""
     _empty(model, estimate)
     if kind != "ddp":
         return model, 0
     if estimate:
         return model, sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return _ddp(model)
+    return ddp_wrap(model, args, kwargs, fake_group=True)
 
 
-def _ddp(model: nn.Module) -> tuple[nn.Module, int]:
-    """DDP around the materialised model; the bytes of its gradient buckets (allocated here, before any step)
-    are remembered on it for the tracker.  The fake group's all-reduce gives DDP no result to read back, so a
-    no-op communication hook stands in (an all-reduce works in place: it costs no memory of its own)."""
+def ddp_wrap(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+             fake_group: bool) -> tuple[nn.Module, int]:
+    """DDP around the materialised model, in its steady state, and the bytes of its gradient buckets.
+
+    One forward and backward run first, then the bucket rebuild DDP does at the start of its second iteration
+    (buckets in the order gradients arrived): every later step costs what the measured one does.  The bucket
+    bytes are DDP's own figures (its logging data, after the rebuild).  The fake group's all-reduce gives DDP no
+    result to read back, so there a no-op communication hook stands in (an all-reduce works in place)."""
     from torch.distributed.algorithms.ddp_comm_hooks.debugging_hooks import noop_hook
     from torch.nn.parallel import DistributedDataParallel
 
-    from gradprobe.run.fit.tracker import NewStorages
-
     try:
-        with NewStorages([*model.parameters(), *model.buffers()]) as created:
-            ddp = DistributedDataParallel(model)
-        ddp.register_comm_hook(None, noop_hook)
+        ddp = DistributedDataParallel(model)
+        if fake_group:
+            ddp.register_comm_hook(None, noop_hook)
+        _warm_up(ddp, args, kwargs)
+        ddp.reducer._rebuild_buckets()
+        sizes = str(ddp._get_ddp_logging_data().get("bucket_sizes", ""))
     except Exception as exc:
         raise RunError(f"--wrap ddp: DistributedDataParallel(model) raised {describe_exception(exc)}") from exc
-    return ddp, created.alive_bytes()
+    return ddp, sum(int(n) for n in sizes.replace(" ", "").split(",") if n.isdigit())
 
 
 def _fully_shard(model: nn.Module, shard: Sequence[str], reshard: bool) -> None:
@@ -225,20 +247,32 @@ def _optimizer(model: nn.Module, name: str) -> torch.optim.Optimizer | None:
 
 def _measure(model: nn.Module, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], loss: Any,
              example: Any, spec: StepSpec, buckets: int) -> RankFit:
+    return measure_step(model, kind, args, kwargs, loss, spec, buckets=buckets, source=example.source,
+                        inputs_type=type(example))
+
+
+def measure_step(model: nn.Module, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], loss: Any,
+                 spec: StepSpec, *, buckets: int = 0, source: str = "", inputs_type: Any = None) -> RankFit:
+    """One training step of an already wrapped, materialised model, measured: the part a real torchrun rank
+    and the simulation share (tests run it under torchrun on gloo to check the simulation against it)."""
     from gradprobe.run.flatten import flatten_tensors
     from gradprobe.run.loss import make_loss
 
+    make_inputs = inputs_type or StepInputs
     opt = _optimizer(model, spec.optimizer)
     inputs = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
     tracker = make_tracker(model, opt, tuple(inputs))
     tracker.extra = {"allreduce_buckets": buckets} if buckets else {}
+    if kind == "ddp" and spec.estimate:  # DDP's own copy of the gradients, which the plain model lacks
+        copy = {"temporaries": buckets}
+        tracker.extra_by_phase = {"backward": copy, "optimizer": copy}
     saved = SavedByModule(getattr(model, "module", model) if kind == "ddp" else model, tracker)
     try:
         with tracker:
             tracker.set_phase("forward")
             with saved.install():
                 out = model(*args, **kwargs)
-                value = make_loss(loss, out, flatten_tensors(out), type(example)(args, kwargs, example.source))
+                value = make_loss(loss, out, flatten_tensors(out), make_inputs(args, kwargs, source))
             if value is None:
                 raise RunError("the model's outputs hold no floating tensor to backpropagate: pass --loss")
             tracker.set_phase("backward")
@@ -254,6 +288,18 @@ def _measure(model: nn.Module, kind: str, args: tuple[Any, ...], kwargs: dict[st
     return RankFit(world_size=0, rank=0, method="estimated" if spec.estimate else "simulated", wrapper=kind,
                    units=_units(model), local_batch=None, phases=tracker.phases(), saved_by_module=saved.facts(),
                    checkpointed=spec.checkpoint, reshard_after_forward=_reshards(model))
+
+
+def _warm_up(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """One forward and backward before the measured step: DDP rebuilds its buckets in the order gradients
+    arrived at the start of its second iteration, and the steady state is what every later step costs."""
+    from gradprobe.run.flatten import flatten_tensors
+    from gradprobe.run.loss import sum_loss
+
+    value = sum_loss(flatten_tensors(model(*args, **kwargs)), "sum")
+    if value is not None:
+        value.backward()
+    model.zero_grad(set_to_none=True)
 
 
 def _units(model: nn.Module) -> tuple[str, ...]:

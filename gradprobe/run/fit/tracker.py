@@ -10,14 +10,11 @@ phase of gradprobe's step (forward, backward, optimizer) and the bytes autograd 
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from gradprobe.facts.fit import CATEGORIES, ModuleSaved, PhaseMemory
 
@@ -42,6 +39,7 @@ def _phase_mixin(base: type) -> type:
             super().__init__(*args, **kwargs)
             self.phase = "forward"
             self.extra: dict[str, int] = {}  # bytes held outside the tracker's view (DDP's buckets)
+            self.extra_by_phase: dict[str, dict[str, int]] = {}  # ... in one phase only (phase → category)
             self.phase_peaks: dict[str, tuple[int, dict[str, int]]] = {}
 
         def set_phase(self, phase: str) -> None:
@@ -82,9 +80,12 @@ def _phase_mixin(base: type) -> type:
                 cats = dict.fromkeys(CATEGORIES, 0)
                 for name, value in snap.items():
                     cats[_CATEGORY.get(name, "temporaries")] += value
-                for name, value in self.extra.items():
+                extra = dict(self.extra)
+                for name, value in self.extra_by_phase.get(phase, {}).items():
+                    extra[name] = extra.get(name, 0) + value
+                for name, value in extra.items():
                     cats[name] += value
-                out.append(PhaseMemory(phase, total + sum(self.extra.values()), tuple(cats.items())))
+                out.append(PhaseMemory(phase, total + sum(extra.values()), tuple(cats.items())))
             return tuple(out)
 
     return PhaseTracker
@@ -105,28 +106,6 @@ def make_tracker(model: nn.Module, optimizer: Any, inputs: Any) -> Any:
     tracker = _phase_mixin(MemTracker)()
     tracker.track_external(model, *([optimizer] if optimizer is not None else []), *inputs)
     return tracker
-
-
-class NewStorages(TorchDispatchMode):
-    """The storages ops create while installed; ``alive_bytes()``: those still alive (what a constructor kept)."""
-
-    def __init__(self, existing: Any = ()) -> None:
-        super().__init__()
-        self._refs: dict[int, tuple[weakref.ref[Any], int]] = {}
-        self._existing = {t.untyped_storage()._cdata for t in existing}  # views of these are no new bytes
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                with contextlib.suppress(RuntimeError, NotImplementedError):
-                    st = t.untyped_storage()
-                    if st._cdata not in self._existing:
-                        self._refs.setdefault(st._cdata, (weakref.ref(st), st.nbytes()))
-        return out
-
-    def alive_bytes(self) -> int:
-        return sum(n for ref, n in self._refs.values() if ref() is not None)
 
 
 class SavedByModule:

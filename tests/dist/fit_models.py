@@ -1,0 +1,68 @@
+"""Small models of the ``--world-size`` tests: an MLP stack and tiny GPT-2 / Llama built from transformers configs.
+
+Targets are built fresh by name (``fit_models:Stack``); example inputs ride on ``example_input_array``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Stack(nn.Module):
+    """Residual MLP blocks (``layers.N``) and a head: one FSDP unit per block with ``--shard 'layers.*'``."""
+
+    def __init__(self, width: int = 96, depth: int = 4, batch: int = 16) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 10)
+        self.example_input_array = torch.randn(batch, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = x + layer(x)
+        return self.head(self.norm(x))
+
+
+def _tokens(vocab: int, batch: int = 2, seq: int = 16) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+
+
+def tiny_gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=32,
+                                       use_cache=False))
+    model.example_input_array = _tokens(128)
+    return model
+
+
+def tiny_llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
+                                         use_cache=False))
+    model.example_input_array = _tokens(128)
+    return model
+
+
+def self_wrapping() -> nn.Module:
+    """A factory that applies FSDP2 itself (on whatever default group exists)."""
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.device("meta") if not torch.distributed.get_backend() == "gloo" else torch.device("cpu"):
+        model = Stack()
+    for layer in model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def real_group() -> nn.Module:
+    """A factory that initialises a real gloo group of its own: --world-size must refuse it."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:29599")
+    return Stack()

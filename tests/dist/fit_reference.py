@@ -1,0 +1,61 @@
+"""Run under ``torchrun`` on gloo: the real N-rank training step that ``--world-size N`` simulates.
+
+Every rank builds the model with real values, wraps it the way gradprobe's ``--wrap`` does, and measures one
+step with the same counting gradprobe uses (torch's FSDPMemTracker/MemTracker, through
+gradprobe.run.fit.step.measure_step) but real collectives, plus plain-PyTorch figures the tracker is not asked
+for: the bytes of each local parameter shard, gradient and optimizer state tensor.  Rank r writes rank{r}.json.
+
+    torchrun --nproc-per-node N fit_reference.py OUT TARGET fsdp|ddp [GLOB ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def local_bytes(t: torch.Tensor) -> int:
+    local = t.to_local() if hasattr(t, "to_local") else t
+    return local.untyped_storage().nbytes()
+
+
+def main() -> None:
+    warnings.simplefilter("ignore")
+    out, target, kind, *globs = sys.argv[1:]
+    dist.init_process_group("gloo")
+    from gradprobe.api import load
+    from gradprobe.run.fit.step import StepSpec, _fully_shard, ddp_wrap, measure_step
+
+    loaded, example = load(target, path=[str(Path(__file__).resolve().parent)])
+    model = loaded.model
+    args, kwargs = example.args, example.kwargs
+    buckets = 0
+    if kind == "fsdp":
+        _fully_shard(model, globs, True)
+    else:
+        model, buckets = ddp_wrap(model, args, kwargs, fake_group=False)
+    spec = StepSpec(wrap=kind)
+    fit = measure_step(model, kind, args, kwargs, "sum", spec, buckets=buckets)
+    inner = getattr(model, "module", model)
+    params = [p for p in inner.parameters()]
+    opt_state = 0
+    doc = {
+        "rank": dist.get_rank(),
+        "phases": {p.phase: {"total": p.total, **dict(p.categories)} for p in fit.phases},
+        "plain": {"parameter_bytes": sum(local_bytes(p) for p in params),
+                  "gradient_bytes": sum(local_bytes(p.grad) for p in params if p.grad is not None),
+                  "optimizer_state_bytes": opt_state},
+    }
+    Path(out, f"rank{dist.get_rank()}.json").write_text(json.dumps(doc))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
