@@ -52,8 +52,7 @@ def self_wrapping() -> nn.Module:
     """A factory that applies FSDP2 itself (on whatever default group exists)."""
     from torch.distributed.fsdp import fully_shard
 
-    with torch.device("meta") if not torch.distributed.get_backend() == "gloo" else torch.device("cpu"):
-        model = Stack()
+    model = Stack()
     for layer in model.layers:
         fully_shard(layer)
     fully_shard(model)
@@ -66,3 +65,22 @@ def real_group() -> nn.Module:
 
     dist.init_process_group("gloo", rank=0, world_size=1, init_method="tcp://127.0.0.1:29599")
     return Stack()
+
+
+def hsdp_2x2() -> nn.Module:
+    """FSDP2 over a 2x2 mesh (HSDP): needs a world size of exactly 4."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (2, 2))
+    model = Stack()
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def needs_values() -> nn.Module:
+    """A factory that reads a value while building: it cannot be built on the meta device."""
+    model = Stack()
+    if model.head.weight.sum().item() > 1e9:
+        raise RuntimeError("unreachable")
+    return model
