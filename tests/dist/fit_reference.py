@@ -21,9 +21,14 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def local_bytes(t: torch.Tensor) -> int:
-    local = t.to_local() if hasattr(t, "to_local") else t
-    return local.untyped_storage().nbytes()
+def local_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind the local parts of ``tensors`` (gradient shards share one)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        st = local.untyped_storage()
+        seen[st._cdata] = st.nbytes()
+    return sum(seen.values())
 
 
 def main() -> None:
@@ -45,15 +50,15 @@ def main() -> None:
     fit = measure_step(model, kind, args, kwargs, "sum", spec, buckets=buckets)
     inner = getattr(model, "module", model)
     params = list(inner.parameters())
-    grad_bytes = sum(local_bytes(p.grad) for p in params if p.grad is not None)
+    grad_bytes = local_bytes([p.grad for p in params if p.grad is not None])
     adam = torch.optim.Adam(params)  # the state Adam keeps for these local shards, counted in plain PyTorch
     adam.step()
-    opt_state = sum(local_bytes(t) for state in adam.state.values() for t in state.values()
-                    if isinstance(t, torch.Tensor))
+    opt_state = local_bytes([t for state in adam.state.values() for t in state.values()
+                             if isinstance(t, torch.Tensor)])
     doc = {
         "rank": dist.get_rank(),
         "phases": {p.phase: {"total": p.total, **dict(p.categories)} for p in fit.phases},
-        "plain": {"parameter_bytes": sum(local_bytes(p) for p in params),
+        "plain": {"parameter_bytes": local_bytes(params),
                   "gradient_bytes": grad_bytes,
                   "optimizer_state_bytes": opt_state},
     }
