@@ -68,11 +68,12 @@ def real_group() -> nn.Module:
 
 
 def hsdp_2x2() -> nn.Module:
-    """FSDP2 over a 2x2 mesh (HSDP): needs a world size of exactly 4."""
+    """FSDP2 over a (2, world size // 2) mesh (HSDP): an odd world size leaves a rank out of it."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh("cpu", (2, 2))
+    n = torch.distributed.get_world_size()
+    mesh = init_device_mesh("cpu", (2, n // 2), mesh_dim_names=("replicate", "shard"))
     model = Stack()
     fully_shard(model, mesh=mesh)
     return model

@@ -69,7 +69,7 @@ def run_step(load: Loader, world_size: int, spec: StepSpec) -> RankFit:
         try:
             model, example, loss = load()
         except GradprobeError as exc:
-            raise real_group_error(exc) or exc from exc
+            raise real_group_error(exc) or _build_error(exc, world_size) from exc
         check_still_fake()
         kind = wrapped_kind(model)
         if kind is not None and spec.wrap is not None:
@@ -78,6 +78,7 @@ def run_step(load: Loader, world_size: int, spec: StepSpec) -> RankFit:
         if kind is None:
             raise UsageError("--world-size needs a wrapped model: add --wrap fsdp (with --shard GLOB) or --wrap "
                              "ddp, or give a factory that wraps the model itself")
+        _check_mesh(model, world_size)
         args, kwargs, batch = _inputs(example, spec.batch)
         _wrap(model, kind, spec)  # on meta, outside the fake mode (FSDP2 reads sizes as Python numbers)
         with _fake_mode(spec.estimate):
@@ -86,6 +87,34 @@ def run_step(load: Loader, world_size: int, spec: StepSpec) -> RankFit:
     from dataclasses import replace
 
     return replace(fit, world_size=world_size, local_batch=batch, seconds=time.perf_counter() - start)
+
+
+def _build_error(exc: GradprobeError, world_size: int) -> GradprobeError:
+    """The loader's one line, with what --world-size needs of the build."""
+    text = str(exc)
+    if "mesh" in text.lower():
+        return type(exc)(f"{text}; the target's device mesh does not fit --world-size {world_size}: choose a "
+                         f"world size its mesh shape multiplies to")
+    if "meta" in text:
+        return type(exc)(f"{text}; --world-size builds the model on the meta device (nothing allocated): build it "
+                         f"without reading parameter values (load weights afterwards)")
+    return exc
+
+
+def _check_mesh(model: nn.Module, world_size: int) -> None:
+    """A device mesh the target built must span every rank (an HSDP mesh of 2 x 2 at 6 ranks leaves 2 out)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for name, m in model.named_modules():
+        if not isinstance(m, FSDPModule):
+            continue
+        group = getattr(m._get_fsdp_state(), "_fsdp_param_group", None)
+        mesh = getattr(getattr(group, "mesh_info", None), "mesh", None)
+        if mesh is not None and mesh.size() != world_size:
+            shape = " x ".join(str(d) for d in mesh.shape)
+            raise UsageError(f"the target's device mesh ({shape} = {mesh.size()} ranks, unit '{name or 'root'}') "
+                             f"does not match --world-size {world_size}: choose a world size the mesh shape "
+                             f"multiplies to")
 
 
 def wrapped_kind(model: nn.Module) -> str | None:
