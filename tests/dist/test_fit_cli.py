@@ -71,7 +71,7 @@ def test_bad_options_one_line_exit_2(extra: list[str], message: str) -> None:
 BAD_TARGETS = [
     (["fit_models:Stack", "--world-size", "2"], "needs a wrapped model"),
     (["fit_models:Stack", "--wrap", "fsdp1", "--world-size", "2"], "FSDP1 is not simulated"),
-    (["fit_models:real_group", "--world-size", "2"], "initialises a real process group"),
+    (["fit_models:real_group", "--world-size", "2"], "calls dist.init_process_group"),
     (["fit_models:hsdp_2x2", "--world-size", "5"], "does not match --world-size 5"),
     (["fit_models:needs_values", "--wrap", "ddp", "--world-size", "2"], "meta"),
 ]

@@ -52,6 +52,6 @@ def real_group_error(exc: BaseException) -> UsageError | None:
     """A factory calling ``init_process_group`` while the fake group is up: the one-line refusal."""
     text = str(exc)
     if "default process group twice" in text or "init_process_group" in text:
-        return UsageError(REAL_GROUP.format(what="the target calls dist.init_process_group",
-                                            backend="its own", fix=REAL_FIX))
+        return UsageError(f"--world-size simulates the ranks in this one process, but the target calls "
+                          f"dist.init_process_group itself; {REAL_FIX}")
     return None
