@@ -132,7 +132,7 @@ def test_budget_levers_are_measured_runs() -> None:
 
 
 def test_real_process_group_of_the_target_is_refused_and_nothing_stays_initialised() -> None:
-    with pytest.raises(UsageError, match="calls dist.init_process_group"):
+    with pytest.raises(UsageError, match=r"calls dist\.init_process_group"):
         fit("fit_models:real_group", world_sizes=[2], path=PATH)
     assert not torch.distributed.is_initialized()
 
