@@ -136,6 +136,11 @@ def inspect(
         if world_size is not None:  # will it fit on N GPUs: every rank simulated in this process
             from gradprobe.cli.fit import inspect_fit
 
+            if param_dtype is not None or no_backward or mode is not Mode.train:
+                from gradprobe.errors import UsageError
+
+                raise UsageError("--world-size measures a training step (train mode, backward, optimizer step) in the "
+                                 "model's own dtypes: leave out --param-dtype, --no-backward and --mode eval")
             return inspect_fit(s=s, world_size=world_size, budget=budget, wrap=shared["wrap"], shard=shared["shard"],
                                nproc=shared["nproc"], optimizer_state=optimizer_state.value, format_=format_,
                                output=output)

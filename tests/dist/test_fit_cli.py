@@ -56,6 +56,8 @@ BAD = [
     (["--world-size", "0"], "--world-size '0'"),
     (["--world-size", "two"], "--world-size 'two'"),
     (["--budget", "1GiB"], "--budget applies to --world-size"),
+    (["--world-size", "2", "--param-dtype", "bfloat16"], "leave out --param-dtype"),
+    (["--world-size", "2", "--nproc", "2"], "leave out --nproc"),
 ]
 
 
