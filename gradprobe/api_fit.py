@@ -16,7 +16,8 @@ from typing import Any
 from gradprobe.errors import UsageError
 from gradprobe.facts.fit import FitReport, Lever, RankFit
 from gradprobe.judges.budget import judged_row, parse_budget, verdict
-from gradprobe.run.fit.step import WRAPPERS, StepSpec, run_step
+from gradprobe.run.fit.spec import WRAPPERS, StepSpec
+from gradprobe.run.fit.step import run_step
 from gradprobe.units import human_bytes
 
 MAX_DOUBLINGS = 3  # the world-size lever tries 2N, 4N, 8N

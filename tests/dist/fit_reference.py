@@ -36,14 +36,15 @@ def main() -> None:
     out, target, kind, *globs = sys.argv[1:]
     dist.init_process_group("gloo")
     from gradprobe.api import load
-    from gradprobe.run.fit.step import StepSpec, _fully_shard, ddp_wrap, measure_step
+    from gradprobe.run.fit.prepare import ddp_wrap, fully_shard_units
+    from gradprobe.run.fit.step import StepSpec, measure_step
 
     loaded, example = load(target, path=[str(Path(__file__).resolve().parent)])
     model = loaded.model
     args, kwargs = example.args, example.kwargs
     buckets = 0
     if kind == "fsdp":
-        _fully_shard(model, globs, True)
+        fully_shard_units(model, globs, True)
     else:
         model, buckets = ddp_wrap(model, args, kwargs, fake_group=False)
     spec = StepSpec(wrap=kind)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -23,38 +22,9 @@ from torch.utils._pytree import tree_map
 from gradprobe.errors import GradprobeError, RunError, UsageError, describe_exception
 from gradprobe.facts.fit import RankFit
 from gradprobe.run.fit.group import check_still_fake, fake_group, real_group_error
+from gradprobe.run.fit.prepare import check_mesh, materialise, prepare_wrap, wrapped_kind
+from gradprobe.run.fit.spec import OPTIMIZERS, StepInputs, StepSpec
 from gradprobe.run.fit.tracker import SavedByModule, make_tracker
-
-WRAPPERS = ("ddp", "fsdp")
-OPTIMIZERS = ("sgd", "momentum", "adam")
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    """One run of the step: the wrapper, the units, and the levers applied (checkpointing, batch, reshard)."""
-
-    wrap: str | None  # None: the target wraps itself
-    shard: tuple[str, ...] = ()
-    optimizer: str = "adam"
-    estimate: bool = False
-    checkpoint: tuple[str, ...] = ()  # module names run under activation checkpointing
-    batch: int | None = None  # local batch (dim 0 of the inputs); None: as loaded
-    reshard_after_forward: bool = True
-
-
-@dataclass(frozen=True)
-class StepInputs:
-    """The inputs a loss function sees (gradprobe.run.inputs.RunInputs), for a step run outside the loader."""
-
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    source: str = ""
-
-    def as_user_value(self) -> Any:
-        if self.kwargs:
-            return self.kwargs
-        return self.args[0] if len(self.args) == 1 else self.args
-
 
 Loader = Callable[[], tuple[Any, Any, Any]]  # () -> (model on meta, ExampleInputs, loss spec)
 
@@ -78,11 +48,11 @@ def run_step(load: Loader, world_size: int, spec: StepSpec) -> RankFit:
         if kind is None:
             raise UsageError("--world-size needs a wrapped model: add --wrap fsdp (with --shard GLOB) or --wrap "
                              "ddp, or give a factory that wraps the model itself")
-        _check_mesh(model, world_size)
+        check_mesh(model, world_size)
         args, kwargs, batch = _inputs(example, spec.batch)
-        _wrap(model, kind, spec)  # on meta, outside the fake mode (FSDP2 reads sizes as Python numbers)
+        prepare_wrap(model, kind, spec)  # on meta, outside the fake mode (FSDP2 reads sizes as Python numbers)
         with _fake_mode(spec.estimate):
-            model, buckets = _materialise(model, kind, spec.estimate, args, kwargs)
+            model, buckets = materialise(model, kind, spec.estimate, args, kwargs)
             fit = _measure(model, kind, args, kwargs, loss, example, spec, buckets)
     from dataclasses import replace
 
@@ -99,37 +69,6 @@ def _build_error(exc: GradprobeError, world_size: int) -> GradprobeError:
         return type(exc)(f"{text}; --world-size builds the model on the meta device (nothing allocated): build it "
                          f"without reading parameter values (load weights afterwards)")
     return exc
-
-
-def _check_mesh(model: nn.Module, world_size: int) -> None:
-    """A device mesh the target built must span every rank (an HSDP mesh of 2 x 2 at 6 ranks leaves 2 out)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    for name, m in model.named_modules():
-        if not isinstance(m, FSDPModule):
-            continue
-        group = getattr(m._get_fsdp_state(), "_fsdp_param_group", None)
-        mesh = getattr(getattr(group, "mesh_info", None), "mesh", None)
-        if mesh is not None and mesh.size() != world_size:
-            shape = " x ".join(str(d) for d in mesh.shape)
-            raise UsageError(f"the target's device mesh ({shape} = {mesh.size()} ranks, unit '{name or 'root'}') "
-                             f"does not match --world-size {world_size}: choose a world size the mesh shape "
-                             f"multiplies to")
-
-
-def wrapped_kind(model: nn.Module) -> str | None:
-    """"fsdp" for an FSDP2 root, "ddp" for DistributedDataParallel, None for a plain model (FSDP1: refused)."""
-    from torch.distributed.fsdp import FSDPModule
-    from torch.nn.parallel import DistributedDataParallel
-
-    if isinstance(model, DistributedDataParallel):
-        return "ddp"
-    if type(model).__name__ == "FullyShardedDataParallel":
-        raise UsageError("--world-size does not simulate FSDP1 (FullyShardedDataParallel): use FSDP2 "
-                         "(fully_shard, --wrap fsdp) or DDP")
-    if any(isinstance(m, FSDPModule) for m in model.modules()):
-        return "fsdp"
-    return None
 
 
 @contextlib.contextmanager
@@ -163,96 +102,6 @@ def _inputs(example: Any, batch: int | None) -> tuple[tuple[Any, ...], dict[str,
 
     args, kwargs = tree_map(cut, (args, kwargs))
     return args, kwargs, batch
-
-
-def _wrap(model: nn.Module, kind: str, spec: StepSpec) -> None:
-    """Activation checkpointing of the chosen modules, and FSDP2 units for --wrap fsdp (on meta)."""
-    modules = dict(model.named_modules())
-    if spec.checkpoint:
-        from torch.distributed._composable import checkpoint
-
-        for name in spec.checkpoint:
-            checkpoint(modules[name])
-    if kind == "fsdp" and spec.wrap == "fsdp":
-        _fully_shard(model, spec.shard, spec.reshard_after_forward)
-    if kind == "ddp" and spec.wrap is None:
-        raise UsageError("--world-size measures a DDP model that --wrap ddp wraps (DDP allocates its buckets "
-                         "when it is built): return the plain model and add --wrap ddp")
-
-
-def _materialise(model: nn.Module, kind: str, estimate: bool, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> tuple[nn.Module, int]:
-    """The local shards on the CPU (fake tensors under the estimate); DDP wraps the materialised model.
-    Returns the model to run and the bytes of DDP's gradient buckets.
-
-    DDP's C++ reducer cannot hold fake tensors: the estimate runs the plain model (a DDP rank runs exactly
-    that) and adds what DDP adds as the simulation and a real gloo run measure it (tests/dist): the buckets,
-    one flat copy of the trainable parameters' bytes, and from the end of backward on one more gradient-sized
-    copy (the reducer's result copied into ``.grad`` while autograd's gradients are still held)."""
-    _empty(model, estimate)
-    if kind != "ddp":
-        return model, 0
-    if estimate:
-        return model, sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return ddp_wrap(model, args, kwargs, fake_group=True)
-
-
-def ddp_wrap(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-             fake_group: bool) -> tuple[nn.Module, int]:
-    """DDP around the materialised model, in its steady state, and the bytes of its gradient buckets.
-
-    One forward and backward run first, then the bucket rebuild DDP does at the start of its second iteration
-    (buckets in the order gradients arrived): every later step costs what the measured one does.  The bucket
-    bytes are DDP's own figures (its logging data, after the rebuild).  The fake group's all-reduce gives DDP no
-    result to read back, so there a no-op communication hook stands in (an all-reduce works in place)."""
-    from torch.distributed.algorithms.ddp_comm_hooks.debugging_hooks import noop_hook
-    from torch.nn.parallel import DistributedDataParallel
-
-    try:
-        ddp = DistributedDataParallel(model)
-        if fake_group:
-            ddp.register_comm_hook(None, noop_hook)
-        _warm_up(ddp, args, kwargs)
-        ddp.reducer._rebuild_buckets()
-        sizes = str(ddp._get_ddp_logging_data().get("bucket_sizes", ""))
-    except Exception as exc:
-        raise RunError(f"--wrap ddp: DistributedDataParallel(model) raised {describe_exception(exc)}") from exc
-    return ddp, sum(int(n) for n in sizes.replace(" ", "").split(",") if n.isdigit())
-
-
-def _fully_shard(model: nn.Module, shard: Sequence[str], reshard: bool) -> None:
-    from torch.distributed.fsdp import fully_shard
-
-    from gradprobe.run.distributed.wrap import shard_modules
-
-    modules = dict(model.named_modules())
-    try:
-        for name in shard_modules(model, shard):
-            fully_shard(modules[name], reshard_after_forward=reshard)
-        fully_shard(model, reshard_after_forward=reshard)
-    except GradprobeError:
-        raise
-    except Exception as exc:
-        raise RunError(f"--wrap fsdp: fully_shard raised {describe_exception(exc)}") from exc
-
-
-def _empty(model: nn.Module, estimate: bool) -> None:
-    """``to_empty`` allocates only what this rank holds; values are drawn (parameters) or zeroed (buffers) so
-    every op runs (indices stay in range), never read for anything but shapes."""
-    try:
-        model.to_empty(device="cpu")
-    except Exception as exc:
-        raise RunError(f"materialising the local shards (to_empty) raised {describe_exception(exc)}") from exc
-    if estimate:
-        return
-    with torch.no_grad():
-        for p in model.parameters():
-            local = p.to_local() if hasattr(p, "to_local") else p
-            if local.is_floating_point():
-                local.normal_(0.0, 0.02)
-        for b in model.buffers():
-            local = b.to_local() if hasattr(b, "to_local") else b
-            local.zero_()
 
 
 def _optimizer(model: nn.Module, name: str) -> torch.optim.Optimizer | None:
@@ -317,18 +166,6 @@ def measure_step(model: nn.Module, kind: str, args: tuple[Any, ...], kwargs: dic
     return RankFit(world_size=0, rank=0, method="estimated" if spec.estimate else "simulated", wrapper=kind,
                    units=_units(model), local_batch=None, phases=tracker.phases(), saved_by_module=saved.facts(),
                    checkpointed=spec.checkpoint, reshard_after_forward=_reshards(model))
-
-
-def _warm_up(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """One forward and backward before the measured step: DDP rebuilds its buckets in the order gradients
-    arrived at the start of its second iteration, and the steady state is what every later step costs."""
-    from gradprobe.run.flatten import flatten_tensors
-    from gradprobe.run.loss import sum_loss
-
-    value = sum_loss(flatten_tensors(model(*args, **kwargs)), "sum")
-    if value is not None:
-        value.backward()
-    model.zero_grad(set_to_none=True)
 
 
 def _units(model: nn.Module) -> tuple[str, ...]:
