@@ -53,18 +53,19 @@ def _phase_mixin(base: type) -> type:
             self._note_peak()
 
         def _note_peak(self) -> None:
-            total = 0
+            """Called on every op: only the totals are read, the categories copied when the phase's peak rises."""
+            snaps = self._curr_mem_snap.values()
+            total = sum(snap.get("Total", 0) for snap in snaps)
+            best = self.phase_peaks.get(self.phase)
+            if best is not None and total <= best[0]:
+                return
             merged: dict[str, int] = {}
-            for snap in self._curr_mem_snap.values():
+            for snap in snaps:
                 for key, value in snap.items():
                     name = getattr(key, "value", key)
-                    if name == "Total":
-                        total += value
-                    else:
+                    if name != "Total":
                         merged[name] = merged.get(name, 0) + value
-            best = self.phase_peaks.get(self.phase)
-            if best is None or total > best[0]:
-                self.phase_peaks[self.phase] = (total, merged)
+            self.phase_peaks[self.phase] = (total, merged)
 
         def storage_kind(self, t: torch.Tensor) -> str | None:
             """torch's category of the storage behind ``t`` (None: not tracked)."""
