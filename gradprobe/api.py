@@ -202,18 +202,21 @@ def compare_modes(
     target: str | None = None,
     loaded: LoadedModel | None = None,
     progress: Any = None,
+    memory_detail: bool = False,
 ) -> CompareReport:
     """Run ``model`` under every train/eval x grad-mode combination (or ``modes``, e.g. ``"train:grad,eval:no_grad"``)
     from the same starting state and compare them; findings and verdict included, the model is left as found.
 
     ``progress``, if given, is called as ``progress(description, done, total)`` after each step.
+    ``memory_detail``: each row also keeps its tracked run's facts with the memory event log (``row.run``), for
+    the HTML report's timeline per mode and graph; the figures of the rows do not change.
     """
     pairs = parse_modes(modes)
     model, example, notes = prepare(model, inputs, loaded)
 
     def run(given: ExampleInputs) -> Any:
         return run_compare(model, given, pairs, repeat=repeat, backward=backward, seed=seed,
-                           target=target or type(model).__name__, progress=progress)
+                           target=target or type(model).__name__, progress=progress, memory_detail=memory_detail)
 
     def all_failed(comparison: Any) -> str | None:
         rows = comparison.rows
@@ -242,11 +245,14 @@ def freeze_check(
     target: str | None = None,
     loaded: LoadedModel | None = None,
     config: str | os.PathLike[str] | None = None,
+    memory_detail: bool = False,
 ) -> FreezeReport:
     """Check that ``model`` is frozen as intended; ``report.passed`` is False when any violation exists.
 
     ``optimizer`` is an Optimizer, a function(model) returning one, or a ``module:fn`` / ``file.py:fn``
     spec.  ``baseline`` is a ``--write-baseline`` file or a mapping of name → expected requires_grad.
+    ``memory_detail`` also records the run's memory (with its event log) and grad_fn graph in
+    ``report.facts.run``, for the HTML report's timeline and graph; the verdict does not depend on it.
     The model (and a given optimizer) is left exactly as found.
     """
     model, example, notes = prepare(model, inputs, loaded)
@@ -268,7 +274,7 @@ def freeze_check(
 
     def run(given: ExampleInputs) -> Any:
         return run_freeze(model, given, optimizer=optimizer, optimizer_label=opt_label, loss=loss_fn, seed=seed,
-                          target=label)
+                          target=label, memory_detail=memory_detail)
 
     try:
         facts = _with_hints(model, example, run, notes)

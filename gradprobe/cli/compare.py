@@ -91,7 +91,8 @@ def compare_modes(
             loaded, example = load_target(s)
             with progress("compare-modes") as step:
                 report = api_compare_modes(loaded.model, example, modes=pairs, repeat=repeat, backward=backward,
-                                           seed=s["seed"], target=s["target"], loaded=loaded, progress=step)
+                                           seed=s["seed"], target=s["target"], loaded=loaded, progress=step,
+                                           memory_detail=format_ is OutputFormat.html)
         if report.rows and not any(row.ok for row in report.rows):  # nothing ran: no comparison to show
             from gradprobe.errors import RunError
 

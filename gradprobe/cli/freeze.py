@@ -158,7 +158,7 @@ def _run(ctx: typer.Context, values: dict[str, Any], config: Path | None, no_con
             loaded.model, example, frozen=s["frozen"] or [], trainable=s["trainable"] or [], optimizer=s["optimizer"],
             unlisted=s["unlisted"], allow_buffer_updates=s["allow_buffer_updates"], baseline=s["baseline"],
             write_baseline=write_baseline, loss=s["loss"], seed=s["seed"], target=s["target"], loaded=loaded,
-            config=s.config)
+            config=s.config, memory_detail=format_ is OutputFormat.html)
     return publish(report, format_, output, junit, strict, write_baseline)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gradprobe.facts.run import GRAD_MODES, MODES, Finding
+from gradprobe.facts.run import GRAD_MODES, MODES, Finding, RunFacts
 
 COMPARE_SCHEMA = "gradprobe.run.compare/1"
 ALL_MODES: tuple[tuple[str, str], ...] = tuple((m, g) for m in MODES for g in GRAD_MODES)
@@ -69,6 +69,9 @@ class ModeRow:
     # fast path and the other did not (see NestedFastPath); None otherwise
     unpadded_max_abs_diff: float | None = None
     unpadded_within_tolerance: bool | None = None
+    # the tracked run's facts with its memory event log, kept only when asked for (``memory_detail``: the HTML
+    # report's timeline per mode and graph); never part of the JSON document nor of row equality
+    run: RunFacts | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:

@@ -27,8 +27,12 @@ __all__ = ["OptimizerSource", "build_optimizer", "run_freeze"]
 
 def run_freeze(model: nn.Module, inputs: ExampleInputs, *, optimizer: OptimizerSource | None = None,
                optimizer_label: str = "optimizer", loss: str | LossFn = "sum", seed: int | None = 0,
-               target: str = "") -> FreezeFacts:
-    """Collect the facts freeze-check judges; the model and the optimizer are left exactly as found."""
+               target: str = "", memory_detail: bool = False) -> FreezeFacts:
+    """Collect the facts freeze-check judges; the model and the optimizer are left exactly as found.
+
+    ``memory_detail`` also records what only the pictures need (the HTML report): memory with its event log and
+    the grad_fn graph.  Off by default, so the checks cost what they always did.
+    """
     state = ModelState.capture(model, param_values=True)
     opt: torch.optim.Optimizer | None = None
     opt_backup: dict[str, Any] | None = None
@@ -41,8 +45,8 @@ def run_freeze(model: nn.Module, inputs: ExampleInputs, *, optimizer: OptimizerS
         hooks = [p.register_post_accumulate_grad_hook(lambda t, pid=id(p): grads.__setitem__(pid, t.grad))
                  for p in model.parameters() if p.requires_grad]
         try:
-            options = ProbeOptions(mode="train", grad_mode="grad", loss=loss, backward=True, memory=False,
-                                   tensors=True, graph=False, seed=seed)
+            options = ProbeOptions(mode="train", grad_mode="grad", loss=loss, backward=True, memory=memory_detail,
+                                   tensors=True, graph=memory_detail, seed=seed, memory_detail=memory_detail)
             run = run_probe(model, inputs, options, target).facts
         finally:
             for h in hooks:

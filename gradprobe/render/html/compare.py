@@ -1,5 +1,7 @@
-"""``gradprobe compare-modes --format html``: the verdict, findings, and the modes side by side (one column per
-train/eval x grad-mode combination, one row per measure, with bars for memory and time)."""
+"""``gradprobe compare-modes --format html``: the verdict, findings, the modes side by side (one column per
+train/eval x grad-mode combination, one row per measure, with bars for memory and time), a memory timeline per
+mode on one shared scale (small multiples), and the grad_fn graph of the reference mode's run (or of the first
+mode that built one) when the rows kept their runs' facts (the CLI asks for them with ``--format html``)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 
 from gradprobe.facts.compare import CompareReport, ModeRow
 from gradprobe.render.html.page import Section, cards, findings_html, key_values, page
+from gradprobe.render.html.run_views import TIMELINE_NOTE, graph_section, timeline_chart
 from gradprobe.units import human_bytes, seconds
 
 
@@ -70,6 +73,46 @@ def modes_table(report: CompareReport) -> str:
             f"Bars: the measure relative to the largest mode.</p>")
 
 
+def timelines(report: CompareReport) -> str:
+    """One timeline per mode that recorded an event log, all on the vertical scale of the largest peak."""
+    logged = [r for r in report.rows if r.ok and r.run is not None and r.run.memory is not None
+              and r.run.memory.events is not None]
+    if not logged:
+        return ""
+    top = max(max(r.run.memory.forward_peak_bytes or 0,  # type: ignore[union-attr]
+                  r.run.memory.backward_peak_bytes or 0) for r in logged)  # type: ignore[union-attr]
+    charts = []
+    for r in logged:
+        m = r.run.memory  # type: ignore[union-attr]
+        assert m is not None and m.events is not None
+        peaks = f"forward peak {human_bytes(m.forward_peak_bytes)}"
+        if r.run is not None and r.run.backward:
+            peaks += f" · backward peak {human_bytes(m.backward_peak_bytes)}"
+        charts.append(f'<div class="multiple" data-mode="{escape(r.label)}"><h3>{escape(r.label)} '
+                      f'<span class="muted small">{escape(peaks)}</span></h3>{timeline_chart(m.events, top)}</div>')
+    skipped = [r.label for r in report.rows if r not in logged]
+    note = f'<p class="muted small">No timeline for {escape(", ".join(skipped))} (the run failed).</p>' \
+        if skipped else ""
+    return (TIMELINE_NOTE.replace("over the run,", "over each mode's tracked run, on one scale,")
+            + f'<div class="multiples">{"".join(charts)}</div>{note}')
+
+
+def _graph(report: CompareReport) -> str:
+    """The reference mode's graph; without one (no_grad builds none), the first mode's that has one."""
+    runs = [r for r in report.rows if r.ok and r.run is not None]
+    with_graph = [r for r in runs if r.run is not None and r.run.graph is not None and r.run.graph.nodes]
+    if not runs:
+        return ""
+    ref = next((r for r in with_graph if r.label == report.comparison.reference), None)
+    chosen = ref or (with_graph[0] if with_graph else None)
+    if chosen is None or chosen.run is None:
+        return '<p class="muted">No mode built a grad_fn graph (every mode ran without grad).</p>'
+    why = "the reference mode" if chosen is ref else \
+        f"the reference {report.comparison.reference or '-'} built none; the first mode that did"
+    lead = f"{chosen.label} ({why}). "
+    return graph_section(chosen.run, chosen.run.graph.display_depth if chosen.run.graph else 8, lead)
+
+
 def compare_html(report: CompareReport) -> str:
     c = report.comparison
     ok = [r for r in report.rows if r.ok]
@@ -87,5 +130,11 @@ def compare_html(report: CompareReport) -> str:
         sections.append(Section("verdict", "Verdict", f'<ul class="verdict">{verdict}</ul>'))
     sections += [Section("findings", f"Findings ({len(report.findings)})", findings_html(report.findings)),
                  Section("modes", "Modes side by side", modes_table(report))]
+    charts = timelines(report)
+    if charts:
+        sections.append(Section("timelines", "Memory timeline per mode", charts))
+    graph = _graph(report)
+    if graph:
+        sections.append(Section("graph", "grad_fn graph", graph))
     return page(f"gradprobe compare-modes `{c.target}`", f"{len(report.rows)} train/eval × grad-mode combinations on "
                 f"{c.device} · torch {c.torch_version}", sections, "gradprobe compare-modes")

@@ -1,5 +1,7 @@
-"""``gradprobe freeze-check --format html``: pass or fail, the violations and warnings, and every parameter with
-what the spec expects and what the run showed (sortable, filterable)."""
+"""``gradprobe freeze-check --format html``: pass or fail, the violations and warnings, every parameter with
+what the spec expects and what the run showed (sortable, filterable), and the run's memory timeline and grad_fn
+graph (frozen, trainable and unused parameters marked) when the run recorded them (the CLI asks for them with
+``--format html``)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from html import escape
 from gradprobe.facts.freeze import FreezeIssue
 from gradprobe.judges.freeze import FreezeReport
 from gradprobe.render.html.page import Section, cards, cell, key_values, page, table
+from gradprobe.render.html.run_views import graph_section, memory_section
+from gradprobe.units import human_bytes
 
 
 def _issues(issues: tuple[FreezeIssue, ...], severity: str) -> str:
@@ -22,11 +26,15 @@ def _issues(issues: tuple[FreezeIssue, ...], severity: str) -> str:
 def freeze_html(report: FreezeReport) -> str:
     run = report.facts.run
     status = "passed" if report.passed else "failed"
-    summary = cards([
+    items = [
         ("freeze check", status, f"{len(report.violations)} violations · {len(report.warnings)} warnings"),
         ("parameters", str(len(report.parameters)),
          f"{sum(p.requires_grad for p in report.parameters)} require grad"),
-    ]) + key_values([("torch / device", f"{run.torch_version} / {run.device}"),
+    ]
+    if run.memory is not None:
+        items += [("forward peak", human_bytes(run.memory.forward_peak_bytes), "tensor bytes created in the run"),
+                  ("backward peak", human_bytes(run.memory.backward_peak_bytes), "gradients included")]
+    summary = cards(items) + key_values([("torch / device", f"{run.torch_version} / {run.device}"),
                      ("frozen", ", ".join(report.frozen) or "-"), ("trainable", ", ".join(report.trainable) or "-"),
                      ("unlisted", report.unlisted), ("config", report.config or "-")]
                     + [("note", n) for n in report.notes])
@@ -47,5 +55,10 @@ def freeze_html(report: FreezeReport) -> str:
                         table("freeze-parameters", ["name", "expected", "requires_grad", "grad", "spec groups",
                                                     ("optimizer group", "num")], rows,
                               placeholder="filter parameters…"))]
+    if run.memory is not None:
+        sections.append(Section("memory", "Memory", memory_section(run)))
+    if run.memory is not None or run.graph is not None:  # recorded: the graph section says when there is none
+        depth = run.graph.display_depth if run.graph is not None else 8
+        sections.append(Section("graph", "grad_fn graph", graph_section(run, depth)))
     return page(f"gradprobe freeze-check `{report.target}`", f"the freeze {status} · torch {run.torch_version}",
                 sections, "gradprobe freeze-check")

@@ -79,6 +79,17 @@ svg.timeline .peak text{fill:#b91c1c;font-size:12px;font-weight:650}
 .modes th:first-child{background:#f1f5f9;z-index:3}
 .modes td.diff{background:#fff7ed}
 .verdict li{margin:4px 0}
+.multiples{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:14px}
+.multiple{border:1px solid var(--line);border-radius:10px;padding:6px 10px}.multiple h3{margin:4px 0 2px}
+.gradflow{width:100%;height:auto;display:block}.gradflow .axis{fill:#64748b;font-size:11px}
+.gradflow .grid{stroke:#e2e8f0}.gradflow .head{fill:#0f172a;font-size:12.5px;font-weight:650}
+.gradflow .axis.nan{fill:#b91c1c;font-weight:650}
+.gradflow .name{fill:#0f172a;font:12px ui-monospace,Menlo,Consolas,monospace}
+.gradflow .act{fill:#0ea5e9}.gradflow .par{fill:#c026d3}.gradflow .bad{fill:#dc2626}
+.gradflow .mark{fill:#b45309;font-size:11.5px}.gradflow .mark.nan{fill:#b91c1c;font-weight:650}
+.gradflow .hit{fill:transparent}.gradflow .hit:hover{fill:rgba(15,23,42,.06)}
+td.bad{color:var(--err);font-weight:650}
+.callout{border:1px solid #fecaca;background:#fef2f2;border-radius:10px;padding:10px 14px;margin:8px 0}
 footer{color:var(--muted);font-size:12px;text-align:center;padding:8px 0 24px}
 """
 

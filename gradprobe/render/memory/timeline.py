@@ -93,12 +93,15 @@ def _tip(c: Column, phase: str) -> str:
     return f"{phase}: {human_bytes(c.high)} alive at {at} — {where}"
 
 
-def timeline_svg(series: Sequence[PhaseSeries], width: int = 960, height: int = 260) -> str:
+def timeline_svg(series: Sequence[PhaseSeries], width: int = 960, height: int = 260,
+                 top: int | None = None) -> str:
     """An inline SVG: both phases side by side on one scale, module calls as bands, the peak marked, and a
-    ``<title>`` tooltip (op and module) on every column."""
+    ``<title>`` tooltip (op and module) on every column.  ``top``: the scale's top in bytes, shared by several charts
+    (at least the largest peak).  Each column carries its bytes (``data-bytes``) so a reader or a test can check
+    the drawn maximum against the reported peak."""
     if not series:
         return ""
-    top = max(s.peak for s in series) or 1
+    top = max(top or 0, *(s.peak for s in series)) or 1
     total = sum(len(s.columns) for s in series)
     plot_w = width - _PAD_LEFT - _PAD_RIGHT
     plot_h = height - _PAD_TOP - _PAD_BOTTOM
@@ -107,14 +110,14 @@ def timeline_svg(series: Sequence[PhaseSeries], width: int = 960, height: int = 
     def y(v: int) -> float:
         return _PAD_TOP + plot_h - plot_h * v / top
 
+    best = max(series, key=lambda s: s.peak)
     parts = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-             f'width="{width}" height="{height}" role="img" aria-label="memory timeline">']
+             f'width="{width}" height="{height}" role="img" aria-label="memory timeline" data-peak="{best.peak}">']
     for v in _ticks(top):
         parts.append(f'<line x1="{_PAD_LEFT}" x2="{width - _PAD_RIGHT}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
                      f'class="grid"/><text x="{_PAD_LEFT - 6}" y="{y(v) + 4:.1f}" class="axis" '
                      f'text-anchor="end">{escape(human_bytes(v))}</text>')
     x0 = 0
-    best = max(series, key=lambda s: s.peak)
     peak_xy = (0.0, 0.0)
     for s in series:
         cols = s.columns
@@ -136,7 +139,8 @@ def timeline_svg(series: Sequence[PhaseSeries], width: int = 960, height: int = 
         parts.append(f'<polygon class="area {escape(s.phase)}" points="{left:.1f},{y(0):.1f} {" ".join(points)} '
                      f'{right:.1f},{y(0):.1f}"/>')
         for i, c in enumerate(cols):
-            parts.append(f'<rect class="hit" x="{_PAD_LEFT + (x0 + i) * step:.2f}" y="{_PAD_TOP}" '
+            parts.append(f'<rect class="hit" data-phase="{escape(s.phase)}" data-bytes="{c.high}" '
+                         f'x="{_PAD_LEFT + (x0 + i) * step:.2f}" y="{_PAD_TOP}" '
                          f'width="{max(step, 0.5):.2f}" height="{plot_h}"><title>{escape(_tip(c, s.phase))}'
                          f'</title></rect>')
         parts.append(f'<text x="{(left + right) / 2:.1f}" y="{height - 22}" class="phase" '

@@ -34,8 +34,12 @@ def run_compare(
     seed: int | None = 0,
     target: str = "",
     progress: ProgressFn | None = None,
+    memory_detail: bool = False,
 ) -> Comparison:
-    """Every combination in ``pairs`` from the same starting state; the model is left exactly as found."""
+    """Every combination in ``pairs`` from the same starting state; the model is left exactly as found.
+
+    ``memory_detail``: each row keeps its tracked run's facts with the memory event log (the HTML timelines).
+    """
     if repeat < 1:
         raise UsageError(f"--repeat {repeat}: use 1 or more")
     target = target or type(model).__name__
@@ -46,7 +50,8 @@ def run_compare(
     try:
         clear_grads(model)  # --backward must never accumulate into the user's own .grad tensors (restored below)
         s = Session(model, inputs, kept, StartState(model, device, seed), step, NestedWatch.of(model))
-        comparison = _compare(s, pairs, repeat=repeat, backward=backward, seed=seed, target=target)
+        comparison = _compare(s, pairs, repeat=repeat, backward=backward, seed=seed, target=target,
+                              memory_detail=memory_detail)
     finally:
         kept.restore()
         state.restore()
@@ -68,11 +73,12 @@ class _Stepper:
 
 
 def _compare(s: Session, pairs: Sequence[tuple[str, str]], *, repeat: int, backward: bool, seed: int | None,
-             target: str) -> Comparison:
+             target: str, memory_detail: bool = False) -> Comparison:
     rows: list[ModeRow] = []
     outs: Outputs = {}
     for mode, grad_mode in pairs:
-        row, out = run_row(s, mode, grad_mode, repeat=repeat, backward=backward, target=target)
+        row, out = run_row(s, mode, grad_mode, repeat=repeat, backward=backward, target=target,
+                           memory_detail=memory_detail)
         rows.append(row)
         if out is not None:
             outs[(mode, grad_mode)] = out

@@ -24,19 +24,25 @@ from gradprobe.run.state import grad_context
 
 
 def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: bool,
-            target: str) -> tuple[ModeRow, Snapshot | None]:
-    """One row: the tracked run, then the timed repeats; a forward that raises makes a failed row."""
+            target: str, memory_detail: bool = False) -> tuple[ModeRow, Snapshot | None]:
+    """One row: the tracked run, then the timed repeats; a forward that raises makes a failed row.
+
+    ``memory_detail``: the tracked run also records its memory event log, and the row keeps that run's facts
+    (``ModeRow.run``) for the HTML report.
+    """
     name = label(mode, grad_mode)
     s.step(f"{name}: tracked run")
     s.reset()
     try:
         with s.nested.watch(name):
-            facts, backward_error = _tracked(s, mode, grad_mode, backward, target)
+            facts, backward_error = _tracked(s, mode, grad_mode, backward, target, memory_detail)
     except RunError as exc:
         _skip(s, repeat, f"{name}: failed")
         return ModeRow(mode, grad_mode, ok=False, error=exc.message, error_phase=exc.phase,
                        error_cause=error_cause(exc)), None
     fields = _row_from_facts(grad_mode, facts)
+    if memory_detail:
+        fields["run"] = facts
     if s.on_meta:  # no values, no meaningful time
         _skip(s, repeat, f"{name}: meta")
         return ModeRow(mode, grad_mode, ok=True, backward_error=backward_error, **fields), None
@@ -87,10 +93,11 @@ def _row_from_facts(grad_mode: str, facts: RunFacts) -> dict[str, Any]:
     }
 
 
-def _tracked(s: Session, mode: str, grad_mode: str, backward: bool, target: str) -> tuple[RunFacts, str | None]:
+def _tracked(s: Session, mode: str, grad_mode: str, backward: bool, target: str,
+             memory_detail: bool = False) -> tuple[RunFacts, str | None]:
     """One run with every tracker on; a failing backward is retried without it and reported."""
     options = ProbeOptions(mode=mode, grad_mode=grad_mode, backward=backward, memory=True, tensors=False,
-                           graph=True, tree_depth=1, seed=None)
+                           graph=True, tree_depth=8 if memory_detail else 1, seed=None, memory_detail=memory_detail)
     try:
         return run_probe(s.model, s.inputs, options, target).facts, None
     except RunError as exc:
