@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from fixtures import zoo
 
+from gradprobe.api import compare_modes, freeze_check
 from tests.conftest import CliResult
+from tests.run.test_html_views import log_peaks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -86,10 +90,27 @@ def test_inspect_report(run_cli: Callable[..., CliResult], browser: Any, tmp_pat
     page.close()
 
 
-def test_compare_and_freeze_reports(run_cli: Callable[..., CliResult], browser: Any, tmp_path: Path) -> None:
+def _drawn_peaks(page: Any, scope: str) -> dict[str, int]:
+    """The tallest drawn column of each phase of the timeline under ``scope`` (its columns' ``data-bytes``)."""
+    pairs = page.locator(f"{scope} svg.timeline rect.hit").evaluate_all(
+        "cells => cells.map(c => [c.getAttribute('data-phase'), Number(c.getAttribute('data-bytes'))])")
+    found: dict[str, int] = {}
+    for phase, value in pairs:
+        found[phase] = max(found.get(phase, 0), int(value))
+    return found
+
+
+def _drawn(page: Any, *selectors: str) -> None:
+    for selector in selectors:
+        box = _size(page, selector)
+        assert box["width"] > 100 and box["height"] > 50, (selector, box)
+
+
+def test_compare_report(run_cli: Callable[..., CliResult], browser: Any, tmp_path: Path) -> None:
+    modes = "train:grad,eval:no_grad,eval:inference_mode"
     compare = tmp_path / "compare.html"
-    result = run_cli("compare-modes", TARGET, "--modes", "train:grad,eval:no_grad,eval:inference_mode",
-                     "--repeat", "1", "--format", "html", "-o", str(compare))
+    result = run_cli("compare-modes", TARGET, "--modes", modes, "--repeat", "1", "--backward", "--format", "html",
+                     "-o", str(compare))
     assert result.code == 0, result.err
     _self_contained(compare.read_text())
     page, errors, requests = _open(browser, compare, tmp_path / "compare.png")
@@ -97,12 +118,58 @@ def test_compare_and_freeze_reports(run_cli: Callable[..., CliResult], browser: 
     heads = page.locator("table.modes thead th").all_inner_texts()
     assert heads == ["measure", "train:grad", "eval:no_grad", "eval:inference_mode"]
     assert _size(page, "table.modes")["width"] > 300
+    _drawn(page, "#graph-box svg", *(f".multiple[data-mode='{m}'] svg.timeline" for m in modes.split(",")))
+    # each mode's drawn maximum is the peak of that mode, here from the same run in process, its event log
+    # summed up in the test
+    torch.manual_seed(0)
+    model = zoo.tiny_gpt()
+    report = compare_modes(model, model.example_input_array, modes=modes, repeat=1, backward=True,
+                           memory_detail=True)
+    for row in report.rows:
+        assert row.run is not None and row.run.memory is not None and row.run.memory.events is not None
+        expected = {k: v for k, v in (("forward", row.forward_peak_bytes), ("backward", row.backward_peak_bytes))
+                    if v is not None}
+        assert _drawn_peaks(page, f".multiple[data-mode='{row.label}']") == expected == \
+            log_peaks(row.run.memory.events), row.label
     page.close()
+
+
+def test_freeze_report(run_cli: Callable[..., CliResult], browser: Any, tmp_path: Path) -> None:
     freeze = tmp_path / "freeze.html"
     result = run_cli("freeze-check", TARGET, "--frozen", "transformer.wte", "--format", "html", "-o", str(freeze))
     assert result.code == 1, result.err  # the embedding is not frozen: a violation
+    _self_contained(freeze.read_text())
     page, errors, requests = _open(browser, freeze, tmp_path / "freeze.png")
     assert errors == [] and requests == []
     assert "failed" in page.locator("header").inner_text()
     assert page.locator("#violations .finding").count() >= 1
+    _drawn(page, "#graph-box svg", "#memory svg.timeline")
+    assert page.locator("#memory svg.timeline .peak circle").count() == 1
+    torch.manual_seed(0)
+    model = zoo.tiny_gpt()
+    report = freeze_check(model, model.example_input_array, frozen="transformer.wte", memory_detail=True)
+    memory = report.facts.run.memory
+    assert memory is not None and memory.events is not None
+    assert _drawn_peaks(page, "#memory") == {"forward": memory.forward_peak_bytes,
+                                             "backward": memory.backward_peak_bytes} == log_peaks(memory.events)
+    page.close()
+
+
+def test_inspect_grads_report(run_cli: Callable[..., CliResult], browser: Any, tmp_path: Path) -> None:
+    out = tmp_path / "grads.html"
+    result = run_cli("inspect", "tests.fixtures.grad_models:backward_sqrt_nan", "--grads", "--format", "html",
+                     "-o", str(out))
+    assert result.code == 0, result.err
+    _self_contained(out.read_text())
+    page, errors, requests = _open(browser, out, tmp_path / "grads.png")
+    assert errors == [] and requests == []
+    _drawn(page, "#grads svg.gradflow", "#graph-box svg", "svg.timeline")
+    assert "SqrtBackward0" in page.locator("#nonfinite-origin").inner_text()
+    assert page.locator("#grads svg.gradflow g.row").count() == 4  # the model and its three children
+    assert page.locator("#grads svg.gradflow rect.bad").count() >= 1  # fc1's NaN gradient, drawn red
+    assert page.locator("#t-grad-parameters tbody tr").count() == 4
+    page.click("#t-grad-parameters th:has-text('NaN/Inf')")
+    page.click("#t-grad-parameters th:has-text('NaN/Inf')")  # descending: the NaN gradients first
+    first = page.locator("#t-grad-parameters tbody tr").first.inner_text()
+    assert first.startswith("fc1.weight") and first.rstrip().endswith("24"), first
     page.close()

@@ -88,8 +88,9 @@ def timelines(report: CompareReport) -> str:
         peaks = f"forward peak {human_bytes(m.forward_peak_bytes)}"
         if r.run is not None and r.run.backward:
             peaks += f" · backward peak {human_bytes(m.backward_peak_bytes)}"
+        chart = timeline_chart(m.events, top, height=210)
         charts.append(f'<div class="multiple" data-mode="{escape(r.label)}"><h3>{escape(r.label)} '
-                      f'<span class="muted small">{escape(peaks)}</span></h3>{timeline_chart(m.events, top)}</div>')
+                      f'<span class="muted small">{escape(peaks)}</span></h3>{chart}</div>')
     skipped = [r.label for r in report.rows if r not in logged]
     note = f'<p class="muted small">No timeline for {escape(", ".join(skipped))} (the run failed).</p>' \
         if skipped else ""

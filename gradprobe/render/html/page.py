@@ -79,7 +79,7 @@ svg.timeline .peak text{fill:#b91c1c;font-size:12px;font-weight:650}
 .modes th:first-child{background:#f1f5f9;z-index:3}
 .modes td.diff{background:#fff7ed}
 .verdict li{margin:4px 0}
-.multiples{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:14px}
+.multiples{display:grid;grid-template-columns:repeat(auto-fit,minmax(600px,1fr));gap:14px}
 .multiple{border:1px solid var(--line);border-radius:10px;padding:6px 10px}.multiple h3{margin:4px 0 2px}
 .gradflow{width:100%;height:auto;display:block}.gradflow .axis{fill:#64748b;font-size:11px}
 .gradflow .grid{stroke:#e2e8f0}.gradflow .head{fill:#0f172a;font-size:12.5px;font-weight:650}

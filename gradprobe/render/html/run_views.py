@@ -29,9 +29,9 @@ TIMELINE_NOTE = ('<p class="muted small">Tensor bytes alive over the run, each c
                  "bands are the outermost module calls. Hover for the op and module.</p>")
 
 
-def timeline_chart(log: EventLog, top: int | None = None, width: int = 480) -> str:
+def timeline_chart(log: EventLog, top: int | None = None, columns: int = 480, height: int = 260) -> str:
     """The timeline of one event log as an SVG; ``top`` puts several charts on one vertical scale."""
-    return timeline_svg(timeline(log, width), top=top)
+    return timeline_svg(timeline(log, columns), height=height, top=top)
 
 
 def _bar(a: PeakAnatomy) -> str:
