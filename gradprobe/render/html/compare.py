@@ -107,9 +107,11 @@ def _graph(report: CompareReport) -> str:
     ref = next((r for r in with_graph if r.label == report.comparison.reference), None)
     chosen = ref or (with_graph[0] if with_graph else None)
     if chosen is None or chosen.run is None:
-        return '<p class="muted">No mode built a grad_fn graph (every mode ran without grad).</p>'
+        return '<p class="muted">No mode built a grad_fn graph (no output of any mode had a grad_fn).</p>'
+    reference = report.comparison.reference or "-"
     why = "the reference mode" if chosen is ref else \
-        f"the reference {report.comparison.reference or '-'} built none; the first mode that did"
+        f"the reference {reference} built none; the first mode that did" if any(r.label == reference for r in runs) \
+        else f"the first mode that built a graph; the reference {reference} was not one of the modes run"
     lead = f"{chosen.label} ({why}). "
     return graph_section(chosen.run, chosen.run.graph.display_depth if chosen.run.graph else 8, lead)
 
