@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 from fixtures import zoo
+from fixtures.html_checks import log_peaks
 
 from gradprobe.api import compare_modes, freeze_check
 from tests.conftest import CliResult
-from tests.run.test_html_views import log_peaks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

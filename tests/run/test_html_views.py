@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import math
 import re
-from itertools import accumulate
 from typing import Any
 
 import pytest
 import torch
 from fixtures import grad_models, zoo
+from fixtures.html_checks import drawn_peaks, log_peaks
 
 from gradprobe.api import compare_modes, freeze_check, probe
-from gradprobe.facts.memory import EventLog
 from gradprobe.render.compare.json_out import compare_json
 from gradprobe.render.freeze.view import freeze_json
 from gradprobe.render.html.compare import compare_html
@@ -27,20 +26,6 @@ from gradprobe.render.html.freeze import freeze_html
 from gradprobe.render.html.inspect import inspect_html
 
 _TIMES = {"time_s", "times_s", "backward_time_s"}
-
-
-def log_peaks(log: EventLog) -> dict[str, int]:
-    """Each phase's peak from the log alone: the running sum of the byte deltas, and what was alive at its start."""
-    live = list(accumulate(log.column("event_delta")))
-    return {s.phase: max([s.start_bytes, *live[s.first_event:s.end_event]]) for s in log.phases}
-
-
-def drawn_peaks(svg: str) -> dict[str, int]:
-    """The tallest column of each phase, as the chart draws it (its ``data-bytes``)."""
-    found: dict[str, int] = {}
-    for phase, value in re.findall(r'data-phase="(\w+)" data-bytes="(\d+)"', svg):
-        found[phase] = max(found.get(phase, 0), int(value))
-    return found
 
 
 def timelines(page: str) -> list[str]:

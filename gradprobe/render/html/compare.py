@@ -75,23 +75,22 @@ def modes_table(report: CompareReport) -> str:
 
 def timelines(report: CompareReport) -> str:
     """One timeline per mode that recorded an event log, all on the vertical scale of the largest peak."""
-    logged = [r for r in report.rows if r.ok and r.run is not None and r.run.memory is not None
+    logged = [(r, r.run.memory) for r in report.rows if r.ok and r.run is not None and r.run.memory is not None
               and r.run.memory.events is not None]
     if not logged:
         return ""
-    top = max(max(r.run.memory.forward_peak_bytes or 0,  # type: ignore[union-attr]
-                  r.run.memory.backward_peak_bytes or 0) for r in logged)  # type: ignore[union-attr]
+    top = max(max(m.forward_peak_bytes or 0, m.backward_peak_bytes or 0) for _, m in logged)
     charts = []
-    for r in logged:
-        m = r.run.memory  # type: ignore[union-attr]
-        assert m is not None and m.events is not None
+    for r, m in logged:
+        assert m.events is not None
         peaks = f"forward peak {human_bytes(m.forward_peak_bytes)}"
         if r.run is not None and r.run.backward:
             peaks += f" · backward peak {human_bytes(m.backward_peak_bytes)}"
         chart = timeline_chart(m.events, top, height=210)
         charts.append(f'<div class="multiple" data-mode="{escape(r.label)}"><h3>{escape(r.label)} '
                       f'<span class="muted small">{escape(peaks)}</span></h3>{chart}</div>')
-    skipped = [r.label for r in report.rows if r not in logged]
+    drawn = {r.label for r, _ in logged}
+    skipped = [r.label for r in report.rows if r.label not in drawn]
     note = f'<p class="muted small">No timeline for {escape(", ".join(skipped))} (the run failed).</p>' \
         if skipped else ""
     return (TIMELINE_NOTE.replace("over the run,", "over each mode's tracked run, on one scale,")
