@@ -140,3 +140,18 @@ def test_inspect_grads_names_the_forward_origin(factory: Any) -> None:
     assert "aten.log.default" in origin and "log_out (ShiftedLog)" in origin
     negatives = int((shifted < 0).sum())
     assert f"{negatives} negative" in origin and f"{negatives} NaN" in origin
+
+
+def test_inspect_grads_section_without_backward_and_on_meta() -> None:
+    torch.manual_seed(0)
+    model = grad_models.forward_log_nan()
+    x = model.example_input_array
+    page = inspect_html(probe(model, x, grads=True, backward=False))
+    assert 'id="nonfinite-origin"' in page and "aten.log.default" in page  # the forward check still locates it
+    assert "No backward ran" in page and 't-grad-parameters"' not in page
+    with torch.device("meta"):
+        meta = grad_models.forward_log_nan()
+    report = probe(meta, torch.randn(6, 8, device="meta"), grads=True)
+    gh = report.facts.grad_health
+    assert gh is not None and not gh.measured
+    assert f"Not measured: {'; '.join(gh.notes)}" in inspect_html(report)
