@@ -31,7 +31,7 @@ def _rows(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, tuple]:
                         row.forward_peak_bytes, row.backward_peak_bytes) for row in report.comparison.rows}
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert", "mixtral"])
 def test_compare_modes_on_meta_equals_the_cpu_run_per_mode(name: str) -> None:
     batch = hf_tiny.padded_batch()
     cpu, meta = _rows(hf_tiny.build(name), batch), _rows(_meta(name), batch)
