@@ -77,3 +77,43 @@ def test_freeze_check_on_meta_judges_as_on_the_cpu(name: str) -> None:
     with_grad = sorted(n for n, p in cpu_model.named_parameters() if p.grad is not None)
     assert sorted(n for n, _, _, got in cpu[2] if got) == sorted(set(with_grad) & {r[0] for r in cpu[2]})
     assert all(p.grad is None for p in meta_model.parameters())  # the model is left as found
+
+
+class _ConsumesMask(nn.Module):
+    """Reads its mask (a branch on its values), then zeroes it in place, as a forward that consumes an input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        if mask.sum() > 0:
+            y = torch.tanh(self.lin(y)) * 2
+        mask.zero_()
+        return y
+
+
+def _consumes_mask(device: str) -> nn.Module:
+    with torch.device(device):
+        torch.manual_seed(0)
+        return _ConsumesMask()
+
+
+def test_every_mode_on_meta_starts_from_the_inputs_as_supplied() -> None:
+    """On meta the mask's values live in its CPU copy; a forward writing into the mask must not change that copy
+    (the user's own tensor), or the next mode and repeat take the other branch -- as they never do on the CPU,
+    where compare-modes puts the inputs back before each run."""
+    x, mask = torch.randn(4, 8), torch.ones(4, dtype=torch.long)
+    rows = {}
+    for device in ("cpu", "meta"):
+        report = compare_modes(_consumes_mask(device), (x, mask), modes=MODES, repeat=2)
+        rows[device] = [(r.label, r.ok, r.saved_for_backward_bytes, r.forward_peak_bytes)
+                        for r in report.comparison.rows]
+        assert mask.tolist() == [1, 1, 1, 1], device  # the user's tensor is left as found
+    assert rows["meta"] == rows["cpu"]
+    plain = _consumes_mask("cpu").train()
+    expected = plain_saved_bytes(plain, lambda: plain(x, mask.clone()))  # the mask branch taken, in plain PyTorch
+    assert [r[2] for r in rows["cpu"] if r[0].endswith(":grad")] == [expected] * 2
+    report = freeze_check(_consumes_mask("meta"), (x, mask), trainable="*")
+    assert report.passed and mask.tolist() == [1, 1, 1, 1]
