@@ -29,7 +29,7 @@ from gradprobe.run.trackers.base import BACKWARD, FORWARD
 from gradprobe.run.trackers.events import call_tree, run_event_log
 from gradprobe.run.trackers.graph import walk_graph
 from gradprobe.run.trackers.host_values import HostInputs, NoHostValues, input_values
-from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message, meta_kernel_refusal
+from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message
 from gradprobe.run.trackers.modules import tensor_fact
 from gradprobe.run.trackers.release import release_on_big_stack
 from gradprobe.run.trackers.setup import RunTrackers, make_trackers
@@ -215,10 +215,6 @@ def forward(run: _Run) -> Any:
         values = _no_host_values(exc)
         if values is not None:
             raise RunError(f"forward on the meta device failed in module {module}: {values}; {values.fix()}",
-                           phase="forward") from exc
-        refusal = meta_kernel_refusal(exc) if run.device.type == "meta" else None
-        if refusal is not None:
-            raise RunError(f"forward on the meta device failed in module {module}: {refusal}",
                            phase="forward") from exc
         value_op = explain_meta_failure(exc) if run.device.type == "meta" else None
         if value_op is not None:

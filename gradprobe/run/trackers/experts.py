@@ -147,7 +147,9 @@ def _count(e: _Experts, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Non
     """Keep one call's routing: the integer expert-index tensor the module received."""
     index = _routing_index(args, kwargs, e.count)
     if index is not None:
-        e.calls.append(_Call(index.detach().reshape(index.shape[0] if index.dim() else 1, -1).to("cpu", torch.int64)))
+        # a copy: holding the model's own tensor would keep it alive through backward (its bytes in the peaks)
+        kept = index.detach().reshape(index.shape[0] if index.dim() else 1, -1).to("cpu", torch.int64, copy=True)
+        e.calls.append(_Call(kept))
 
 
 def _per_expert(index: torch.Tensor, count: int) -> torch.Tensor:

@@ -119,7 +119,7 @@ class HostValues(TorchDispatchMode):
         self.twins: WeakIdKeyDictionary = WeakIdKeyDictionary()
         for meta, host in pairs:
             if _is_meta(meta) and isinstance(host, torch.Tensor) and not _is_meta(host) and host.shape == meta.shape:
-                self.twins[meta] = host.detach().to(dtype=meta.dtype, device=CPU)
+                self.twins[meta] = _own_copy(host, meta.dtype)
         self._storages: set[int] = {m.untyped_storage()._cdata for m in self.twins.keys()}
         self.answered: list[str] = []  # value-dependent ops answered from the twins, for the report
 
@@ -272,6 +272,15 @@ class HostValues(TorchDispatchMode):
                                             f"device without values", origin)
                 return NoHostValues(op, f"{shape} computed from parameters or gradients (no values on meta)")
         return NoHostValues(op, "a tensor without values")
+
+
+def _own_copy(host: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The twin of an input: a copy, so that a forward writing into its input (``mask.zero_()``, run again on the
+    twin) never changes the user's CPU tensor -- which is also what the next run (compare-modes' next mode or
+    repeat) starts from.  An input over MAX_TWIN_NUMEL is shared: an in-place op on it is too big to be run
+    again on the CPU (``_too_big``), so only a boolean-mask assignment could write into it."""
+    copy = host.numel() <= MAX_TWIN_NUMEL
+    return host.detach().to(dtype=dtype, device=CPU, copy=copy)
 
 
 def host_out_and_record(mode: HostValues, host_out: Any) -> Any:

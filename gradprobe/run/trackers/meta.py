@@ -12,8 +12,9 @@ Three things differ on meta, and all are handled here (``meta_fidelity`` switche
 * A few meta kernels return differently sized outputs than the CPU kernels (BatchNorm in eval mode):
   :class:`MetaKernelFidelity` gives the CPU's outputs.  With both, the op streams of the reference models
   (every output's shape and storage size, forward and backward, train and eval) are identical on CPU and meta.
-  It also records the BatchNorm running-statistics writes that no version counter shows, so "buffer changed"
-  is right on meta too (``written``).
+  ``aten._grouped_mm`` (mixture-of-experts layers) is given the CPU kernel's dtypes and padded output
+  (see trackers.meta_grouped_mm).  It also records the BatchNorm running-statistics writes that no version
+  counter shows, so "buffer changed" is right on meta too (``written``).
 * Ops whose output shape depends on values (``nonzero``, boolean masks, ``.item()``, ``one_hot``
   without ``num_classes``) cannot run on meta; :func:`explain_meta_failure` turns torch's various
   messages into one line naming the op.
@@ -31,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from gradprobe.run.trackers.meta_fused import rnn_workspace_bytes
+from gradprobe.run.trackers.meta_grouped_mm import grouped_mm_as_cpu, is_meta_grouped_mm
 
 _FLASH = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
 
@@ -106,6 +108,8 @@ class MetaKernelFidelity(TorchDispatchMode):
         self.on_unknown_workspace = on_unknown_workspace  # an LSTM workspace too costly to size: mark it approximate
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if is_meta_grouped_mm(func, args):  # the CPU kernel's dtypes and padded output (forward and backward)
+            return grouped_mm_as_cpu(*args, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
         if func is _RNN_LAYER and out[0].device.type == "meta":
             return self._rnn_layer(args, out)
@@ -176,13 +180,3 @@ def meta_failure_message(op: str, module: str) -> str:
     return (f"forward on the meta device failed in module {module}: {op} needs tensor values, which the meta "
             f"device does not have; run with --device cpu (a smaller --init or --shape keeps it fast), or make the "
             f"op shape-static (e.g. one_hot(x, num_classes=N))")
-
-
-def meta_kernel_refusal(exc: BaseException) -> str | None:
-    """A meta kernel that refuses what the CPU kernel accepts, in words with the way out; None otherwise."""
-    if "Expected inputs of BF16 type" in str(exc):
-        return ("torch's grouped_mm (transformers' mixture-of-experts layers call it) takes float32 on the CPU "
-                "but its meta kernel takes bfloat16 only, and this run is not bfloat16 -- plain PyTorch fails "
-                "the same way on meta; pass --param-dtype bfloat16 for the estimate of a bfloat16 run, or run "
-                "with --device cpu")
-    return None
