@@ -56,6 +56,9 @@ class ProbeOptions:
     seed: int | None = 0
     grads: GradThresholds | None = None  # --grads: gradient health with these thresholds (None: off)
     memory_detail: bool = False  # record the memory event log: peak anatomy and timeline (issue 14)
+    # graph cuts and parameters read: a TorchFunctionMode over every torch call of the forward (5-7 µs each);
+    # compare-modes' rows read neither, so its tracked runs switch it off (issue 16)
+    cuts: bool = True
 
 
 @dataclass
@@ -154,7 +157,7 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
                              grad=options.grad_mode == "grad", guard=guard, names=canonical,
                              state_tensors=state_tensors, input_tensors=input_tensors, grads=options.grads,
                              depth=options.tree_depth, events=options.memory_detail,
-                             host_inputs=_host_values(inputs, device))
+                             host_inputs=_host_values(inputs, device), cuts=options.cuts)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return _Run(model, inputs, options, target, state, guard, owners, device, trackers, before,

@@ -90,7 +90,7 @@ def _row_from_facts(grad_mode: str, facts: RunFacts) -> dict[str, Any]:
 def _tracked(s: Session, mode: str, grad_mode: str, backward: bool, target: str) -> tuple[RunFacts, str | None]:
     """One run with every tracker on; a failing backward is retried without it and reported."""
     options = ProbeOptions(mode=mode, grad_mode=grad_mode, backward=backward, memory=True, tensors=False,
-                           graph=True, tree_depth=1, seed=None)
+                           graph=True, tree_depth=1, seed=None, cuts=False)  # a row reads no cut
     try:
         return run_probe(s.model, s.inputs, options, target).facts, None
     except RunError as exc:
