@@ -1,0 +1,111 @@
+"""Cheaper paths of the probe run (issue 16) give the same facts as the full ones.
+
+* ``ProbeOptions(cuts=False)`` (compare-modes' tracked runs) drops only the graph-cut facts;
+* a no_grad / inference_mode run that touched no autograd node frees its outputs in place, without a
+  big-stack thread; a run whose forward builds a graph anyway still gets the thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+from fixtures import zoo
+from torch import nn
+
+import gradprobe.run.probe as probe_module
+from gradprobe.run.probe import ProbeOptions, run_probe
+
+_CUT_FIELDS = {"graph_cuts", "parameters_read", "forward_time_s", "backward_time_s"}
+
+
+class _Inputs:
+    """The inputs the engine takes: ``model(*args, **kwargs)``."""
+
+    def __init__(self, *args: Any) -> None:
+        self.args, self.kwargs = args, {}
+
+    def as_user_value(self) -> Any:
+        return self.args[0] if len(self.args) == 1 else self.args
+
+    def describe(self) -> str:
+        return f"{len(self.args)} tensors"
+
+
+class _CutsAndGrad(nn.Module):
+    """A detach cut (a parameter cut off), and an output built with grad on even inside no_grad."""
+
+    def __init__(self, enable_grad: bool = False) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.enable_grad = enable_grad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.enable_grad:
+            with torch.enable_grad():
+                return self.b(self.a(x))
+        return self.b(self.a(x).detach())
+
+
+def _facts(model: nn.Module, x: torch.Tensor, **options: Any) -> Any:
+    torch.manual_seed(0)
+    return run_probe(model, _Inputs(x), ProbeOptions(**options)).facts
+
+
+@pytest.mark.parametrize("grad_mode", ["grad", "no_grad", "inference_mode"])
+def test_cuts_off_changes_only_the_cut_facts(grad_mode: str) -> None:
+    torch.manual_seed(0)
+    model = _CutsAndGrad()
+    x = torch.randn(3, 4)
+    full = _facts(model, x, grad_mode=grad_mode, tree_depth=1)
+    lean = _facts(model, x, grad_mode=grad_mode, tree_depth=1, cuts=False)
+    for field in dataclasses.fields(full):
+        if field.name not in _CUT_FIELDS:
+            assert getattr(lean, field.name) == getattr(full, field.name), field.name
+    assert lean.graph_cuts == ()
+    if grad_mode == "grad":  # the full run saw the detach that cuts off 'a' (plain torch: a gets no grad)
+        plain = model.b(model.a(x).detach()).sum()
+        plain.backward()
+        assert model.a.weight.grad is None and model.b.weight.grad is not None
+        model.zero_grad(set_to_none=True)
+        assert [c.how for c in full.graph_cuts] == ["detach"]
+
+
+def _releases(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = probe_module.release_on_big_stack
+
+    def counting(holder: list, error: BaseException | None = None) -> None:
+        calls.append(len(holder))
+        real(holder, error)
+
+    monkeypatch.setattr(probe_module, "release_on_big_stack", counting)
+    return calls
+
+
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+def test_no_graph_run_frees_in_place(grad_mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _releases(monkeypatch)
+    model = zoo.mlp()
+    facts = _facts(model, model.example_input_array, grad_mode=grad_mode)
+    assert facts.outputs and all(o.grad_fn is None for o in facts.outputs)
+    assert calls == []
+
+
+def test_graph_built_inside_no_grad_still_freed_on_big_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _releases(monkeypatch)
+    model = _CutsAndGrad(enable_grad=True)
+    x = torch.randn(3, 4)
+    with torch.no_grad():  # plain torch: the forward's own enable_grad builds a graph
+        assert model(x).grad_fn is not None
+    _facts(model, x, grad_mode="no_grad", graph=False)  # graph unwalked: its depth is unknown
+    assert calls and calls[0] > 0
+
+
+def test_grad_run_with_graph_off_keeps_the_big_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _releases(monkeypatch)
+    model = zoo.mlp()
+    _facts(model, model.example_input_array, graph=False)
+    assert calls and calls[0] > 0
