@@ -61,11 +61,14 @@ def zero_factor_partners(roots: Sequence[Any], names: Mapping[int, str], zero_gr
 
 
 def _all_zero_ids(params: list[torch.Tensor]) -> set[int]:
-    """ids of the all-zero parameters: one ``_foreach_norm`` read per dtype and device, zero norms confirmed."""
+    """ids of the all-zero parameters: one ``_foreach_norm`` read per dtype and device, zero norms confirmed.
+
+    Tensor subclasses (a DTensor holds only this rank's shard: a zero shard says nothing of the whole
+    parameter) are never candidates, so no verdict rests on part of a parameter."""
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for p in params:
         if p.device.type != "meta" and p.layout == torch.strided and p.numel() and \
-                (p.is_floating_point() or p.is_complex()):
+                (p.is_floating_point() or p.is_complex()) and type(p.detach()) is torch.Tensor and _backed(p):
             groups.setdefault((p.device, p.dtype), []).append(p)
     found = set()
     with torch.no_grad():
@@ -74,6 +77,13 @@ def _all_zero_ids(params: list[torch.Tensor]) -> set[int]:
             found.update(id(p) for p, n in zip(group, norms, strict=True)
                          if n == 0 and not bool(torch.any(p != 0)))  # a zero norm may be underflow: confirm
     return found
+
+
+def _backed(t: torch.Tensor) -> bool:
+    """The tensor's storage holds all its elements: FSDP frees an unsharded parameter's storage between uses
+    (``resize_(0)``), and reading such a tensor would read freed memory."""
+    extent = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True))
+    return t.untyped_storage().nbytes() >= (t.storage_offset() + extent) * t.element_size()
 
 
 def _zero_source(node: Any, zero_ids: set[int]) -> int | None:
