@@ -58,6 +58,23 @@ class RankBranch(Net):
         return out
 
 
+class DataBranch(Net):
+    """The aux branch runs for inputs whose first feature is large: rank 1's data only (its example input carries
+    the rank in that feature, as a shard of a dataset might carry a rare class)."""
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__(hidden)
+        self.aux = nn.Linear(hidden, 4)
+        self.example_input_array[:, 0] = 5.0 * rank()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.stem(x)))
+        out = self.head(h)
+        if bool((x[:, 0] > 2.5).any()):
+            out = out + self.aux(h)
+        return out
+
+
 class Tower(nn.Module):
     """Blocks with a frozen body and a trainable adapter each: FSDP units that mix frozen and trainable."""
 

@@ -4,7 +4,8 @@ Usage (under torchrun): ``reference.py OUTDIR TARGET [--wrap K] [--shard GLOB] [
 [--steps 2] -- GRADPROBE_ARGS...``.  Every rank builds TARGET exactly as gradprobe does (seed 0 for the build,
 seed 0 + rank for --shape inputs), runs one forward and backward with plain PyTorch (sum of the outputs),
 records what it holds (parameter shards, gradients before and after the wrapper's reduction, buffers after the
-forward, DDP's second-iteration error, FSDP bookkeeping) in OUTDIR/rank{R}.json,
+forward, DDP's second-iteration error, FSDP bookkeeping, parameter/gradient bytes held; with --wrap also the
+gradients of an unwrapped copy run alone on this rank, i.e. before any reduction) in OUTDIR/rank{R}.json,
 and then runs ``gradprobe.cli.app.main(GRADPROBE_ARGS)`` in the same process: rank 0's report goes to stdout.
 Nothing here uses gradprobe before that point.
 """
@@ -52,23 +53,60 @@ def build(target: str, args: argparse.Namespace, rank: int) -> tuple[nn.Module, 
     if args.shape:
         torch.manual_seed(rank)
         x = torch.randn(*[int(d) for d in args.shape.split(",")])
+    import fnmatch
+
+    names = [n for n, _ in model.named_modules() if n and any(
+        fnmatch.fnmatchcase(n, g) and n.count(".") == g.count(".") for g in args.shard)]
+    mods = dict(model.named_modules())
     if args.wrap == "ddp":
         model = nn.parallel.DistributedDataParallel(model)
     elif args.wrap == "fsdp":
-        import fnmatch
-
         from torch.distributed.fsdp import fully_shard
-        names = [n for n, _ in model.named_modules() if n and any(
-            fnmatch.fnmatchcase(n, g) and n.count(".") == g.count(".") for g in args.shard)]
-        mods = dict(model.named_modules())
+
         for n in sorted(names, key=lambda n: -n.count(".")):
             fully_shard(mods[n])
         fully_shard(model)
     elif args.wrap == "fsdp1":
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from functools import partial
 
-        model = FSDP(model, use_orig_params=args.orig, device_id=torch.device("cpu"))
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
+
+        units = {id(mods[n]) for n in names}
+        policy = partial(lambda_auto_wrap_policy, lambda_fn=lambda m: id(m) in units) if units else None
+        model = FSDP(model, auto_wrap_policy=policy, use_orig_params=args.orig, device_id=torch.device("cpu"))
     return model, x
+
+
+def plain_local(target: str, x: Any) -> dict[str, Any]:
+    """The gradients this rank computes by itself: an unwrapped copy of the model (same seed), same input and loss,
+    no collective.  What a wrapper's reduction starts from on this rank."""
+    module_name, _, attr = target.partition(":")
+    torch.manual_seed(0)
+    obj = getattr(importlib.import_module(module_name), attr)
+    model = obj() if not isinstance(obj, nn.Module) else obj
+    model(x).sum().backward()
+    out = {}
+    for name, p in model.named_parameters():
+        state, norm = grad_state(p.grad)
+        out[name] = {"grad": state, "grad_norm": norm, "requires_grad": p.requires_grad}
+    return out
+
+
+def memory(model: nn.Module, facts: dict[str, Any]) -> dict[str, int]:
+    """Parameter and gradient bytes as this rank holds them (DTensors: the local shard; FSDP1: the flat shards)."""
+    if facts["fsdp1"].get("units"):
+        held = sum(s["numel"] for s in facts["fsdp1"]["slices"].values()) * 4
+        grads = sum(u["flat_grad_bytes"] or 0 for u in facts["fsdp1"]["units"].values())
+        return {"parameter_bytes": held, "gradient_bytes": grads}
+    params = grads = 0
+    for p in model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p
+        params += local.numel() * local.element_size()
+        if p.grad is not None:
+            g = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+            grads += g.numel() * g.element_size()
+    return {"parameter_bytes": params, "gradient_bytes": grads}
 
 
 def main() -> None:
@@ -108,6 +146,9 @@ def main() -> None:
                                  "grad": state, "grad_norm": norm, "global_shape": list(p.shape)}
     facts["fsdp1"] = fsdp1_facts(model)
     facts["fsdp2"] = fsdp2_facts(model)
+    facts["memory"] = memory(model, facts)
+    if args.wrap:
+        facts["plain_local"] = plain_local(args.target, x)
     if kind == "ddp" and args.steps > 1:
         try:
             model(x)
