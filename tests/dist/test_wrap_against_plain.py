@@ -74,7 +74,7 @@ def test_wrap_fsdp2_against_plain_fully_shard(reference):
     doc, refs = run_both(reference, "dist_models:Tower", "fsdp", "--shard", "blocks.*", "--shape", "4,16")
     params = by_name(doc)
     units = [u["name"] for u in doc["distributed"]["ranks"][0]["units"]]
-    assert sorted(units) == sorted(["", *refs[0]["fsdp2"]])  # the same units as the plain fully_shard calls
+    assert sorted(units) == sorted(refs[0]["fsdp2"]) == ["", "blocks.0", "blocks.1"]  # as the plain fully_shard calls
     for ref in refs:
         for name, plain in ref["params"].items():
             mine = params[name]["ranks"][ref["rank"]]
