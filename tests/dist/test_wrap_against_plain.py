@@ -38,7 +38,7 @@ def assert_memory_matches(doc: dict[str, Any], refs: list[dict[str, Any]]) -> No
 
 
 def assert_local_matches(params: dict[str, Any], refs: list[dict[str, Any]]) -> None:
-    """The gradient autograd computed on each rank before the wrapper reduced it (DDP, FSDP2): an unwrapped copy."""
+    """The gradient autograd computed on each rank before the wrapper reduced it: an unwrapped copy's."""
     for ref in refs:
         for name, plain in ref["plain_local"].items():
             mine = params[name]["ranks"][ref["rank"]]
@@ -110,6 +110,7 @@ def test_wrap_fsdp1_against_plain_fully_sharded_data_parallel(reference):
             state, norm = plain["grad"]
             assert mine["grad"] == state, (ref["rank"], name)  # this rank's slice of the reduced flat gradient
             assert close(mine["grad_norm"], norm), (ref["rank"], name)
+    assert_local_matches(params, refs)  # the gradients of the forward's views, before the reduce-scatter
     assert_memory_matches(doc, refs)
     assert "fsdp1-frozen-grad-memory" not in codes(doc)
 
@@ -127,8 +128,8 @@ def test_wrap_fsdp1_gradient_on_some_ranks_only(reference):
             mine = params[name]["ranks"][ref["rank"]]
             state, norm = plain["grad"]
             assert mine["grad"] == state and close(mine["grad_norm"], norm), (ref["rank"], name)
-        for name, plain in ref["plain_local"].items():  # before FSDP1's reduce-scatter
-            assert params[name]["ranks"][ref["rank"]]["local_grad"] is (plain["grad"] != "none"), (ref["rank"], name)
+    assert_local_matches(params, refs)  # before FSDP1's reduce-scatter: aux got nothing on rank 0
+    assert [x["local_grad"] for x in params["aux.weight"]["ranks"]] == [False, True]
     differs = finding(doc, "dist-grad-differs")
     assert "aux.weight" in differs["message"] and "aux.bias" in differs["message"]
     assert "on rank 1 but none on rank 0" in differs["message"]

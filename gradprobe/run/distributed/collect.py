@@ -8,7 +8,8 @@ What the engine cannot see from outside the wrapper is taken where the wrapper e
   all-gather output bytes per phase, and the unsharded gradients (local, before the reduce-scatter),
   with the sharded gradient each rank keeps afterwards.
 * FSDP1: the flat gradient of every unit after FSDP's final backward callback: per original parameter the
-  slice this rank holds, and the bytes it spends on frozen parameters.
+  slice this rank holds, and the bytes it spends on frozen parameters; and a tensor hook on each forward view
+  of the flat parameter (``fsdp1_local``): which parameters autograd reached on this rank, before the reduction.
 * every wrapper: a forward hook on the model digests the buffers right after the forward (BatchNorm
   statistics), and parameter values are digested before the run where no wrapper broadcasts them.
 
@@ -30,6 +31,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from gradprobe.facts.distributed import NO_SHARD, RankBuffer, RankFacts, RankMemory, RankParam, UnitFact
 from gradprobe.facts.run import RunFacts
+from gradprobe.run.distributed.fsdp1_local import hook_forward_views
 from gradprobe.run.distributed.wrappers import Wrapped, element_size, numel
 from gradprobe.run.trackers.grads import local_tensor
 
@@ -209,6 +211,14 @@ class RankCollector:
 
         runtime._post_backward_final_callback = final_callback
         self._undo.append(lambda: setattr(runtime, "_post_backward_final_callback", original))
+        trainable = {name for name, info in self.w.shards.items() if info.requires_grad}
+        self._undo += hook_forward_views(self.w.units, trainable, self._record_local)
+
+    def _record_local(self, name: str, grad: torch.Tensor) -> None:
+        """A gradient autograd computed on this rank, before any reduction (FSDP1's forward views)."""
+        with torch.no_grad(), _disable_current_modes():
+            norm = _norm(grad) if grad.layout == torch.strided and grad.is_floating_point() else None
+        self.local[name] = (True, norm)
 
     def _read_flat_grads(self) -> None:
         by_unit: dict[str, tuple[int, int]] = {}
@@ -253,7 +263,7 @@ class RankCollector:
 
     def usage(self) -> dict[str, bool]:
         """Trainable parameter → whether autograd produced a gradient for it on this rank (empty: not observed)."""
-        if not self.backward_seen or self.w.kind not in ("ddp", "fsdp"):
+        if not self.backward_seen or self.w.kind not in ("ddp", "fsdp", "fsdp1"):
             return {}
         return {name: self.local.get(name, (False, None))[0] for name, info in self.w.shards.items()
                 if info.requires_grad}
@@ -318,7 +328,7 @@ class RankCollector:
         """Whether autograd produced a gradient for the parameter on this rank (before any reduction)."""
         if self.w.kind == "none" and did_backward and info.requires_grad:
             return (grad not in ("none", None), norm)
-        if did_backward and info.requires_grad and self.w.kind in ("ddp", "fsdp"):
+        if did_backward and info.requires_grad and self.w.kind in ("ddp", "fsdp", "fsdp1"):
             return self.local.get(name, (False, None)) if self.backward_seen else (None, None)  # type: ignore
         return (None, None)
 
