@@ -115,9 +115,36 @@ def test_wrap_fsdp1_against_plain_fully_sharded_data_parallel(reference):
     assert "fsdp1-frozen-grad-memory" not in codes(doc)
 
 
-def test_wrap_fsdp1_gradient_on_some_ranks_only(reference):
+def test_wrap_fsdp1_orig_params_against_plain(reference):
+    # blocks mix a frozen body with a trainable adapter: allowed with use_orig_params=True, at a gradient cost
+    doc, refs = run_both(reference, "dist_models:Tower", "fsdp1", "--shard", "blocks.*", "--use-orig-params",
+                         "--shape", "4,16")
+    params = by_name(doc)
+    for ref in refs:
+        units = {u["name"]: u for u in doc["distributed"]["ranks"][ref["rank"]]["units"]}
+        for unit, plain in ref["fsdp1"]["units"].items():
+            assert units[unit]["flat_gradient_bytes"] == (plain["flat_grad_bytes"] or 0), (ref["rank"], unit)
+            assert units[unit]["frozen_gradient_bytes"] == plain["frozen_grad_bytes"], (ref["rank"], unit)
+        for name, plain in ref["params"].items():  # use_orig_params=True: .grad of the original parameters
+            mine = params[name]["ranks"][ref["rank"]]
+            held = ref["fsdp1"]["slices"][name]["numel"]
+            assert mine["requires_grad"] is plain["requires_grad"], name
+            assert mine["local_shape"] == [held] == plain["local_shape"], (ref["rank"], name)
+            if held == 0:
+                assert mine["grad"] == "no-shard", (ref["rank"], name)
+                continue
+            assert mine["grad"] == plain["grad"], (ref["rank"], name)
+            assert close(mine["grad_norm"], plain["grad_norm"]), (ref["rank"], name)
+    assert_local_matches(params, refs)
+    assert_memory_matches(doc, refs)
+    assert [f["subject"] for f in doc["findings"] if f["code"] == "fsdp1-frozen-grad-memory"] == ["blocks.0",
+                                                                                                 "blocks.1"]
+
+
+@pytest.mark.parametrize("orig", [[], ["--use-orig-params"]], ids=["flat", "orig-params"])
+def test_wrap_fsdp1_gradient_on_some_ranks_only(reference, orig):
     # rank 1's data takes the aux branch, rank 0's does not: one flat parameter, reduced across both ranks
-    doc, refs = run_both(reference, "dist_models:DataBranch", "fsdp1")
+    doc, refs = run_both(reference, "dist_models:DataBranch", "fsdp1", *orig)
     params = by_name(doc)
     local = {ref["rank"]: ref["plain_local"] for ref in refs}
     used = [r for r in sorted(local) if local[r]["aux.weight"]["grad"] != "none"]
