@@ -195,3 +195,25 @@ def test_untested_recipes_say_so() -> None:
     assert "torchvision.models:resnet18" in untested and "timm:create_model" in untested
     before = text[:text.index(untested)]
     assert "*Not run in this repository's CI*" in before[-400:]
+
+
+# ------------------------------------------------------------------------------- the tour's outputs
+def bundled_outputs() -> list[Block]:
+    """The README's pasted ``inspect``/``freeze-check`` outputs of the bundled example and the test-fixture
+    models: runnable from the repository root as written.  Blocks that elide lines (``...``) or start ranks
+    (``--nproc``) are left to their own tests."""
+    text = README.read_text(encoding="utf-8")
+    found = re.findall(r"```text\n(\$ gradprobe (?:inspect|freeze-check) (?:gradprobe\.examples|tests\.fixtures)"
+                       r"[^\n]*\n.*?)```", text, flags=re.S)
+    return [Block("tour", "output", "", body) for body in found
+            if "--nproc" not in body.splitlines()[0] and "\n..." not in body]
+
+
+def test_the_tour_has_bundled_outputs() -> None:
+    assert len(bundled_outputs()) >= 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(bundled_outputs())))
+def test_bundled_outputs_match_a_real_run(index: int) -> None:
+    check_output(bundled_outputs()[index], REPO)
