@@ -304,6 +304,9 @@ def test_without_grads_nothing_changes() -> None:
     assert a.graph is not None and b.graph is not None and a.graph.nodes == b.graph.nodes
     assert [(p.name, p.grad, p.grad_norm) for p in a.parameters] == [(p.name, p.grad, p.grad_norm)
                                                                        for p in b.parameters]
+    # the tracker's own reads of module outputs (a detach, a sum under no_grad) are no cut in the user's forward
+    assert a.graph_cuts == b.graph_cuts == ()
+    assert a.parameters == b.parameters
 
 
 def test_model_left_as_found_after_a_replay() -> None:

@@ -26,18 +26,23 @@ _INT_MIN = {dtype: torch.iinfo(view).min for dtype, view in _INT_VIEW.items()}  
 
 class quiet:
     """gradprobe's own measurement ops: no graph, and unseen by the run's dispatch-mode trackers (their
-    bytes are not the model's).  A plain class: it runs in every module hook, ``contextlib`` costs more."""
+    bytes are not the model's) and by its torch-function mode (the graph-cut tracker would take a ``detach``
+    or a ``sum`` under ``no_grad`` of a module output for a cut in the user's forward, and walk the graph
+    behind it).  A plain class: it runs in every module hook, ``contextlib`` costs more."""
 
-    __slots__ = ("_grad", "_guard")
+    __slots__ = ("_function", "_grad", "_guard")
 
     def __enter__(self) -> None:
         self._grad = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
+        self._function = torch._C.DisableTorchFunction()
+        self._function.__enter__()
         self._guard = torch._C._DisableTorchDispatch()
         self._guard.__enter__()
 
     def __exit__(self, *exc: object) -> None:
         self._guard.__exit__(None, None, None)
+        self._function.__exit__(None, None, None)
         torch._C._set_grad_enabled(self._grad)
 
 
