@@ -6,7 +6,9 @@
           processes on a shared machine disturbs less than wall time; both in the JSON): plain forward+backward,
           the same under ``torch.autograd.detect_anomaly()``, gradprobe's run as ``inspect`` does it (every
           default tracker), the same with ``--grads``, and ``--no-memory --no-tensors`` with and without
-          ``--grads`` (the gradient-health tracker's own share), each as a ratio to the plain forward+backward
+          ``--grads`` (the gradient-health tracker's own share), each as a ratio to the plain forward+backward;
+          ``inspect --grads`` also as a ratio to ``detect_anomaly`` (below 1: cheaper than detect_anomaly), in
+          CPU time and in wall time
 * names   planted faults (tests/fixtures/grad_models.py): what detect_anomaly reports (the exception's first
           line, or nothing) and what ``--grads`` reports (finding code, module, op or node)
 
@@ -88,13 +90,22 @@ def bench_cost(names: list[str], repeats: int) -> list[dict[str, Any]]:
                 cpu[key].append(time.process_time() - start_cpu)
                 times[key].append(time.perf_counter() - start)
         base = statistics.median(cpu["forward+backward"])
+        base_wall = statistics.median(times["forward+backward"])
         row: dict[str, Any] = {"model": name, "params": sum(p.numel() for p in model.parameters())}
         for key in runs:
             row[f"{key} ms"] = round(statistics.median(cpu[key]) * 1000, 1)
             row[f"{key} wall ms"] = round(statistics.median(times[key]) * 1000, 1)
             row[f"{key} ratio"] = round(statistics.median(cpu[key]) / base, 3)
+            row[f"{key} wall ratio"] = round(statistics.median(times[key]) / base_wall, 3)
+        grads, anomaly = "inspect --grads", "detect_anomaly"
+        row["--grads vs detect_anomaly"] = round(statistics.median(cpu[grads]) / statistics.median(cpu[anomaly]), 3)
+        row["--grads vs detect_anomaly wall"] = round(statistics.median(times[grads])
+                                                      / statistics.median(times[anomaly]), 3)
         rows.append(row)
-        print(f"  {name}: " + ", ".join(f"{k} {row[f'{k} ratio']}x" for k in runs), flush=True)
+        print(f"  {name} (CPU time): " + ", ".join(f"{k} {row[f'{k} ratio']}x" for k in runs), flush=True)
+        print(f"  {name}: inspect --grads {row[f'{grads} ratio']}x forward+backward "
+              f"(wall {row[f'{grads} wall ratio']}x), {row['--grads vs detect_anomaly']}x detect_anomaly "
+              f"(wall {row['--grads vs detect_anomaly wall']}x)", flush=True)
     return rows
 
 
@@ -139,9 +150,11 @@ def bench_names() -> list[dict[str, str]]:
 def markdown(cost: list[dict[str, Any]], names: list[dict[str, str]], header: str) -> str:
     keys = ["forward+backward", "detect_anomaly", "inspect", "inspect --grads", "--no-memory --no-tensors",
             "--grads --no-memory --no-tensors"]
-    out = [header, "", "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    out = [header, "", "| model | " + " | ".join(keys) + " | `--grads` / `detect_anomaly` |",
+           "|---|" + "---:|" * (len(keys) + 1)]
     for row in cost:
         cells = [f"{row[f'{k} ms']} ms ({row[f'{k} ratio']}x)" for k in keys]
+        cells.append(f"{row['--grads vs detect_anomaly']}x")
         out.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     out += ["", "| planted fault | detect_anomaly reports | inspect --grads reports |", "|---|---|---|"]
     out += [f"| {r['fault']} | {r['detect_anomaly'].replace('|', '/')} | {r['inspect --grads']} |" for r in names]
@@ -160,7 +173,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = args.models.split(",") if args.models else (["mlp", "tiny_gpt"] if args.quick else ["resnet50",
                                                                                                   "gpt2_small"])
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or (3 if args.quick else 7)
     header = (f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {platform.processor() or platform.machine()}, "
               f"torch {torch.__version__}, {args.threads} thread(s), medians of {repeats} alternating runs.")
     print(header)

@@ -26,24 +26,28 @@ _INT_MIN = {dtype: torch.iinfo(view).min for dtype, view in _INT_VIEW.items()}  
 
 class quiet:
     """gradprobe's own measurement ops: no graph, and unseen by the run's dispatch-mode trackers (their
-    bytes are not the model's) and by its torch-function mode (the graph-cut tracker would take a ``detach``
+    bytes are not the model's) and by its torch-function modes (the graph-cut tracker would take a ``detach``
     or a ``sum`` under ``no_grad`` of a module output for a cut in the user's forward, and walk the graph
-    behind it).  A plain class: it runs in every module hook, ``contextlib`` costs more."""
+    behind it).  The modes are set aside, not torch functions as a whole: a tensor subclass's own
+    ``__torch_function__`` still runs (a copy of its value keeps its type).  A plain class: it runs in every
+    module hook, ``contextlib`` costs more."""
 
-    __slots__ = ("_function", "_grad", "_guard")
+    __slots__ = ("_grad", "_guard", "_modes")
 
     def __enter__(self) -> None:
+        depth = torch._C._len_torch_function_stack()  # first: a mode would see _set_grad_enabled
+        self._modes = [torch._C._pop_torch_function_stack() for _ in range(depth)] if depth else None
         self._grad = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
-        self._function = torch._C.DisableTorchFunction()
-        self._function.__enter__()
         self._guard = torch._C._DisableTorchDispatch()
         self._guard.__enter__()
 
     def __exit__(self, *exc: object) -> None:
         self._guard.__exit__(None, None, None)
-        self._function.__exit__(None, None, None)
         torch._C._set_grad_enabled(self._grad)
+        if self._modes:
+            for mode in reversed(self._modes):  # popped top first: pushed back bottom first
+                torch._C._push_on_torch_function_stack(mode)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
