@@ -341,3 +341,31 @@ def test_meta_device_is_not_measured() -> None:
     gh = report.facts.grad_health
     assert gh is not None and not gh.measured and gh.parameters == ()
     assert not any(f.code in ("dead-units", "grad-vanishing") for f in report.findings)
+
+
+def test_quiet_sets_torch_function_modes_aside() -> None:
+    """The tracker's own ops reach no torch-function mode (the graph-cut tracker's), the modes come back in
+    order, grad mode is restored, and a tensor subclass's own ``__torch_function__`` still runs."""
+    from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
+
+    from gradprobe.run.trackers.grad_stats import quiet
+
+    seen: list[str] = []
+
+    class Seen(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            seen.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    class Sub(torch.Tensor):
+        pass
+
+    x = torch.randn(4, requires_grad=True)
+    with Seen() as outer, Seen() as inner:
+        with quiet():
+            copy = x.detach().as_subclass(Sub).clone()
+            assert not torch.is_grad_enabled() and float(x.sum()) == float(x.detach().sum())
+        assert seen == [] and type(copy) is Sub and torch.is_grad_enabled()
+        assert _get_current_function_mode_stack() == [outer, inner]
+        x.sum()
+    assert seen == ["sum", "sum"]
