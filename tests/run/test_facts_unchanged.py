@@ -43,6 +43,40 @@ class _Blowup(nn.Module):
                 "big": y * 0 + 3e38, "half": (y * 0 + 60000).half()}
 
 
+class _Pos(nn.Module):
+    """Returns its own parameter: no torch call of forward takes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4))
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+
+class _Ignore(nn.Module):
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.ones(2)
+
+
+class _Loose(nn.Module):
+    """An unregistered tensor saved for backward (a storage the run did not make and knows nothing of), a module
+    returning its parameter, and a module handed a parameter it ignores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.pos = _Pos()
+        self.ignore = _Ignore()
+        self.gate = nn.Parameter(torch.randn(4))
+        self.scale = torch.randn(2, 4)  # a plain attribute: neither parameter nor buffer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.pos()
+        self.ignore(self.gate)
+        return self.lin(x) * self.scale
+
+
 def _tiny_gpt2_50k() -> nn.Module:
     return zoo.tiny_gpt(batch=2, seq=64, vocab_size=50257, n_layer=2, n_embd=128)
 
@@ -59,6 +93,11 @@ CASES: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]]] = {
     "resnet_small_eval": (zoo.resnet_small, {"mode": "eval"}),
     "gpt2_2layer_50k": (_tiny_gpt2_50k, {}),
     "blowup": (_Blowup, {}),
+    # added with the saved-tensor and module-hook changes of issue 16 (stored from the code before them)
+    "loose_saved": (_Loose, {}),
+    "loose_saved_no_memory": (_Loose, {"memory": False}),
+    "mlp_memory_detail": (zoo.mlp, {"memory_detail": True}),
+    "tiny_gpt_memory_detail": (zoo.tiny_gpt, {"memory_detail": True}),
 }
 
 

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 FORWARD = "forward"
@@ -59,6 +60,7 @@ def written_args(func: Any) -> WrittenArgs:
 
 
 _KEEP: list[Any] = []
+_dispatch_modes = torch._C._len_torch_dispatch_stack
 
 
 class OpObserver(Protocol):
@@ -100,6 +102,7 @@ class OpStream(TorchDispatchMode):
         # optional ``before_op(func, args, kwargs)`` before every op: only the memory event log (issue 14) needs
         # the op itself; an observer without the attribute costs nothing here
         self._before: Callable[[Any, Any, Any], None] | None = None
+        self._active = False
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -115,11 +118,25 @@ class OpStream(TorchDispatchMode):
         self._after = after[0] if len(after) == 1 else (_fan_out(after) if after else None)
         before = [b for b in (getattr(o, "before_op", None) for o in active) if b is not None]
         self._before = before[0] if len(before) == 1 else (_fan_out_before(before) if before else None)
-        with self:
-            yield
+        self._active = True
+        try:
+            with self:
+                yield
+        finally:
+            self._active = False
 
     def facts(self) -> None:
         return None
+
+    def alone(self) -> bool:
+        """Whether an op issued now would be seen by this mode only, and by its observers for its outputs
+        only (no ``before_op``): then :meth:`show` of its output stands for running it through the mode."""
+        return self._active and self._before is None and _dispatch_modes() == 1
+
+    def show(self, out: Any) -> None:
+        """Show the output of an op run with dispatch off (see :meth:`alone`) to the current observers."""
+        if self._after is not None:
+            self._after(out)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         # runs for every op of the forward and backward: one dictionary look-up unless the op writes

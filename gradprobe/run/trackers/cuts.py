@@ -36,6 +36,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 from torch.overrides import TorchFunctionMode
 
 from gradprobe.facts.run import GradState, GraphCut, RunFacts
+from gradprobe.run.flatten import flatten_tensors
 
 __all__ = ["CutTracker", "zero_valued_partners"]
 
@@ -113,8 +114,10 @@ _METHOD_WRAPPER = type(torch.Tensor.shape.__get__)  # type: ignore[attr-defined]
 class CutTracker:
     """Context manager around forward; :meth:`apply` adds what it saw to the run's facts."""
 
-    def __init__(self, model: nn.Module, names: Mapping[int, str], *, cuts: bool = True) -> None:
+    def __init__(self, model: nn.Module, names: Mapping[int, str], *, cuts: bool = True,
+                 call_args: bool = True) -> None:
         self._names = dict(names)  # id(param) -> canonical name
+        self._call_args = call_args
         self._params = {id(p): p for p in model.parameters()}
         self._modules: dict[int, str] = {}
         self._named: list[tuple[str, nn.Module]] = []  # named_modules() order, each module once
@@ -158,17 +161,34 @@ class CutTracker:
             self._flags_after = {pid: p.requires_grad for pid, p in self._params.items()}
             self._training_after = {name: mod.training for name, mod in self._named}
 
+    # A parameter a module call returns (and, with ``call_args``, takes as a positional argument) counts as read,
+    # even when no torch call of forward takes it (a module returning its own weight).  The module recorder's
+    # hooks marked these by reading their metadata under this mode (the arguments only when it records memory);
+    # they now read with torch functions off (issue 16), so these hooks mark the same parameters.
     def _pre(self, module: nn.Module, args: Any) -> None:
         name = self._modules.get(id(module))
         if name is not None:
             call = self._calls.get(name, 0)
             self._calls[name] = call + 1
             self._stack.append((name, call))
+            if self._call_args:
+                names = self._names
+                for arg in args:
+                    if id(arg) in names and isinstance(arg, torch.Tensor):
+                        self._read.add(names[id(arg)])
 
     def _post(self, module: nn.Module, args: Any, output: Any) -> None:
         name = self._modules.get(id(module))
         if name is None:
             return
+        names = self._names
+        if isinstance(output, torch.Tensor):
+            if id(output) in names:
+                self._read.add(names[id(output)])
+        elif output is not None:
+            for _, t in flatten_tensors(output):
+                if id(t) in names:
+                    self._read.add(names[id(t)])
         while self._stack:  # a user hook that skipped our pre-hook: resynchronise on the name
             if self._stack.pop()[0] == name:
                 break

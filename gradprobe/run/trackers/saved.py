@@ -28,11 +28,13 @@ from typing import Any, Protocol
 import torch
 
 from gradprobe.facts.run import ModuleMemory
-from gradprobe.run.trackers.base import FORWARD, Phase
+from gradprobe.run.trackers.base import FORWARD, OpStream, Phase
 from gradprobe.run.trackers.memory import storage_key
 from gradprobe.run.trackers.modules import Call, CallInput
 
 _sequence_nr = getattr(torch._C._autograd, "_get_sequence_nr", None)
+_NO_DISPATCH = torch._C._DisableTorchDispatch
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # no __torch_dispatch__ of their own
 
 
 class CallSource(Protocol):
@@ -123,6 +125,8 @@ class SavedTensorTracker:
         self._frozen: dict[int, _Saved] | None = None
         self.input_keys: dict[Call, tuple[tuple[int | None, int], ...]] = {}
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        # the run's op stream, when it has one: a plain tensor's detach then skips the dispatch modes
+        self.stream: OpStream | None = None
 
     @contextlib.contextmanager
     def install(self, phase: Phase) -> Iterator[None]:
@@ -192,7 +196,14 @@ class SavedTensorTracker:
                         record.prefix = prefix[:i]
         # detach(): returning ``t`` itself keeps a reference cycle through a saved output's grad_fn alive
         # when no backward follows; the detached view shares t's version counter, so the check below works.
-        packed = _Packed(t.detach(), t._version)
+        stream = self.stream
+        if stream is not None and type(t) in _PLAIN and stream.alone():
+            with _NO_DISPATCH():  # ~10 µs less a saved tensor than through the op stream (issue 16)
+                view = t.detach()
+            stream.show(view)  # what the stream's observers would have seen of the detach
+        else:
+            view = t.detach()
+        packed = _Packed(view, t._version)
         if storage is not None and key not in self._exclude:
             packed.hold(key, self._records[key], self._records)
         return packed

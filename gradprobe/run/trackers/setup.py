@@ -74,8 +74,8 @@ class GraphCuts:
 
     phases = (FORWARD,)
 
-    def __init__(self, model: nn.Module, names: Mapping[int, str], *, cuts: bool) -> None:
-        self._cuts = CutTracker(model, names, cuts=cuts)
+    def __init__(self, model: nn.Module, names: Mapping[int, str], *, cuts: bool, call_args: bool = True) -> None:
+        self._cuts = CutTracker(model, names, cuts=cuts, call_args=call_args)
 
     @contextlib.contextmanager
     def install(self, phase: Phase) -> Iterator[None]:
@@ -141,12 +141,14 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
             found.events = EventLogTracker(recorder, known=[*state_tensors, *input_tensors])
     if device.type == "meta":
         found.kernels = MetaKernels(recorder, host_inputs)
-    found.cuts = GraphCuts(model, names, cuts=grad and cuts)
+    found.cuts = GraphCuts(model, names, cuts=grad and cuts, call_args=memory)
     fused = find_fused_experts(model)
     found.experts = ExpertTracker(fused) if fused else None
     observers: list[OpObserver] = [o for o in (guard if guard.watching else None, found.live, found.events)
                                    if o is not None]
     found.stream = OpStream(observers) if observers else None
+    if found.saved is not None:
+        found.saved.stream = found.stream
     if grads is not None:  # after the recorder (it asks which call made a node); its ops unseen by the stream
         found.grad_health = GradHealthTracker(model, recorder, device, grads, depth)
     candidates: list[Tracker | None] = [recorder, guard, found.live, found.saved, found.kernels, found.cuts,

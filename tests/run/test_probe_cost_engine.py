@@ -1,0 +1,100 @@
+"""The probe's own bookkeeping stays out of the modes that watch the user's forward (issue 16).
+
+* the module recorder's hooks read tensor metadata with torch functions off: the cut tracker's
+  ``TorchFunctionMode`` sees exactly the torch calls a plain forward makes;
+* the saved-tensor tracker's ``detach`` of each saved tensor skips the op stream (when nothing but the stream
+  watches): the stream sees exactly the aten ops a plain forward dispatches, less autograd's own detaches of
+  saved tensors (saved-tensor hooks replace those).
+
+Both counts are compared with plain PyTorch modes over a plain forward.  That every fact stays the same is
+``test_facts_unchanged.py`` (its ``loose_saved`` and ``*_memory_detail`` cases cover the paths changed here).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import torch
+from fixtures import zoo
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from gradprobe.api import probe
+from gradprobe.run.trackers import base, cuts
+
+
+class _CountCalls(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Counter[str] = Counter()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.seen[getattr(func, "__name__", str(func))] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.seen[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _models() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {"mlp": zoo.mlp(), "tiny_gpt": zoo.tiny_gpt(), "resnet_small": zoo.resnet_small()}
+
+
+@pytest.mark.parametrize("name", ["mlp", "tiny_gpt", "resnet_small"])
+def test_cut_mode_sees_only_the_models_torch_calls(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _models()[name]
+    x = model.example_input_array
+    with _CountCalls() as plain:
+        model(x)
+    seen: Counter[str] = Counter()
+    real = cuts._Mode.__torch_function__
+
+    def counting(self: Any, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        seen[getattr(func, "__name__", str(func))] += 1
+        return real(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(cuts._Mode, "__torch_function__", counting)
+    probe(model, x)
+    assert seen == plain.seen  # before: +10 metadata reads per module output (numel, shape, grad_fn, ...)
+
+
+@pytest.mark.parametrize("name", ["mlp", "tiny_gpt", "resnet_small"])
+def test_op_stream_sees_only_the_models_forward_ops(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _models()[name]
+    x = model.example_input_array
+    with _CountOps() as plain:
+        model(x)
+    seen: Counter[str] = Counter()
+    real = base.OpStream.__torch_dispatch__
+    phase = {"now": ""}
+    real_install = base.OpStream.install
+
+    def counting(self: Any, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if phase["now"] == base.FORWARD:
+            seen[str(func)] += 1
+        return real(self, func, types, args, kwargs)
+
+    def install(self: Any, which: str) -> Any:
+        phase["now"] = which
+        return real_install(self, which)
+
+    monkeypatch.setattr(base.OpStream, "__torch_dispatch__", counting)
+    monkeypatch.setattr(base.OpStream, "install", install)
+    facts = probe(model, x).facts
+    assert facts.memory is not None and facts.memory.saved_for_backward_bytes > 0  # tensors were saved
+    # a plain forward's detaches are autograd's own saves (hooks replace them); before, the stream saw one
+    # aten.detach per saved tensor (the tracker's); these models call no detach themselves
+    detach = "aten.detach.default"
+    assert detach not in seen
+    assert seen == Counter({op: n for op, n in plain.seen.items() if op != detach})
