@@ -98,3 +98,35 @@ def test_op_stream_sees_only_the_models_forward_ops(name: str, monkeypatch: pyte
     detach = "aten.detach.default"
     assert detach not in seen
     assert seen == Counter({op: n for op, n in plain.seen.items() if op != detach})
+
+
+class _ClassCount(nn.Module):
+    num_experts = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = type("Config", (), {"num_local_experts": 8})()
+        self.n_experts = 3
+        self.register_buffer("n_routed_experts", torch.tensor(2))
+
+
+class _PropertyCount(nn.Module):
+    @property
+    def num_experts(self) -> int:
+        return 5
+
+
+class _OwnGetattr(nn.Module):
+    def __getattr__(self, name: str) -> Any:
+        if name == "num_local_experts":
+            return 7
+        return super().__getattr__(name)
+
+
+def test_expert_count_lookup_is_getattr() -> None:
+    """The expert finder's attribute look-up (which skips nn.Module's AttributeError) finds what getattr finds."""
+    from gradprobe.run.trackers.experts import _COUNT_ATTRS, _attribute
+
+    for mod in (_ClassCount(), _PropertyCount(), _OwnGetattr(), nn.Conv2d(2, 2, 3), nn.Linear(2, 2)):
+        for attr in (*_COUNT_ATTRS, "config", "weight", "bias", "training", "missing"):
+            assert _attribute(mod, attr) is getattr(mod, attr, None), (type(mod).__name__, attr)

@@ -52,12 +52,40 @@ class _Call:
     gradient: torch.Tensor | None = None  # bool (tokens,): the module's output row got a nonzero gradient
 
 
+_MISSING = object()
+_MODULE_GETATTR = nn.Module.__getattr__
+_PLAIN_LOOKUP: dict[tuple[type, str], bool] = {}  # (module class, attribute) -> found without class-level hooks
+
+
+def _attribute(mod: nn.Module, attr: str) -> Any:
+    """``getattr(mod, attr, None)``, without ``nn.Module.__getattr__`` raising (and formatting) an AttributeError
+    for an attribute the module lacks: ~2 µs each, 16 per convolution, 0.85 ms of a ResNet-50 run (issue 16).
+    The same lookup: a class attribute or descriptor, or a module class with its own attribute hooks, gets the
+    real ``getattr``; else the instance dict, then the parameters, buffers and submodules, as ``__getattr__``."""
+    kind = type(mod)
+    plain = _PLAIN_LOOKUP.get((kind, attr))
+    if plain is None:
+        plain = _PLAIN_LOOKUP[(kind, attr)] = (
+            kind.__getattribute__ is object.__getattribute__ and kind.__getattr__ is _MODULE_GETATTR
+            and getattr(kind, attr, _MISSING) is _MISSING)
+    if not plain:
+        return getattr(mod, attr, None)
+    found = mod.__dict__.get(attr, _MISSING)
+    if found is not _MISSING:
+        return found
+    for table in ("_parameters", "_buffers", "_modules"):
+        entries = mod.__dict__.get(table)
+        if entries is not None and attr in entries:
+            return entries[attr]
+    return None
+
+
 def _declared_count(mod: nn.Module) -> tuple[int, str] | None:
     for attr in _COUNT_ATTRS:
-        value = getattr(mod, attr, None)
+        value = _attribute(mod, attr)
         if isinstance(value, int) and not isinstance(value, bool) and value > 1:
             return value, attr
-    config = getattr(mod, "config", None)
+    config = _attribute(mod, "config")
     for attr in _COUNT_ATTRS:
         value = getattr(config, attr, None) if config is not None else None
         if isinstance(value, int) and not isinstance(value, bool) and value > 1:
