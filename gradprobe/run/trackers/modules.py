@@ -207,10 +207,15 @@ class ModuleRecorder:
                 self.stack.pop()
             key = self.stack.pop() if self.stack else (name, self.calls.get(name, 1) - 1)
         self._mark()
-        tensors = flatten_tensors(output)
-        self.output_bytes[key] = sum(t.numel() * t.element_size() for _, t in tensors)
+        # one tensor (most calls): flatten_tensors' answer without its walk
+        tensors = [("output", output)] if isinstance(output, torch.Tensor) else flatten_tensors(output)
+        nbytes = 0
+        graph = False
+        for _, t in tensors:
+            nbytes += t.numel() * t.element_size()
+            graph = graph or t.grad_fn is not None
+        self.output_bytes[key] = nbytes
         if tensors:  # kept even with --no-tensors: the findings explain cut-off parameters with it
-            self.graph_outputs[name] = self.graph_outputs.get(name, False) or any(
-                t.grad_fn is not None for _, t in tensors)
+            self.graph_outputs[name] = self.graph_outputs.get(name, False) or graph
         if self.record_tensors:
             self.tensors.extend(tensor_fact(key[0], key[1], path, t) for path, t in tensors)
