@@ -46,17 +46,19 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _models() -> dict[str, nn.Module]:
+def _plain(name: str, counter: type[_CountCalls] | type[_CountOps]) -> tuple[nn.Module, torch.Tensor, Counter[str]]:
+    """The model, its input, and what ``counter`` (a plain PyTorch mode) counts over a plain forward of it."""
     torch.manual_seed(0)
-    return {"mlp": zoo.mlp(), "tiny_gpt": zoo.tiny_gpt(), "resnet_small": zoo.resnet_small()}
+    model = {"mlp": zoo.mlp, "tiny_gpt": zoo.tiny_gpt, "resnet_small": zoo.resnet_small}[name]()
+    x = model.example_input_array
+    with counter() as plain:
+        model(x)
+    return model, x, plain.seen
 
 
 @pytest.mark.parametrize("name", ["mlp", "tiny_gpt", "resnet_small"])
 def test_cut_mode_sees_only_the_models_torch_calls(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _models()[name]
-    x = model.example_input_array
-    with _CountCalls() as plain:
-        model(x)
+    model, x, plain = _plain(name, _CountCalls)
     seen: Counter[str] = Counter()
     real = cuts._Mode.__torch_function__
 
@@ -66,15 +68,12 @@ def test_cut_mode_sees_only_the_models_torch_calls(name: str, monkeypatch: pytes
 
     monkeypatch.setattr(cuts._Mode, "__torch_function__", counting)
     probe(model, x)
-    assert seen == plain.seen  # before: +10 metadata reads per module output (numel, shape, grad_fn, ...)
+    assert seen == plain  # before: +10 metadata reads per module output (numel, shape, grad_fn, ...)
 
 
 @pytest.mark.parametrize("name", ["mlp", "tiny_gpt", "resnet_small"])
 def test_op_stream_sees_only_the_models_forward_ops(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _models()[name]
-    x = model.example_input_array
-    with _CountOps() as plain:
-        model(x)
+    model, x, plain = _plain(name, _CountOps)
     seen: Counter[str] = Counter()
     real = base.OpStream.__torch_dispatch__
     phase = {"now": ""}
@@ -97,7 +96,7 @@ def test_op_stream_sees_only_the_models_forward_ops(name: str, monkeypatch: pyte
     # aten.detach per saved tensor (the tracker's); these models call no detach themselves
     detach = "aten.detach.default"
     assert detach not in seen
-    assert seen == Counter({op: n for op, n in plain.seen.items() if op != detach})
+    assert seen == Counter({op: n for op, n in plain.items() if op != detach})
 
 
 class _ClassCount(nn.Module):
