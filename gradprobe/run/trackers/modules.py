@@ -30,10 +30,27 @@ Call = tuple[str, int]  # (qualified module name, 0-based call number)
 CallInput = tuple[int, int, Any]  # storage key, storage bytes, weak reference to the storage
 # autograd numbers the nodes it creates per thread; a node made while a call ran has a number in its range
 _sequence_nr = getattr(torch._C._autograd, "_get_sequence_nr", None)
-# The hooks read tensor metadata (shape, numel, grad_fn, storage): under a TorchFunctionMode (the cut tracker's)
-# each read is a Python __torch_function__ call, ~10 per output tensor: 2,350 of ResNet-50's 2,630 calls a
-# forward (issue 16).  The hooks run with torch-function handling off; they read values, they compute nothing.
-_NO_TORCH_FUNCTION = torch._C.DisableTorchFunction
+
+
+class _ModesAside:
+    """The hooks read tensor metadata (shape, numel, grad_fn, storage): under a TorchFunctionMode (the cut
+    tracker's) each read is a Python ``__torch_function__`` call, ~10 per output tensor: 2,350 of ResNet-50's
+    2,630 calls a forward (issue 16).  The hooks run with the torch-function modes set aside; a tensor
+    subclass's own ``__torch_function__`` still answers its reads.  A plain class: it runs twice per module call."""
+
+    __slots__ = ("_modes",)
+
+    def __enter__(self) -> None:
+        depth = torch._C._len_torch_function_stack()
+        self._modes = [torch._C._pop_torch_function_stack() for _ in range(depth)] if depth else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._modes:
+            for mode in reversed(self._modes):  # popped top first: pushed back bottom first
+                torch._C._push_on_torch_function_stack(mode)
+
+
+_NO_TORCH_FUNCTION = _ModesAside
 
 
 def dtype_name(dtype: torch.dtype) -> str:
