@@ -291,11 +291,12 @@ def test_simulated_equals_torchrun_per_category(tmp_path: Path, n: int, target: 
                                                 globs: list[str], options: dict) -> None:
     """Every category of every phase within 2% of a real torchrun job on gloo.
 
-    gloo's reduce-scatter all-reduces a copy of its input that torch allocates out of any dispatch mode's view;
-    its worker thread frees it when it gets to it, sometimes after the next unit's all-gather (tiny_llama at N=2:
-    +172544 B, one decoder layer's fp32 gradients, at the backward peak in most runs).  NCCL and the fake group
-    hold no such tensor: the tracker keeps it out of the categories (fit_reference.py writes it to
-    ``backend_bytes``, and this test requires it to be a reduce-scatter input's size).  gloo still runs
+    gloo's reduce-scatter (``ProcessGroupGloo::reduce_scatter_tensor_coalesced``) clones its input in C++, out
+    of any dispatch mode's view, all-reduces the clone and copies this rank's chunk out in ``wait()``; the clone
+    lives until gloo's worker thread drops the all-reduce, sometimes after the next unit's all-gather (tiny_llama at
+    N=2: +172544 B, one decoder layer's fp32 gradients, at the backward peak in most runs, +11.5%).  NCCL and the
+    fake group hold no such tensor: the tracker keeps it out of the categories (fit_reference.py writes it to
+    ``backend_bytes``; this test requires each to be the size of a unit's reduce-scatter input).  gloo still runs
     collectives on worker threads, so the real job is run up to REAL_TRIES times and one of them must agree on
     every figure; the plain-PyTorch counts must agree always."""
     sim = run_fit(target, kind, globs, options, n)

@@ -52,10 +52,12 @@ def _phase_mixin(base: type) -> type:
 
         def _track(self, reftype: Any, t: torch.Tensor) -> None:
             """torch's bookkeeping, except for a storage the process group allocated where no dispatch mode sees it
-            and that first shows up as the view a collective's ``wait()`` takes of it: gloo's reduce-scatter works
-            on a copy of its input (an all-reduce, then the output slice is copied out when waited on) and frees it
-            from its worker thread whenever that thread gets to it.  NCCL (and the fake group of the simulation)
-            holds no such tensor, so it is kept out of the categories and listed in ``backend_bytes``."""
+            and that first shows up as the view a collective's ``wait()`` takes of it.  gloo's reduce-scatter
+            (``ProcessGroupGloo::reduce_scatter_tensor_coalesced``) clones its input in C++, all-reduces the clone
+            on its worker thread and, in ``wait()``, copies this rank's chunk of it into the output; the clone lives
+            until gloo's worker drops the all-reduce work, sometimes after the next unit's all-gather.  NCCL (and
+            the fake group of the simulation) holds no such tensor, so it is kept out of the categories and listed
+            in ``backend_bytes``."""
             func = self._func
             if func is not None and getattr(func, "is_view", False) and _inside_collective():
                 try:
