@@ -125,8 +125,7 @@ def _reshard_lever(loader: Any, row: RankFit, spec: StepSpec, limit: int) -> Lev
         again = run_step(loader, row.world_size, replace(spec, reshard_after_forward=True))
     except Exception as exc:
         return Lever("reshard_after_forward", text, None, False, f"could not run: {exc}")
-    return Lever("reshard_after_forward", f"{text} (fully_shard(..., reshard_after_forward=True), "
-                 f"--reshard-after-forward)", again.peak, again.peak <= limit,
+    return Lever("reshard_after_forward", f"{text} (--reshard-after-forward)", again.peak, again.peak <= limit,
                  f"{_change(row.peak, again.peak)}; each unit all-gathers again in backward")
 
 
