@@ -16,7 +16,7 @@ from typing import Any
 from gradprobe.errors import UsageError
 from gradprobe.facts.fit import FitReport, Lever, RankFit
 from gradprobe.judges.budget import judged_row, parse_budget, verdict
-from gradprobe.run.fit.spec import WRAPPERS, StepSpec
+from gradprobe.run.fit.spec import WRAPPERS, StepSpec, parse_mixed_precision
 from gradprobe.run.fit.step import run_step
 from gradprobe.units import human_bytes
 
@@ -41,9 +41,17 @@ def fit(target: str, *, world_sizes: str | Sequence[int], wrap: str | None = Non
         optimizer: str = "adam", device: str | None = None, budget: str | int | None = None,
         init: str | dict[str, Any] | None = None, inputs: str | None = None, shapes: list[str] | None = None,
         dtype: str = "float32", high: int | None = None, seed: int | None = 0,
-        path: Iterable[str | os.PathLike[str]] = (), loss: Any = None) -> FitReport:
-    """Rank 0's memory per world size, and (with ``budget``) the verdict and the levers, measured."""
+        path: Iterable[str | os.PathLike[str]] = (), loss: Any = None, reshard_after_forward: bool | None = None,
+        mixed_precision: str | tuple[str, str | None] | None = None) -> FitReport:
+    """Rank 0's memory per world size, and (with ``budget``) the verdict and the levers, measured.
+
+    ``reshard_after_forward``: None keeps FSDP2's default with --wrap fsdp (every unit but the root frees its
+    unsharded parameters after its forward) and the target's own choice otherwise; True sets FSDP2's default on
+    every unit but the root, False keeps every unit's unsharded parameters from forward to backward.
+    ``mixed_precision``: FSDP2's MixedPrecisionPolicy for --wrap fsdp, ``"bf16"`` or ``"bf16,fp32"``
+    (param_dtype[,reduce_dtype]) or a (param, reduce) pair of dtype names."""
     sizes = parse_world_sizes(world_sizes)
+    policy = parse_mixed_precision(mixed_precision) if isinstance(mixed_precision, str) else mixed_precision
     limit = parse_budget(budget) if isinstance(budget, str) else budget
     if wrap is not None and wrap not in WRAPPERS:
         raise UsageError(f"--wrap {wrap} with --world-size: use fsdp (FSDP2 fully_shard) or ddp; FSDP1 is not "
@@ -53,7 +61,8 @@ def fit(target: str, *, world_sizes: str | Sequence[int], wrap: str | None = Non
                          f"(estimate, nothing allocated)")
     path = [str(p) for p in path]
     _refuse_instance(target, path)
-    spec = StepSpec(wrap=wrap, shard=tuple(shard), optimizer=optimizer, estimate=device == "meta")
+    spec = StepSpec(wrap=wrap, shard=tuple(shard), optimizer=optimizer, estimate=device == "meta",
+                    reshard_after_forward=reshard_after_forward, mixed_precision=policy)
 
     def loader() -> tuple[Any, Any, Any]:
         from gradprobe.api import _loss, load
@@ -99,21 +108,25 @@ def _refuse_instance(target: str, path: list[str]) -> None:
 
 def _levers(loader: Any, row: RankFit, spec: StepSpec, limit: int) -> tuple[Lever, ...]:
     """Every lever, each measured by a run of the step with it (reruns only as many as needed)."""
-    spec = replace(spec, shard=spec.shard)
-    return (_reshard_lever(row), _checkpoint_lever(loader, row, spec, limit),
+    return (_reshard_lever(loader, row, spec, limit), _checkpoint_lever(loader, row, spec, limit),
             _world_size_lever(loader, row, spec, limit), _batch_lever(loader, row, spec, limit))
 
 
-def _reshard_lever(row: RankFit) -> Lever:
+def _reshard_lever(loader: Any, row: RankFit, spec: StepSpec, limit: int) -> Lever:
+    """reshard_after_forward=True on the non-root units (FSDP2's default), measured by running the step with it
+    (on a self-wrapping target through FSDPModule.set_reshard_after_forward)."""
     text = "reshard_after_forward=True"
     if row.wrapper != "fsdp":
         return Lever("reshard_after_forward", text, None, False, "not an FSDP model")
     if row.reshard_after_forward is not False:
         return Lever("reshard_after_forward", text, None, False,
                      "already on (FSDP2's default): each unit frees its unsharded parameters after its forward")
-    return Lever("reshard_after_forward", text, None, False,
-                 "the target's own wrapping sets it off: set it on in fully_shard (gradprobe does not rewrap a "
-                 "factory's model, so this one is not measured)")
+    try:
+        again = run_step(loader, row.world_size, replace(spec, reshard_after_forward=True))
+    except Exception as exc:
+        return Lever("reshard_after_forward", text, None, False, f"could not run: {exc}")
+    return Lever("reshard_after_forward", f"{text} (--reshard-after-forward)", again.peak, again.peak <= limit,
+                 f"{_change(row.peak, again.peak)}; each unit all-gathers again in backward")
 
 
 def _checkpoint_lever(loader: Any, row: RankFit, spec: StepSpec, limit: int) -> Lever:
@@ -129,9 +142,8 @@ def _checkpoint_lever(loader: Any, row: RankFit, spec: StepSpec, limit: int) -> 
         again = run_step(loader, row.world_size, replace(spec, checkpoint=units))
     except Exception as exc:
         return Lever("checkpoint", f"activation checkpointing of {shown}", None, False, f"could not run: {exc}")
-    saved = row.peak - again.peak
     return Lever("checkpoint", f"activation checkpointing of {shown} ({len(units)} module(s))", again.peak,
-                 again.peak <= limit, f"saves {human_bytes(saved)} per rank")
+                 again.peak <= limit, _change(row.peak, again.peak))
 
 
 def loader_outside_group(loader: Any, world_size: int) -> tuple[Any, Any, Any]:
@@ -167,6 +179,13 @@ def _batch_lever(loader: Any, row: RankFit, spec: StepSpec, limit: int) -> Lever
             return Lever("batch", f"local batch {batch} (from {row.local_batch})", peak, True,
                          "keep the global batch with gradient accumulation")
     return Lever("batch", "local batch 1", peak, False)
+
+
+def _change(before: int, after: int) -> str:
+    """What a lever does to the measured peak, in words."""
+    if after <= before:
+        return f"saves {human_bytes(before - after)} per rank"
+    return f"raises the peak by {human_bytes(after - before)} per rank"
 
 
 def _glob_text(units: Sequence[str]) -> str:

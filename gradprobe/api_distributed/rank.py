@@ -30,6 +30,8 @@ class DistOptions:
     shard: tuple[str, ...] = ()
     use_orig_params: bool = False
     debug: bool = False
+    reshard_after_forward: bool | None = None  # FSDP2 (--wrap fsdp); None: FSDP2's default
+    mixed_precision: tuple[str, str | None] | None = None  # FSDP2 MixedPrecisionPolicy (param, reduce) dtype names
 
 
 @dataclass
@@ -119,10 +121,14 @@ def load_rank(s: DistSession, spec: LoadSpec, options: DistOptions) -> RankModel
             if found != "none":
                 raise UsageError(f"--wrap {options.wrap}: the target is already wrapped ({found}); drop --wrap")
             pre = param_digests(model)
-            model = wrap(model, options.wrap, options.shard, options.use_orig_params, device)
+            model = wrap(model, options.wrap, options.shard, options.use_orig_params, device,
+                         options.reshard_after_forward, options.mixed_precision)
             loaded.model = model
         elif options.shard or options.use_orig_params:
             raise UsageError("--shard and --use-orig-params apply to --wrap fsdp/fsdp1")
+        elif options.reshard_after_forward is not None or options.mixed_precision is not None:
+            raise UsageError("--reshard-after-forward and --mixed-precision set FSDP2's fully_shard: use them with "
+                             "--wrap fsdp")
         wrapped = describe(model, "--wrap" if options.wrap else "target")
     s.checkpoint("loaded")
     with phase(s, "setup"):

@@ -49,6 +49,17 @@ UseOrigParamsOpt = Annotated[bool, typer.Option(
     "--use-orig-params", rich_help_panel=DIST_PANEL, help="FSDP1 use_orig_params=True (with --wrap fsdp1).",
     metavar="", show_default=False)]
 
+ReshardOpt = Annotated[bool | None, typer.Option(
+    "--reshard-after-forward/--no-reshard-after-forward", rich_help_panel=DIST_PANEL, show_default=False,
+    help="FSDP2 reshard_after_forward (with --wrap fsdp, or --world-size on a target that applies fully_shard): "
+         "on, FSDP2's default, every unit but the root frees its all-gathered parameters after its forward and "
+         "all-gathers them again in backward; off, they stay from forward to backward.")]
+MixedPrecisionOpt = Annotated[str | None, typer.Option(
+    "--mixed-precision", metavar="PARAM[,REDUCE]", rich_help_panel=DIST_PANEL,
+    help="FSDP2 MixedPrecisionPolicy with --wrap fsdp: param_dtype[,reduce_dtype], each bf16, fp16 or fp32 "
+         "(bf16,fp32: parameters all-gathered and computed in bf16, gradients reduce-scattered in fp32, the "
+         "sharded parameters and the optimizer stay fp32).")]
+
 
 @dataclass(frozen=True)
 class DistArgs:
@@ -59,18 +70,21 @@ class DistArgs:
     wrap: WrapKind | None = None
     shard: tuple[str, ...] = ()
     use_orig_params: bool = False
+    reshard_after_forward: bool | None = None
+    mixed_precision: str | None = None  # as typed: parsed inside the command body (bad input: one line, exit 2)
 
     @classmethod
     def of(cls, shared: dict[str, Any]) -> DistArgs:
         """From the values of ``DIST_OPTIONS`` a command received."""
         return cls(shared["nproc"], shared["dist_timeout"], shared["wrap"], tuple(shared["shard"] or ()),
-                   shared["use_orig_params"])
+                   shared["use_orig_params"], shared["reshard_after_forward"], shared["mixed_precision"])
 
 
 # the last options of every command, in this order
 DIST_OPTIONS = (
     option("nproc", NprocOpt, None), option("dist_timeout", DistTimeoutOpt, DEFAULT_DIST_TIMEOUT),
     option("wrap", WrapOpt, None), option("shard", ShardOpt, None), option("use_orig_params", UseOrigParamsOpt, False),
+    option("reshard_after_forward", ReshardOpt, None), option("mixed_precision", MixedPrecisionOpt, None),
 )
 
 
@@ -115,11 +129,17 @@ def dist_run(args: DistArgs, debug: bool, run: Callable[[Any, Any], int]) -> int
     if env is None and args.wrap is None:
         if args.shard or args.use_orig_params:
             raise UsageError("--shard and --use-orig-params apply to --wrap fsdp/fsdp1")
+        if args.reshard_after_forward is not None or args.mixed_precision is not None:
+            raise UsageError("--reshard-after-forward and --mixed-precision set FSDP2's fully_shard: use them with "
+                             "--wrap fsdp (or --world-size)")
         return None
     from gradprobe.api_distributed.rank import DistOptions
+    from gradprobe.run.fit.spec import parse_mixed_precision
 
     options = DistOptions(timeout_s=args.timeout_s, wrap=args.wrap.value if args.wrap else None, shard=args.shard,
-                          use_orig_params=args.use_orig_params, debug=debug)
+                          use_orig_params=args.use_orig_params, debug=debug,
+                          reshard_after_forward=args.reshard_after_forward,
+                          mixed_precision=parse_mixed_precision(args.mixed_precision))
     if env is not None:
         return run(env, options)
     with _single_process_env() as single:  # --wrap in one process: a world of one

@@ -27,7 +27,9 @@ BudgetOpt = Annotated[str | None, typer.Option(
 
 
 def inspect_fit(*, s: Any, world_size: str, budget: str | None, wrap: Any, shard: list[str] | None,
-                nproc: int | None, optimizer_state: str, format_: Any, output: Path | None) -> int:
+                nproc: int | None, optimizer_state: str, format_: Any, output: Path | None,
+                reshard_after_forward: bool | None = None,
+                mixed_precision: str | None = None) -> int:
     """The body of ``inspect`` with --world-size: exit 1 when over --budget."""
     import os
 
@@ -44,7 +46,8 @@ def inspect_fit(*, s: Any, world_size: str, budget: str | None, wrap: Any, shard
         report = fit(s["target"], world_sizes=world_size, wrap=wrap.value if wrap is not None else None,
                      shard=shard or (), optimizer=optimizer_state, device=s["device"], budget=budget,
                      init=s["init"], inputs=s["inputs"], shapes=s["shape"], dtype=s["dtype"], high=s["high"],
-                     seed=s["seed"], path=list(s["path"] or ()),
+                     seed=s["seed"], path=list(s["path"] or ()), reshard_after_forward=reshard_after_forward,
+                     mixed_precision=mixed_precision,
                      loss=resolve_loss(s["loss"]) if s["loss"] is not None else None)
     from gradprobe.render.common import dumps
     from gradprobe.render.fit.view import fit_json, fit_markdown, render_fit

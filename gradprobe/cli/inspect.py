@@ -142,6 +142,8 @@ def inspect(
                 raise UsageError("--world-size measures a training step (train mode, backward, optimizer step) in the "
                                  "model's own dtypes: leave out --param-dtype, --no-backward and --mode eval")
             return inspect_fit(s=s, world_size=world_size, budget=budget, wrap=shared["wrap"], shard=shared["shard"],
+                               reshard_after_forward=dist.reshard_after_forward,
+                               mixed_precision=dist.mixed_precision,
                                nproc=shared["nproc"], optimizer_state=optimizer_state.value, format_=format_,
                                output=output)
         if budget is not None:

@@ -87,6 +87,9 @@ class RankFit:
     seconds: float = 0.0
     checkpointed: tuple[str, ...] = ()  # units run under activation checkpointing
     reshard_after_forward: bool | None = None
+    # FSDP2 MixedPrecisionPolicy of the units: (param_dtype, reduce_dtype) names, None in one: the parameter's own
+    # dtype ("mixed": units differ); None: no policy (or DDP)
+    mixed_precision: tuple[str | None, str | None] | None = None
 
     def phase(self, name: str) -> PhaseMemory | None:
         return next((p for p in self.phases if p.phase == name), None)

@@ -85,3 +85,15 @@ def needs_values() -> nn.Module:
     if model.head.weight.sum().item() > 1e9:
         raise RuntimeError("unreachable")
     return model
+
+
+def self_wrapping_bf16() -> nn.Module:
+    """A factory that applies FSDP2 itself with a mixed precision policy (bf16 compute, fp32 reduce-scatter)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    model = Stack()
+    for layer in model.layers:
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model

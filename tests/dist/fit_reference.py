@@ -5,7 +5,11 @@ step with the same counting gradprobe uses (torch's FSDPMemTracker/MemTracker, t
 gradprobe.run.fit.step.measure_step) but real collectives, plus plain-PyTorch figures the tracker is not asked
 for: the bytes of each local parameter shard, gradient and optimizer state tensor.  Rank r writes rank{r}.json.
 
-    torchrun --nproc-per-node N fit_reference.py OUT TARGET fsdp|ddp [GLOB ...]
+    torchrun --nproc-per-node N fit_reference.py OUT TARGET fsdp|ddp|self [--mp=PARAM[,REDUCE]] [--no-reshard]
+             [GLOB ...]
+
+``self``: the target wraps itself (fully_shard in its factory).  ``--mp``: FSDP2's MixedPrecisionPolicy, as
+``--mixed-precision``; ``--no-reshard``: reshard_after_forward=False, as ``--no-reshard-after-forward``.
 """
 
 from __future__ import annotations
@@ -33,22 +37,29 @@ def local_bytes(tensors: list[torch.Tensor]) -> int:
 
 def main() -> None:
     warnings.simplefilter("ignore")
-    out, target, kind, *globs = sys.argv[1:]
+    out, target, kind, *rest = sys.argv[1:]
+    flags = [a for a in rest if a.startswith("--")]
+    globs = [a for a in rest if not a.startswith("--")]
     dist.init_process_group("gloo")
     from gradprobe.api import load
     from gradprobe.run.fit.prepare import ddp_wrap, fully_shard_units
+    from gradprobe.run.fit.spec import parse_mixed_precision
     from gradprobe.run.fit.step import StepSpec, measure_step
 
+    mp = next((parse_mixed_precision(f.split("=", 1)[1]) for f in flags if f.startswith("--mp=")), None)
+    reshard = False if "--no-reshard" in flags else None
     loaded, example = load(target, path=[str(Path(__file__).resolve().parent)])
     model = loaded.model
     args, kwargs = example.args, example.kwargs
     buckets = 0
     if kind == "fsdp":
-        fully_shard_units(model, globs, True)
-    else:
+        fully_shard_units(model, globs, reshard, mp)
+    elif kind == "ddp":
         model, buckets = ddp_wrap(model, args, kwargs, fake_group=False)
+    kind = "fsdp" if kind == "self" else kind
     spec = StepSpec(wrap=kind)
-    fit = measure_step(model, kind, args, kwargs, "sum", spec, buckets=buckets)
+    hidden: list[int] = []
+    fit = measure_step(model, kind, args, kwargs, "sum", spec, buckets=buckets, backend_bytes=hidden)
     inner = getattr(model, "module", model)
     params = list(inner.parameters())
     grad_bytes = local_bytes([p.grad for p in params if p.grad is not None])
@@ -59,6 +70,7 @@ def main() -> None:
     doc = {
         "rank": dist.get_rank(),
         "phases": {p.phase: {"total": p.total, **dict(p.categories)} for p in fit.phases},
+        "backend_bytes": hidden,  # gloo's own working copies, kept out of the categories (run/fit/tracker.py)
         "plain": {"parameter_bytes": local_bytes(params),
                   "gradient_bytes": grad_bytes,
                   "optimizer_state_bytes": opt_state},

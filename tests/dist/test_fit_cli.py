@@ -51,6 +51,29 @@ def test_budget_gate_exit_1_names_the_dominant_category_and_a_lever() -> None:
     assert "fits: peak" in fits.out and "Rank 0's bytes by category" in fits.out
 
 
+@pytest.mark.slow
+def test_policy_and_reshard_options_reach_fully_shard() -> None:
+    """--mixed-precision and --no-reshard-after-forward set fully_shard's arguments, for --world-size (the JSON
+    says which policy ran) and for --wrap fsdp in a world of one (each unit's gradients reduce-scattered in fp32)."""
+    options = ["--mixed-precision", "bf16,fp32", "--no-reshard-after-forward", "--format", "json"]
+    result = cli(*STACK, "--world-size", "2", *options)
+    assert result.code == 0, result.err
+    entry = json.loads(result.out)["memory"]["per_rank"][0]
+    api = fit("fit_models:Stack", world_sizes=[2], wrap="fsdp", shard=["layers.*"], path=[str(HERE)],
+              mixed_precision="bf16,fp32", reshard_after_forward=False).rows[0]
+    assert entry["mixed_precision"] == {"param_dtype": "bfloat16", "reduce_dtype": "float32"}
+    assert entry["reshard_after_forward"] is False and entry["peak_bytes"] == api.peak
+    one = cli(*STACK, *options)
+    assert one.code == 0, one.err
+    from fit_models import Stack
+
+    units = {u["name"]: u for u in json.loads(one.out)["distributed"]["ranks"][0]["units"]}
+    block = Stack().layers[0]
+    numel = sum(p.numel() for p in block.parameters())
+    assert units["layers.0"]["gradient_bytes"] == numel * 2  # unsharded gradients in bf16
+    assert units["layers.0"]["reduce_scatter_bytes"] == numel * 4  # reduce-scattered in fp32
+
+
 BAD = [
     (["--world-size", "2", "--budget", "80 GiBs"], "--budget '80 GiBs' is not a size"),
     (["--world-size", "0"], "--world-size '0'"),
@@ -58,6 +81,7 @@ BAD = [
     (["--budget", "1GiB"], "--budget applies to --world-size"),
     (["--world-size", "2", "--param-dtype", "bfloat16"], "leave out --param-dtype"),
     (["--world-size", "2", "--nproc", "2"], "leave out --nproc"),
+    (["--world-size", "2", "--mixed-precision", "bf17"], "--mixed-precision 'bf17'"),
 ]
 
 
@@ -76,6 +100,9 @@ BAD_TARGETS = [
     (["fit_models:real_group", "--world-size", "2"], "calls dist.init_process_group"),
     (["fit_models:hsdp_2x2", "--world-size", "5"], "does not match --world-size 5"),
     (["fit_models:needs_values", "--wrap", "ddp", "--world-size", "2"], "meta"),
+    (["fit_models:Stack", "--wrap", "ddp", "--world-size", "2", "--no-reshard-after-forward"], "with --wrap fsdp"),
+    (["fit_models:self_wrapping_bf16", "--world-size", "2", "--mixed-precision", "bf16"], "mp_policy="),
+    (["fit_models:Stack", "--mixed-precision", "bf16"], "with --wrap fsdp"),
 ]
 
 

@@ -30,8 +30,14 @@ from gradprobe.units import human_bytes
 
 def _title(report: FitReport) -> str:
     row = report.rows[0]
+    extra = ""
+    if row.mixed_precision is not None:
+        param, reduce = row.mixed_precision
+        extra += f", mixed precision param {param or 'as is'} / reduce {reduce or param or 'as is'}"
+    if row.reshard_after_forward is False:
+        extra += ", reshard_after_forward off"
     return (f"Per-rank memory of one training step: {report.target}, {row.wrapper}"
-            f"{' (' + str(len(row.units)) + ' FSDP units)' if row.units else ''}, optimizer {report.optimizer}")
+            f"{' (' + str(len(row.units)) + ' FSDP units)' if row.units else ''}{extra}, optimizer {report.optimizer}")
 
 
 def render_fit(report: FitReport, console: Console) -> None:
@@ -100,7 +106,9 @@ def rank_json(row: RankFit) -> dict[str, Any]:
                            "peak_bytes": row.peak, "peak_phase": row.step.phase,
                            "dominant": row.step.dominant(), "seconds": round(row.seconds, 3),
                            "checkpointed": list(row.checkpointed),
-                           "reshard_after_forward": row.reshard_after_forward}
+                           "reshard_after_forward": row.reshard_after_forward,
+                           "mixed_precision": None if row.mixed_precision is None else
+                           {"param_dtype": row.mixed_precision[0], "reduce_dtype": row.mixed_precision[1]}}
     for phase in PHASES:
         doc[phase] = _phase_json(row.phase(phase))
     doc["step"] = _phase_json(row.step)

@@ -178,7 +178,9 @@ class RankCollector:
                         continue
                     nbytes = grad.numel() * grad.element_size()
                     _stats.gradient += nbytes
-                    _stats.reduce_scatter += nbytes
+                    # reduce-scattered in the MixedPrecisionPolicy's reduce_dtype when it differs (FSDP2's rule)
+                    reduce_dtype = getattr(fp, "reduce_dtype", None) or grad.dtype
+                    _stats.reduce_scatter += grad.numel() * reduce_dtype.itemsize
                     with torch.no_grad(), _disable_current_modes():
                         self.local[name] = (True, _norm(grad))
                 out = _orig(*args, **kwargs)

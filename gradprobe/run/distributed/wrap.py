@@ -10,6 +10,7 @@ import re
 import traceback
 from collections.abc import Sequence
 from functools import lru_cache, partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,13 +116,55 @@ def _common_module(names: Sequence[str]) -> str | None:
     return common_module(n.rpartition(".")[0] for n in names) or None
 
 
-def wrap(model: nn.Module, kind: str, shard: Sequence[str], use_orig_params: bool, device: torch.device) -> nn.Module:
-    """``model`` wrapped by DDP, FSDP2 (``fully_shard``) or FSDP1 (``FullyShardedDataParallel``)."""
+def mp_policy(mixed_precision: tuple[str, str | None] | None) -> Any:
+    """FSDP2's ``MixedPrecisionPolicy`` for (param_dtype, reduce_dtype) dtype names; None → FSDP2's default."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if mixed_precision is None:
+        return MixedPrecisionPolicy()
+    param, reduce = mixed_precision
+    return MixedPrecisionPolicy(param_dtype=getattr(torch, param),
+                                reduce_dtype=getattr(torch, reduce) if reduce is not None else None)
+
+
+def fully_shard_model(model: nn.Module, unit_names: Sequence[str], reshard_after_forward: bool | None = None,
+                      mixed_precision: tuple[str, str | None] | None = None) -> None:
+    """FSDP2 units: each named module (deepest first), then the root, with one mixed precision policy.
+
+    ``reshard_after_forward`` None or True is FSDP2's default (``fully_shard`` without the argument): every unit
+    but the root frees its unsharded parameters after its forward, the root keeps them for the backward that
+    follows at once; False: no unit frees them (each is all-gathered once per step)."""
+    from torch.distributed.fsdp import fully_shard
+
+    modules = dict(model.named_modules())
+    policy = mp_policy(mixed_precision)
+    units: dict[str, Any] = {"mp_policy": policy}
+    root: dict[str, Any] = {"mp_policy": policy}
+    if reshard_after_forward is not None:
+        units["reshard_after_forward"] = reshard_after_forward
+    if reshard_after_forward is False:
+        root["reshard_after_forward"] = False
+    try:
+        for name in unit_names:
+            fully_shard(modules[name], **units)
+        fully_shard(model, **root)
+    except Exception as exc:
+        raise RunError(f"--wrap fsdp: fully_shard raised {describe_exception(exc)}") from exc
+
+
+def wrap(model: nn.Module, kind: str, shard: Sequence[str], use_orig_params: bool, device: torch.device,
+         reshard_after_forward: bool | None = None,
+         mixed_precision: tuple[str, str | None] | None = None) -> nn.Module:
+    """``model`` wrapped by DDP, FSDP2 (``fully_shard``, with ``reshard_after_forward`` and the mixed precision
+    policy (param_dtype, reduce_dtype)) or FSDP1 (``FullyShardedDataParallel``)."""
     if kind not in WRAP_KINDS:
         raise UsageError(f"--wrap '{kind}' is not a wrapper; use ddp, fsdp (FSDP2 fully_shard) or fsdp1")
     if kind == "ddp":
         if shard:
             raise UsageError("--shard names FSDP units: use it with --wrap fsdp or --wrap fsdp1")
+        if reshard_after_forward is not None or mixed_precision is not None:
+            raise UsageError("--reshard-after-forward and --mixed-precision set FSDP2's fully_shard: use them with "
+                             "--wrap fsdp")
         from torch.nn.parallel import DistributedDataParallel
 
         try:
@@ -130,16 +173,11 @@ def wrap(model: nn.Module, kind: str, shard: Sequence[str], use_orig_params: boo
             raise RunError(f"--wrap ddp: DistributedDataParallel(model) raised {describe_exception(exc)}") from exc
     unit_names = shard_modules(model, shard)
     if kind == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        modules = dict(model.named_modules())
-        try:
-            for name in unit_names:
-                fully_shard(modules[name])
-            fully_shard(model)
-        except Exception as exc:
-            raise RunError(f"--wrap fsdp: fully_shard raised {describe_exception(exc)}") from exc
+        fully_shard_model(model, unit_names, reshard_after_forward, mixed_precision)
         return model
+    if reshard_after_forward is not None or mixed_precision is not None:
+        raise UsageError("--reshard-after-forward and --mixed-precision set FSDP2's fully_shard: use them with "
+                         "--wrap fsdp")
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradprobe.errors import GradprobeError, RunError, UsageError, describe_exception
+from gradprobe.errors import RunError, UsageError, describe_exception
 from gradprobe.run.fit.spec import StepSpec
 
 
@@ -53,7 +53,20 @@ def prepare_wrap(model: nn.Module, kind: str, spec: StepSpec) -> None:
         for name in spec.checkpoint:
             checkpoint(modules[name])
     if kind == "fsdp" and spec.wrap == "fsdp":
-        fully_shard_units(model, spec.shard, spec.reshard_after_forward)
+        fully_shard_units(model, spec.shard, spec.reshard_after_forward, spec.mixed_precision)
+    elif kind == "fsdp":  # the target wrapped itself: its own policy stands, the reshard switch can be flipped
+        if spec.mixed_precision is not None:
+            raise UsageError("--mixed-precision sets the policy of --wrap fsdp; the target wraps itself with "
+                             "fully_shard: pass mp_policy=MixedPrecisionPolicy(...) there (it is measured as is)")
+        if spec.reshard_after_forward is not None:
+            from torch.distributed.fsdp import FSDPModule
+
+            for m in model.modules():  # True: FSDP2's default, the root keeps what it set; False: every unit
+                if isinstance(m, FSDPModule) and (m is not model or not spec.reshard_after_forward):
+                    m.set_reshard_after_forward(spec.reshard_after_forward, recurse=False)
+    elif spec.reshard_after_forward is not None or spec.mixed_precision is not None:
+        raise UsageError("--reshard-after-forward and --mixed-precision set FSDP2's fully_shard: use them with "
+                         "--wrap fsdp or a target that applies fully_shard")
     if kind == "ddp" and spec.wrap is None:
         raise UsageError("--world-size measures a DDP model that --wrap ddp wraps (DDP allocates its buckets "
                          "when it is built): return the plain model and add --wrap ddp")
@@ -99,20 +112,12 @@ def ddp_wrap(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     return ddp, sum(int(n) for n in sizes.replace(" ", "").split(",") if n.isdigit())
 
 
-def fully_shard_units(model: nn.Module, shard: Sequence[str], reshard: bool) -> None:
-    from torch.distributed.fsdp import fully_shard
+def fully_shard_units(model: nn.Module, shard: Sequence[str], reshard: bool | None = None,
+                      mixed_precision: tuple[str, str | None] | None = None) -> None:
+    """FSDP2 units on the modules ``shard`` selects and the root, as ``--wrap fsdp`` makes them."""
+    from gradprobe.run.distributed.wrap import fully_shard_model, shard_modules
 
-    from gradprobe.run.distributed.wrap import shard_modules
-
-    modules = dict(model.named_modules())
-    try:
-        for name in shard_modules(model, shard):
-            fully_shard(modules[name], reshard_after_forward=reshard)
-        fully_shard(model, reshard_after_forward=reshard)
-    except GradprobeError:
-        raise
-    except Exception as exc:
-        raise RunError(f"--wrap fsdp: fully_shard raised {describe_exception(exc)}") from exc
+    fully_shard_model(model, shard_modules(model, shard), reshard, mixed_precision)
 
 
 def empty_shards(model: nn.Module, estimate: bool) -> None:

@@ -130,7 +130,8 @@ def _measure(model: nn.Module, kind: str, args: tuple[Any, ...], kwargs: dict[st
 
 
 def measure_step(model: nn.Module, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], loss: Any,
-                 spec: StepSpec, *, buckets: int = 0, source: str = "", inputs_type: Any = None) -> RankFit:
+                 spec: StepSpec, *, buckets: int = 0, source: str = "", inputs_type: Any = None,
+                 backend_bytes: list[int] | None = None) -> RankFit:
     """One training step of an already wrapped, materialised model, measured: the part a real torchrun rank
     and the simulation share (tests run it under torchrun on gloo to check the simulation against it)."""
     from gradprobe.run.flatten import flatten_tensors
@@ -163,9 +164,12 @@ def measure_step(model: nn.Module, kind: str, args: tuple[Any, ...], kwargs: dic
         raise
     except Exception as exc:
         raise RunError(f"the training step raised {describe_exception(exc)}") from exc
+    if backend_bytes is not None:  # what a real process group allocated out of the tracker's view (gloo)
+        backend_bytes += tracker.backend_bytes
     return RankFit(world_size=0, rank=0, method="estimated" if spec.estimate else "simulated", wrapper=kind,
                    units=_units(model), local_batch=None, phases=tracker.phases(), saved_by_module=saved.facts(),
-                   checkpointed=spec.checkpoint, reshard_after_forward=_reshards(model))
+                   checkpointed=spec.checkpoint, reshard_after_forward=_reshards(model),
+                   mixed_precision=_mixed_precision(model))
 
 
 def _units(model: nn.Module) -> tuple[str, ...]:
@@ -185,3 +189,23 @@ def _reshards(model: nn.Module) -> bool | None:
             if group is not None:
                 values.append(group.post_forward_mesh_info is not None)
     return all(values) if values else None
+
+
+def _mixed_precision(model: nn.Module) -> tuple[str | None, str | None] | None:
+    """(param_dtype, reduce_dtype) of the FSDP2 units' MixedPrecisionPolicy, as dtype names (None: the
+    parameter's own dtype); None when no unit sets either (or no FSDP units)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    policies = set()
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            group = getattr(m._get_fsdp_state(), "_fsdp_param_group", None)
+            policy = getattr(group, "mp_policy", None)
+            if policy is not None:
+                policies.add(tuple(str(d).removeprefix("torch.") if d is not None else None
+                                   for d in (policy.param_dtype, policy.reduce_dtype)))
+    if not policies or policies == {(None, None)}:
+        return None
+    param, reduce = sorted(policies, key=str)[0] if len(policies) == 1 else ("mixed", "mixed")
+    return param, reduce
+

@@ -10,6 +10,7 @@ phase of gradprobe's step (forward, backward, optimizer) and the bytes autograd 
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +42,34 @@ def _phase_mixin(base: type) -> type:
             self.extra: dict[str, int] = {}  # bytes held outside the tracker's view (DDP's buckets)
             self.extra_by_phase: dict[str, dict[str, int]] = {}  # ... in one phase only (phase → category)
             self.phase_peaks: dict[str, tuple[int, dict[str, int]]] = {}
+            self.backend_bytes: list[int] = []  # storages of a backend's own, not counted (see _track)
+            self._backend_seen: set[int] = set()
+            self._func: Any = None
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self._func = func
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+        def _track(self, reftype: Any, t: torch.Tensor) -> None:
+            """torch's bookkeeping, except for a storage the process group allocated where no dispatch mode sees it
+            and that first shows up as the view a collective's ``wait()`` takes of it.  gloo's reduce-scatter
+            (``ProcessGroupGloo::reduce_scatter_tensor_coalesced``) clones its input in C++, all-reduces the clone
+            on its worker thread and, in ``wait()``, copies this rank's chunk of it into the output; the clone lives
+            until gloo's worker drops the all-reduce work, sometimes after the next unit's all-gather.  NCCL (and
+            the fake group of the simulation) holds no such tensor, so it is kept out of the categories and listed
+            in ``backend_bytes``."""
+            func = self._func
+            if func is not None and getattr(func, "is_view", False) and _inside_collective():
+                try:
+                    st = t.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    st = None
+                if st is not None and st not in self._WINFO:
+                    if st.data_ptr() not in self._backend_seen:  # split() gives several views of one storage
+                        self._backend_seen.add(st.data_ptr())
+                        self.backend_bytes.append(st.nbytes())
+                    return
+            super()._track(reftype, t)
 
         def set_phase(self, phase: str) -> None:
             """A phase's peak begins at what is alive when it starts (the backward's: what the forward left)."""
@@ -91,6 +120,18 @@ def _phase_mixin(base: type) -> type:
             return tuple(out)
 
     return PhaseTracker
+
+
+def _inside_collective(depth: int = 12) -> bool:
+    """Whether torch.distributed's collective entry points (distributed_c10d.py) are on the Python stack."""
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_filename.endswith("distributed_c10d.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def make_tracker(model: nn.Module, optimizer: Any, inputs: Any) -> Any:
