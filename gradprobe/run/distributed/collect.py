@@ -6,7 +6,7 @@ What the engine cannot see from outside the wrapper is taken where the wrapper e
   the reducer all-reduces it (presence and norm) — used/unused per rank.
 * FSDP2: each unit's ``FSDPParamGroup.unshard``/``post_backward`` are wrapped on the instance: the
   all-gather output bytes per phase, and the unsharded gradients (local, before the reduce-scatter),
-  with the sharded gradient each rank keeps afterwards.
+  with the sharded gradient each rank keeps afterwards (state and norm read for all of them at once).
 * FSDP1: the flat gradient of every unit after FSDP's final backward callback: per original parameter the
   slice this rank holds, and the bytes it spends on frozen parameters; and a tensor hook on each forward view
   of the flat parameter (``fsdp1_local``): which parameters autograd reached on this rank, before the reduction.
@@ -47,7 +47,13 @@ def _norm(t: torch.Tensor) -> float:
 
 def digest_tensors(tensors: list[torch.Tensor]) -> list[str | None]:
     """A cheap fingerprint of each tensor's values (norm and sum in its own dtype, computed the same way on every
-    rank): equal values give equal digests; different ones almost surely differ."""
+    rank): equal values give equal digests; different ones almost surely differ.  One ``_foreach_norm`` and one
+    stacked sum per call, one conversion to Python each, outside every tracker (dispatch and function modes)."""
+    with torch._C.DisableTorchFunction():  # even attribute reads go through a function mode (the cut tracker's)
+        return _digests(tensors)
+
+
+def _digests(tensors: list[torch.Tensor]) -> list[str | None]:
     out: list[str | None] = [None] * len(tensors)
     dense: list[int] = []
     for i, t in enumerate(tensors):
@@ -59,11 +65,16 @@ def digest_tensors(tensors: list[torch.Tensor]) -> list[str | None]:
     if not dense:
         return out
     locals_ = [local_tensor(tensors[i]).detach() for i in dense]  # type: ignore[union-attr]
-    with torch.no_grad(), torch._C._DisableTorchDispatch():  # plain (local) tensors, outside the trackers
+    sums: list[float | complex] = [0.0] * len(dense)
+    with torch.no_grad(), torch._C._DisableTorchDispatch():
         norms = torch.stack(torch._foreach_norm(locals_)).tolist()
-        sums = [complex(x.sum()) if x.is_complex() else float(x.sum()) for x in locals_]
-    for i, n, s in zip(dense, norms, sums, strict=True):
-        out[i] = f"{n!r}/{s!r}"
+        for complex_ in (False, True):  # one stack per kind: a real sum never prints as a complex number
+            idx = [k for k, x in enumerate(locals_) if x.is_complex() is complex_]
+            if idx:
+                for k, v in zip(idx, torch.stack([locals_[k].sum() for k in idx]).tolist(), strict=True):
+                    sums[k] = v
+    for i, n, v in zip(dense, norms, sums, strict=True):
+        out[i] = f"{n!r}/{v!r}"
     return out
 
 
@@ -80,7 +91,7 @@ class _UnitStats:
     all_gather_backward: int = 0
     reduce_scatter: int = 0
     gradient: int = 0
-    sharded_grads: dict[str, tuple[str, float | None, int]] = field(default_factory=dict)
+    sharded_grads: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter → the local shard of its grad
 
 
 class RankCollector:
@@ -133,7 +144,7 @@ class RankCollector:
 
             def hook(grad: torch.Tensor, name: str = name) -> None:
                 self.backward_seen = True
-                with torch.no_grad(), torch._C._DisableTorchDispatch():  # a plain tensor, outside the trackers
+                with torch.no_grad(), torch._C._DisableTorchDispatch(), torch._C.DisableTorchFunction():
                     norm = _norm(grad) if grad.layout == torch.strided and grad.is_floating_point() else None
                 self.local[name] = (True, norm)
 
@@ -182,13 +193,13 @@ class RankCollector:
                     with torch.no_grad(), _disable_current_modes():
                         self.local[name] = (True, _norm(grad))
                 out = _orig(*args, **kwargs)
-                with _disable_current_modes():
+                with _disable_current_modes():  # read later, all at once (``_sharded_grad_states``)
                     for fp in _group.fsdp_params:
                         name = _fqn(fp, names)
                         grad = local_tensor(fp.sharded_param.grad)
                         if name is None or grad is None:
                             continue
-                        _stats.sharded_grads[name] = (*_state(grad), grad.numel() * grad.element_size())
+                        _stats.sharded_grads[name] = grad.detach()
                 return out
 
             group.unshard = unshard_wrapper
@@ -286,7 +297,9 @@ class RankCollector:
         params: list[RankParam] = []
         local_param_bytes = 0
         local_grad_bytes = 0
-        fsdp2_grads = {n: g for s in self.units.values() for n, g in s.sharded_grads.items()}
+        fsdp2_grads = _sharded_grad_states({n: g for s in self.units.values() for n, g in s.sharded_grads.items()})
+        for stats in self.units.values():
+            stats.sharded_grads.clear()  # read: the gradients are the model's again to free
         for name, info in self.w.shards.items():
             size = element_size(info.dtype)
             held = numel(info.local_shape) * size
@@ -307,7 +320,7 @@ class RankCollector:
         return params, local_param_bytes, local_grad_bytes
 
     def _grad_of(self, name: str, info: Any, fact: Any, did_backward: bool,
-                 fsdp2_grads: dict[str, Any]) -> tuple[str | None, float | None, int]:
+                 fsdp2_grads: dict[str, tuple[str, float | None, int]]) -> tuple[str | None, float | None, int]:
         """(gradient state, norm, bytes of an FSDP2 sharded gradient) of one parameter on this rank."""
         if not did_backward:
             return None, None, 0
@@ -317,8 +330,7 @@ class RankCollector:
             grad, norm = self.flat_grads[name]
             return grad, norm, 0
         if self.w.kind == "fsdp" and name in fsdp2_grads:
-            grad, norm, nbytes = fsdp2_grads[name]
-            return grad, norm, nbytes
+            return fsdp2_grads[name]
         if fact is not None:
             return fact.grad, fact.grad_norm, 0
         return "none", None, 0
@@ -385,6 +397,26 @@ def _state(grad: torch.Tensor) -> tuple[str, float | None]:
         if norm == 0.0:  # all zeros, or values whose squares underflow
             return ("nonzero", norm) if bool(torch.any(grad != 0)) else ("zero", 0.0)
     return "nonzero", norm
+
+
+def _sharded_grad_states(grads: dict[str, torch.Tensor]) -> dict[str, tuple[str, float | None, int]]:
+    """(state, norm, bytes) of each FSDP2 sharded gradient: one ``_foreach_norm`` per dtype for all of them, an
+    element-wise look only where a norm is zero."""
+    out: dict[str, tuple[str, float | None, int]] = {}
+    batches: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+    for name, g in grads.items():
+        if g.numel() and g.layout == torch.strided and g.is_floating_point():
+            batches.setdefault((g.device, g.dtype), []).append(name)
+        else:
+            out[name] = (*_state(g), g.numel() * g.element_size())
+    with torch.no_grad(), _disable_current_modes(), torch._C.DisableTorchFunction():
+        for names in batches.values():
+            norms = torch.stack(torch._foreach_norm([grads[n] for n in names])).tolist()
+            for name, norm in zip(names, norms, strict=True):
+                g = grads[name]
+                state = ("nonzero", norm) if norm != 0.0 else _state(g)
+                out[name] = (*state, g.numel() * g.element_size())
+    return out
 
 
 def _fqn(fsdp_param: Any, names: dict[int, str]) -> str | None:
