@@ -202,10 +202,11 @@ def inspect_distributed(env: Any, options: Any, *, s: Any, probe: dict[str, Any]
             report = inspect_rank(session, load_spec(s), options, **probe)
         if report is None:
             return 0
+        from gradprobe.render.html.distributed import dist_inspect_html
         from gradprobe.render.inspect.distributed import dist_inspect_json, dist_inspect_markdown, render_dist_inspect
 
-        # html has no distributed view yet: the table stands in
-        write_report(format_, output, json=lambda: dist_inspect_json(report),
+        write_report(format_, output, html=lambda: dist_inspect_html(report, probe.get("depth")),
+                     json=lambda: dist_inspect_json(report),
                      markdown=lambda: dist_inspect_markdown(report, top or None),
                      table=lambda console: render_dist_inspect(report, console, top=top or None, pattern=filter_))
         return 1 if strict and report.has_errors else 0
