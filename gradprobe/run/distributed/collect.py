@@ -176,6 +176,7 @@ class RankCollector:
             def post_backward_wrapper(*args: Any, _orig: Any = post_backward, _group: Any = group,
                                       _stats: _UnitStats = stats, **kwargs: Any) -> Any:
                 self.backward_seen = True
+                unsharded: dict[str, torch.Tensor] = {}
                 for fp in _group.fsdp_params:
                     name = _fqn(fp, names)
                     if name is None or not hasattr(fp, "_unsharded_param"):
@@ -190,8 +191,9 @@ class RankCollector:
                     nbytes = grad.numel() * grad.element_size()
                     _stats.gradient += nbytes
                     _stats.reduce_scatter += nbytes
-                    with torch.no_grad(), _disable_current_modes():
-                        self.local[name] = (True, _norm(grad))
+                    unsharded[name] = grad
+                if unsharded:  # the unit's local gradients, before the reduce-scatter frees them: one read
+                    self.local.update((n, (True, norm)) for n, norm in _norms(unsharded).items())
                 out = _orig(*args, **kwargs)
                 with _disable_current_modes():  # read later, all at once (``_sharded_grad_states``)
                     for fp in _group.fsdp_params:
@@ -399,23 +401,32 @@ def _state(grad: torch.Tensor) -> tuple[str, float | None]:
     return "nonzero", norm
 
 
-def _sharded_grad_states(grads: dict[str, torch.Tensor]) -> dict[str, tuple[str, float | None, int]]:
-    """(state, norm, bytes) of each FSDP2 sharded gradient: one ``_foreach_norm`` per dtype for all of them, an
-    element-wise look only where a norm is zero."""
-    out: dict[str, tuple[str, float | None, int]] = {}
+def _norms(grads: dict[str, torch.Tensor]) -> dict[str, float | None]:
+    """The 2-norm of each gradient, each in its own dtype as ``_norm`` computes it: one ``_foreach_norm`` per
+    dtype, outside every tracker; None for a gradient that is not a dense floating-point tensor."""
+    out: dict[str, float | None] = {}
     batches: dict[tuple[torch.device, torch.dtype], list[str]] = {}
     for name, g in grads.items():
-        if g.numel() and g.layout == torch.strided and g.is_floating_point():
+        if g.layout == torch.strided and g.is_floating_point():
             batches.setdefault((g.device, g.dtype), []).append(name)
         else:
-            out[name] = (*_state(g), g.numel() * g.element_size())
+            out[name] = None
     with torch.no_grad(), _disable_current_modes(), torch._C.DisableTorchFunction():
         for names in batches.values():
-            norms = torch.stack(torch._foreach_norm([grads[n] for n in names])).tolist()
-            for name, norm in zip(names, norms, strict=True):
-                g = grads[name]
-                state = ("nonzero", norm) if norm != 0.0 else _state(g)
-                out[name] = (*state, g.numel() * g.element_size())
+            norms = torch.stack(torch._foreach_norm([grads[n].detach() for n in names])).tolist()
+            out.update(zip(names, norms, strict=True))
+    return out
+
+
+def _sharded_grad_states(grads: dict[str, torch.Tensor]) -> dict[str, tuple[str, float | None, int]]:
+    """(state, norm, bytes) of each FSDP2 sharded gradient: the norms all at once (``_norms``), an element-wise
+    look only where a norm is zero or unknown."""
+    norms = _norms({n: g for n, g in grads.items() if g.numel()})
+    out: dict[str, tuple[str, float | None, int]] = {}
+    for name, g in grads.items():
+        norm = norms.get(name)
+        state = ("nonzero", norm) if norm else _state(g)
+        out[name] = (*state, g.numel() * g.element_size())
     return out
 
 
