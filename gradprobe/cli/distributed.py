@@ -223,17 +223,20 @@ def compare_distributed(env: Any, options: Any, *, s: Any, modes: Any, repeat: i
         from gradprobe.cli.output import write_report
 
         with user_output_to_stderr():
-            report = compare_rank(session, load_spec(s), options, modes=modes, repeat=repeat, backward=backward)
+            report = compare_rank(session, load_spec(s), options, modes=modes, repeat=repeat, backward=backward,
+                                  memory_detail=getattr(format_, "value", format_) == "html")
         if report is None:
             return 0
         from gradprobe.render.compare.json_out import compare_json
         from gradprobe.render.compare.markdown import compare_markdown
         from gradprobe.render.compare.table import render_compare
+        from gradprobe.render.html.compare import compare_html
 
         def doc() -> dict[str, Any]:
             return {**compare_json(report), "world_size": session.world_size}
 
-        write_report(format_, output, json=doc, markdown=lambda: compare_markdown(report),
+        write_report(format_, output, html=lambda: compare_html(report), json=doc,
+                     markdown=lambda: compare_markdown(report),
                      table=lambda console: render_compare(report, console))
         return 1 if strict and report.has_errors else 0
 

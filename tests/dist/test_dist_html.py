@@ -98,3 +98,27 @@ def test_fsdp2_html_page_holds_every_ranks_facts(reference, tmp_path):
     assert units["blocks.0"][2] == "mixed" and units["(root)"][2] == "no"
     assert text.count('<code>fsdp-mixed-unit</code>') == 2
     assert 'id="distributed"' in text and "world size" in text
+
+
+def test_freeze_check_html_names_the_violating_rank(nproc, tmp_path):
+    page = tmp_path / "freeze.html"
+    r = nproc("freeze-check", "dist_models:rank_frozen", "--frozen", "stem", "--trainable", "head",
+              "--trainable", "bn", "--format", "html", "-o", str(page))
+    assert r.code == 1, r.err  # rank 0 trains stem (rank 1 freezes it): the freeze is broken on rank 0 only
+    text = page.read_text(encoding="utf-8")
+    assert text.count("<!doctype html>") == 1 and r.out == ""
+    violations = text[text.index('<section id="violations">'):]
+    violations = violations[:violations.index("</section>")]
+    assert "stem.weight" in violations and "stem.bias" in violations
+    assert "(on rank 0)" in violations and "rank 1" not in violations
+    assert "every rank checked its own freeze" in text
+
+
+def test_compare_modes_html_through_ddp(nproc, tmp_path):
+    page = tmp_path / "compare.html"
+    r = nproc("compare-modes", "dist_models:ddp_net", "--repeat", "1", "--format", "html", "-o", str(page))
+    assert r.code == 0, r.err
+    text = page.read_text(encoding="utf-8")
+    assert text.count("<!doctype html>") == 1 and r.out == ""
+    assert "distributed: 2 rank(s), wrapper: ddp" in text
+    assert "module.bn" not in text and "module.stem" not in text  # the user's names, not DDP's
