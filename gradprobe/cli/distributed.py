@@ -255,7 +255,8 @@ def freeze_distributed(env: Any, options: Any, *, s: Any, write_baseline: Path |
             report = freeze_rank(session, load_spec(s), options, frozen=s["frozen"] or [],
                                  trainable=s["trainable"] or [], optimizer=s["optimizer"], unlisted=s["unlisted"],
                                  allow_buffer_updates=s["allow_buffer_updates"], baseline=s["baseline"],
-                                 write_baseline=write_baseline, loss=s["loss"] or "sum", config=s.config)
+                                 write_baseline=write_baseline, loss=s["loss"] or "sum", config=s.config,
+                                 memory_detail=getattr(format_, "value", format_) == "html")
         if report is None:
             return 0
         from gradprobe.cli.freeze import publish

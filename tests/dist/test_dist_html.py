@@ -112,6 +112,7 @@ def test_freeze_check_html_names_the_violating_rank(nproc, tmp_path):
     assert "stem.weight" in violations and "stem.bias" in violations
     assert "(on rank 0)" in violations and "rank 1" not in violations
     assert "every rank checked its own freeze" in text
+    assert '<svg class="timeline"' in text  # rank 0's run recorded its memory event log for the page
 
 
 def test_compare_modes_html_through_ddp(nproc, tmp_path):
@@ -122,3 +123,4 @@ def test_compare_modes_html_through_ddp(nproc, tmp_path):
     assert text.count("<!doctype html>") == 1 and r.out == ""
     assert "distributed: 2 rank(s), wrapper: ddp" in text
     assert "module.bn" not in text and "module.stem" not in text  # the user's names, not DDP's
+    assert '<svg class="timeline"' in text  # the event log was recorded for the page
