@@ -33,6 +33,7 @@ from gradprobe.facts.distributed import NO_SHARD, RankBuffer, RankFacts, RankMem
 from gradprobe.facts.run import RunFacts
 from gradprobe.run.distributed.fsdp1_local import hook_forward_views
 from gradprobe.run.distributed.wrappers import Wrapped, element_size, numel
+from gradprobe.run.trackers.grad_stats import quiet
 from gradprobe.run.trackers.grads import local_tensor
 
 
@@ -49,7 +50,7 @@ def digest_tensors(tensors: list[torch.Tensor]) -> list[str | None]:
     """A cheap fingerprint of each tensor's values (norm and sum in its own dtype, computed the same way on every
     rank): equal values give equal digests; different ones almost surely differ.  One ``_foreach_norm`` and one
     stacked sum per call, one conversion to Python each, outside every tracker (dispatch and function modes)."""
-    with torch._C.DisableTorchFunction():  # even attribute reads go through a function mode (the cut tracker's)
+    with quiet():  # even a method call on a tensor goes through the run's function mode (the cut tracker's)
         return _digests(tensors)
 
 
@@ -66,13 +67,12 @@ def _digests(tensors: list[torch.Tensor]) -> list[str | None]:
         return out
     locals_ = [local_tensor(tensors[i]).detach() for i in dense]  # type: ignore[union-attr]
     sums: list[float | complex] = [0.0] * len(dense)
-    with torch.no_grad(), torch._C._DisableTorchDispatch():
-        norms = torch.stack(torch._foreach_norm(locals_)).tolist()
-        for complex_ in (False, True):  # one stack per kind: a real sum never prints as a complex number
-            idx = [k for k, x in enumerate(locals_) if x.is_complex() is complex_]
-            if idx:
-                for k, v in zip(idx, torch.stack([locals_[k].sum() for k in idx]).tolist(), strict=True):
-                    sums[k] = v
+    norms = torch.stack(torch._foreach_norm(locals_)).tolist()
+    for complex_ in (False, True):  # one stack per kind: a real sum never prints as a complex number
+        idx = [k for k, x in enumerate(locals_) if x.is_complex() is complex_]
+        if idx:
+            for k, v in zip(idx, torch.stack([locals_[k].sum() for k in idx]).tolist(), strict=True):
+                sums[k] = v
     for i, n, v in zip(dense, norms, sums, strict=True):
         out[i] = f"{n!r}/{v!r}"
     return out
@@ -144,7 +144,7 @@ class RankCollector:
 
             def hook(grad: torch.Tensor, name: str = name) -> None:
                 self.backward_seen = True
-                with torch.no_grad(), torch._C._DisableTorchDispatch(), torch._C.DisableTorchFunction():
+                with quiet():  # a plain tensor, outside the trackers
                     norm = _norm(grad) if grad.layout == torch.strided and grad.is_floating_point() else None
                 self.local[name] = (True, norm)
 
@@ -411,7 +411,7 @@ def _norms(grads: dict[str, torch.Tensor]) -> dict[str, float | None]:
             batches.setdefault((g.device, g.dtype), []).append(name)
         else:
             out[name] = None
-    with torch.no_grad(), _disable_current_modes(), torch._C.DisableTorchFunction():
+    with quiet():
         for names in batches.values():
             norms = torch.stack(torch._foreach_norm([grads[n].detach() for n in names])).tolist()
             out.update(zip(names, norms, strict=True))
