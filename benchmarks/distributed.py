@@ -12,7 +12,9 @@ wrapper, two variants run alternately (a barrier before each, outside the timing
                checkpoints on the control store, ``gather_object`` of the rank's facts, and on rank 0 the merge
                and every judge
 
-Each figure is the median over ``--repeats`` rounds per rank; the ratio is gradprobe / plain on that rank.
+Each figure is the median over ``--repeats`` rounds per rank; the ratio is gradprobe / plain on that rank, of
+wall-clock time and of the main thread's CPU time (``time.thread_time``: on a loaded machine the wall clock also
+counts the time a rank waits for a core or for the other rank; the CPU time is what the rank computed).
 Results go to ``benchmarks/results-distributed.json`` (git-ignored) and, with ``--markdown PATH``, a table.
 Torch runs one intra-op thread per rank (two ranks share this machine's cores).
 """
@@ -103,18 +105,23 @@ def variants(name: str, wrapper: str, session: Any) -> dict[str, Callable[[], An
     return {"plain": plain, "engine": engine, "gradprobe": gradprobe}
 
 
-def alternate(fns: dict[str, Callable[[], Any]], repeats: int, barrier: Callable[[], None]) -> dict[str, list[float]]:
+def alternate(fns: dict[str, Callable[[], Any]], repeats: int,
+              barrier: Callable[[], None]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall-clock and CPU seconds of the main thread (``time.thread_time``: what this rank computed, not the time
+    it waited for the other rank or for a core of a loaded machine) of each variant, run in turn."""
     for fn in fns.values():  # warm-up (lazy initialisation of FSDP, allocator, kernels)
         barrier()
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
             barrier()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             fn()
             times[key].append(time.perf_counter() - start)
-    return times
+            cpu[key].append(time.thread_time() - start_cpu)
+    return times, cpu
 
 
 def rank_main(args: argparse.Namespace) -> int:
@@ -137,8 +144,9 @@ def rank_main(args: argparse.Namespace) -> int:
 
         for wrapper in args.wrappers:
             for name in args.models:
-                times = alternate(variants(name, wrapper, session), args.repeats, barrier)
+                times, cpu = alternate(variants(name, wrapper, session), args.repeats, barrier)
                 mine = {k: statistics.median(v) for k, v in times.items()}
+                mine.update({f"{k}_cpu": statistics.median(v) for k, v in cpu.items()})
                 everyone = [None] * env.world_size
                 dist.all_gather_object(everyone, mine, group=session.group)
                 if env.rank == 0:
@@ -149,7 +157,10 @@ def rank_main(args: argparse.Namespace) -> int:
                         row[f"gradprobe_ms_rank{r}"] = round(medians["gradprobe"] * 1000, 2)
                         row[f"ratio_rank{r}"] = round(medians["gradprobe"] / medians["plain"], 2)
                         row[f"engine_ratio_rank{r}"] = round(medians["engine"] / medians["plain"], 2)
+                        row[f"cpu_ratio_rank{r}"] = round(medians["gradprobe_cpu"] / medians["plain_cpu"], 2)
+                        row[f"engine_cpu_ratio_rank{r}"] = round(medians["engine_cpu"] / medians["plain_cpu"], 2)
                     row["ratio_max"] = max(row[f"ratio_rank{r}"] for r in range(env.world_size))
+                    row["cpu_ratio_max"] = max(row[f"cpu_ratio_rank{r}"] for r in range(env.world_size))
                     rows.append(row)
                     print(json.dumps(row), flush=True)
         code = session.finish(0)
@@ -163,10 +174,12 @@ def report(rows: list[dict[str, Any]], world: int, args: argparse.Namespace) -> 
 
     header = ["model", "wrapper"] + [f"plain ms r{r}" for r in range(world)] + \
         [f"gradprobe ms r{r}" for r in range(world)] + [f"ratio r{r}" for r in range(world)] + \
-        [f"engine alone r{r}" for r in range(world)]
+        [f"engine alone r{r}" for r in range(world)] + [f"CPU ratio r{r}" for r in range(world)] + \
+        [f"engine alone CPU r{r}" for r in range(world)]
     lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M:%S')} on {platform.processor() or platform.machine()} "
              f"({os.cpu_count()} cores), Python {platform.python_version()}, torch {torch.__version__}, {world} ranks "
-             f"on gloo (torch.distributed.run), 1 thread per rank, medians of {args.repeats} alternating rounds.", "",
+             f"on gloo (torch.distributed.run), 1 thread per rank, medians of {args.repeats} alternating rounds; "
+             f"ratios of wall-clock time, and of the main thread's CPU time (time.thread_time).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["model"], row["wrapper"]]
@@ -174,6 +187,8 @@ def report(rows: list[dict[str, Any]], world: int, args: argparse.Namespace) -> 
         cells += [str(row[f"gradprobe_ms_rank{r}"]) for r in range(world)]
         cells += [f"{row[f'ratio_rank{r}']:.2f}x" for r in range(world)]
         cells += [f"{row[f'engine_ratio_rank{r}']:.2f}x" for r in range(world)]
+        cells += [f"{row[f'cpu_ratio_rank{r}']:.2f}x" for r in range(world)]
+        cells += [f"{row[f'engine_cpu_ratio_rank{r}']:.2f}x" for r in range(world)]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print("\n" + text)

@@ -21,7 +21,7 @@ class RankCompare:
 
 
 def compare_rank(s: DistSession, spec: LoadSpec, options: DistOptions, *, modes: Any = None, repeat: int = 5,
-                 backward: bool = False) -> Any:
+                 backward: bool = False, memory_detail: bool = False) -> Any:
     """``gradprobe compare-modes`` on every rank through the wrapper (same inputs everywhere: the wrappers'
     collectives need every rank to run the same forwards); rank 0's report plus where ranks disagree."""
     from gradprobe.api import compare_modes
@@ -32,7 +32,7 @@ def compare_rank(s: DistSession, spec: LoadSpec, options: DistOptions, *, modes:
     collector = RankCollector(w, s.rank, hostname(), compare_values=False)
     report = run_with_collector(s, rm, collector, lambda: compare_modes(
         w.model, rm.example, modes=modes, repeat=repeat, backward=backward, seed=spec.seed, target=spec.target,
-        loaded=rm.loaded))
+        loaded=rm.loaded, memory_detail=memory_detail))
     s.checkpoint("ran")
     clean = wrapper_text_cleaner(w.kind)
     report = rename_strings(report, clean)

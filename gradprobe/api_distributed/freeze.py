@@ -46,7 +46,7 @@ class RankFreeze:
 def freeze_rank(s: DistSession, spec: LoadSpec, options: DistOptions, *, frozen: Sequence[str] = (),
                 trainable: Sequence[str] = (), optimizer: Any = None, unlisted: str = "warn",
                 allow_buffer_updates: bool = False, baseline: str | None = None, write_baseline: Any = None,
-                loss: Any = "sum", config: Any = None) -> Any:
+                loss: Any = "sum", config: Any = None, memory_detail: bool = False) -> Any:
     """``gradprobe freeze-check`` on this rank (every rank checks its own freeze); the merged report on rank 0."""
     from gradprobe.load.loss import resolve_loss
     from gradprobe.run.freeze import run_freeze
@@ -63,7 +63,7 @@ def freeze_rank(s: DistSession, spec: LoadSpec, options: DistOptions, *, frozen:
         try:
             return run_freeze(w.model, rm.example, optimizer=opt, optimizer_label=opt_label,
                               loss=resolve_loss(loss) if isinstance(loss, str) else loss, seed=spec.seed,
-                              target=spec.target)
+                              target=spec.target, memory_detail=memory_detail)
         except RunError as exc:
             raise RunError(f"the freeze could not be verified: {exc}") from exc
 

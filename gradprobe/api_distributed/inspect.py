@@ -95,7 +95,7 @@ def inspect_loaded(s: DistSession, rm: RankModel, target: str, **probe_kwargs: A
     s.checkpoint("ran")
     second = run_second_iteration(s, rm, collector, report.facts.backward)
     with phase(s, "facts"):
-        facts = rename_run_facts(report.facts, w.names)
+        facts = rename_run_facts(report.facts, w.names, report=s.rank == 0)  # the others send RankFacts only
         mine = collector.facts(facts, rm.pre_wrap, second)
     gathered = s.gather(mine)
     if gathered is None:

@@ -222,10 +222,11 @@ def inspect_distributed(env: Any, options: Any, *, s: Any, probe: dict[str, Any]
             report = inspect_rank(session, load_spec(s), options, **probe)
         if report is None:
             return 0
+        from gradprobe.render.html.distributed import dist_inspect_html
         from gradprobe.render.inspect.distributed import dist_inspect_json, dist_inspect_markdown, render_dist_inspect
 
-        # html has no distributed view yet: the table stands in
-        write_report(format_, output, json=lambda: dist_inspect_json(report),
+        write_report(format_, output, html=lambda: dist_inspect_html(report, probe.get("depth")),
+                     json=lambda: dist_inspect_json(report),
                      markdown=lambda: dist_inspect_markdown(report, top or None),
                      table=lambda console: render_dist_inspect(report, console, top=top or None, pattern=filter_))
         return 1 if strict and report.has_errors else 0
@@ -242,17 +243,20 @@ def compare_distributed(env: Any, options: Any, *, s: Any, modes: Any, repeat: i
         from gradprobe.cli.output import write_report
 
         with user_output_to_stderr():
-            report = compare_rank(session, load_spec(s), options, modes=modes, repeat=repeat, backward=backward)
+            report = compare_rank(session, load_spec(s), options, modes=modes, repeat=repeat, backward=backward,
+                                  memory_detail=getattr(format_, "value", format_) == "html")
         if report is None:
             return 0
         from gradprobe.render.compare.json_out import compare_json
         from gradprobe.render.compare.markdown import compare_markdown
         from gradprobe.render.compare.table import render_compare
+        from gradprobe.render.html.compare import compare_html
 
         def doc() -> dict[str, Any]:
             return {**compare_json(report), "world_size": session.world_size}
 
-        write_report(format_, output, json=doc, markdown=lambda: compare_markdown(report),
+        write_report(format_, output, html=lambda: compare_html(report), json=doc,
+                     markdown=lambda: compare_markdown(report),
                      table=lambda console: render_compare(report, console))
         return 1 if strict and report.has_errors else 0
 
@@ -271,7 +275,8 @@ def freeze_distributed(env: Any, options: Any, *, s: Any, write_baseline: Path |
             report = freeze_rank(session, load_spec(s), options, frozen=s["frozen"] or [],
                                  trainable=s["trainable"] or [], optimizer=s["optimizer"], unlisted=s["unlisted"],
                                  allow_buffer_updates=s["allow_buffer_updates"], baseline=s["baseline"],
-                                 write_baseline=write_baseline, loss=s["loss"] or "sum", config=s.config)
+                                 write_baseline=write_baseline, loss=s["loss"] or "sum", config=s.config,
+                                 memory_detail=getattr(format_, "value", format_) == "html")
         if report is None:
             return 0
         from gradprobe.cli.freeze import publish

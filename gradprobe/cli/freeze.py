@@ -185,7 +185,8 @@ def publish(report: Any, format_: OutputFormat, output: Path | None, junit: Path
 
 
 def _write(report: Any, format_: OutputFormat, output: Path | None, world_size: int | None) -> None:
-    """Distributed reports add ``world_size`` to the JSON and have no HTML view (the table stands in)."""
+    """Distributed reports add ``world_size`` to the JSON; their HTML page is rank 0's run with every rank's
+    violations and warnings (each naming its ranks)."""
     from gradprobe.cli.output import write_report
     from gradprobe.render.freeze.view import freeze_json, freeze_markdown, render_freeze
     from gradprobe.render.html.freeze import freeze_html
@@ -196,5 +197,5 @@ def _write(report: Any, format_: OutputFormat, output: Path | None, world_size: 
             d["world_size"] = world_size
         return d
 
-    write_report(format_, output, html=(lambda: freeze_html(report)) if world_size is None else None, json=doc,
+    write_report(format_, output, html=lambda: freeze_html(report), json=doc,
                  markdown=lambda: freeze_markdown(report), table=lambda console: render_freeze(report, console))

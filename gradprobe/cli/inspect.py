@@ -153,6 +153,7 @@ def inspect(
         routed = dist_run(dist, debug, lambda env, opts: inspect_distributed(
             env, opts, s=s, probe=dict(mode=mode.value, grad_mode=grad.value, loss=s["loss"], backward=not no_backward,
                                        memory=not no_memory, tensors=not no_tensors, depth=depth, seed=s["seed"],
+                                       memory_detail=(memory_detail or format_ is OutputFormat.html) and not no_memory,
                                        optimizer_state=optimizer_state.value,
                                        param_dtype=param_dtype.value if param_dtype is not None else None),
             format_=format_, output=output, top=top, filter_=filter_, strict=strict))

@@ -289,10 +289,17 @@ class NameMap:
         return self.buffers.get(name, name)
 
 
-def rename_run_facts(facts: RunFacts, names: NameMap) -> RunFacts:
+def rename_run_facts(facts: RunFacts, names: NameMap, *, report: bool = True) -> RunFacts:
     """``facts`` under the user's names: the wrapper modules (and the outputs they only pass through) dropped,
     the user's class names where the wrapper changed them, and every parameter, buffer and module name —
-    wherever the facts hold one (parameters, modules, tensors, memory, graph, cuts, gradient health) — mapped."""
+    wherever the facts hold one (parameters, modules, tensors, memory, graph, cuts, gradient health) — mapped.
+
+    ``report=False`` (a rank that only sends its ``RankFacts``): parameters and buffers only, the rest as it was."""
+    if not report:
+        mapping = {k: v for k, v in (*names.buffers.items(), *names.params.items()) if k != v}
+        rename = lambda text: mapping.get(text, text)  # noqa: E731
+        return replace(facts, parameters=rename_strings(facts.parameters, rename),  # type: ignore[arg-type]
+                       buffers=rename_strings(facts.buffers, rename))  # type: ignore[arg-type]
     modules: list[ModuleFact] = [replace(m, type=names.types.get(m.name, m.type)) for m in facts.modules
                                  if names.module(m.name) is not None]
     tensors = tuple(t for t in facts.tensors if names.module(t.module) is not None)
@@ -318,23 +325,64 @@ def clean_name(name: str) -> str:
 
 def rename_strings(obj: object, fn: Callable[[str], str]) -> object:
     """``obj`` (frozen dataclasses, tuples, lists, dicts, strings) with every string passed through ``fn``:
-    reports whose messages carry wrapper-side names (``module.bn``) get the user's names."""
-    if isinstance(obj, str):
-        return fn(obj)
-    if isinstance(obj, (bytes, int, float, type(None))):
+    reports whose messages carry wrapper-side names (``module.bn``) get the user's names.  A part in which no
+    string changes is returned as it is (the same object): only what changed is rebuilt."""
+    kind = type(obj)
+    if kind is str:
+        return fn(obj)  # type: ignore[arg-type]
+    if kind in _PLAIN or obj is None:
         return obj
-    if isinstance(obj, tuple):
-        return tuple(rename_strings(x, fn) for x in obj)
-    if isinstance(obj, frozenset):
-        return frozenset(rename_strings(x, fn) for x in obj)
-    if isinstance(obj, list):
-        return [rename_strings(x, fn) for x in obj]
-    if isinstance(obj, dict):
-        return {rename_strings(k, fn): rename_strings(v, fn) for k, v in obj.items()}
-    if is_dataclass(obj) and not isinstance(obj, type):
-        changes = {f.name: rename_strings(getattr(obj, f.name), fn) for f in fields(obj) if f.init}
-        return replace(obj, **changes)
-    return obj
+    if kind is tuple or kind is list or kind is frozenset:
+        items = [x if type(x) in _PLAIN else rename_strings(x, fn) for x in obj]  # type: ignore[attr-defined]
+        if all(a is b for a, b in zip(items, obj, strict=True)):  # type: ignore[call-overload]
+            return obj
+        return items if kind is list else kind(items)
+    if kind is dict:
+        pairs = [(rename_strings(k, fn), rename_strings(v, fn)) for k, v in obj.items()]  # type: ignore[attr-defined]
+        if all(k2 is k and v2 is v for (k2, v2), (k, v) in zip(pairs, obj.items(), strict=True)):  # type: ignore[attr-defined]
+            return obj
+        return dict(pairs)
+    if isinstance(obj, str):  # a str subclass (an Enum with str values)
+        return fn(obj)
+    found = _init_fields(kind)
+    if found is None:
+        return obj
+    names, plain = found
+    changes = {}
+    for name in names:
+        value = getattr(obj, name)
+        if type(value) in _PLAIN or value is None:
+            continue
+        renamed = rename_strings(value, fn)
+        if renamed is not value:
+            changes[name] = renamed
+    if not changes:
+        return obj
+    if not plain:
+        return replace(obj, **changes)  # type: ignore[type-var]
+    copy = object.__new__(kind)  # plain fields only (no __post_init__, no derived field): set them directly
+    values = copy.__dict__
+    for name in names:  # not cached properties: those are computed again from the new names
+        values[name] = changes[name] if name in changes else getattr(obj, name)
+    return copy
+
+
+_PLAIN = frozenset({int, float, bool, bytes, complex})
+_FIELDS: dict[type, tuple[tuple[str, ...], bool] | None] = {}
+
+
+def _init_fields(cls: type) -> tuple[tuple[str, ...], bool] | None:
+    """The ``__init__`` fields of a dataclass type and whether they are all it holds (no ``__post_init__``, no
+    field outside ``__init__``, no slots); None for any other type.  Looked up once per type."""
+    if cls not in _FIELDS:
+        if not is_dataclass(cls):
+            _FIELDS[cls] = None
+        else:
+            every = fields(cls)
+            names = tuple(f.name for f in every if f.init)
+            plain = len(names) == len(every) and not hasattr(cls, "__post_init__") and not hasattr(cls, "__slots__")
+            _FIELDS[cls] = (names, plain)
+    return _FIELDS[cls]
 
 
 _DDP_PREFIX = re.compile(r"(?<![\w.])module\.")

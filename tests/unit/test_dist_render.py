@@ -77,3 +77,22 @@ def test_table_and_markdown():
     assert "FSDP units (measured on rank 0)" in text
     md = dist_inspect_markdown(report())
     assert "| `out.weight` | 3×16 | nonzero ‖3‖ | nonzero ‖4‖ | no shard here |" in md
+
+
+def test_html_page_has_the_per_rank_sections():
+    from gradprobe.render.html.distributed import dist_inspect_html
+
+    html = dist_inspect_html(report())
+    assert html.count("<!doctype html>") == 1
+    for section in ("distributed", "rank-memory", "rank-params", "units"):
+        assert f'<section id="{section}">' in html
+    memory = html[html.index('id="t-rank-memory"'):]
+    memory = memory[:memory.index("</table>")]
+    # one row per rank, then min and max of each column (backward peak 200..202 B)
+    assert [memory.count(f">{r}</td>") >= 1 for r in ("0", "1", "2", "min", "max")] == [True] * 5
+    assert ">200 B</td>" in memory and ">202 B</td>" in memory
+    params = html[html.index('id="t-rank-params"'):]
+    params = params[:params.index("</table>")]
+    assert "‖3‖" in params and "‖4‖" in params  # each rank's own shard norm
+    assert "Shard(dim=0) 2×16" in params and "Shard(dim=0) 1×16" in params and "no shard here" in params
+    assert "<th>rank 2</th>" in params.replace(' class=""', "")

@@ -4,6 +4,8 @@ graph as a picture, and the parameter, tensor and buffer tables."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gradprobe.facts.run import InspectReport, RunFacts
 from gradprobe.render.graph.collapse import FROZEN, TRAINABLE, param_state
 from gradprobe.render.html.grad_health import grad_health_section
@@ -74,8 +76,9 @@ def _buffers(f: RunFacts) -> str:
     return table("buffers", ["name", "shape", "dtype", "changed by the forward"], rows, placeholder="filter buffers…")
 
 
-def inspect_html(report: InspectReport, depth: int | None = None) -> str:
-    """The whole report as one self-contained page."""
+def inspect_html(report: InspectReport, depth: int | None = None, extra: Sequence[Section] = ()) -> str:
+    """The whole report as one self-contained page; ``extra`` sections (the per-rank ones under torchrun) follow
+    the memory section."""
     f = report.facts
     depth = f.graph.display_depth if depth is None and f.graph is not None else (depth or 8)
     sections = [Section("summary", "Summary", _summary(report)),
@@ -83,6 +86,7 @@ def inspect_html(report: InspectReport, depth: int | None = None) -> str:
                         findings_html(report.findings, "autograd sees what a training run expects.")),
                 *([Section("grads", "Gradient health", grad_health_section(report))] if f.grad_health else []),
                 Section("memory", "Memory", memory_section(f)),
+                *extra,
                 Section("graph", "grad_fn graph", graph_section(f, depth)),
                 Section("parameters", f"Parameters ({len(f.parameters)})", _parameters(f))]
     if f.tensors:

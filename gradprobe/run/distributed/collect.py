@@ -6,7 +6,7 @@ What the engine cannot see from outside the wrapper is taken where the wrapper e
   the reducer all-reduces it (presence and norm) — used/unused per rank.
 * FSDP2: each unit's ``FSDPParamGroup.unshard``/``post_backward`` are wrapped on the instance: the
   all-gather output bytes per phase, and the unsharded gradients (local, before the reduce-scatter),
-  with the sharded gradient each rank keeps afterwards.
+  with the sharded gradient each rank keeps afterwards (state and norm read for all of them at once).
 * FSDP1: the flat gradient of every unit after FSDP's final backward callback: per original parameter the
   slice this rank holds, and the bytes it spends on frozen parameters; and a tensor hook on each forward view
   of the flat parameter (``fsdp1_local``): which parameters autograd reached on this rank, before the reduction.
@@ -33,6 +33,7 @@ from gradprobe.facts.distributed import NO_SHARD, RankBuffer, RankFacts, RankMem
 from gradprobe.facts.run import RunFacts
 from gradprobe.run.distributed.fsdp1_local import hook_forward_views
 from gradprobe.run.distributed.wrappers import Wrapped, element_size, numel
+from gradprobe.run.trackers.grad_stats import quiet
 from gradprobe.run.trackers.grads import local_tensor
 
 
@@ -47,7 +48,13 @@ def _norm(t: torch.Tensor) -> float:
 
 def digest_tensors(tensors: list[torch.Tensor]) -> list[str | None]:
     """A cheap fingerprint of each tensor's values (norm and sum in its own dtype, computed the same way on every
-    rank): equal values give equal digests; different ones almost surely differ."""
+    rank): equal values give equal digests; different ones almost surely differ.  One ``_foreach_norm`` and one
+    stacked sum per call, one conversion to Python each, outside every tracker (dispatch and function modes)."""
+    with quiet():  # even a method call on a tensor goes through the run's function mode (the cut tracker's)
+        return _digests(tensors)
+
+
+def _digests(tensors: list[torch.Tensor]) -> list[str | None]:
     out: list[str | None] = [None] * len(tensors)
     dense: list[int] = []
     for i, t in enumerate(tensors):
@@ -59,11 +66,15 @@ def digest_tensors(tensors: list[torch.Tensor]) -> list[str | None]:
     if not dense:
         return out
     locals_ = [local_tensor(tensors[i]).detach() for i in dense]  # type: ignore[union-attr]
-    with torch.no_grad(), torch._C._DisableTorchDispatch():  # plain (local) tensors, outside the trackers
-        norms = torch.stack(torch._foreach_norm(locals_)).tolist()
-        sums = [complex(x.sum()) if x.is_complex() else float(x.sum()) for x in locals_]
-    for i, n, s in zip(dense, norms, sums, strict=True):
-        out[i] = f"{n!r}/{s!r}"
+    sums: list[float | complex] = [0.0] * len(dense)
+    norms = torch.stack(torch._foreach_norm(locals_)).tolist()
+    for complex_ in (False, True):  # one stack per kind: a real sum never prints as a complex number
+        idx = [k for k, x in enumerate(locals_) if x.is_complex() is complex_]
+        if idx:
+            for k, v in zip(idx, torch.stack([locals_[k].sum() for k in idx]).tolist(), strict=True):
+                sums[k] = v
+    for i, n, v in zip(dense, norms, sums, strict=True):
+        out[i] = f"{n!r}/{v!r}"
     return out
 
 
@@ -80,7 +91,7 @@ class _UnitStats:
     all_gather_backward: int = 0
     reduce_scatter: int = 0
     gradient: int = 0
-    sharded_grads: dict[str, tuple[str, float | None, int]] = field(default_factory=dict)
+    sharded_grads: dict[str, torch.Tensor] = field(default_factory=dict)  # parameter → the local shard of its grad
 
 
 class RankCollector:
@@ -133,7 +144,7 @@ class RankCollector:
 
             def hook(grad: torch.Tensor, name: str = name) -> None:
                 self.backward_seen = True
-                with torch.no_grad(), torch._C._DisableTorchDispatch():  # a plain tensor, outside the trackers
+                with quiet():  # a plain tensor, outside the trackers
                     norm = _norm(grad) if grad.layout == torch.strided and grad.is_floating_point() else None
                 self.local[name] = (True, norm)
 
@@ -165,6 +176,7 @@ class RankCollector:
             def post_backward_wrapper(*args: Any, _orig: Any = post_backward, _group: Any = group,
                                       _stats: _UnitStats = stats, **kwargs: Any) -> Any:
                 self.backward_seen = True
+                unsharded: dict[str, torch.Tensor] = {}
                 for fp in _group.fsdp_params:
                     name = _fqn(fp, names)
                     if name is None or not hasattr(fp, "_unsharded_param"):
@@ -181,16 +193,17 @@ class RankCollector:
                     # reduce-scattered in the MixedPrecisionPolicy's reduce_dtype when it differs (FSDP2's rule)
                     reduce_dtype = getattr(fp, "reduce_dtype", None) or grad.dtype
                     _stats.reduce_scatter += grad.numel() * reduce_dtype.itemsize
-                    with torch.no_grad(), _disable_current_modes():
-                        self.local[name] = (True, _norm(grad))
+                    unsharded[name] = grad
+                if unsharded:  # the unit's local gradients, before the reduce-scatter frees them: one read
+                    self.local.update((n, (True, norm)) for n, norm in _norms(unsharded).items())
                 out = _orig(*args, **kwargs)
-                with _disable_current_modes():
+                with _disable_current_modes():  # read later, all at once (``_sharded_grad_states``)
                     for fp in _group.fsdp_params:
                         name = _fqn(fp, names)
                         grad = local_tensor(fp.sharded_param.grad)
                         if name is None or grad is None:
                             continue
-                        _stats.sharded_grads[name] = (*_state(grad), grad.numel() * grad.element_size())
+                        _stats.sharded_grads[name] = grad.detach()
                 return out
 
             group.unshard = unshard_wrapper
@@ -288,7 +301,9 @@ class RankCollector:
         params: list[RankParam] = []
         local_param_bytes = 0
         local_grad_bytes = 0
-        fsdp2_grads = {n: g for s in self.units.values() for n, g in s.sharded_grads.items()}
+        fsdp2_grads = _sharded_grad_states({n: g for s in self.units.values() for n, g in s.sharded_grads.items()})
+        for stats in self.units.values():
+            stats.sharded_grads.clear()  # read: the gradients are the model's again to free
         for name, info in self.w.shards.items():
             size = element_size(info.dtype)
             held = numel(info.local_shape) * size
@@ -309,7 +324,7 @@ class RankCollector:
         return params, local_param_bytes, local_grad_bytes
 
     def _grad_of(self, name: str, info: Any, fact: Any, did_backward: bool,
-                 fsdp2_grads: dict[str, Any]) -> tuple[str | None, float | None, int]:
+                 fsdp2_grads: dict[str, tuple[str, float | None, int]]) -> tuple[str | None, float | None, int]:
         """(gradient state, norm, bytes of an FSDP2 sharded gradient) of one parameter on this rank."""
         if not did_backward:
             return None, None, 0
@@ -319,8 +334,7 @@ class RankCollector:
             grad, norm = self.flat_grads[name]
             return grad, norm, 0
         if self.w.kind == "fsdp" and name in fsdp2_grads:
-            grad, norm, nbytes = fsdp2_grads[name]
-            return grad, norm, nbytes
+            return fsdp2_grads[name]
         if fact is not None:
             return fact.grad, fact.grad_norm, 0
         return "none", None, 0
@@ -387,6 +401,35 @@ def _state(grad: torch.Tensor) -> tuple[str, float | None]:
         if norm == 0.0:  # all zeros, or values whose squares underflow
             return ("nonzero", norm) if bool(torch.any(grad != 0)) else ("zero", 0.0)
     return "nonzero", norm
+
+
+def _norms(grads: dict[str, torch.Tensor]) -> dict[str, float | None]:
+    """The 2-norm of each gradient, each in its own dtype as ``_norm`` computes it: one ``_foreach_norm`` per
+    dtype, outside every tracker; None for a gradient that is not a dense floating-point tensor."""
+    out: dict[str, float | None] = {}
+    batches: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+    for name, g in grads.items():
+        if g.layout == torch.strided and g.is_floating_point():
+            batches.setdefault((g.device, g.dtype), []).append(name)
+        else:
+            out[name] = None
+    with quiet():
+        for names in batches.values():
+            norms = torch.stack(torch._foreach_norm([grads[n].detach() for n in names])).tolist()
+            out.update(zip(names, norms, strict=True))
+    return out
+
+
+def _sharded_grad_states(grads: dict[str, torch.Tensor]) -> dict[str, tuple[str, float | None, int]]:
+    """(state, norm, bytes) of each FSDP2 sharded gradient: the norms all at once (``_norms``), an element-wise
+    look only where a norm is zero or unknown."""
+    norms = _norms({n: g for n, g in grads.items() if g.numel()})
+    out: dict[str, tuple[str, float | None, int]] = {}
+    for name, g in grads.items():
+        norm = norms.get(name)
+        state = ("nonzero", norm) if norm else _state(g)
+        out[name] = (*state, g.numel() * g.element_size())
+    return out
 
 
 def _fqn(fsdp_param: Any, names: dict[int, str]) -> str | None:
