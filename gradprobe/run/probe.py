@@ -17,7 +17,7 @@ from torch import nn
 
 from gradprobe.errors import RunError, describe_exception
 from gradprobe.facts.grad_health import GradThresholds
-from gradprobe.facts.run import GradState, GraphFact, RunFacts
+from gradprobe.facts.run import GradState, GraphFact, MemoryFact, RunFacts
 from gradprobe.run import builders
 from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
@@ -59,6 +59,9 @@ class ProbeOptions:
     # graph cuts and parameters read: a TorchFunctionMode over every torch call of the forward (5-7 µs each);
     # compare-modes' rows read neither, so its tracked runs switch it off (issue 16)
     cuts: bool = True
+    # only the facts a compare-modes row reads (outputs, graph node count, memory peaks and saved bytes, buffers
+    # changed); parameters, modules, leaves, per-module memory and the non-finite check are left empty (issue 16)
+    row_facts: bool = False
 
 
 @dataclass
@@ -157,7 +160,8 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
                              grad=options.grad_mode == "grad", guard=guard, names=canonical,
                              state_tensors=state_tensors, input_tensors=input_tensors, grads=options.grads,
                              depth=options.tree_depth, events=options.memory_detail,
-                             host_inputs=_host_values(inputs, device), cuts=options.cuts)
+                             host_inputs=_host_values(inputs, device), cuts=options.cuts,
+                             rows=options.row_facts)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return _Run(model, inputs, options, target, state, guard, owners, device, trackers, before,
@@ -182,6 +186,10 @@ def _run(run: _Run) -> RunFacts:
     did_backward = backward(run, loss) if reason is None and loss is not None else False
     t0 = lap("backward", t0)
     loss_value = float(loss.detach()) if loss is not None and loss.device.type != "meta" else None
+    if run.options.row_facts:
+        facts = _row_facts(run, flat_out, loss_value, graph, did_backward, reason)
+        lap("facts", t0)
+        return facts
     run.proven_finite = proven_finite(run.proven_finite, loss_value)
     facts = _facts(run, flat_out, loss_value, graph, did_backward, reason)
     if did_backward and loss is not None:
@@ -374,6 +382,30 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
         modified_in_backward=builders.written_in(changes, BACKWARD), param_changes=changes,
         leaves=builders.leaf_facts(run.state.leaves, calls.names, did_backward),
     ))
+
+
+def _row_facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: float | None,
+               graph: GraphFact | None, did_backward: bool, reason: str | None) -> RunFacts:
+    """The facts of :attr:`ProbeOptions.row_facts`: what a compare-modes row reads, the same values as
+    :func:`_facts` gives them; every other fact is left empty."""
+    trackers = run.trackers
+    memory = None
+    if trackers.live is not None:
+        peaks = trackers.live.facts()
+        memory = MemoryFact(
+            method=f"tensor storage bytes via TorchDispatchMode on {run.device.type}"
+                   + (" (estimate: no memory allocated)" if run.device.type == "meta" else ""),
+            forward_peak_bytes=peaks.forward, backward_peak_bytes=peaks.backward,
+            saved_for_backward_bytes=trackers.saved.facts().total_bytes if trackers.saved is not None else 0,
+            parameter_bytes=0, gradient_bytes=None)
+    kernels = trackers.kernels.facts() if trackers.kernels is not None else frozenset()
+    return RunFacts(
+        target=run.target, torch_version=torch.__version__, device=str(run.device), mode=run.options.mode,
+        grad_mode=run.options.grad_mode, backward=did_backward, backward_skipped_reason=reason, loss=loss_value,
+        parameters=(), buffers=builders.buffer_facts(run.state, trackers.recorder.names, kernels), modules=(),
+        tensors=(), outputs=tuple(tensor_fact("", 0, path, t) for path, t in flat_out), graph=graph, memory=memory,
+        global_grad_enabled=run.state.grad_enabled, forward_time_s=run.forward_time,
+        backward_time_s=run.backward_time, notes=tuple(run.notes))
 
 
 def device_of(model: nn.Module, inputs: list[torch.Tensor]) -> torch.device:

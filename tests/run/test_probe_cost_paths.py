@@ -109,3 +109,32 @@ def test_grad_run_with_graph_off_keeps_the_big_stack(monkeypatch: pytest.MonkeyP
     model = zoo.mlp()
     _facts(model, model.example_input_array, graph=False)
     assert calls and calls[0] > 0
+
+
+_ROW_FIELDS = ("outputs", "graph", "buffers", "backward", "backward_skipped_reason", "loss", "mode", "grad_mode",
+               "global_grad_enabled", "notes")
+
+
+@pytest.mark.parametrize("factory", [zoo.resnet_small, zoo.tiny_gpt])
+@pytest.mark.parametrize(("mode", "grad_mode", "backward"), [("train", "grad", True), ("train", "no_grad", False),
+                                                             ("eval", "inference_mode", False)])
+def test_row_facts_are_the_full_runs_figures(factory: Any, mode: str, grad_mode: str, backward: bool) -> None:
+    """``row_facts`` (compare-modes' tracked runs) builds what a row reads with the full run's values, nothing else."""
+    torch.manual_seed(0)
+    model = factory()
+    x = model.example_input_array
+    options = {"mode": mode, "grad_mode": grad_mode, "backward": backward, "tensors": False, "tree_depth": 1,
+               "cuts": False}
+    full = _facts(model, x, **options)
+    rows = _facts(model, x, **options, row_facts=True)
+    for name in _ROW_FIELDS:
+        assert getattr(rows, name) == getattr(full, name), name
+    assert full.memory is not None and rows.memory is not None
+    for name in ("forward_peak_bytes", "backward_peak_bytes", "saved_for_backward_bytes", "method"):
+        assert getattr(rows.memory, name) == getattr(full.memory, name), name
+    assert rows.parameters == () and rows.modules == () and rows.memory.by_module == ()
+    # plain torch: train mode moves BatchNorm's statistics, eval and the other models leave every buffer alone
+    changed = {b.name for b in rows.buffers if b.changed}
+    assert changed == ({n for n, _ in model.named_buffers() if n.endswith(("running_mean", "running_var",
+                                                                              "num_batches_tracked"))}
+                       if mode == "train" else set())

@@ -98,7 +98,8 @@ def _tracked(s: Session, mode: str, grad_mode: str, backward: bool, target: str,
     """One run with every tracker on; a failing backward is retried without it and reported."""
     options = ProbeOptions(mode=mode, grad_mode=grad_mode, backward=backward, memory=True, tensors=False,
                            graph=True, tree_depth=8 if memory_detail else 1, seed=None, memory_detail=memory_detail,
-                           cuts=memory_detail)  # a row reads no cut; the html report shows the run whole
+                           cuts=memory_detail,  # a row reads no cut; the html report shows the run whole
+                           row_facts=not memory_detail)  # nor parameter, module or leaf facts
     try:
         return run_probe(s.model, s.inputs, options, target).facts, None
     except RunError as exc:

@@ -68,16 +68,37 @@ class StartState:
 
     def reset(self) -> None:
         """Back to the starting values and RNG state, before every run."""
+        moved = []
         for entry in self.tensors:
             store, key, t, copy, version = entry
             if table_get(store, key) is not t:  # TorchScript's parameter/buffer tables have no .get
                 store[key] = t
             if copy is not None and t._version != version:
-                restore_tensor(t, copy)
-                entry[4] = t._version
+                moved.append(entry)
+        if moved:
+            _copy_back(moved)
         torch.random.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, self.device)
+
+
+def _copy_back(moved: list[list[Any]]) -> None:
+    """Copy each moved tensor's starting value back and note its new version: one fused copy for the usual
+    case (a train-mode row moves every BatchNorm statistic, ~8 µs of Python each one by one), else one by one."""
+    fused = [e for e in moved if not e[2].is_inference()] if len(moved) > 1 else []
+    try:
+        if len(fused) > 1:
+            with torch.no_grad():
+                torch._foreach_copy_([e[2] for e in fused], [e[3] for e in fused])
+        else:
+            fused = []
+    except (RuntimeError, NotImplementedError, TypeError):  # a layout or subclass the fused copy refuses
+        fused = []
+    done = {id(e) for e in fused}
+    for entry in moved:
+        if id(entry) not in done:
+            restore_tensor(entry[2], entry[3])
+        entry[4] = entry[2]._version
 
 
 def syncer(device: torch.device) -> Callable[[], None]:

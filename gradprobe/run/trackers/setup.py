@@ -123,15 +123,16 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
                   guard: ParamWriteGuard, names: Mapping[int, str], state_tensors: Sequence[torch.Tensor],
                   input_tensors: Sequence[torch.Tensor], grads: GradThresholds | None = None,
                   depth: int = 8, events: bool = False,
-                  host_inputs: HostInputs | None = None, cuts: bool = True) -> RunTrackers:
+                  host_inputs: HostInputs | None = None, cuts: bool = True, rows: bool = False) -> RunTrackers:
     """Build the trackers the options ask for.  ``grad``: the forward runs with grad enabled (saved tensors
     and graph cuts exist only then); ``names``: id(parameter) -> canonical name; ``state_tensors``
     (parameters, buffers) cost no new bytes; ``grads`` (thresholds) switches the gradient-health tracker on,
     ``depth`` is its flow view's depth; ``events``: record the memory event log; ``host_inputs``: on meta,
     (input, its CPU copy) for each input whose values are known, and the inputs without; ``cuts``: watch every
     torch call of the forward for graph cuts and parameters read (flags flipped by forward are recorded either
-    way)."""
-    recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory)
+    way); ``rows``: only compare-modes' row facts are built (``ProbeOptions.row_facts``): no flags flipped, no
+    module inputs for the per-module memory."""
+    recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory and not rows)
     found = RunTrackers(recorder=recorder, guard=guard)
     if memory:
         found.live = LiveBytesTracker(known=[*state_tensors, *input_tensors])
@@ -141,7 +142,7 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
             found.events = EventLogTracker(recorder, known=[*state_tensors, *input_tensors])
     if device.type == "meta":
         found.kernels = MetaKernels(recorder, host_inputs)
-    found.cuts = GraphCuts(model, names, cuts=grad and cuts, call_args=memory)
+    found.cuts = None if rows else GraphCuts(model, names, cuts=grad and cuts, call_args=memory)
     fused = find_fused_experts(model)
     found.experts = ExpertTracker(fused) if fused else None
     observers: list[OpObserver] = [o for o in (guard if guard.watching else None, found.live, found.events)
