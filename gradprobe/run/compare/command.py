@@ -131,22 +131,23 @@ def _eval_random(s: Session, ref_out: Snapshot, seed: int | None) -> tuple[Outpu
     """
     other = (seed if seed is not None else torch.initial_seed()) + 1
     try:
-        s.reset()
-        for device in {torch.device("cpu"), s.device}:  # only the generators the run uses; restored after
-            gen = torch.Generator(device=device)
-            gen.manual_seed(other)
-            if device.type == "cpu":
-                torch.random.set_rng_state(gen.get_state())
-            elif device.type == "cuda":
-                torch.cuda.set_rng_state(gen.get_state(), device)
-        out = s.forward("eval", "no_grad", reset=False)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:
-        return NOT_COMPARED, describe_exception(exc)
+        try:
+            s.reset()
+            for device in {torch.device("cpu"), s.device}:  # only the generators the run uses; restored after
+                gen = torch.Generator(device=device)
+                gen.manual_seed(other)
+                if device.type == "cpu":
+                    torch.random.set_rng_state(gen.get_state())
+                elif device.type == "cuda":
+                    torch.cuda.set_rng_state(gen.get_state(), device)
+            out = s.forward("eval", "no_grad", reset=False, copy=False)  # compared before the reset below
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            return NOT_COMPARED, describe_exception(exc)
+        return compare_outputs(out, ref_out), None
     finally:
         s.reset()
-    return compare_outputs(out, ref_out), None
 
 
 def _maybe_attribute(s: Session, rows: list[ModeRow], outs: Outputs, ref_key: tuple[str, str]) -> Attribution | None:

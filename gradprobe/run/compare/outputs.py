@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from gradprobe.facts.compare import Mismatch
 from gradprobe.run.flatten import flatten_tensors
@@ -19,13 +20,15 @@ def inexact(dtype: str) -> bool:
     return dtype.startswith(("float", "bfloat", "complex"))
 
 
-def snapshot(output: Any) -> Snapshot:
+def snapshot(output: Any, *, copy: bool = True) -> Snapshot:
     """Detached copies of every output tensor: later runs and state restores must not change them.
 
     Sparse outputs are kept dense and nested ones as their stored elements: the elementwise comparison
     below needs strided tensors (a nested tensor has no single shape, a sparse one no ``&``).
+    ``copy=False``: the tensors themselves, for a snapshot compared at once, before anything else runs or is
+    restored (a 2x64x50,257 logits copy costs ~3-10 ms, issue 16).
     """
-    return [(path, t if t.device.type == "meta" else t.clone()) for path, t in
+    return [(path, t if not copy or t.device.type == "meta" else t.clone()) for path, t in
             ((path, _strided(t.detach())) for path, t in flatten_tensors(output))]
 
 
@@ -100,7 +103,24 @@ def compare_outputs(a: Snapshot, b: Snapshot) -> OutputDiff:
     return OutputDiff(worst, ints_equal, within_tolerance=closest[0] <= 1.0, tolerance=closest[1])
 
 
+# a snapshot is compared several times (its row's repeat, the reference, the grad-mode diffs): its magnitude
+# is read once per value (keyed by identity, checked against the version counter)
+_MAGNITUDES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
 def _magnitude(t: torch.Tensor) -> float:
+    """:func:`_magnitude_of`, remembered for the tensor as long as its version does not move."""
+    if t.is_inference():  # no version counter to check against
+        return _magnitude_of(t)
+    known = _MAGNITUDES.get(t)
+    if known is not None and known[0] == t._version:
+        return known[1]
+    value = _magnitude_of(t)
+    _MAGNITUDES[t] = (t._version, value)
+    return value
+
+
+def _magnitude_of(t: torch.Tensor) -> float:
     """Largest finite absolute value (0 for an empty or all-NaN tensor).
 
     One pass without a copy when every value is finite (``aminmax``: the largest magnitude is ``max(-min, max)``,

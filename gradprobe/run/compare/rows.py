@@ -15,7 +15,7 @@ from typing import Any
 from gradprobe.errors import RunError, describe_exception
 from gradprobe.facts.compare import ModeRow, label
 from gradprobe.facts.run import RunFacts
-from gradprobe.run.compare.outputs import NOT_COMPARED, Snapshot, compare_outputs, inexact, snapshot
+from gradprobe.run.compare.outputs import NOT_COMPARED, OutputDiff, Snapshot, compare_outputs, inexact, snapshot
 from gradprobe.run.compare.session import Session
 from gradprobe.run.compare.start import syncer
 from gradprobe.run.flatten import flatten_tensors
@@ -52,7 +52,7 @@ def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: boo
         _skip(s, repeat - len(timed.forward), f"{name}: failed")
         return ModeRow(mode, grad_mode, ok=False, error=timed.error, error_cause=timed.cause,
                        failed_timed_run=timed.failed_run, **fields), None
-    repeat_diff = compare_outputs(timed.outputs[0], timed.outputs[1]) if len(timed.outputs) > 1 else NOT_COMPARED
+    repeat_diff = timed.repeat_diff
     return ModeRow(
         mode, grad_mode, ok=True, backward_error=backward_error,
         time_s=statistics.median(timed.forward), times_s=tuple(timed.forward),
@@ -116,7 +116,8 @@ class _Timed:
 
     forward: list[float] = field(default_factory=list)
     backward: list[float] = field(default_factory=list)
-    outputs: list[Snapshot] = field(default_factory=list)  # of the first two runs
+    outputs: list[Snapshot] = field(default_factory=list)  # of the first run
+    repeat_diff: OutputDiff = NOT_COMPARED  # the second run's output against the first's
     error: str | None = None
     cause: str | None = None
     failed_run: int | None = None
@@ -126,19 +127,31 @@ def _timed(s: Session, mode: str, grad_mode: str, repeat: int, backward: bool) -
     result = _Timed()
     s.start.set_mode(mode)
     i = 0
+    compare_error: Exception | None = None  # gradprobe's own failure, never the model's: raised as it is
     try:
         for i in range(repeat):
-            _one_timed(s, grad_mode, backward, result, keep=i < 2)
+            second = _one_timed(s, grad_mode, backward, result, keep=i < 2)
+            if second is not None:  # compared at once, uncopied: before the next run's reset can touch it
+                try:
+                    result.repeat_diff = compare_outputs(result.outputs[0], second)
+                except Exception as exc:
+                    compare_error = exc
+                    break
+                del second
             s.step(f"{label(mode, grad_mode)}: timed run {i + 1}/{repeat}")
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
         result.error = f"timed run {i + 1} raised {describe_exception(exc)}"  # its forward may have been timed
         result.cause, result.failed_run = error_cause(exc), i + 1
+    if compare_error is not None:
+        raise compare_error
     return result
 
 
-def _one_timed(s: Session, grad_mode: str, backward: bool, result: _Timed, keep: bool) -> None:
+def _one_timed(s: Session, grad_mode: str, backward: bool, result: _Timed, keep: bool) -> Snapshot | None:
+    """One timed run; the first run's output is kept (copied), the second's returned uncopied for the repeat
+    check."""
     sync = syncer(s.device)
     s.reset()
     sync()
@@ -156,6 +169,8 @@ def _one_timed(s: Session, grad_mode: str, backward: bool, result: _Timed, keep:
             result.backward.append(time.perf_counter() - t1)
         for p in s.model.parameters():
             p.grad = None
+    if keep and result.outputs:
+        return snapshot(out, copy=False)
     if keep:
         result.outputs.append(snapshot(out))
-    del out
+    return None

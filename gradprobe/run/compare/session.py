@@ -56,10 +56,11 @@ class Session:
         """The model on its inputs, in whatever mode and grad mode are set."""
         return self.model(*self.inputs.args, **self.inputs.kwargs)
 
-    def forward(self, mode: str, grad_mode: str, *, reset: bool = True) -> Snapshot:
-        """One plain forward from the starting state (``reset=False``: as the caller left it), trackers off."""
+    def forward(self, mode: str, grad_mode: str, *, reset: bool = True, copy: bool = True) -> Snapshot:
+        """One plain forward from the starting state (``reset=False``: as the caller left it), trackers off;
+        ``copy=False``: the output uncopied, to be compared before anything else runs (:func:`snapshot`)."""
         if reset:
             self.reset()
         self.start.set_mode(mode)
         with grad_context(grad_mode):
-            return snapshot(self.call())
+            return snapshot(self.call(), copy=copy)
