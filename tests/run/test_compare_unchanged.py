@@ -54,6 +54,32 @@ class _Encoder(nn.Module):
         return self.enc(x, src_key_padding_mask=self.mask)
 
 
+class _ReturnsItsBuffer(nn.Module):
+    """The output is the model's own buffer, written in place by every forward: a later run or state reset
+    would change an output kept without a copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+        self.register_buffer("state", torch.zeros(4, 3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            self.state.add_(torch.nn.functional.dropout(self.lin(x), 0.5, self.training))
+        return self.state, self.lin(x)
+
+
+class _RandomInEval(nn.Module):
+    """Samples in eval too (``F.dropout(training=True)``): the check from another RNG state differs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(self.lin(x), 0.3, training=True)
+
+
 def _gpt2_2layer() -> nn.Module:
     return zoo.tiny_gpt(batch=2, seq=64, vocab_size=50257, n_layer=2, n_embd=128)
 
@@ -69,6 +95,9 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Any] | None, dict[s
     "tiny_gpt_subset": (zoo.tiny_gpt, None, {"modes": "train:grad,eval:inference_mode", "repeat": 1}),
     "grad_branch": (_GradBranch, lambda: torch.randn(4, 6), {}),
     "encoder_padding": (_Encoder, lambda: torch.randn(2, 5, 16), {"repeat": 2}),
+    "returns_its_buffer": (_ReturnsItsBuffer, lambda: torch.randn(4, 6), {}),
+    "returns_its_buffer_backward": (_ReturnsItsBuffer, lambda: torch.randn(4, 6), {"backward": True, "repeat": 2}),
+    "random_in_eval": (_RandomInEval, lambda: torch.randn(4, 6), {}),
     "gpt2_2layer": (_gpt2_2layer, None, {"repeat": 2}),
 }
 
