@@ -9,8 +9,6 @@ on purpose, from code known to be right) with ``GRADPROBE_WRITE_FACTS=1 pytest t
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from fixtures import zoo
-from run.test_facts_unchanged import _plain, _same
+from run.test_facts_unchanged import _plain, assert_unchanged, read_store
 from torch import nn
 
 from gradprobe.api import compare_modes
@@ -117,22 +115,10 @@ def _comparison(name: str) -> Any:
 
 @pytest.fixture(scope="module")
 def stored() -> dict[str, Any]:
-    if os.environ.get("GRADPROBE_WRITE_FACTS") == "1":
-        torch.set_num_threads(1)
-        data = {"torch": torch.__version__, "cases": {name: _comparison(name) for name in CASES}}
-        STORE.write_text(json.dumps(data, indent=0, sort_keys=True) + "\n")
-    return json.loads(STORE.read_text())
+    return read_store(STORE, _comparison, CASES)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "gpt2_2layer" else n
                                   for n in CASES])
 def test_comparison_unchanged(name: str, stored: dict[str, Any]) -> None:
-    if stored["torch"] != torch.__version__:
-        pytest.skip(f"comparisons stored with torch {stored['torch']}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        got = json.loads(json.dumps(_comparison(name)))
-    finally:
-        torch.set_num_threads(threads)
-    _same(got, stored["cases"][name], name)
+    assert_unchanged(stored, name, _comparison)

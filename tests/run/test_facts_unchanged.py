@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -150,23 +150,33 @@ def _same(got: Any, want: Any, where: str) -> None:
         assert got == want, where
 
 
-@pytest.fixture(scope="module")
-def stored() -> dict[str, Any]:
+def read_store(store: Path, compute: Callable[[str], Any], names: Iterable[str]) -> dict[str, Any]:
+    """The stored cases; with ``GRADPROBE_WRITE_FACTS=1`` first written anew by this code, on 1 thread."""
     if os.environ.get("GRADPROBE_WRITE_FACTS") == "1":
         torch.set_num_threads(1)
-        data = {"torch": torch.__version__, "cases": {name: _facts(name) for name in CASES}}
-        STORE.write_text(json.dumps(data, indent=0, sort_keys=True) + "\n")
-    return json.loads(STORE.read_text())
+        data = {"torch": torch.__version__, "cases": {name: compute(name) for name in names}}
+        store.write_text(json.dumps(data, indent=0, sort_keys=True) + "\n")
+    return json.loads(store.read_text())
+
+
+def assert_unchanged(stored: dict[str, Any], name: str, compute: Callable[[str], Any]) -> None:
+    """Case ``name`` computed now, on 1 thread, equals the stored one (skipped under another torch)."""
+    if stored["torch"] != torch.__version__:
+        pytest.skip(f"stored with torch {stored['torch']}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = json.loads(json.dumps(compute(name)))
+    finally:
+        torch.set_num_threads(threads)
+    _same(got, stored["cases"][name], name)
+
+
+@pytest.fixture(scope="module")
+def stored() -> dict[str, Any]:
+    return read_store(STORE, _facts, CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_facts_unchanged(name: str, stored: dict[str, Any]) -> None:
-    if stored["torch"] != torch.__version__:
-        pytest.skip(f"facts stored with torch {stored['torch']}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        got = json.loads(json.dumps(_facts(name)))
-    finally:
-        torch.set_num_threads(threads)
-    _same(got, stored["cases"][name], name)
+    assert_unchanged(stored, name, _facts)
