@@ -50,7 +50,7 @@ UseOrigParamsOpt = Annotated[bool, typer.Option(
     metavar="", show_default=False)]
 
 ReshardOpt = Annotated[bool | None, typer.Option(
-    "--reshard-after-forward/--no-reshard-after-forward", rich_help_panel=DIST_PANEL, show_default=False,
+    "--reshard-after-forward/--no-reshard-after-forward", rich_help_panel=DIST_PANEL, show_default=False, metavar="",
     help="FSDP2 reshard_after_forward (with --wrap fsdp, or --world-size on a target that applies fully_shard): "
          "on, FSDP2's default, every unit but the root frees its all-gathered parameters after its forward and "
          "all-gathers them again in backward; off, they stay from forward to backward.")]
