@@ -61,7 +61,9 @@ class EventLog:
     between the forward and the backward.  ``call_parent[c]`` is the call that was running when call ``c``
     began (-1: none).  ``saved`` (storage, call index or -1), ``outputs`` (storages) and ``gradients``
     (storage, parameter name) say which storages were saved for backward when the forward ended, are the
-    model's outputs, and end the run as a parameter's (or input's) ``.grad``.
+    model's outputs, and end the run as a parameter's (or input's) ``.grad``.  ``emptied`` (storages) held no
+    bytes when the forward ended although alive: resized to zero in place (FSDP2 frees its all-gather outputs
+    with ``UntypedStorage.resize_(0)``, which makes no event here), so nothing holds their bytes then.
     """
 
     op_names: tuple[str, ...] = ()
@@ -83,6 +85,7 @@ class EventLog:
     gradients: tuple[tuple[int, str], ...] = ()
     held: tuple[tuple[str, int], ...] = ()  # ("parameters", bytes), ("buffers", bytes), ("inputs", bytes)
     estimate: bool = False  # recorded on the meta device: sizes as a real run would have them, nothing allocated
+    emptied: tuple[int, ...] = ()  # alive at the forward's end with storage resized to 0 bytes (FSDP2 reshard)
 
     def column(self, name: str) -> memoryview:
         """A packed column as integers (see the class docstring for the names)."""

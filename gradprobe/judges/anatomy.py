@@ -165,13 +165,15 @@ def anatomies(log: EventLog | None, top: int = 10) -> tuple[PeakAnatomy, ...]:
 
 def kept_after_forward(log: EventLog, r: Replay | None = None) -> list[KeptTensor]:
     """Storages the forward created that were still alive when it ended, neither saved for backward nor an
-    output: something other than autograd keeps them (a Python list or attribute, a hook, a ``ctx.x = t``)."""
+    output: something other than autograd keeps them (a Python list or attribute, a hook, a ``ctx.x = t``).
+    Storages resized to zero bytes by then (``log.emptied``: FSDP2's all-gather outputs) hold nothing."""
     span = log.span("forward")
     if span is None or span.end_event == 0:
         return []
     r = r or replay(log)
     end = span.end_event - 1
-    kept = [s for s in _alive_at(r, end) if s not in r.category]
+    emptied = set(log.emptied)
+    kept = [s for s in _alive_at(r, end) if s not in r.category and s not in emptied]
     tensors = [live_tensor(r, s) for s in kept]
     return [KeptTensor(t.nbytes, t.shape, t.dtype, t.op, t.op_index, t.module, t.call)
             for t in sorted(tensors, key=lambda t: -t.nbytes)]

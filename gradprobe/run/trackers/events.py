@@ -73,6 +73,7 @@ class EventLogTracker:
         self.live = 0
         self.spans: list[PhaseSpan] = []
         self.at_forward_end: dict[int, int] = {}  # storage key -> index, for the storages alive then
+        self.emptied: list[int] = []  # indices of storages alive at the forward's end but resized to 0 bytes
 
     # ------------------------------------------------------------------ tracker
     @contextlib.contextmanager
@@ -91,6 +92,9 @@ class EventLogTracker:
                                         start))
             if phase == FORWARD:
                 self.at_forward_end = {key: index for key, (_, index) in self._alive.items()}
+                self.emptied = sorted(index for ref, index in self._alive.values()
+                                      if (st := ref()) is not None and st.nbytes() == 0
+                                      and self.event_delta[self.storage_event[index]] > 0)
             else:
                 self._open = False  # frees after the backward are not part of the run
 
@@ -225,7 +229,7 @@ class EventLogTracker:
             event_storage=self.event_storage.tobytes(), storage_event=self.storage_event.tobytes(),
             storage_shape=self.storage_shape.tobytes(), storage_dtype=self.storage_dtype.tobytes(),
             phases=tuple(self.spans), saved=tuple(sorted(saved_pairs)), outputs=tuple(output_indices),
-            gradients=tuple(grad_pairs), held=tuple(held), estimate=estimate,
+            gradients=tuple(grad_pairs), held=tuple(held), estimate=estimate, emptied=tuple(self.emptied),
         )
 
 
