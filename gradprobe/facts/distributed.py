@@ -229,7 +229,8 @@ def merged_grad(states: list[tuple[str | None, float | None, str]]) -> tuple[str
 def merge_run_facts(facts: RunFacts, dist: DistFacts) -> RunFacts:
     """Rank 0's ``RunFacts`` (already under original names) with parameters merged over every rank.
 
-    The shape is the global one; ``grad``/``grad_norm`` combine the shards; ``numel``/``nbytes`` are global.
+    The shape is the global one, the dtype the one the ranks hold; ``grad``/``grad_norm`` combine the shards;
+    ``numel``/``nbytes`` are global.
     """
     per = dist.per_param()
     training = {m.name: m.training for m in facts.modules}
@@ -248,9 +249,13 @@ def merge_run_facts(facts: RunFacts, dist: DistFacts) -> RunFacts:
         numel = 1
         for d in shape:
             numel *= d
-        size = p.nbytes // p.numel if p.numel else _dtype_size(p.dtype)
+        # the dtype the ranks hold it in: an FSDP2 root unit keeps its unsharded parameters registered from
+        # forward to backward, in the MixedPrecisionPolicy's param_dtype, when the engine reads them
+        dtype = held[0].dtype if held else p.dtype
+        size = _dtype_size(dtype) if dtype != p.dtype else p.nbytes // p.numel if p.numel else _dtype_size(p.dtype)
         state = GradState(grad) if grad is not None and grad != NO_SHARD else None
-        params.append(replace(p, shape=shape, grad=state, grad_norm=norm, numel=numel, nbytes=numel * size))
+        params.append(replace(p, shape=shape, dtype=dtype, grad=state, grad_norm=norm, numel=numel,
+                              nbytes=numel * size))
     return replace(facts, parameters=tuple(params))
 
 

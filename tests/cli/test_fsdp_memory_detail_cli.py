@@ -92,3 +92,41 @@ def test_resharded_all_gather_outputs_are_not_kept(run_cli: Callable[..., CliRes
     kept = _findings(run_cli("inspect", "model.py:Keeper", *args, cwd=tmp_path))["kept-after-forward"]
     assert "64×512 float32 (128.0 KiB)" in kept["message"], kept["message"]
     assert kept["message"].startswith("1 tensor(s)"), kept["message"]
+
+
+# plain PyTorch: each parameter's dtype and global bytes after one step under fully_shard with a bf16/fp32 policy
+PLAIN_MP = '''
+import os, sys, json, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard, MixedPrecisionPolicy
+sys.path.insert(0, sys.argv[1])
+from model import Stack
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+dist.init_process_group("gloo", rank=0, world_size=1)
+m = Stack()
+mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+for b in m.blocks:
+    fully_shard(b, mp_policy=mp)
+fully_shard(m, mp_policy=mp)
+m(torch.randn(4, 32)).backward()
+print(json.dumps({n: [str(p.dtype).removeprefix("torch."), p.numel() * p.element_size()]
+                  for n, p in m.named_parameters()}))
+dist.destroy_process_group()
+'''
+
+
+def test_mixed_precision_parameters_in_the_dtype_they_are_held(run_cli: Callable[..., CliResult],
+                                                                tmp_path: Path) -> None:
+    """The root unit's parameters were reported in the policy's param_dtype (bfloat16): the engine read them while
+    FSDP2 had its unsharded copies registered; the model holds them in float32."""
+    (tmp_path / "model.py").write_text(MODEL)
+    port = str(29100 + (hash(str(tmp_path)) % 400))
+    plain = subprocess.run([sys.executable, "-c", PLAIN_MP, str(tmp_path), port], capture_output=True, text=True,
+                           timeout=120)
+    assert plain.returncode == 0, plain.stderr
+    want = json.loads(plain.stdout)
+    result = run_cli("inspect", "model.py:Stack", "--shape", "4,32", "--wrap", "fsdp", "--shard", "blocks.*",
+                     "--mixed-precision", "bf16,fp32", "--format", "json", cwd=tmp_path)
+    assert result.code == 0, result.err
+    got = {p["name"]: [p["dtype"], p["bytes"]] for p in json.loads(result.out)["parameters"]}
+    assert got == want
+    assert want["head.weight"][0] == "float32"
