@@ -74,7 +74,8 @@ def explain_op(origin: NonfiniteOrigin) -> tuple[str, str]:
                 "clamp the input above -1, or find what pushes it there")
     if op in ("sqrt", "sqrt_", "rsqrt", "rsqrt_") and first is not None and (first.negatives or first.zeros):
         return (f"{op} of values outside its domain: its input had {_stats(first)} values",
-                "clamp the input (x.clamp_min(eps)) before the root")
+                f"clamp the input before {op.rstrip('_')} (x.clamp_min(eps).{op.rstrip('_')}()), or find what "
+                f"makes it {'<= 0' if op.startswith('r') else 'negative'}")
     divisor = _divisor(op, inputs, origin.scalars)
     if divisor is not None:
         return (f"division by zero: {divisor}",
