@@ -94,7 +94,7 @@ def _marks(facts: RunFacts, gh: GradHealthFacts) -> dict[int, list[str]]:
         marks.setdefault(turned, []).append("backward NaN/Inf here")
     profile = scale_profile(gh) if gh.backward else None
     if profile is not None and not 1 / gh.thresholds.factor <= profile.ratio <= gh.thresholds.factor:
-        marks.setdefault(profile.worst, []).append("most scale lost" if profile.ratio < 1 else "most scale gained")
+        marks.setdefault(profile.worst, []).append("largest step down" if profile.ratio < 1 else "largest step up")
     for i, c in enumerate(gh.calls):
         if c.dead is not None and c.dead.dead:
             marks.setdefault(i, []).append(f"dead {c.dead.dead}/{c.dead.units}")
