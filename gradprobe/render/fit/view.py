@@ -36,8 +36,9 @@ def _title(report: FitReport) -> str:
         extra += f", mixed precision param {param or 'as is'} / reduce {reduce or param or 'as is'}"
     if row.reshard_after_forward is False:
         extra += ", reshard_after_forward off"
+    plural = "" if len(row.units) == 1 else "s"
     return (f"Per-rank memory of one training step: {report.target}, {row.wrapper}"
-            f"{' (' + str(len(row.units)) + ' FSDP units)' if row.units else ''}{extra}, optimizer {report.optimizer}")
+            f"{f' ({len(row.units)} FSDP unit{plural})' if row.units else ''}{extra}, optimizer {report.optimizer}")
 
 
 def render_fit(report: FitReport, console: Console) -> None:
