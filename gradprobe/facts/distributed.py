@@ -311,13 +311,36 @@ def rename_run_facts(facts: RunFacts, names: NameMap, *, report: bool = True) ->
     memory: MemoryFact | None = facts.memory
     if memory is not None:
         memory = replace(memory, by_module=tuple(x for x in memory.by_module if names.module(x.module) is not None))
-    kept = replace(facts, modules=tuple(modules), tensors=tensors, memory=memory)
+    graph = facts.graph
+    if graph is not None and graph.call_tree:
+        graph = replace(graph, call_tree=_tree_without_wrappers(graph.call_tree, names))
+    kept = replace(facts, modules=tuple(modules), tensors=tensors, memory=memory, graph=graph)
     mapping = {k: v for k, v in names.modules.items() if k and v is not None and k != v}
     mapping.update({k: v for k, v in names.buffers.items() if k != v})
     mapping.update({k: v for k, v in names.params.items() if k != v})
     if not mapping:
         return kept
     return rename_strings(kept, lambda text: mapping.get(text, text))  # type: ignore[return-value]
+
+
+Call = tuple[str, int]
+
+
+def _tree_without_wrappers(tree: tuple[tuple[Call, Call | None], ...],
+                           names: NameMap) -> tuple[tuple[Call, Call | None], ...]:
+    """The graph's call tree without the wrapper modules' calls (DDP, FSDP1's wrappers): a call inside one hangs
+    from the wrapper's nearest kept ancestor.  Renamed as they were, DDP's own call ``('', 1)`` and the model's
+    ``('module', 1)`` both became ``('', 1)``: a call its own parent, which the pictures walked up forever."""
+    parent_of = dict(tree)
+
+    def kept(call: Call | None) -> Call | None:
+        seen: set[Call] = set()
+        while call is not None and names.module(call[0]) is None and call not in seen:
+            seen.add(call)
+            call = parent_of.get(call)
+        return call if call is None or names.module(call[0]) is not None else None
+
+    return tuple((call, kept(parent)) for call, parent in tree if names.module(call[0]) is not None)
 
 
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")

@@ -33,7 +33,8 @@ def batch():
 def test_sqrt_of_negatives_hint_names_the_op(run_cli: Callable[..., CliResult], tmp_path: Path) -> None:
     (tmp_path / "model.py").write_text(MODEL)
     x = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
-    result = run_cli("inspect", "model.py:SqrtNet", "--inputs", "model.py:batch", "--grads", "--format", "json", cwd=tmp_path)
+    result = run_cli("inspect", "model.py:SqrtNet", "--inputs", "model.py:batch", "--grads", "--format", "json",
+                     cwd=tmp_path)
     assert result.code == 0, result.err
     found = {f["code"]: f for f in json.loads(result.out)["findings"]}["nonfinite-forward"]
 
