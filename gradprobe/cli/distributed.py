@@ -207,7 +207,9 @@ def load_spec(s: Any) -> Any:
 
 
 def inspect_distributed(env: Any, options: Any, *, s: Any, probe: dict[str, Any], format_: Any,
-                        output: Path | None, top: int, filter_: str | None, strict: bool) -> int:
+                        output: Path | None, top: int, filter_: str | None, strict: bool,
+                        graph: tuple[str, str] | None = None) -> int:
+    """``graph``: (path, kind) of the --graph export, written by rank 0 from its own run's grad_fn graph."""
     from gradprobe.api import resolve_loss, user_output_to_stderr
     from gradprobe.api_distributed.inspect import inspect_rank
 
@@ -222,6 +224,11 @@ def inspect_distributed(env: Any, options: Any, *, s: Any, probe: dict[str, Any]
             report = inspect_rank(session, load_spec(s), options, **probe)
         if report is None:
             return 0
+        if graph is not None:
+            from gradprobe.cli.output import write_text
+            from gradprobe.render.graph.export import export_graph
+
+            write_text(export_graph(report.report.facts, graph[1], probe.get("depth")), Path(graph[0]))
         from gradprobe.render.html.distributed import dist_inspect_html
         from gradprobe.render.inspect.distributed import dist_inspect_json, dist_inspect_markdown, render_dist_inspect
 

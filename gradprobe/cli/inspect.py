@@ -133,6 +133,7 @@ def inspect(
         if s["loss"] is not None:
             check_loss_spec(s["loss"])
         quiet_torch_import(debug)
+        _check_one_process(grads, graph, world_size, dist)
         if world_size is not None:  # will it fit on N GPUs: every rank simulated in this process
             from gradprobe.cli.fit import inspect_fit
 
@@ -156,7 +157,8 @@ def inspect(
                                        memory_detail=(memory_detail or format_ is OutputFormat.html) and not no_memory,
                                        optimizer_state=optimizer_state.value,
                                        param_dtype=param_dtype.value if param_dtype is not None else None),
-            format_=format_, output=output, top=top, filter_=filter_, strict=strict))
+            format_=format_, output=output, top=top, filter_=filter_, strict=strict,
+            graph=(graph, graph_kind) if graph is not None and graph_kind is not None else None))
         if routed is not None:  # under torchrun (or --wrap): every rank ran, rank 0 reported
             return routed
         from gradprobe.api import probe, resolve_loss, user_output_to_stderr
@@ -191,6 +193,18 @@ def inspect(
     from gradprobe.cli.command import guarded
 
     guarded(debug, body)
+
+
+def _check_one_process(grads: bool, graph: str | None, world_size: str | None, dist: DistArgs) -> None:
+    """--grads and --graph read one process's run: refused (not silently dropped) where no such run exists."""
+    from gradprobe.errors import UsageError
+    from gradprobe.run.distributed.env import launch_env
+
+    if world_size is not None and (grads or graph is not None):
+        raise UsageError("--world-size reports per-rank memory only: run --grads/--graph without --world-size")
+    if grads and (dist.wrap is not None or launch_env() is not None):
+        raise UsageError("--grads reads one process's gradients: run it without --wrap and outside torchrun "
+                         "(the plain model in one process)")
 
 
 def _check_options(top: int, depth: int, memory_detail: bool, no_memory: bool, grad_factor: float,
