@@ -47,6 +47,11 @@ def _phase_mixin(base: type) -> type:
             self._func: Any = None
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func is _DEVICE and len(args) == 1 and isinstance(args[0], _fake_tensor_type()):
+                # a fake tensor's ``.device`` (half the ops of an estimate): allocates nothing, so torch's
+                # bookkeeping has nothing to record; answered as FakeTensor's own handler answers it
+                fake = args[0]
+                return torch.device("meta") if fake.fake_mode.in_kernel_invocation else fake.fake_device
             self._func = func
             return super().__torch_dispatch__(func, types, args, kwargs)
 
@@ -120,6 +125,15 @@ def _phase_mixin(base: type) -> type:
             return tuple(out)
 
     return PhaseTracker
+
+
+_DEVICE = torch.ops.prim.device.default
+
+
+def _fake_tensor_type() -> type:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return FakeTensor
 
 
 def _inside_collective(depth: int = 12) -> bool:
