@@ -52,6 +52,11 @@ def _phase_mixin(base: type) -> type:
                 # bookkeeping has nothing to record; answered as FakeTensor's own handler answers it
                 fake = args[0]
                 return torch.device("meta") if fake.fake_mode.in_kernel_invocation else fake.fake_device
+            if func in _MARKERS:  # FSDP's record_function markers: no tensor in or out, nothing to count or fake
+                from torch.utils._python_dispatch import _disable_current_modes
+
+                with _disable_current_modes():
+                    return func(*args, **(kwargs or {}))
             self._func = func
             return super().__torch_dispatch__(func, types, args, kwargs)
 
@@ -128,6 +133,8 @@ def _phase_mixin(base: type) -> type:
 
 
 _DEVICE = torch.ops.prim.device.default
+_MARKERS = (torch.ops.profiler._record_function_enter_new.default,
+            torch.ops.profiler._record_function_exit._RecordFunction)
 
 
 def _fake_tensor_type() -> type:
