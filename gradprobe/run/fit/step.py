@@ -148,10 +148,10 @@ def _first_step(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer], par
 
 def _kind(p: torch.Tensor) -> Any:
     """What an optimizer step's ops depend on besides values: the tensor's metadata and its DTensor sharding."""
-    local = p.to_local() if hasattr(p, "to_local") else p
+    local = getattr(p, "_local_tensor", p)  # a DTensor's shard (to_local() is an autograd op: slower)
     mesh = getattr(p, "device_mesh", None)
-    return (type(p), tuple(p.shape), p.stride(), p.dtype, str(p.device), repr(getattr(p, "placements", None)),
-            None if mesh is None else id(mesh), tuple(local.shape), local.stride(), local.dtype, str(local.device))
+    return (type(p), tuple(p.shape), p.stride(), p.dtype, p.device, tuple(getattr(p, "placements", ())),
+            None if mesh is None else id(mesh), tuple(local.shape), local.stride(), local.dtype, local.device)
 
 
 def initial_state(opt: torch.optim.Optimizer) -> None:
