@@ -395,3 +395,18 @@ def test_estimate_with_direct_state_equals_a_first_step(optimizer: str, monkeypa
                       optimizer=optimizer)
         rows.append((row.phases, row.saved_by_module))
     assert rows[0] == rows[1]
+
+
+def test_estimate_unchanged_by_the_tracker_shortcuts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake tensor's .device and FSDP's record_function markers skip torch's tracker bookkeeping (and the fake
+    mode): every figure equals the one with every op going through FSDPMemTracker as torch ships it."""
+    import gradprobe.run.fit.tracker as tracker
+
+    rows = []
+    for shortcuts in (True, False):
+        if not shortcuts:
+            monkeypatch.setattr(tracker, "_DEVICE", None)
+            monkeypatch.setattr(tracker, "_MARKERS", ())
+        row = run_fit("fit_models:tiny_llama", "fsdp", ["model.layers.*"], {}, 4, device="meta")
+        rows.append((row.phases, row.saved_by_module, row.units))
+    assert rows[0] == rows[1]
