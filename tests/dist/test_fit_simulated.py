@@ -319,3 +319,94 @@ def test_simulated_equals_torchrun_per_category(tmp_path: Path, n: int, target: 
         if not tries[-1]:
             break
     assert not tries[-1], f"no real run within 2% on every figure; first deviations per run: {[t[:3] for t in tries]}"
+
+
+def _step_warm_up(model: torch.nn.Module, name: str) -> torch.optim.Optimizer:
+    """The reference: the optimizer's state made by torch.optim's own first step on zero gradients."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt: torch.optim.Optimizer
+    if name == "adam":
+        opt = torch.optim.Adam(params, lr=1e-3)
+    else:
+        opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9 if name == "momentum" else 0.0)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return opt
+
+
+def _state_layout(opt: torch.optim.Optimizer) -> list:
+    """Everything of an optimizer state but its tensors' identity: keys, and per tensor its type, shape,
+    strides, dtype, device, DTensor placements and local shard layout, and the values of scalar tensors."""
+    out = []
+    for p in (p for g in opt.param_groups for p in g["params"]):
+        for key, value in opt.state[p].items():
+            local = value.to_local() if hasattr(value, "to_local") else value
+            out.append((key, type(value).__name__, tuple(value.shape), value.stride(), value.dtype, value.device,
+                        repr(getattr(value, "placements", None)), tuple(local.shape), local.stride(),
+                        local.item() if value.dim() == 0 else bool(local.eq(0).all())))
+    return out
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "sgd"])
+def test_optimizer_state_is_what_a_first_step_leaves(optimizer: str) -> None:
+    """The state the fit step allocates directly equals the state torch.optim's first step leaves, on FSDP2's
+    sharded DTensor parameters (values included: zeros, and Adam's step count 1)."""
+    from gradprobe.run.fit.group import fake_group
+    from gradprobe.run.fit.prepare import empty_shards, fully_shard_units
+    from gradprobe.run.fit.step import _optimizer
+
+    layouts = []
+    for make in (_optimizer, _step_warm_up):
+        with fake_group(4):
+            with torch.device("meta"):
+                model = Stack()
+            fully_shard_units(model, ["layers.*"])
+            empty_shards(model, estimate=False)
+            opt = make(model, optimizer)
+            assert all(p.grad is None for p in model.parameters())
+            layouts.append(_state_layout(opt))
+    assert layouts[0] == layouts[1]
+    assert len(layouts[0]) == {"adam": 3, "momentum": 1, "sgd": 0}[optimizer] * len(list(Stack().parameters()))
+
+
+def _clear_dispatch_caches() -> None:
+    """Forget what earlier steps in this process left in the fake-tensor and DTensor sharding caches."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed.tensor import DTensor
+
+    FakeTensorMode.cache.clear()
+    DTensor._op_dispatcher.sharding_propagator.propagate_op_sharding.cache_clear()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_estimate_with_direct_state_equals_a_first_step(optimizer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every figure of the estimate, with the optimizer state made directly, equals the figures with the state
+    made by a first step on every parameter, each run starting from empty dispatch caches (a cold cache makes
+    the measured step allocate DTensor sharding-propagation tensors the tracker counts)."""
+    import gradprobe.run.fit.step as step
+
+    rows = []
+    for make in (step._optimizer, _step_warm_up):
+        monkeypatch.setattr(step, "_optimizer", make)
+        _clear_dispatch_caches()
+        row = run_fit("fit_models:tiny_llama", "fsdp", ["model.layers.*"], {}, 4, device="meta",
+                      optimizer=optimizer)
+        rows.append((row.phases, row.saved_by_module))
+    assert rows[0] == rows[1]
+
+
+def test_estimate_unchanged_by_the_tracker_shortcuts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake tensor's .device and FSDP's record_function markers skip torch's tracker bookkeeping (and the fake
+    mode): every figure equals the one with every op going through FSDPMemTracker as torch ships it."""
+    import gradprobe.run.fit.tracker as tracker
+
+    rows = []
+    for shortcuts in (True, False):
+        if not shortcuts:
+            monkeypatch.setattr(tracker, "_DEVICE", None)
+            monkeypatch.setattr(tracker, "_MARKERS", ())
+        row = run_fit("fit_models:tiny_llama", "fsdp", ["model.layers.*"], {}, 4, device="meta")
+        rows.append((row.phases, row.saved_by_module, row.units))
+    assert rows[0] == rows[1]

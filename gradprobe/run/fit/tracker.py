@@ -47,6 +47,16 @@ def _phase_mixin(base: type) -> type:
             self._func: Any = None
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func is _DEVICE and len(args) == 1 and isinstance(args[0], _fake_tensor_type()):
+                # a fake tensor's ``.device`` (half the ops of an estimate): allocates nothing, so torch's
+                # bookkeeping has nothing to record; answered as FakeTensor's own handler answers it
+                fake = args[0]
+                return torch.device("meta") if fake.fake_mode.in_kernel_invocation else fake.fake_device
+            if func in _MARKERS:  # FSDP's record_function markers: no tensor in or out, nothing to count or fake
+                from torch.utils._python_dispatch import _disable_current_modes
+
+                with _disable_current_modes():
+                    return func(*args, **(kwargs or {}))
             self._func = func
             return super().__torch_dispatch__(func, types, args, kwargs)
 
@@ -120,6 +130,17 @@ def _phase_mixin(base: type) -> type:
             return tuple(out)
 
     return PhaseTracker
+
+
+_DEVICE = torch.ops.prim.device.default
+_MARKERS = (torch.ops.profiler._record_function_enter_new.default,
+            torch.ops.profiler._record_function_exit._RecordFunction)
+
+
+def _fake_tensor_type() -> type:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return FakeTensor
 
 
 def _inside_collective(depth: int = 12) -> bool:
