@@ -59,6 +59,24 @@ def written_args(func: Any) -> WrittenArgs:
     return found
 
 
+class FunctionModesAside:
+    """Sets the torch-function modes aside for a block and puts them back in order: gradprobe's own reads and
+    measurement ops stay out of the graph-cut tracker's ``TorchFunctionMode`` (issue 16), while a tensor
+    subclass's own ``__torch_function__`` still answers them.  A plain class: it runs in module hooks, where
+    ``contextlib`` costs more."""
+
+    __slots__ = ("_modes",)
+
+    def __enter__(self) -> None:
+        depth = torch._C._len_torch_function_stack()
+        self._modes = [torch._C._pop_torch_function_stack() for _ in range(depth)] if depth else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._modes:
+            for mode in reversed(self._modes):  # popped top first: pushed back bottom first
+                torch._C._push_on_torch_function_stack(mode)
+
+
 _KEEP: list[Any] = []
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 

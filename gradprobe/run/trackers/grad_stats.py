@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from gradprobe.facts.grad_health import FLOAT16_TINY, ParamGrad, ValueStats
+from gradprobe.run.trackers.base import FunctionModesAside
 from gradprobe.run.trackers.modules import dtype_name
 from gradprobe.run.values import stored_values
 
@@ -24,19 +25,16 @@ _INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloa
 _INT_MIN = {dtype: torch.iinfo(view).min for dtype, view in _INT_VIEW.items()}  # the bits of -0.0
 
 
-class quiet:
+class quiet(FunctionModesAside):
     """gradprobe's own measurement ops: no graph, and unseen by the run's dispatch-mode trackers (their
     bytes are not the model's) and by its torch-function modes (the graph-cut tracker would take a ``detach``
     or a ``sum`` under ``no_grad`` of a module output for a cut in the user's forward, and walk the graph
-    behind it).  The modes are set aside, not torch functions as a whole: a tensor subclass's own
-    ``__torch_function__`` still runs (a copy of its value keeps its type).  A plain class: it runs in every
-    module hook, ``contextlib`` costs more."""
+    behind it; :class:`FunctionModesAside`)."""
 
-    __slots__ = ("_grad", "_guard", "_modes")
+    __slots__ = ("_grad", "_guard")
 
     def __enter__(self) -> None:
-        depth = torch._C._len_torch_function_stack()  # first: a mode would see _set_grad_enabled
-        self._modes = [torch._C._pop_torch_function_stack() for _ in range(depth)] if depth else None
+        super().__enter__()  # first: a mode would see _set_grad_enabled
         self._grad = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         self._guard = torch._C._DisableTorchDispatch()
@@ -45,9 +43,7 @@ class quiet:
     def __exit__(self, *exc: object) -> None:
         self._guard.__exit__(None, None, None)
         torch._C._set_grad_enabled(self._grad)
-        if self._modes:
-            for mode in reversed(self._modes):  # popped top first: pushed back bottom first
-                torch._C._push_on_torch_function_stack(mode)
+        super().__exit__(*exc)
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)

@@ -24,7 +24,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 
 from gradprobe.facts.run import TensorFact
 from gradprobe.run.flatten import flatten_tensors
-from gradprobe.run.trackers.base import FORWARD, Phase
+from gradprobe.run.trackers.base import FORWARD, FunctionModesAside, Phase
 
 Call = tuple[str, int]  # (qualified module name, 0-based call number)
 CallInput = tuple[int, int, Any]  # storage key, storage bytes, weak reference to the storage
@@ -32,25 +32,9 @@ CallInput = tuple[int, int, Any]  # storage key, storage bytes, weak reference t
 _sequence_nr = getattr(torch._C._autograd, "_get_sequence_nr", None)
 
 
-class _ModesAside:
-    """The hooks read tensor metadata (shape, numel, grad_fn, storage): under a TorchFunctionMode (the cut
-    tracker's) each read is a Python ``__torch_function__`` call, ~10 per output tensor: 2,350 of ResNet-50's
-    2,630 calls a forward (issue 16).  The hooks run with the torch-function modes set aside; a tensor
-    subclass's own ``__torch_function__`` still answers its reads.  A plain class: it runs twice per module call."""
-
-    __slots__ = ("_modes",)
-
-    def __enter__(self) -> None:
-        depth = torch._C._len_torch_function_stack()
-        self._modes = [torch._C._pop_torch_function_stack() for _ in range(depth)] if depth else None
-
-    def __exit__(self, *exc: object) -> None:
-        if self._modes:
-            for mode in reversed(self._modes):  # popped top first: pushed back bottom first
-                torch._C._push_on_torch_function_stack(mode)
-
-
-_NO_TORCH_FUNCTION = _ModesAside
+# The hooks read tensor metadata (shape, numel, grad_fn, storage): under the cut tracker's TorchFunctionMode each
+# read is a Python ``__torch_function__`` call, ~10 per output tensor: 2,350 of ResNet-50's 2,630 calls a forward
+# (issue 16).  The hooks run with the torch-function modes set aside (FunctionModesAside).
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -189,7 +173,7 @@ class ModuleRecorder:
         name = self.names.get(id(module))
         if name is None:
             return
-        with _NO_TORCH_FUNCTION():
+        with FunctionModesAside():
             self._enter(name, args)
 
     def _enter(self, name: str, args: Any) -> None:
@@ -214,7 +198,7 @@ class ModuleRecorder:
         name = self.names.get(id(module))
         if name is None or not self.stack:
             return
-        with _NO_TORCH_FUNCTION():
+        with FunctionModesAside():
             self._leave(name, output)
 
     def _leave(self, name: str, output: Any) -> None:
