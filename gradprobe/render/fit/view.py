@@ -41,21 +41,37 @@ def _title(report: FitReport) -> str:
             f"{f' ({len(row.units)} FSDP unit{plural})' if row.units else ''}{extra}, optimizer {report.optimizer}")
 
 
+def _widest(rows: list[list[str]], column: int) -> int:
+    """The longest cell of a column: its width, so a narrow terminal wraps the headers and the description
+    column instead of cutting "estimated", "activations" or a byte figure with "…"."""
+    return max((len(cells[column]) for cells in rows if column < len(cells)), default=0)
+
+
 def render_fit(report: FitReport, console: Console) -> None:
     budget = report.verdict.budget if report.verdict else None
-    summary = Table(title=_title(report), box=box.SIMPLE_HEAD, title_justify="left")
-    for h in SUMMARY_HEADER + (["fits budget"] if budget is not None else []):
-        summary.add_column(h, justify="right" if "peak" in h or h in ("world size", "local batch") else "left")
-    for row in report.rows:
-        summary.add_row(*summary_cells(row, budget))
+    title = _title(report)
+    headers = SUMMARY_HEADER + (["fits budget"] if budget is not None else [])
+    body = [summary_cells(row, budget) for row in report.rows]
+    # too narrow for one-line headers (3 spaces between columns): wrap the headers and close the gaps to 2,
+    # never cut a cell ("estimated", "activations", a byte figure) with "…" as rich would
+    narrow = sum(max(len(h), _widest(body, i)) + 3 for i, h in enumerate(headers)) + 1 > console.width
+    summary = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1, 0, 0) if narrow else (0, 1),
+                    min_width=min(len(title), console.width))  # the title is as wide as the table
+    for i, h in enumerate(headers):
+        width = max(_widest(body, i), *(len(word) for word in h.split())) if narrow else None
+        summary.add_column(h, justify="right" if "peak" in h or h in ("world size", "local batch") else "left",
+                           width=width)
+    for cells in body:
+        summary.add_row(*cells)
     console.print(summary)
     header, _ = category_columns(report)
     cats = Table(title="Rank 0's bytes by category", box=box.SIMPLE_HEAD, title_justify="left")
-    cats.add_column("category")
-    for h in header:
-        cats.add_column(h, justify="right")
+    body = category_rows(report)
+    cats.add_column("category", min_width=_widest(body, 0))
+    for i, h in enumerate(header, start=1):
+        cats.add_column(h, justify="right", min_width=_widest(body, i))
     cats.add_column("what it is", overflow="fold", max_width=60)
-    for cells in category_rows(report):
+    for cells in body:
         cats.add_row(*cells)
     console.print(cats)
     saved = saved_rows(report.rows[0])
