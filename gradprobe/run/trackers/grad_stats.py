@@ -132,12 +132,13 @@ def param_grads(named: Sequence[tuple[str, torch.Tensor]],
                 slices: Mapping[str, tuple[bool, bool]]) -> tuple[ParamGrad, ...]:
     """Gradient facts of each ``(name, parameter)``; ``slices[name]`` = (count zero rows, count zero columns)."""
     lazy: list[torch.Tensor] = []  # every lazy scalar, converted with one .tolist() per device at the end
-    plan: list[tuple[str, torch.Tensor, dict[str, int]]] = []
+    plan: list[tuple[str, torch.Tensor, dict[str, int], torch.Tensor | None]] = []
     with quiet():
         by_group: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for name, p in named:
             slots: dict[str, int] = {}
             g = p.grad
+            values = None
             if g is not None and measurable(p) and p.is_floating_point():  # ‖w‖ only where a ratio is shown
                 by_group.setdefault((p.device, p.dtype), []).append(len(plan))
             if g is not None and measurable(g) and (g.is_floating_point() or g.is_complex()):
@@ -152,15 +153,15 @@ def param_grads(named: Sequence[tuple[str, torch.Tensor]],
                     slots["nonzero"] = _push(lazy, nonzero)
                     if low_bits is not None:
                         slots["low_bits"] = _push(lazy, low_bits)
-            plan.append((name, p, slots))
+            plan.append((name, p, slots, values))
         norms: dict[int, torch.Tensor] = {}
         for (_, dtype), idx in by_group.items():
             found = torch._foreach_norm([plan[i][1].detach() for i in idx], 2, dtype=wide(dtype))
             norms.update(zip(idx, found, strict=True))
         weight_slot = {i: _push(lazy, n) for i, n in norms.items()}
-        values = _resolve(lazy)
-        return tuple(_param_grad(name, p, slots, values, weight_slot.get(i), slices.get(name, (False, False)))
-                     for i, (name, p, slots) in enumerate(plan))
+        resolved = _resolve(lazy)
+        return tuple(_param_grad(name, p, gv, slots, resolved, weight_slot.get(i), slices.get(name, (False, False)))
+                     for i, (name, p, slots, gv) in enumerate(plan))
 
 
 def _zero(t: torch.Tensor) -> torch.Tensor:
@@ -180,19 +181,19 @@ def _resolve(lazy: list[torch.Tensor]) -> list[float]:
     for i, t in enumerate(lazy):
         groups.setdefault((t.device, t.dtype), []).append(i)
     for idx in groups.values():
-        for i, v in zip(idx, torch.stack([lazy[i].reshape(()) for i in idx]).tolist(), strict=True):
+        for i, v in zip(idx, torch.stack([lazy[i] for i in idx]).tolist(), strict=True):  # all 0-d
             out[i] = v
     return out
 
 
-def _param_grad(name: str, p: torch.Tensor, slots: dict[str, int], values: list[float], weight_slot: int | None,
-                want: tuple[bool, bool]) -> ParamGrad:
+def _param_grad(name: str, p: torch.Tensor, gv: torch.Tensor | None, slots: dict[str, int], values: list[float],
+                weight_slot: int | None, want: tuple[bool, bool]) -> ParamGrad:
+    """``gv``: the stored values of ``p.grad`` read by :func:`param_grads` (None where it read none)."""
     g = p.grad
     weight_norm = values[weight_slot] if weight_slot is not None else None
-    if not slots or g is None:
+    if not slots or g is None or gv is None:
         return ParamGrad(name, p.numel(), weight_norm, None, None, None, None,
                          dtype=dtype_name(g.dtype) if g is not None else "")
-    gv = stored_values(g.detach())
     numel = p.numel()  # a sparse gradient's implicit entries are zeros
     implicit = numel - gv.numel()
     if "max" in slots:
