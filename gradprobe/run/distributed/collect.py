@@ -33,6 +33,7 @@ from gradprobe.facts.distributed import NO_SHARD, RankBuffer, RankFacts, RankMem
 from gradprobe.facts.run import RunFacts
 from gradprobe.run.distributed.fsdp1_local import hook_forward_views
 from gradprobe.run.distributed.wrappers import Wrapped, element_size, numel
+from gradprobe.run.trackers.base import FunctionModesAside
 from gradprobe.run.trackers.grad_stats import quiet
 from gradprobe.run.trackers.grads import local_tensor
 
@@ -162,7 +163,8 @@ class RankCollector:
             def unshard_wrapper(*args: Any, _orig: Any = unshard, _group: Any = group, _stats: _UnitStats = stats,
                                 **kwargs: Any) -> Any:
                 pending = _group._all_gather_result
-                out = _orig(*args, **kwargs)
+                with FunctionModesAside():  # FSDP's own all-gather: no torch call of the user's forward
+                    out = _orig(*args, **kwargs)
                 result = _group._all_gather_result
                 if result is not None and result is not pending:
                     buf = getattr(result, "all_gather_output", None)
@@ -208,7 +210,10 @@ class RankCollector:
 
             group.unshard = unshard_wrapper
             group.post_backward = post_backward_wrapper
-            self._undo.append(lambda g=group: _drop_instance_attrs(g, ("unshard", "post_backward")))
+            group.wait_for_unshard = _modes_aside(group.wait_for_unshard)
+            group.reshard = _modes_aside(group.reshard)
+            self._undo.append(lambda g=group: _drop_instance_attrs(
+                g, ("unshard", "post_backward", "wait_for_unshard", "reshard")))
 
     def _instrument_fsdp1(self) -> None:
         try:
@@ -437,6 +442,20 @@ def _fqn(fsdp_param: Any, names: dict[int, str]) -> str | None:
     may register new parameter objects), else the name it had when the run started."""
     fqn = getattr(fsdp_param, "_param_fqn", None)
     return fqn if isinstance(fqn, str) and fqn else names.get(id(fsdp_param.sharded_param))
+
+
+def _modes_aside(method: Any) -> Any:
+    """``method`` (an FSDP2 unit's ``wait_for_unshard``/``reshard``) with the torch-function modes set aside.
+
+    FSDP2's all-gather, copy-out and reshard make ~2,600 torch calls per ResNet-50 forward (property reads,
+    views, storage resizes) beside the model's ~400; under the graph-cut tracker's ``TorchFunctionMode`` each
+    is a Python call that changes no fact (FSDP's own bookkeeping under ``no_grad``: no parameter of the
+    user's forward read, no cut).  The dispatch-level trackers still see every op (the all-gather buffers
+    stay counted)."""
+    def aside(*args: Any, **kwargs: Any) -> Any:
+        with FunctionModesAside():
+            return method(*args, **kwargs)
+    return aside
 
 
 def _drop_instance_attrs(obj: Any, attrs: tuple[str, ...]) -> None:
