@@ -476,6 +476,43 @@ def test_dropout_that_ignores_eval_is_caught() -> None:
     assert "eval-output-random" in {x["code"] for x in doc["findings"]}
 
 
+@pytest.mark.parametrize("repeat", [3, 5])
+def test_eval_randomness_from_the_reference_rows_last_timed_run(repeat: int) -> None:
+    """With 3+ repeats the other-seed forward is the eval+no_grad row's last timed run: same figure, same runs."""
+    twin = EvalDropout().eval()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        out0 = twin(x_in())
+        torch.manual_seed(1)
+        out1 = twin(x_in())
+    c = compare_modes(EvalDropout(), x_in(), repeat=repeat).comparison
+    assert c.eval_random_max_abs_diff == (out1 - out0).abs().max().item() > 0
+    assert c.eval_random_error is None
+    assert all(r.ok and len(r.times_s) == repeat and r.repeat_max_abs_diff == 0.0 for r in c.rows)
+
+
+class FailsOnOtherSeed(nn.Module):
+    """Raises when its random draw is not seed 0's: only the forward from another random state fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+        torch.manual_seed(0)
+        self.expected = torch.rand(1).item()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.rand(1).item() != self.expected:
+            raise ValueError("drew another number")
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("repeat", [2, 4])
+def test_a_failing_forward_from_another_random_state_is_reported_not_a_failed_row(repeat: int) -> None:
+    c = compare_modes(FailsOnOtherSeed(), x_in(), repeat=repeat, seed=0).comparison
+    assert c.eval_random_max_abs_diff is None and "drew another number" in (c.eval_random_error or "")
+    assert all(r.ok and len(r.times_s) == repeat for r in c.rows)
+
+
 def test_dropout_module_and_deterministic_models_are_not_random(drop_report: CompareReport,
                                                                  mlp_report: CompareReport) -> None:
     for report in (drop_report, mlp_report):

@@ -14,7 +14,7 @@ from gradprobe.run.compare.diffs import Outputs, against_reference, grad_mode_di
 from gradprobe.run.compare.fastpath import NestedWatch
 from gradprobe.run.compare.inputs import KeptInputs
 from gradprobe.run.compare.outputs import NOT_COMPARED, OutputDiff, Snapshot, compare_outputs
-from gradprobe.run.compare.rows import run_row
+from gradprobe.run.compare.rows import OtherRandom, run_row
 from gradprobe.run.compare.session import CallInputs, Session
 from gradprobe.run.compare.start import StartState
 from gradprobe.run.flatten import flatten_tensors
@@ -76,9 +76,10 @@ def _compare(s: Session, pairs: Sequence[tuple[str, str]], *, repeat: int, backw
              target: str, memory_detail: bool = False) -> Comparison:
     rows: list[ModeRow] = []
     outs: Outputs = {}
+    folded = OtherRandom(seed) if not s.on_meta else None  # the eval output from another random state
     for mode, grad_mode in pairs:
         row, out = run_row(s, mode, grad_mode, repeat=repeat, backward=backward, target=target,
-                           memory_detail=memory_detail)
+                           memory_detail=memory_detail, other=folded if (mode, grad_mode) == REFERENCE else None)
         rows.append(row)
         if out is not None:
             outs[(mode, grad_mode)] = out
@@ -88,7 +89,10 @@ def _compare(s: Session, pairs: Sequence[tuple[str, str]], *, repeat: int, backw
     s.step("eval output from another random state")
     eval_random, eval_random_error = NOT_COMPARED, None
     if ref_key == REFERENCE and ref_out is not None and not s.on_meta:
-        eval_random, eval_random_error = _eval_random(s, ref_out, seed)
+        if folded is not None and folded.done and REFERENCE in outs:
+            eval_random, eval_random_error = folded.diff, folded.error
+        else:
+            eval_random, eval_random_error = _eval_random(s, ref_out, seed)
     s.step("which modules depend on training")
     attribution = None
     if ref_key is not None and ref_key[0] == "eval" and not s.on_meta:
@@ -129,17 +133,9 @@ def _eval_random(s: Session, ref_out: Snapshot, seed: int | None) -> tuple[Outpu
     in forward draws the same numbers in train and eval and hides; a second seed shows it.  Returns the
     comparison and, when that forward raised, why (the comparison is then empty).
     """
-    other = (seed if seed is not None else torch.initial_seed()) + 1
     try:
         try:
-            s.reset()
-            for device in {torch.device("cpu"), s.device}:  # only the generators the run uses; restored after
-                gen = torch.Generator(device=device)
-                gen.manual_seed(other)
-                if device.type == "cpu":
-                    torch.random.set_rng_state(gen.get_state())
-                elif device.type == "cuda":
-                    torch.cuda.set_rng_state(gen.get_state(), device)
+            s.other_random_state(seed)
             out = s.forward("eval", "no_grad", reset=False, copy=False)  # compared before the reset below
         except (KeyboardInterrupt, SystemExit):
             raise

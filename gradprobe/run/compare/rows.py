@@ -23,12 +23,26 @@ from gradprobe.run.probe import ProbeOptions, run_probe, sum_loss
 from gradprobe.run.state import grad_context
 
 
+@dataclass
+class OtherRandom:
+    """The eval + no_grad output from another RNG state against the reference's (``command._eval_random``),
+    taken by the reference row's last timed run instead of one more forward: that run starts from the same
+    values with only the generators reseeded, so its time is a sample like any other (issue 16)."""
+
+    seed: int | None
+    diff: OutputDiff = NOT_COMPARED
+    error: str | None = None  # its forward raised: the run is then repeated from the usual state
+    done: bool = False
+
+
 def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: bool,
-            target: str, memory_detail: bool = False) -> tuple[ModeRow, Snapshot | None]:
+            target: str, memory_detail: bool = False,
+            other: OtherRandom | None = None) -> tuple[ModeRow, Snapshot | None]:
     """One row: the tracked run, then the timed repeats; a forward that raises makes a failed row.
 
     ``memory_detail``: the tracked run also records its memory event log, and the row keeps that run's facts
-    (``ModeRow.run``) for the HTML report.
+    (``ModeRow.run``) for the HTML report.  ``other``: the last timed run (the third or later) starts from
+    another RNG state and fills it in (:class:`OtherRandom`).
     """
     name = label(mode, grad_mode)
     s.step(f"{name}: tracked run")
@@ -47,7 +61,7 @@ def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: boo
         _skip(s, repeat, f"{name}: meta")
         return ModeRow(mode, grad_mode, ok=True, backward_error=backward_error, **fields), None
     timed = _timed(s, mode, grad_mode, repeat,
-                   backward and fields["backward_possible"] and backward_error is None)
+                   backward and fields["backward_possible"] and backward_error is None, other)
     if timed.error is not None:
         _skip(s, repeat - len(timed.forward), f"{name}: failed")
         return ModeRow(mode, grad_mode, ok=False, error=timed.error, error_cause=timed.cause,
@@ -123,13 +137,22 @@ class _Timed:
     failed_run: int | None = None
 
 
-def _timed(s: Session, mode: str, grad_mode: str, repeat: int, backward: bool) -> _Timed:
+def _timed(s: Session, mode: str, grad_mode: str, repeat: int, backward: bool,
+           other: OtherRandom | None = None) -> _Timed:
     result = _Timed()
     s.start.set_mode(mode)
     i = 0
     compare_error: Exception | None = None  # gradprobe's own failure, never the model's: raised as it is
     try:
         for i in range(repeat):
+            if other is not None and i == repeat - 1 and i >= 2 and not backward:
+                try:
+                    if _one_other(s, grad_mode, result, other):
+                        s.step(f"{label(mode, grad_mode)}: timed run {i + 1}/{repeat}")
+                        continue
+                except _CompareFailed as exc:
+                    compare_error = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+                    break
             second = _one_timed(s, grad_mode, backward, result, keep=i < 2)
             if second is not None:  # compared at once, uncopied: before the next run's reset can touch it
                 try:
@@ -147,6 +170,40 @@ def _timed(s: Session, mode: str, grad_mode: str, repeat: int, backward: bool) -
     if compare_error is not None:
         raise compare_error
     return result
+
+
+class _CompareFailed(Exception):
+    """gradprobe's own comparison failed (the cause): never the model's failure."""
+
+
+def _one_other(s: Session, grad_mode: str, result: _Timed, other: OtherRandom) -> bool:
+    """One timed run from another RNG state, its output compared at once (uncopied) with the first run's;
+    False when its forward raised (noted in ``other``; the caller then runs it again from the usual state)."""
+    sync = syncer(s.device)
+    other.done = True
+    try:
+        try:
+            s.other_random_state(other.seed)
+            sync()
+            t0 = time.perf_counter()
+            with grad_context(grad_mode):
+                out = s.call()
+            sync()
+            t1 = time.perf_counter()
+            snap = snapshot(out, copy=False)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            other.error = describe_exception(exc)
+            return False
+        result.forward.append(t1 - t0)
+        try:
+            other.diff = compare_outputs(snap, result.outputs[0])
+        except Exception as exc:
+            raise _CompareFailed() from exc
+        return True
+    finally:
+        s.reset()
 
 
 def _one_timed(s: Session, grad_mode: str, backward: bool, result: _Timed, keep: bool) -> Snapshot | None:

@@ -52,6 +52,19 @@ class Session:
         self.start.reset()
         self.kept.reset()
 
+    def other_random_state(self, seed: int | None) -> None:
+        """The starting state, but the generators the run uses seeded with ``seed + 1`` (the initial seed + 1
+        without one): every other run starts from the same RNG state, which hides sampling in eval."""
+        other = (seed if seed is not None else torch.initial_seed()) + 1
+        self.reset()
+        for device in {torch.device("cpu"), self.device}:  # only the generators the run uses; reset after
+            gen = torch.Generator(device=device)
+            gen.manual_seed(other)
+            if device.type == "cpu":
+                torch.random.set_rng_state(gen.get_state())
+            elif device.type == "cuda":
+                torch.cuda.set_rng_state(gen.get_state(), device)
+
     def call(self) -> Any:
         """The model on its inputs, in whatever mode and grad mode are set."""
         return self.model(*self.inputs.args, **self.inputs.kwargs)
