@@ -36,7 +36,8 @@ from gradprobe.run.trackers.setup import RunTrackers, make_trackers
 from gradprobe.run.trackers.writes import ParamWriteGuard
 from gradprobe.run.trackers.zero_factor import zero_factor_partners
 
-__all__ = ["LossFn", "ProbeOptions", "ProbeResult", "device_of", "param_names", "run_probe", "sum_loss"]
+__all__ = ["LossFn", "ProbeOptions", "ProbeResult", "capture_state", "device_of", "param_names", "run_probe",
+           "sum_loss"]
 
 _SHALLOW_DEPTH = 10_000  # freeing recurses ~205 B of C stack per level: 10k levels fit the main thread's 8 MiB
 
@@ -102,14 +103,20 @@ class _Run:
     input_tensors: list[torch.Tensor] = field(default_factory=list)
 
 
-def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str = "") -> ProbeResult:
-    """Run ``model`` once in the requested mode and collect the facts; the model is restored afterwards."""
+def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str = "", *,
+              state: ModelState | None = None) -> ProbeResult:
+    """Run ``model`` once in the requested mode and collect the facts; the model is restored afterwards.
+
+    ``state``: the model's state as :func:`capture_state` took it, when the caller knows the model is exactly
+    in that state now (compare-modes puts it back before every run): the run restores it and skips capturing
+    its own.  Never on the meta device, where buffer facts read the version counters of this run's start.
+    """
     t0 = clock()
     check_mode(options.mode, options.grad_mode)
     input_tensors = [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))]
     before = named_params(model)
-    # inputs that require grad receive gradients too: their .grad comes back with the model's state
-    state = ModelState.capture(model, extra=[t for t in input_tensors if t.requires_grad])
+    if state is None:
+        state = capture_state(model, input_tensors)
     guard = ParamWriteGuard(before.values())  # copies a parameter before the run first writes into it
     owners = _GraphOwners()  # every tensor that owns the autograd graph: a walked deep graph is freed on a big stack
     try:
@@ -133,6 +140,12 @@ def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, ta
             else:
                 release_on_big_stack(owners.refs)
             lap("restore", t0)
+
+
+def capture_state(model: nn.Module, input_tensors: list[torch.Tensor]) -> ModelState:
+    """What a run restores: the model's state, and the inputs that require grad (they receive gradients too:
+    their ``.grad`` comes back with the model's state)."""
+    return ModelState.capture(model, extra=[t for t in input_tensors if t.requires_grad])
 
 
 def _seed(seed: int, device: torch.device) -> None:

@@ -138,3 +138,42 @@ def test_row_facts_are_the_full_runs_figures(factory: Any, mode: str, grad_mode:
     assert changed == ({n for n, _ in model.named_buffers() if n.endswith(("running_mean", "running_var",
                                                                               "num_batches_tracked"))}
                        if mode == "train" else set())
+
+
+def test_a_state_captured_once_gives_each_runs_own_facts() -> None:
+    """compare-modes captures the state once and hands it to every tracked run (each starts from it): the facts
+    are those of runs capturing their own, and the model comes back as found (plain torch: its state_dict)."""
+    torch.manual_seed(0)
+    model = zoo.resnet_small()
+    x = model.example_input_array
+    found = {k: v.clone() for k, v in model.state_dict().items()}
+    shared = probe_module.capture_state(model, [x])
+    options = {"tensors": False, "tree_depth": 1, "cuts": False, "row_facts": True, "seed": None}
+    for mode, grad_mode in [("train", "grad"), ("eval", "no_grad"), ("train", "no_grad"), ("eval", "grad")]:
+        torch.manual_seed(0)
+        own = run_probe(model, _Inputs(x), ProbeOptions(mode=mode, grad_mode=grad_mode, **options)).facts
+        torch.manual_seed(0)
+        reused = run_probe(model, _Inputs(x), ProbeOptions(mode=mode, grad_mode=grad_mode, **options),
+                           state=shared).facts
+        for name in _ROW_FIELDS:
+            assert getattr(reused, name) == getattr(own, name), (mode, grad_mode, name)
+        assert reused.memory == own.memory
+        assert all(torch.equal(v, found[k]) for k, v in model.state_dict().items())
+
+
+def test_a_full_reset_puts_back_what_batchnorm_writes_without_a_version_bump() -> None:
+    """BatchNorm's running statistics change in train mode with their version counter unmoved (plain torch, CPU):
+    the cheap reset misses them, the full one (before each tracked run) puts them back."""
+    from gradprobe.run.compare.start import StartState
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(4)
+    start, version = bn.running_mean.clone(), bn.running_mean._version
+    state = StartState(bn, torch.device("cpu"), None)
+    bn.train()
+    bn(torch.randn(8, 4))
+    assert bn.running_mean._version == version and not torch.equal(bn.running_mean, start)
+    state.reset()
+    assert not torch.equal(bn.running_mean, start)
+    state.reset(buffers=True)
+    assert torch.equal(bn.running_mean, start) and bn.num_batches_tracked.item() == 0

@@ -19,8 +19,8 @@ from gradprobe.run.compare.outputs import NOT_COMPARED, OutputDiff, Snapshot, co
 from gradprobe.run.compare.session import Session
 from gradprobe.run.compare.start import syncer
 from gradprobe.run.flatten import flatten_tensors
-from gradprobe.run.probe import ProbeOptions, run_probe, sum_loss
-from gradprobe.run.state import grad_context
+from gradprobe.run.probe import ProbeOptions, capture_state, run_probe, sum_loss
+from gradprobe.run.state import ModelState, grad_context
 
 
 @dataclass
@@ -46,7 +46,7 @@ def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: boo
     """
     name = label(mode, grad_mode)
     s.step(f"{name}: tracked run")
-    s.reset()
+    s.reset(buffers=True)  # exactly the state captured once for every tracked run (_run_state)
     try:
         with s.nested.watch(name):
             facts, backward_error = _tracked(s, mode, grad_mode, backward, target, memory_detail)
@@ -115,13 +115,23 @@ def _tracked(s: Session, mode: str, grad_mode: str, backward: bool, target: str,
                            cuts=memory_detail,  # a row reads no cut; the html report shows the run whole
                            row_facts=not memory_detail)  # nor parameter, module or leaf facts
     try:
-        return run_probe(s.model, s.inputs, options, target).facts, None
+        return run_probe(s.model, s.inputs, options, target, state=_run_state(s)).facts, None
     except RunError as exc:
         if not (backward and exc.phase == "backward"):
             raise
         options.backward = False
-        s.reset()
-        return run_probe(s.model, s.inputs, options, target).facts, exc.message
+        s.reset(buffers=True)
+        return run_probe(s.model, s.inputs, options, target, state=_run_state(s)).facts, exc.message
+
+
+def _run_state(s: Session) -> ModelState | None:
+    """The state every tracked run starts from (after :meth:`Session.reset`), captured at the first; None on
+    meta, where each run captures its own (its buffer facts read the version counters of its start)."""
+    if s.on_meta:
+        return None
+    if s.run_state is None:
+        s.run_state = capture_state(s.model, [t for _, t in flatten_tensors((s.inputs.args, s.inputs.kwargs))])
+    return s.run_state
 
 
 @dataclass

@@ -13,7 +13,7 @@ from gradprobe.run.compare.fastpath import NestedWatch
 from gradprobe.run.compare.inputs import KeptInputs
 from gradprobe.run.compare.outputs import Snapshot, snapshot
 from gradprobe.run.compare.start import StartState
-from gradprobe.run.state import grad_context
+from gradprobe.run.state import ModelState, grad_context
 
 Step = Callable[[str], None]  # reports one finished step to the progress display
 
@@ -38,6 +38,9 @@ class Session:
     start: StartState
     step: Step
     nested: NestedWatch  # which rows took nn.TransformerEncoder's nested-tensor fast path
+    # what each tracked run restores, captured once at the first one: every tracked run starts from the same
+    # state (reset), so capturing it again per row would only repeat the work (issue 16)
+    run_state: ModelState | None = None
 
     @property
     def device(self) -> torch.device:
@@ -47,9 +50,10 @@ class Session:
     def on_meta(self) -> bool:
         return self.start.device.type == "meta"
 
-    def reset(self) -> None:
-        """Buffers, parameter values, the RNG and the inputs as at the start."""
-        self.start.reset()
+    def reset(self, buffers: bool = False) -> None:
+        """Buffers, parameter values, the RNG and the inputs as at the start (``buffers``: every buffer copied
+        back, see :meth:`StartState.reset`)."""
+        self.start.reset(buffers)
         self.kept.reset()
 
     def other_random_state(self, seed: int | None) -> None:

@@ -34,10 +34,10 @@ class StartState:
 
     def __init__(self, model: nn.Module, device: torch.device, seed: int | None) -> None:
         self.device = device
-        self.tensors: list[list[Any]] = []  # [container dict, key, tensor, copy, version]
+        self.tensors: list[list[Any]] = []  # [container dict, key, tensor, copy, version, is a buffer]
         seen: set[int] = set()
         for mod in model.modules():
-            for store in (mod._parameters, mod._buffers):
+            for store, buffer in ((mod._parameters, False), (mod._buffers, True)):
                 for key, t in store.items():
                     if t is None:
                         continue
@@ -45,7 +45,7 @@ class StartState:
                     if id(t) not in seen and t.device.type != "meta":
                         copy = t.detach().clone()
                     seen.add(id(t))
-                    self.tensors.append([store, key, t, copy, t._version])
+                    self.tensors.append([store, key, t, copy, t._version, buffer])
         # model.train()/eval() may be overridden (a frozen backbone kept in eval): ask them once, then set
         # the flags they produce directly, which is cheaper than a recursive train() call per run
         model.train(True)
@@ -66,14 +66,19 @@ class StartState:
         for mod, flag in self.flags(mode):
             set_training(mod, flag)
 
-    def reset(self) -> None:
-        """Back to the starting values and RNG state, before every run."""
+    def reset(self, buffers: bool = False) -> None:
+        """Back to the starting values and RNG state, before every run.
+
+        ``buffers``: every buffer copied back whatever its version: BatchNorm's kernel updates its running
+        statistics without bumping their version counter (torch 2.13 CPU), so after a train-mode run only a
+        full copy puts them back.  A train-mode forward does not read them; a tracked run's buffer facts do.
+        """
         moved = []
         for entry in self.tensors:
-            store, key, t, copy, version = entry
+            store, key, t, copy, version = entry[:5]
             if table_get(store, key) is not t:  # TorchScript's parameter/buffer tables have no .get
                 store[key] = t
-            if copy is not None and t._version != version:
+            if copy is not None and (t._version != version or (buffers and entry[5])):
                 moved.append(entry)
         if moved:
             _copy_back(moved)
