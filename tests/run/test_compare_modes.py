@@ -8,6 +8,7 @@ from counting bytes by hand; nothing is copied from gradprobe's own output.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -736,3 +737,34 @@ def test_cli_bad_options_exit_2(cli: Callable[..., Any]) -> None:
     assert res.code == 2 and "--repeat" in res.err
     res = cli("compare-modes", "gradprobe.examples:NoSuchModel")
     assert res.code == 2 and len(res.err_lines) == 1
+
+
+def _without_times(c: Comparison) -> Comparison:
+    return dataclasses.replace(c, rows=tuple(dataclasses.replace(r, time_s=None, times_s=(), backward_time_s=None)
+                                             for r in c.rows))
+
+
+def test_the_attribution_inputs_come_from_the_tracked_eval_run() -> None:
+    """The first flips' inputs are recorded by the eval+no_grad tracked run: one forward fewer (counted with a
+    plain hook), the same Comparison as the attribution's own capturing forward gives."""
+    from gradprobe.run.compare import attribution
+
+    def run(early: bool) -> tuple[Comparison, int]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), nn.Linear(8, 3))
+        calls = []
+        model.register_forward_pre_hook(lambda *_: calls.append(1))
+        of = attribution.EarlyInputs.of
+        attribution.EarlyInputs.of = of if early else classmethod(lambda cls, s: None)  # type: ignore[method-assign]
+        try:
+            c = compare_modes(model, x_in(), repeat=3).comparison
+        finally:
+            attribution.EarlyInputs.of = of  # type: ignore[method-assign]
+        return c, len(calls)
+
+    (early, n_early), (own, n_own) = run(True), run(False)
+    assert early.attribution is not None and {e.name for e in early.attribution.modules} == {"1", "2"}
+    assert early.attribution.explained is True
+    assert _without_times(early) == _without_times(own)
+    # 6 tracked + 6 x 3 timed forwards, the check of the flips; the attribution's own capture only without
+    assert (n_early, n_own) == (6 + 18 + 1, 6 + 18 + 2)

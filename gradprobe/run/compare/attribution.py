@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import _disable_current_modes
 
 from gradprobe.facts.compare import Attribution, ModuleEffect, ReplayFailure
 from gradprobe.run.compare.inputs import copy_call, model_memo
@@ -27,6 +28,7 @@ from gradprobe.run.compare.outputs import OutputDiff, Snapshot, compare_outputs,
 from gradprobe.run.compare.session import Session
 from gradprobe.run.compare.start import set_training
 from gradprobe.run.state import grad_context
+from gradprobe.run.trackers.base import FunctionModesAside
 
 Call = tuple[tuple[Any, ...], dict[str, Any]]  # a module's positional and keyword inputs
 
@@ -98,6 +100,65 @@ def _capture_inputs(s: Session, modules: Sequence[tuple[str, nn.Module]], keep: 
         for h in handles:
             h.remove()
     return captured
+
+
+class EarlyInputs:
+    """The first flip batch's inputs (:func:`_capture_inputs`), recorded during the eval + no_grad tracked run
+    instead of one more forward, in case the attribution needs them (issue 16).
+
+    That run starts from the same state and computes the same values; the copies are made with gradprobe's
+    dispatch and function modes set aside, so no tracker sees them (its figures stay as they were).  Only on
+    the CPU (a CUDA run's memory facts read the allocator) and without PyTorch's attention fast paths (the
+    attribution may switch them off).  When a copy fails, nothing is kept: the attribution captures as before.
+    """
+
+    def __init__(self, s: Session) -> None:
+        self.batch = _flippable(s)[0]
+        self.keep = model_memo(s.model)
+        self.calls: dict[str, Call] = {}
+        self.done = False
+
+    @classmethod
+    def of(cls, s: Session) -> EarlyInputs | None:
+        if s.device.type != "cpu" or any(isinstance(m, _FAST_PATHS) for m in s.model.modules()):
+            return None
+        early = cls(s)
+        return early if early.batch else None
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        failed: list[bool] = []
+        handles = []
+        try:
+            for name, mod in self.batch:
+                handles.append(mod.register_forward_pre_hook(self._hook(name, failed), with_kwargs=True))
+        except Exception:  # a scripted module takes no hook: the attribution's own capture meets it again
+            failed.append(True)
+        try:
+            yield
+        except BaseException:
+            failed.append(True)  # the run failed: what it recorded may be partial
+            raise
+        finally:
+            for h in handles:
+                h.remove()
+            self.done = not failed
+            if failed:
+                self.calls.clear()
+
+    def _hook(self, name: str, failed: list[bool]) -> Callable[..., None]:
+        def hook(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if name in self.calls or failed:
+                return
+            try:
+                with _disable_current_modes(), FunctionModesAside():
+                    self.calls[name] = copy_call((args, kwargs), self.keep)[0]
+            except Exception:  # the attribution's own capture meets it again and records it
+                failed.append(True)
+        return hook
+
+
+_FAST_PATHS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerEncoder)
 
 
 def _flip_one(s: Session, mod: nn.Module, call: Call, flags: tuple[bool, bool], keep: dict[int, Any]) -> OutputDiff:
@@ -187,16 +248,14 @@ def _fast_path(enabled: bool) -> Iterator[None]:
 def _attribute(s: Session, train_out: Snapshot, train_grad_mode: str, train_deterministic: bool) -> Attribution:
     search = _Search({id(m): f for m, f in s.start.train_flags}, {id(m): f for m, f in s.start.eval_flags},
                      model_memo(s.model))
-    names = {id(m): n for n, m in reversed(list(s.model.named_modules(remove_duplicate=False)))}
-    flippable = [(names[id(m)], m) for m in s.model.modules() if search.train_flags[id(m)] != search.eval_flags[id(m)]]
-    if not flippable:
+    first, rest = _flippable(s)
+    if not first and not rest:
         return search.result(skipped="same-flags")
-    first = [(n, m) for n, m in flippable if reads_training(type(m))]
-    rest = [(n, m) for n, m in flippable if not reads_training(type(m))]
+    early = s.early_inputs if s.early_inputs is not None and s.early_inputs.done else None
     for batch in (first, rest):
         if not batch:
             continue
-        if not _flip_batch(s, batch, search):
+        if not _flip_batch(s, batch, search, early.calls if early is not None and batch is first else None):
             break
         if not train_deterministic:
             break  # no exact check possible: the train output itself changes from run to run
@@ -212,10 +271,22 @@ def _attribute(s: Session, train_out: Snapshot, train_grad_mode: str, train_dete
     return search.result(skipped=None if train_deterministic else "nondeterministic")
 
 
-def _flip_batch(s: Session, batch: Sequence[tuple[str, nn.Module]], search: _Search) -> bool:
-    """Flip every module of ``batch`` alone; False when their inputs could not even be recorded."""
+def _flippable(s: Session) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+    """The modules whose flag differs between train() and eval(): those whose code reads ``training``, the rest."""
+    train, evals = dict((id(m), f) for m, f in s.start.train_flags), dict((id(m), f) for m, f in s.start.eval_flags)
+    names = {id(m): n for n, m in reversed(list(s.model.named_modules(remove_duplicate=False)))}
+    flippable = [(names[id(m)], m) for m in s.model.modules() if train[id(m)] != evals[id(m)]]
+    return ([(n, m) for n, m in flippable if reads_training(type(m))],
+            [(n, m) for n, m in flippable if not reads_training(type(m))])
+
+
+def _flip_batch(s: Session, batch: Sequence[tuple[str, nn.Module]], search: _Search,
+                calls: dict[str, Call] | None = None) -> bool:
+    """Flip every module of ``batch`` alone (``calls``: their inputs, already recorded); False when their inputs
+    could not even be recorded."""
     try:
-        calls = _capture_inputs(s, batch, search.keep)
+        if calls is None:
+            calls = _capture_inputs(s, batch, search.keep)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:

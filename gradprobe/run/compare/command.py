@@ -9,7 +9,7 @@ from torch import nn
 
 from gradprobe.errors import UsageError, describe_exception
 from gradprobe.facts.compare import REFERENCE, Attribution, Comparison, ModeRow, label
-from gradprobe.run.compare.attribution import attribute
+from gradprobe.run.compare.attribution import EarlyInputs, attribute
 from gradprobe.run.compare.diffs import Outputs, against_reference, grad_mode_diffs
 from gradprobe.run.compare.fastpath import NestedWatch
 from gradprobe.run.compare.inputs import KeptInputs
@@ -77,6 +77,7 @@ def _compare(s: Session, pairs: Sequence[tuple[str, str]], *, repeat: int, backw
     rows: list[ModeRow] = []
     outs: Outputs = {}
     folded = OtherRandom(seed) if not s.on_meta else None  # the eval output from another random state
+    s.early_inputs = EarlyInputs.of(s) if REFERENCE in pairs and not s.on_meta else None
     for mode, grad_mode in pairs:
         row, out = run_row(s, mode, grad_mode, repeat=repeat, backward=backward, target=target,
                            memory_detail=memory_detail, other=folded if (mode, grad_mode) == REFERENCE else None)

@@ -7,13 +7,14 @@ from the starting state; the first two outputs are kept to compare rows and to c
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from gradprobe.errors import RunError, describe_exception
-from gradprobe.facts.compare import ModeRow, label
+from gradprobe.facts.compare import REFERENCE, ModeRow, label
 from gradprobe.facts.run import RunFacts
 from gradprobe.run.compare.outputs import NOT_COMPARED, OutputDiff, Snapshot, compare_outputs, inexact, snapshot
 from gradprobe.run.compare.session import Session
@@ -48,7 +49,7 @@ def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: boo
     s.step(f"{name}: tracked run")
     s.reset(buffers=True)  # exactly the state captured once for every tracked run (_run_state)
     try:
-        with s.nested.watch(name):
+        with s.nested.watch(name), _early(s, (mode, grad_mode)):
             facts, backward_error = _tracked(s, mode, grad_mode, backward, target, memory_detail)
     except RunError as exc:
         _skip(s, repeat, f"{name}: failed")
@@ -73,6 +74,13 @@ def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: boo
         backward_time_s=statistics.median(timed.backward) if timed.backward else None,
         repeat_max_abs_diff=repeat_diff.max_abs_diff, repeat_int_equal=repeat_diff.ints_equal, **fields,
     ), timed.outputs[0]
+
+
+def _early(s: Session, key: tuple[str, str]) -> contextlib.AbstractContextManager[None]:
+    """The eval + no_grad tracked run also records the attribution's first inputs (``EarlyInputs``)."""
+    if key == REFERENCE and s.early_inputs is not None:
+        return s.early_inputs.recording()
+    return contextlib.nullcontext()
 
 
 def _skip(s: Session, count: int, description: str) -> None:

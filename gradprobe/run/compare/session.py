@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from gradprobe.run.compare.inputs import KeptInputs
 from gradprobe.run.compare.outputs import Snapshot, snapshot
 from gradprobe.run.compare.start import StartState
 from gradprobe.run.state import ModelState, grad_context
+
+if TYPE_CHECKING:
+    from gradprobe.run.compare.attribution import EarlyInputs
 
 Step = Callable[[str], None]  # reports one finished step to the progress display
 
@@ -41,6 +44,7 @@ class Session:
     # what each tracked run restores, captured once at the first one: every tracked run starts from the same
     # state (reset), so capturing it again per row would only repeat the work (issue 16)
     run_state: ModelState | None = None
+    early_inputs: EarlyInputs | None = None  # recorded by the eval + no_grad tracked run for the attribution
 
     @property
     def device(self) -> torch.device:
