@@ -768,3 +768,25 @@ def test_the_attribution_inputs_come_from_the_tracked_eval_run() -> None:
     assert _without_times(early) == _without_times(own)
     # 6 tracked + 6 x 3 timed forwards, the check of the flips; the attribution's own capture only without
     assert (n_early, n_own) == (6 + 18 + 1, 6 + 18 + 2)
+
+
+def test_each_pair_of_outputs_is_compared_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval+grad and eval+inference_mode against eval+no_grad are both a row's diff and a grad-mode diff: one
+    comparison each, the same figure in both places (a dropout model: train rows differ, eval rows agree)."""
+    from gradprobe.run.compare import diffs
+
+    pairs: list[tuple[int, int]] = []
+    real = diffs.compare_outputs
+
+    def counted(a: Any, b: Any) -> Any:
+        pairs.append((id(a), id(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(diffs, "compare_outputs", counted)
+    c = compare_modes(nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5), nn.Linear(8, 3)), x_in(), repeat=2).comparison
+    assert len(pairs) == len(set(pairs)) == 6 + 4 - 2
+    rows = {r.label: r for r in c.rows}
+    for d in c.grad_mode_diffs:
+        if d.base == "eval:no_grad":
+            assert d.max_abs_diff == rows[d.row].max_abs_diff == 0.0
+    assert rows["train:grad"].max_abs_diff > 0

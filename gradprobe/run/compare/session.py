@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 
 from gradprobe.run.compare.fastpath import NestedWatch
 from gradprobe.run.compare.inputs import KeptInputs
-from gradprobe.run.compare.outputs import Snapshot, snapshot
+from gradprobe.run.compare.outputs import OutputDiff, Snapshot, snapshot
 from gradprobe.run.compare.start import StartState
 from gradprobe.run.state import ModelState, grad_context
 
@@ -44,6 +44,8 @@ class Session:
     # what each tracked run restores, captured once at the first one: every tracked run starts from the same
     # state (reset), so capturing it again per row would only repeat the work (issue 16)
     run_state: ModelState | None = None
+    # compare_outputs by id() of the two snapshots, for those compared twice (diffs.py); they outlive the dict
+    diffs: dict[tuple[int, int], OutputDiff] = field(default_factory=dict)
     early_inputs: EarlyInputs | None = None  # recorded by the eval + no_grad tracked run for the attribution
 
     @property
