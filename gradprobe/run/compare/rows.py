@@ -194,20 +194,25 @@ class _CompareFailed(Exception):
     """gradprobe's own comparison failed (the cause): never the model's failure."""
 
 
+def _timed_call(s: Session, grad_mode: str) -> tuple[Any, float, float]:
+    """The model called under ``grad_mode``, timed: (output, start, end)."""
+    sync = syncer(s.device)
+    sync()
+    t0 = time.perf_counter()
+    with grad_context(grad_mode):
+        out = s.call()
+    sync()
+    return out, t0, time.perf_counter()
+
+
 def _one_other(s: Session, grad_mode: str, result: _Timed, other: OtherRandom) -> bool:
     """One timed run from another RNG state, its output compared at once (uncopied) with the first run's;
     False when its forward raised (noted in ``other``; the caller then runs it again from the usual state)."""
-    sync = syncer(s.device)
     other.done = True
     try:
         try:
             s.other_random_state(other.seed)
-            sync()
-            t0 = time.perf_counter()
-            with grad_context(grad_mode):
-                out = s.call()
-            sync()
-            t1 = time.perf_counter()
+            out, t0, t1 = _timed_call(s, grad_mode)
             snap = snapshot(out, copy=False)
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -227,15 +232,10 @@ def _one_other(s: Session, grad_mode: str, result: _Timed, other: OtherRandom) -
 def _one_timed(s: Session, grad_mode: str, backward: bool, result: _Timed, keep: bool) -> Snapshot | None:
     """One timed run; the first run's output is kept (copied), the second's returned uncopied for the repeat
     check."""
-    sync = syncer(s.device)
     s.reset()
-    sync()
-    t0 = time.perf_counter()
-    with grad_context(grad_mode):
-        out = s.call()
-    sync()
-    t1 = time.perf_counter()
+    out, t0, t1 = _timed_call(s, grad_mode)
     result.forward.append(t1 - t0)
+    sync = syncer(s.device)
     if backward:
         loss = sum_loss(flatten_tensors(out), "sum")  # the engine's default loss, nested/sparse too
         if loss is not None and loss.requires_grad:
