@@ -175,14 +175,14 @@ def _replay(s: Session, mod: nn.Module, call: Call, flag: bool, keep: dict[int, 
     """
     before = mod.training
     try:
-        s.reset()
+        s.reset(buffers=True)  # a train-mode replay moved BatchNorm statistics without a version bump
         args, kwargs = copy_call(call, keep)[0]
         set_training(mod, flag)
         with torch.no_grad():
             return snapshot(mod(*args, **kwargs))
     finally:
         set_training(mod, before)
-        s.reset()
+        s.reset(buffers=True)
 
 
 def _effect(s: Session, name: str, mod: nn.Module, call: Call, flags: tuple[bool, bool], diff: OutputDiff,
