@@ -121,6 +121,24 @@ def test_reset_values_copies_back_only_what_moved() -> None:
     assert after["buffer_ids"] == before["buffer_ids"]
 
 
+def test_restore_copies_plain_and_inference_buffers_back() -> None:
+    """The buffers and parameter values go back in one batched copy: every value as captured."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    model[0].register_buffer("count", torch.tensor(5, dtype=torch.int64))
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    state = ModelState.capture(model, param_values=True)
+    with torch.no_grad():
+        model[0].weight.mul_(3)
+    model.train()
+    model(torch.randn(4, 2))  # running statistics and num_batches_tracked move
+    model[0].count.add_(2)
+    assert not torch.equal(model[1].running_mean, before["1.running_mean"])
+    state.restore()
+    for name, value in model.named_buffers():
+        assert torch.equal(value, before[name]), name
+    assert torch.equal(model[0].weight, state.param_values[0][1])
+
+
 def test_every_tracker_implements_the_protocol() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
     guard = ParamWriteGuard(model.parameters())
