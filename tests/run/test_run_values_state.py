@@ -8,7 +8,7 @@ from fixtures.model_state import assert_same_state, snapshot
 from torch import nn
 
 from gradprobe.run.state import ModelState, apply_training, set_training, training_flags
-from gradprobe.run.trackers.base import Tracker
+from gradprobe.run.trackers.base import Tracker, first_names
 from gradprobe.run.trackers.setup import make_trackers
 from gradprobe.run.trackers.writes import ParamWriteGuard
 from gradprobe.run.values import dense_view, stored_values, tensor_changed
@@ -150,3 +150,13 @@ def test_every_tracker_implements_the_protocol() -> None:
         for tracker in trackers.ordered:
             assert isinstance(tracker, Tracker), type(tracker).__name__
             assert set(tracker.phases) <= {"forward", "backward"}
+
+
+def test_first_names_is_named_modules_from_one_walk_with_repeats() -> None:
+    """A module registered twice (and its subtree) appears once, under its first name, as named_modules() gives."""
+    shared = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    inner = nn.Sequential(shared, nn.Linear(2, 2))
+    model = nn.Sequential(inner, shared, nn.Sequential(shared, inner), nn.Tanh())
+    walk = list(model.named_modules(remove_duplicate=False))
+    assert len(walk) > len(list(model.named_modules()))  # the walk holds repeats
+    assert first_names(walk) == list(model.named_modules())

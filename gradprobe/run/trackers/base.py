@@ -78,6 +78,21 @@ class FunctionModesAside:
 
 
 _KEEP: list[Any] = []
+
+NamedModules = Sequence[tuple[str, torch.nn.Module]]  # (name, module) pairs of a walk of the model
+
+
+def first_names(named: NamedModules) -> list[tuple[str, torch.nn.Module]]:
+    """``model.named_modules()`` from ``model.named_modules(remove_duplicate=False)``: each module once, under
+    its first name, in the same order (a repeated module's subtree holds only modules already seen under its
+    first name).  Lets the trackers of a run share one walk of the model (issue 16)."""
+    seen: set[int] = set()
+    found = []
+    for name, mod in named:
+        if id(mod) not in seen:
+            seen.add(id(mod))
+            found.append((name, mod))
+    return found
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 
 

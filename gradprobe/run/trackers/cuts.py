@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradprobe.facts.run import GradState, GraphCut, RunFacts
 from gradprobe.run.flatten import flatten_tensors
+from gradprobe.run.trackers.base import NamedModules
 
 __all__ = ["CutTracker", "zero_valued_partners"]
 
@@ -115,13 +116,14 @@ class CutTracker:
     """Context manager around forward; :meth:`apply` adds what it saw to the run's facts."""
 
     def __init__(self, model: nn.Module, names: Mapping[int, str], *, cuts: bool = True,
-                 call_args: bool = True) -> None:
+                 call_args: bool = True, named: NamedModules | None = None) -> None:
+        """``named``: ``model.named_modules(remove_duplicate=False)`` when the caller has walked it already."""
         self._names = dict(names)  # id(param) -> canonical name
         self._call_args = call_args
         self._params = {id(p): p for p in model.parameters()}
         self._modules: dict[int, str] = {}
         self._named: list[tuple[str, nn.Module]] = []  # named_modules() order, each module once
-        for name, mod in model.named_modules(remove_duplicate=False):
+        for name, mod in named if named is not None else model.named_modules(remove_duplicate=False):
             if self._modules.setdefault(id(mod), name) == name:
                 self._named.append((name, mod))
         self._model = model

@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 from gradprobe.facts.experts import ExpertParamGrads, ExpertsFact
 from gradprobe.facts.run import GradState, RunFacts
 from gradprobe.run.flatten import flatten_tensors
-from gradprobe.run.trackers.base import FORWARD, Phase
+from gradprobe.run.trackers.base import FORWARD, NamedModules, Phase, first_names
 from gradprobe.run.trackers.grads import local_tensor
 
 _COUNT_ATTRS = ("num_experts", "num_local_experts", "n_routed_experts", "num_routed_experts", "n_experts",
@@ -93,10 +93,11 @@ def _declared_count(mod: nn.Module) -> tuple[int, str] | None:
     return None
 
 
-def find_fused_experts(model: nn.Module) -> list[_Experts]:
-    """Every module whose own parameters carry a leading expert dimension."""
+def find_fused_experts(model: nn.Module, named: NamedModules | None = None) -> list[_Experts]:
+    """Every module whose own parameters carry a leading expert dimension (``named``:
+    ``model.named_modules(remove_duplicate=False)`` when the caller has walked it already)."""
     found = []
-    for name, mod in model.named_modules():
+    for name, mod in first_names(named) if named is not None else model.named_modules():
         if isinstance(mod, torch.jit.ScriptModule):  # compiled: no Python hooks with keyword arguments
             continue
         own = [(k, p) for k, p in mod._parameters.items() if p is not None and p.dim() >= 3]

@@ -24,7 +24,7 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 
 from gradprobe.facts.run import TensorFact
 from gradprobe.run.flatten import flatten_tensors
-from gradprobe.run.trackers.base import FORWARD, FunctionModesAside, Phase
+from gradprobe.run.trackers.base import FORWARD, FunctionModesAside, NamedModules, Phase
 
 Call = tuple[str, int]  # (qualified module name, 0-based call number)
 CallInput = tuple[int, int, Any]  # storage key, storage bytes, weak reference to the storage
@@ -108,9 +108,11 @@ class ModuleRecorder:
 
     phases = (FORWARD,)
 
-    def __init__(self, model: nn.Module, record_tensors: bool = True, record_inputs: bool = True) -> None:
+    def __init__(self, model: nn.Module, record_tensors: bool = True, record_inputs: bool = True,
+                 named: NamedModules | None = None) -> None:
+        """``named``: ``model.named_modules(remove_duplicate=False)`` when the caller has walked it already."""
         self.names: dict[int, str] = {}
-        for name, mod in model.named_modules(remove_duplicate=False):
+        for name, mod in named if named is not None else model.named_modules(remove_duplicate=False):
             self.names.setdefault(id(mod), name)
         self.record_tensors = record_tensors
         self.record_inputs = record_inputs

@@ -19,7 +19,16 @@ from torch import nn
 
 from gradprobe.facts.grad_health import GradThresholds
 from gradprobe.facts.run import MemoryApproximation, RunFacts
-from gradprobe.run.trackers.base import BACKWARD, FORWARD, OpObserver, OpStream, Phase, Tracker, installed
+from gradprobe.run.trackers.base import (
+    BACKWARD,
+    FORWARD,
+    NamedModules,
+    OpObserver,
+    OpStream,
+    Phase,
+    Tracker,
+    installed,
+)
 from gradprobe.run.trackers.cuts import CutTracker
 from gradprobe.run.trackers.events import EventLogTracker
 from gradprobe.run.trackers.experts import ExpertTracker, find_fused_experts
@@ -74,8 +83,9 @@ class GraphCuts:
 
     phases = (FORWARD,)
 
-    def __init__(self, model: nn.Module, names: Mapping[int, str], *, cuts: bool, call_args: bool = True) -> None:
-        self._cuts = CutTracker(model, names, cuts=cuts, call_args=call_args)
+    def __init__(self, model: nn.Module, names: Mapping[int, str], *, cuts: bool, call_args: bool = True,
+                 named: NamedModules | None = None) -> None:
+        self._cuts = CutTracker(model, names, cuts=cuts, call_args=call_args, named=named)
 
     @contextlib.contextmanager
     def install(self, phase: Phase) -> Iterator[None]:
@@ -132,7 +142,8 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     torch call of the forward for graph cuts and parameters read (flags flipped by forward are recorded either
     way); ``rows``: only compare-modes' row facts are built (``ProbeOptions.row_facts``): no flags flipped, no
     module inputs for the per-module memory."""
-    recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory and not rows)
+    named = list(model.named_modules(remove_duplicate=False))  # one walk for every tracker below (issue 16)
+    recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory and not rows, named=named)
     found = RunTrackers(recorder=recorder, guard=guard)
     if memory:
         found.live = LiveBytesTracker(known=[*state_tensors, *input_tensors])
@@ -142,8 +153,8 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
             found.events = EventLogTracker(recorder, known=[*state_tensors, *input_tensors])
     if device.type == "meta":
         found.kernels = MetaKernels(recorder, host_inputs)
-    found.cuts = None if rows else GraphCuts(model, names, cuts=grad and cuts, call_args=memory)
-    fused = find_fused_experts(model)
+    found.cuts = None if rows else GraphCuts(model, names, cuts=grad and cuts, call_args=memory, named=named)
+    fused = find_fused_experts(model, named)
     found.experts = ExpertTracker(fused) if fused else None
     observers: list[OpObserver] = [o for o in (guard if guard.watching else None, found.live, found.events)
                                    if o is not None]
