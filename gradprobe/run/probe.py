@@ -362,7 +362,8 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
     model, options, trackers = run.model, run.options, run.trackers
     calls = trackers.recorder.facts()
     t0 = clock()
-    params, grad_bytes = builders.param_facts(model, run.after, run.names, did_backward)
+    walk = list(model.named_modules(remove_duplicate=False))  # one walk for the parameter and module facts
+    params, grad_bytes = builders.param_facts(model, run.after, run.names, did_backward, walk)
     t0 = lap("grad_states", t0)
     bad = nonfinite(flat_out, run.proven_finite)
     lap("nonfinite", t0)
@@ -386,7 +387,7 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
         target=run.target, torch_version=torch.__version__, device=str(run.device), mode=options.mode,
         grad_mode=options.grad_mode, backward=did_backward, backward_skipped_reason=reason, loss=loss_value,
         parameters=params, buffers=builders.buffer_facts(run.state, calls.names, kernels),
-        modules=builders.module_facts(model, run.names, calls), tensors=calls.tensors,
+        modules=builders.module_facts(model, run.names, calls, walk), tensors=calls.tensors,
         outputs=tuple(tensor_fact("", 0, path, t) for path, t in flat_out), graph=graph, memory=memory,
         global_grad_enabled=run.state.grad_enabled, forward_time_s=run.forward_time,
         backward_time_s=run.backward_time, skipped=skipped, notes=tuple(run.notes),
