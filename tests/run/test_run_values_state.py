@@ -7,6 +7,7 @@ import torch
 from fixtures.model_state import assert_same_state, snapshot
 from torch import nn
 
+from gradprobe.run.builders import buffer_facts
 from gradprobe.run.state import ModelState, apply_training, set_training, training_flags
 from gradprobe.run.trackers.base import Tracker, first_names
 from gradprobe.run.trackers.setup import make_trackers
@@ -160,3 +161,27 @@ def test_first_names_is_named_modules_from_one_walk_with_repeats() -> None:
     walk = list(model.named_modules(remove_duplicate=False))
     assert len(walk) > len(list(model.named_modules()))  # the walk holds repeats
     assert first_names(walk) == list(model.named_modules())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_buffer_facts_batched_change_check_matches_elementwise_python(dtype: torch.dtype) -> None:
+    """The batched comparison of buffer values gives, buffer by buffer, what an element-wise Python rule gives
+    (NaN equals NaN, -0.0 equals 0.0, a difference too small to square still counts)."""
+    pairs = [([1.0, NAN], [1.0, NAN]), ([1.0, NAN], [1.0, 2.0]), ([INF, 1.0], [INF, 1.0]), ([INF, -INF], [-INF, INF]),
+             ([0.0, 1.0], [-0.0, 1.0]), ([1e-300, 0.0], [0.0, 0.0]), ([2.0, 3.0], [2.0, 3.5]), ([5.0], [5.0])]
+    mod = nn.Module()
+    for i, (before, _) in enumerate(pairs):
+        mod.register_buffer(f"b{i}", torch.tensor(before, dtype=dtype))
+    mod.register_buffer("count", torch.tensor(3))  # not batched: compared on its own
+    state = ModelState.capture(mod)
+    with torch.no_grad():
+        for i, (_, after) in enumerate(pairs):
+            getattr(mod, f"b{i}").copy_(torch.tensor(after, dtype=dtype))
+        mod.count.add_(1)
+    facts = {b.name: b.changed for b in buffer_facts(state, {})}
+    for i, (before, after) in enumerate(pairs):
+        stored = [float(v) for v in torch.tensor(before, dtype=dtype)]  # 1e-300 is 0 in float32
+        now = [float(v) for v in torch.tensor(after, dtype=dtype)]
+        expected = any(not (x == y or (x != x and y != y)) for x, y in zip(stored, now, strict=True))
+        assert facts[f"b{i}"] is expected, (i, before, after)
+    assert facts["count"] is True
