@@ -165,7 +165,7 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
         first = next(iter(before.values()), None)
         _seed(options.seed, first.device if first is not None else torch.device("cpu"))
     model.train(options.mode == "train")
-    device = device_of(model, input_tensors)
+    device = device_of(model, input_tensors, list(before.values()))
     state_tensors = list({id(p): p for p in before.values()}.values()) + [b for _, _, b, _ in state.buffers
                                                                           if b is not None]
     canonical = {pid: ns[0] for pid, ns in names_by_id(before).items()}
@@ -422,12 +422,15 @@ def _row_facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: 
         backward_time_s=run.backward_time, notes=tuple(run.notes))
 
 
-def device_of(model: nn.Module, inputs: list[torch.Tensor]) -> torch.device:
+def device_of(model: nn.Module, inputs: list[torch.Tensor], params: list[torch.Tensor] | None = None) -> torch.device:
     """Where the model lives: its first parameter, else buffer, else input; CPU for an empty model.  Meta when
-    any parameter is on meta (a model built on meta can keep a stray CPU parameter: values are unknown)."""
-    if any(p.is_meta for p in model.parameters()):
+    any parameter is on meta (a model built on meta can keep a stray CPU parameter: values are unknown).
+    ``params``: the model's parameters when the caller has them already (repeats change neither answer)."""
+    if params is None:
+        params = list(model.parameters())
+    if any(p.is_meta for p in params):
         return torch.device("meta")
-    for p in model.parameters():
+    for p in params:
         return p.device
     for b in model.buffers():
         return b.device
