@@ -64,12 +64,23 @@ def fit(target: str, *, world_sizes: str | Sequence[int], wrap: str | None = Non
     spec = StepSpec(wrap=wrap, shard=tuple(shard), optimizer=optimizer, estimate=device == "meta",
                     reshard_after_forward=reshard_after_forward, mixed_precision=policy)
 
-    def loader() -> tuple[Any, Any, Any]:
-        from gradprobe.api import _loss, load
+    built: list[tuple[Any, Any, Any]] = []
 
+    def loader() -> tuple[Any, Any, Any]:
+        import copy
+
+        from gradprobe.api import _loss, load
+        from gradprobe.load.hf import is_hf_folder
+
+        if built:  # a Hugging Face folder's meta build, the same at every world size: copied, not rebuilt
+            model, example, loss_spec = built[0]
+            return copy.deepcopy(model), copy.deepcopy(example), loss_spec
         loaded, example = load(target, init=init, device="meta", inputs=inputs, shapes=shapes, dtype=dtype,
                                high=high, seed=seed, path=path, keep_distributed=True)
-        return loaded.model, example, _loss(loss, loaded)
+        out = (loaded.model, example, _loss(loss, loaded))
+        if is_hf_folder(target):  # built from its config alone; a factory may read the process group, so not it
+            built.append((copy.deepcopy(out[0]), copy.deepcopy(example), out[2]))
+        return out
 
     rows = tuple(run_step(loader, n, spec) for n in sizes)
     notes = [_method_note(spec)]

@@ -137,19 +137,33 @@ _MARKERS = (torch.ops.profiler._record_function_enter_new.default,
             torch.ops.profiler._record_function_exit._RecordFunction)
 
 
-def _fake_tensor_type() -> type:
-    from torch._subclasses.fake_tensor import FakeTensor
+_FAKE_TENSOR: list[type] = []
 
-    return FakeTensor
+
+def _fake_tensor_type() -> type:
+    """FakeTensor, imported once (this runs on every op)."""
+    if not _FAKE_TENSOR:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        _FAKE_TENSOR.append(FakeTensor)
+    return _FAKE_TENSOR[0]
+
+
+_C10D_FILES: set[str] = set()
 
 
 def _inside_collective(depth: int = 12) -> bool:
     """Whether torch.distributed's collective entry points (distributed_c10d.py) are on the Python stack."""
+    if not _C10D_FILES:  # the module's file name, compared whole (this runs on every view op)
+        import torch.distributed.distributed_c10d as c10d
+
+        _C10D_FILES.add(c10d.__file__)
+    files = _C10D_FILES
     frame = sys._getframe(2)
     for _ in range(depth):
         if frame is None:
             return False
-        if frame.f_code.co_filename.endswith("distributed_c10d.py"):
+        if frame.f_code.co_filename in files:
             return True
         frame = frame.f_back
     return False
