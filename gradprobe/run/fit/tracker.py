@@ -10,6 +10,7 @@ phase of gradprobe's step (forward, backward, optimizer) and the bytes autograd 
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -137,33 +138,30 @@ _MARKERS = (torch.ops.profiler._record_function_enter_new.default,
             torch.ops.profiler._record_function_exit._RecordFunction)
 
 
-_FAKE_TENSOR: list[type] = []
-
-
+@functools.cache
 def _fake_tensor_type() -> type:
     """FakeTensor, imported once (this runs on every op)."""
-    if not _FAKE_TENSOR:
-        from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.fake_tensor import FakeTensor
 
-        _FAKE_TENSOR.append(FakeTensor)
-    return _FAKE_TENSOR[0]
+    return FakeTensor
 
 
-_C10D_FILES: set[str] = set()
+@functools.cache
+def _c10d_file() -> str:
+    """distributed_c10d.py's file name, compared whole (this runs on every view op)."""
+    import torch.distributed.distributed_c10d as c10d
+
+    return c10d.__file__
 
 
 def _inside_collective(depth: int = 12) -> bool:
     """Whether torch.distributed's collective entry points (distributed_c10d.py) are on the Python stack."""
-    if not _C10D_FILES:  # the module's file name, compared whole (this runs on every view op)
-        import torch.distributed.distributed_c10d as c10d
-
-        _C10D_FILES.add(c10d.__file__)
-    files = _C10D_FILES
+    c10d_file = _c10d_file()
     frame = sys._getframe(2)
     for _ in range(depth):
         if frame is None:
             return False
-        if frame.f_code.co_filename in files:
+        if frame.f_code.co_filename == c10d_file:
             return True
         frame = frame.f_back
     return False

@@ -37,7 +37,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradprobe.facts.run import GradState, GraphCut, RunFacts
 from gradprobe.run.flatten import flatten_tensors
-from gradprobe.run.trackers.base import NamedModules
+from gradprobe.run.trackers.base import NamedModules, first_names
 
 __all__ = ["CutTracker", "zero_valued_partners"]
 
@@ -121,11 +121,9 @@ class CutTracker:
         self._names = dict(names)  # id(param) -> canonical name
         self._call_args = call_args
         self._params = {id(p): p for p in model.parameters()}
-        self._modules: dict[int, str] = {}
-        self._named: list[tuple[str, nn.Module]] = []  # named_modules() order, each module once
-        for name, mod in named if named is not None else model.named_modules(remove_duplicate=False):
-            if self._modules.setdefault(id(mod), name) == name:
-                self._named.append((name, mod))
+        # named_modules() order, each module once under its first name
+        self._named = first_names(named if named is not None else list(model.named_modules(remove_duplicate=False)))
+        self._modules = {id(mod): name for name, mod in self._named}
         self._model = model
         self._watch = cuts
         self._stack: list[tuple[str, int]] = []
