@@ -224,6 +224,8 @@ class TrainingStepEstimate:
     optimizer_state_bytes: int
     activation_peak_bytes: int  # largest of forward peak and backward peak (gradients included there)
     total_bytes: int
+    # False: no backward ran, so the backward peak is unmeasured and total_bytes is a lower bound
+    backward_measured: bool = True
 
 
 @dataclass(frozen=True)

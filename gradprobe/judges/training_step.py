@@ -74,10 +74,14 @@ def training_step(memory: MemoryFact, params: Sequence[ParamFact], optimizer_sta
     else:
         method = (f"parameter, gradient and optimizer bytes scaled to {param_dtype}; activations as measured "
                   f"in the model's own dtype (use --device meta to cast the whole run)")
+    if measured_grads is None:
+        method += ("; no backward ran, so the backward peak is not measured and the total is a lower bound "
+                   "(the larger of the forward peak and every trainable parameter's gradient)")
     return TrainingStepEstimate(
         optimizer=optimizer_state, param_dtype=dtype, method=method, parameter_bytes=parameter_bytes,
         gradient_bytes=gradient_bytes, optimizer_state_bytes=optimizer_bytes, activation_peak_bytes=activation_peak,
         total_bytes=parameter_bytes + optimizer_bytes + max(activation_peak, gradient_bytes),
+        backward_measured=measured_grads is not None,
     )
 
 

@@ -171,6 +171,20 @@ def test_mode_options_reach_the_run(cli) -> None:
     assert len(doc["skipped"]) == 2
 
 
+def test_training_step_without_backward_is_a_lower_bound(cli) -> None:
+    """No backward ran: the step's total is shown as a lower bound, not as a measured peak holding the gradients."""
+    doc = json.loads(cli("inspect", f"{FILE}:MLP", "--no-backward", "-f", "json").out)
+    step = doc["memory"]["training_step"]
+    trainable = sum(p["numel"] * 4 for p in doc["parameters"] if p["requires_grad"])
+    assert step["backward_measured"] is False and step["gradient_bytes"] == trainable
+    assert step["total_bytes"] == (step["parameter_bytes"] + step["optimizer_state_bytes"]
+                                   + max(step["activation_peak_bytes"], trainable))
+    table = cli("inspect", f"{FILE}:MLP", "--no-backward").out
+    assert "at least" in table and "inside that peak" not in table and "forward peak (no backward ran)" in table
+    measured = cli("inspect", f"{FILE}:MLP").out
+    assert "inside that peak" in measured and "at least" not in measured
+
+
 def test_init_shape_dtype_high_through_cli(cli) -> None:
     doc = json.loads(cli("inspect", f"{FILE}:TokenModel", "--shape", "3,4", "--dtype", "int64", "--high", "11",
                          "-f", "json").out)

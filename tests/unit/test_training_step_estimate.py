@@ -72,6 +72,15 @@ def test_without_backward_every_trainable_parameter_would_get_a_gradient() -> No
     step = training_step(memory(PARAMS, 5 * MIB, None), PARAMS, "sgd")
     assert step.gradient_bytes == (1000 + 24) * 4
     assert step.total_bytes == (1000 + 500 + 24) * 4 + 5 * MIB
+    # the backward peak was not measured: the estimate says it is a lower bound instead of passing as a figure
+    assert step.backward_measured is False
+    assert "lower bound" in step.method
+
+
+def test_with_backward_the_figure_is_measured() -> None:
+    step = training_step(memory(PARAMS, 5 * MIB, 6 * MIB), PARAMS, "sgd")
+    assert step.backward_measured is True
+    assert "lower bound" not in step.method
 
 
 @pytest.mark.parametrize(("optimizer", "dtype"), [("lion", None), ("adam", "int8")])

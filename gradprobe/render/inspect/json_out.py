@@ -68,7 +68,7 @@ def training_step_json(t: TrainingStepEstimate | None) -> dict[str, Any] | None:
         "optimizer_state": t.optimizer, "param_dtype": t.param_dtype, "method": t.method,
         "parameter_bytes": t.parameter_bytes, "gradient_bytes": t.gradient_bytes,
         "optimizer_state_bytes": t.optimizer_state_bytes, "activation_peak_bytes": t.activation_peak_bytes,
-        "total_bytes": t.total_bytes,
+        "total_bytes": t.total_bytes, "backward_measured": t.backward_measured,
     }
 
 

@@ -232,11 +232,16 @@ def training_step_table(f: RunFacts) -> RenderableType | None:
     t = Table.grid(padding=(0, 2))
     t.add_column(style="bold")
     t.add_column(justify="right")
-    t.add_row(f"training step ({step.optimizer}, {step.param_dtype})", human_bytes(step.total_bytes))
+    at_least = "" if step.backward_measured else "at least "
+    t.add_row(f"training step ({step.optimizer}, {step.param_dtype})", at_least + human_bytes(step.total_bytes))
     t.add_row("  parameters", human_bytes(step.parameter_bytes))
     t.add_row("  optimizer state", human_bytes(step.optimizer_state_bytes))
-    t.add_row("  forward/backward peak", human_bytes(step.activation_peak_bytes))
-    t.add_row("    gradients (inside that peak)", human_bytes(step.gradient_bytes))
+    if step.backward_measured:
+        t.add_row("  forward/backward peak", human_bytes(step.activation_peak_bytes))
+        t.add_row("    gradients (inside that peak)", human_bytes(step.gradient_bytes))
+    else:  # the gradients are not inside a forward-only peak; the backward's is unknown
+        t.add_row("  forward peak (no backward ran)", human_bytes(step.activation_peak_bytes))
+        t.add_row("  gradients (every trainable parameter)", human_bytes(step.gradient_bytes))
     return Group(t, Text(step.method, style="dim"))
 
 
