@@ -60,6 +60,8 @@ OVERHEAD_MODELS: dict[str, tuple[Callable[..., torch.nn.Module], dict[str, int]]
     "resnet_small": (zoo.resnet_small, {}),
     "tiny_gpt": (zoo.tiny_gpt, {}),
     "resnet50": (zoo.resnet50, {}),  # batch 2, 128x128 images
+    # the same network at ImageNet's 224x224: 3x the compute per op, the same number of ops (gradprobe's cost is per op)
+    "resnet50_224": (zoo.resnet50, {"image": 224}),
     "gpt2_small": (zoo.gpt2_small, {}),  # batch 1, 128 tokens
     # 2-layer GPT-2 at d=128 with the full 50k vocabulary, 2x64 tokens: dominated by the logits
     "gpt2_2layer": (zoo.tiny_gpt, {"batch": 2, "seq": 64, "vocab_size": 50257, "n_layer": 2, "n_embd": 128}),
