@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -159,7 +160,7 @@ def param_grads(named: Sequence[tuple[str, torch.Tensor]],
             found = torch._foreach_norm([plan[i][1].detach() for i in idx], 2, dtype=wide(dtype))
             norms.update(zip(idx, found, strict=True))
         weight_slot = {i: _push(lazy, n) for i, n in norms.items()}
-        resolved = _resolve(lazy)
+        resolved = resolve_scalars(lazy)
         return tuple(_param_grad(name, p, gv, slots, resolved, weight_slot.get(i), slices.get(name, (False, False)))
                      for i, (name, p, slots, gv) in enumerate(plan))
 
@@ -173,7 +174,7 @@ def _push(lazy: list[torch.Tensor], t: torch.Tensor) -> int:
     return len(lazy) - 1
 
 
-def _resolve(lazy: list[torch.Tensor]) -> list[float]:
+def resolve_scalars(lazy: list[torch.Tensor]) -> list[Any]:
     """Every lazy scalar as a Python number: one stack and one device-to-host copy per device and dtype
     (counts stay integers, float32 values convert exactly)."""
     out: list[float] = [0.0] * len(lazy)

@@ -11,7 +11,7 @@ from torch import nn
 from gradprobe.facts.grad_health import CallGrad, DeadUnits, GradHealthFacts, NodeGrad, NonfiniteOrigin
 from gradprobe.run.trackers.grad_health.backward import WATCHED_KINDS
 from gradprobe.run.trackers.grad_health.records import CallRecord
-from gradprobe.run.trackers.grad_stats import param_grads, quiet
+from gradprobe.run.trackers.grad_stats import param_grads, quiet, resolve_scalars
 from gradprobe.run.trackers.nonfinite_origin import locate
 
 
@@ -22,7 +22,7 @@ class FactBuilding:
         lazy = Lazy()
         slot_at = [(lazy.add(s.norm), lazy.add(s.zeros), lazy.add(s.subnormal)) for s in self._slots]
         node_at = [(lazy.add(n.bad_in), lazy.add(n.bad_out)) for n in self._nodes]
-        dead_at = {i: lazy.add(c.dead[0]) for i, c in enumerate(self._calls) if c.dead is not None}
+        dead_at = {i: lazy.add(n) for i, n in dead_counts(self._calls).items()}
         values = lazy.resolve()
         slot_values = [tuple(None if k is None else values[k] for k in at) for at in slot_at]
         calls = tuple(self._call_fact(c, slot_values, values[dead_at[i]] if i in dead_at else None)
@@ -44,17 +44,20 @@ class FactBuilding:
             thresholds=self._thresholds, display_depth=self._depth,
             notes=() if self._measure else ("the meta device holds no values: gradient figures need a real device",))
 
-    def _call_fact(self, c: CallRecord, slot_values: list[tuple[Any, Any, Any]], maxima: Any) -> CallGrad:
+    def _call_fact(self, c: CallRecord, slot_values: list[tuple[Any, Any, Any]], dead_count: int | None) -> CallGrad:
         outs = [(self._slots[s], slot_values[s]) for s in c.out_slots]
         ins = [slot_values[s] for s in c.in_slots]
         half = [v for _, v in outs if v[1] is not None]
         checked = [s.nonfinite for s, _ in outs if s.nonfinite is not None]
         ranks = [s.rank for s, _ in outs if s.rank is not None]
         dead = None
-        if c.dead is not None and maxima is not None:
-            _, dim, units, samples = c.dead
-            flags = [m == 0 for m in (maxima if isinstance(maxima, list) else [maxima])]
-            dead = DeadUnits(units, sum(flags), dim, samples, tuple(i for i, f in enumerate(flags) if f)[:8])
+        if c.dead is not None and dead_count is not None:
+            per_unit, dim, units, samples = c.dead
+            first: tuple[int, ...] = ()
+            if dead_count:  # rare: only then the dead units' indices are read
+                with quiet():
+                    first = tuple((per_unit.reshape(-1) == 0).nonzero().flatten()[:8].tolist())
+            dead = DeadUnits(units, dead_count, dim, samples, first)
         return CallGrad(
             module=c.module, call=c.call, type=c.type, parent=c.parent, finished=c.finished, outputs=c.outputs,
             output_numel=c.numel, output_dtype=c.dtype, nonfinite=sum(checked) if checked else None,
@@ -90,6 +93,24 @@ class FactBuilding:
         return want
 
 
+def dead_counts(calls: list[CallRecord]) -> dict[int, torch.Tensor]:
+    """Per ReLU call (index into ``calls``), its dead units as a lazy 0-d count: the units whose largest output
+    over the batch is 0, counted for every call together with one comparison and one cumulative sum per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, c in enumerate(calls):
+        if c.dead is not None:
+            by_device.setdefault(c.dead[0].device, []).append(i)
+    found: dict[int, torch.Tensor] = {}
+    with quiet():
+        for idx in by_device.values():
+            maxima = [calls[i].dead[0].reshape(-1) for i in idx]  # type: ignore[index]
+            zero = torch.cat(maxima) == 0 if len(maxima) > 1 else maxima[0] == 0
+            ends = torch.cumsum(zero, 0)[torch.tensor([m.numel() for m in maxima], device=zero.device).cumsum(0) - 1]
+            counts = torch.diff(ends, prepend=ends.new_zeros(1))
+            found.update(zip(idx, counts.unbind(), strict=True))
+    return found
+
+
 def direct_params(module: nn.Module | None) -> list[torch.Tensor]:
     return [p for p in module._parameters.values() if p is not None] if module is not None else []
 
@@ -113,7 +134,7 @@ def combined_norm(norms: list[float]) -> float | None:
 
 
 class Lazy:
-    """Lazy tensors (0-d, or a small per-unit vector) turned into Python values with one copy per device."""
+    """Lazy 0-d tensors turned into Python values with one copy per device and dtype."""
 
     def __init__(self) -> None:
         self.items: list[torch.Tensor] = []
@@ -125,17 +146,7 @@ class Lazy:
         return len(self.items) - 1
 
     def resolve(self) -> list[Any]:
-        out: list[Any] = [None] * len(self.items)
-        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for i, t in enumerate(self.items):
-            groups.setdefault((t.device, t.dtype), []).append(i)
         with quiet():
-            for idx in groups.values():  # one copy per device and dtype: counts stay integers
-                flat = torch.cat([self.items[i].reshape(-1) for i in idx]).tolist()
-                pos = 0
-                for i in idx:
-                    n = self.items[i].numel()
-                    out[i] = flat[pos] if self.items[i].dim() == 0 else flat[pos:pos + n]
-                    pos += n
+            out = resolve_scalars(self.items)
         self.items.clear()
         return out
