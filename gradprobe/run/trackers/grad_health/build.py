@@ -73,6 +73,8 @@ class FactBuilding:
     def _slices(self, calls: tuple[CallGrad, ...]) -> dict[str, tuple[bool, bool]]:
         """Parameters next to dead ReLU units: the producer's rows (its units) and the consumers' columns."""
         want: dict[str, tuple[bool, bool]] = {}
+        if not any(c.dead is not None and c.dead.dead for c in calls):
+            return want  # no dead unit: no parameter walk
         modules = dict(self._model.named_modules(remove_duplicate=False))
         first = {id(p): n for n, p in reversed(list(self._model.named_parameters(remove_duplicate=False)))}
         consumers: dict[int, list[int]] = {}
