@@ -30,7 +30,7 @@ class CallSource(Protocol):
     def timeline(self) -> CallTimeline: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Slot:
     """One hooked tensor (a module output or input): its forward check and the gradient that reached it."""
 
@@ -46,7 +46,7 @@ class Slot:
     subnormal: torch.Tensor | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class CallRecord:
     module: str
     call: int
@@ -62,7 +62,7 @@ class CallRecord:
     dead: tuple[torch.Tensor, int, int, int] | None = None  # (max per unit, unit dim, units, samples)
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeRecord:
     kind: str
     call: int | None
