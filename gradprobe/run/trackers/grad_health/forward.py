@@ -126,8 +126,12 @@ class ForwardRecording:
         last = output.dim() <= 2 or (producer is not None and producer.type in {c.__name__ for c in _FEATURES_LAST})
         dim = -1 if last else 1
         units = output.shape[dim]
-        others = tuple(d for d in range(output.dim()) if d != dim % output.dim())
-        per_unit = output.detach().amax(dim=others) if others else output.detach()
+        values = output.detach()
+        if dim == 1 and output.dim() > 2 and values.is_contiguous():  # (N, C, ...): rows of C, the fastest way
+            per_unit = values.reshape(values.shape[0], units, -1).amax(dim=2).amax(dim=0)
+        else:
+            others = tuple(d for d in range(output.dim()) if d != dim % output.dim())
+            per_unit = values.amax(dim=others) if others else values
         call.dead = (per_unit, dim, units, output.numel() // max(units, 1))
 
     def _origin(self, index: int, module: nn.Module, args: Any, kwargs: Any, inputs: list[torch.Tensor]) -> None:
