@@ -120,6 +120,7 @@ class RankCollector:
         try:
             if self.w.kind == "ddp":
                 self._hook_local_grads()
+                self._ddp_pre_forward_aside()
             elif self.w.kind == "fsdp":
                 self._instrument_fsdp2()
             elif self.w.kind == "fsdp1":
@@ -150,6 +151,27 @@ class RankCollector:
                 self.local[name] = (True, norm)
 
             self._undo.append(p.register_hook(hook).remove)
+
+    def _ddp_pre_forward_aside(self) -> None:
+        """DDP's own work before each forward with the torch-function modes set aside.
+
+        ``_pre_forward`` (the reducer's bucket bookkeeping, ~160 ``as_strided`` per ResNet-50 forward) and the
+        buffer broadcast in it (``_sync_buffers``: ~960 views, slices and copies of 159 buffers into and out of
+        a flat one) run ops from C++, so each reaches the graph-cut tracker's ``TorchFunctionMode`` from inside
+        the dispatch mode, with the live-bytes tracker's own storage reads: ~1,600 Python calls per forward
+        against ~300 for the model's own, all DDP's bookkeeping under ``no_grad`` that reads no parameter of
+        the user's forward and cuts nothing.  The dispatch-level trackers still see every op.  Where
+        ``_pre_forward`` also moves or casts the inputs (``device_ids``, ``mixed_precision``) only the buffer
+        broadcast is set aside; with a buffer comm hook (user code) nothing is."""
+        ddp = self.w.model
+        if getattr(ddp, "buffer_hook", None) is not None:
+            return
+        moves_inputs = bool(getattr(ddp, "device_ids", None)) or getattr(ddp, "mixed_precision", None) is not None
+        name = "_sync_buffers" if moves_inputs else "_pre_forward"
+        if name in ddp.__dict__ or not callable(getattr(ddp, name, None)):
+            return
+        setattr(ddp, name, _modes_aside(getattr(ddp, name)))
+        self._undo.append(lambda: _drop_instance_attrs(ddp, (name,)))
 
     def _instrument_fsdp2(self) -> None:
         names = {id(p): n for n, p in self.w.model.named_parameters()}
@@ -446,7 +468,8 @@ def _fqn(fsdp_param: Any, names: dict[int, str]) -> str | None:
 
 
 def _modes_aside(method: Any) -> Any:
-    """``method`` (an FSDP2 unit's ``wait_for_unshard``/``reshard``) with the torch-function modes set aside.
+    """``method`` (an FSDP2 unit's ``wait_for_unshard``/``reshard``, DDP's ``_pre_forward``) with the
+    torch-function modes set aside.
 
     FSDP2's all-gather, copy-out and reshard make ~2,600 torch calls per ResNet-50 forward (property reads,
     views, storage resizes) beside the model's ~400; under the graph-cut tracker's ``TorchFunctionMode`` each
