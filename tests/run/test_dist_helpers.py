@@ -109,7 +109,6 @@ def test_describe_fsdp2_and_collect_in_one_process(world_of_one):
     from torch.distributed.fsdp import fully_shard
 
     from gradprobe.api import probe
-    from gradprobe.facts.distributed import rename_run_facts
     from gradprobe.load.target import LoadedModel
     from gradprobe.run.distributed.collect import RankCollector
     from gradprobe.run.distributed.wrappers import describe
@@ -125,7 +124,7 @@ def test_describe_fsdp2_and_collect_in_one_process(world_of_one):
     x = torch.randn(3, 4)
     with RankCollector(w, 0, "h", compare_values=False) as collector:
         report = probe(model, (x,), loaded=LoadedModel(model))
-    mine = collector.facts(rename_run_facts(report.facts, w.names))
+    mine = collector.facts(report.facts)
     grads = {p.name: p for p in mine.params}
     # against plain PyTorch: the same model unsharded
     torch.manual_seed(0)

@@ -313,7 +313,9 @@ class RankCollector:
 
     def facts(self, run: RunFacts | None, pre_wrap: list[tuple[str, str]] | None = None,
               second_iteration: tuple[bool, str | None] = (False, None), notes: tuple[str, ...] = ()) -> RankFacts:
-        """This rank's ``RankFacts`` from the engine's facts (already under the original names)."""
+        """This rank's ``RankFacts`` from the engine's facts as the run produced them (under the wrapper's names:
+        parameters and buffers are looked up under their original names here, so a rank that reports nothing
+        itself renames nothing)."""
         did_backward = bool(run is not None and run.backward)
         params, local_param_bytes, local_grad_bytes = self._param_facts(run, did_backward)
         return RankFacts(
@@ -325,7 +327,8 @@ class RankCollector:
 
     def _param_facts(self, run: RunFacts | None, did_backward: bool) -> tuple[list[RankParam], int, int]:
         """Every parameter as this rank holds it, with the bytes of its parameters and of its gradients."""
-        engine = {p.name: p for p in run.parameters} if run is not None else {}
+        param = self.w.names.param
+        engine = {param(p.name): p for p in run.parameters} if run is not None else {}
         params: list[RankParam] = []
         local_param_bytes = 0
         local_grad_bytes = 0
@@ -387,7 +390,8 @@ class RankCollector:
         )
 
     def _buffer_facts(self, run: RunFacts | None) -> list[RankBuffer]:
-        changed = {b.name: b.changed for b in run.buffers} if run is not None else {}
+        buffer = self.w.names.buffer
+        changed = {buffer(b.name): b.changed for b in run.buffers} if run is not None else {}
         types = {n: type(m).__name__ for n, m in self.w.inner.named_modules()}
         buffers = []
         for name, _ in self.w.inner.named_buffers():
