@@ -90,8 +90,9 @@ def inspect_loaded(s: DistSession, rm: RankModel, target: str, **probe_kwargs: A
     w = rm.wrapped
     compare_values = w.kind == "none" or (w.kind == "ddp" and w.info.init_sync is False)
     collector = RankCollector(w, s.rank, hostname(), compare_values=compare_values)
-    report: InspectReport = run_with_collector(
-        s, rm, collector, lambda: probe(w.model, rm.example, target=target, loaded=rm.loaded, **probe_kwargs))
+    report: InspectReport = run_with_collector(  # facts only: rank 0 judges the facts merged over every rank
+        s, rm, collector,
+        lambda: probe(w.model, rm.example, target=target, loaded=rm.loaded, judge=False, **probe_kwargs))
     s.checkpoint("ran")
     second = run_second_iteration(s, rm, collector, report.facts.backward)
     with phase(s, "facts"):
