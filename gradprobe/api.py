@@ -145,6 +145,7 @@ def probe(
     param_dtype: str | None = None,
     grads: bool | GradThresholds = False,
     memory_detail: bool = False,
+    judge: bool = True,
 ) -> InspectReport:
     """Run ``model`` once in ``mode``/``grad_mode`` and return facts plus findings; the model is left as found.
 
@@ -155,6 +156,8 @@ def probe(
     ``grads`` (True, or :class:`~gradprobe.facts.grad_health.GradThresholds`) adds gradient health: per-parameter
     gradient figures, the gradient reaching each module call, where NaN/Inf first appeared (``facts.grad_health``).
     ``memory_detail`` records the memory event log: what is alive at each peak, and the timeline.
+    ``judge=False`` returns the facts without findings or advice, for a caller that judges other facts made from
+    them (a distributed rank: rank 0 judges the facts merged over every rank).
     """
     if depth < 0:
         raise UsageError(f"--depth {depth}: use 0 or more")
@@ -176,7 +179,7 @@ def probe(
                                                      cast=cast), notes=tuple(notes) + facts.notes)
     if loaded is not None:
         facts = replace(facts, missing_keys=loaded.missing_keys, unexpected_keys=loaded.unexpected_keys)
-    return judge_inspect(facts)
+    return judge_inspect(facts) if judge else InspectReport(facts)
 
 
 def grad_thresholds(grads: bool | GradThresholds) -> GradThresholds | None:

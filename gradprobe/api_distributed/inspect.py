@@ -90,17 +90,18 @@ def inspect_loaded(s: DistSession, rm: RankModel, target: str, **probe_kwargs: A
     w = rm.wrapped
     compare_values = w.kind == "none" or (w.kind == "ddp" and w.info.init_sync is False)
     collector = RankCollector(w, s.rank, hostname(), compare_values=compare_values)
-    report: InspectReport = run_with_collector(
-        s, rm, collector, lambda: probe(w.model, rm.example, target=target, loaded=rm.loaded, **probe_kwargs))
+    report: InspectReport = run_with_collector(  # facts only: rank 0 judges the facts merged over every rank
+        s, rm, collector,
+        lambda: probe(w.model, rm.example, target=target, loaded=rm.loaded, judge=False, **probe_kwargs))
     s.checkpoint("ran")
     second = run_second_iteration(s, rm, collector, report.facts.backward)
     with phase(s, "facts"):
-        facts = rename_run_facts(report.facts, w.names, report=s.rank == 0)  # the others send RankFacts only
-        mine = collector.facts(facts, rm.pre_wrap, second)
+        mine = collector.facts(report.facts, rm.pre_wrap, second)
     gathered = s.gather(mine)
     if gathered is None:
         return None
     with phase(s, "merge"):
+        facts = rename_run_facts(report.facts, w.names)  # only rank 0 reports: the others rename nothing
         dist = dist_facts(s, rm, gathered)
         dist = replace(dist, notes=notes(rm, dist))
         merged = merge_run_facts(synthesized(facts, dist), dist)

@@ -294,17 +294,10 @@ class NameMap:
         return self.buffers.get(name, name)
 
 
-def rename_run_facts(facts: RunFacts, names: NameMap, *, report: bool = True) -> RunFacts:
+def rename_run_facts(facts: RunFacts, names: NameMap) -> RunFacts:
     """``facts`` under the user's names: the wrapper modules (and the outputs they only pass through) dropped,
     the user's class names where the wrapper changed them, and every parameter, buffer and module name —
-    wherever the facts hold one (parameters, modules, tensors, memory, graph, cuts, gradient health) — mapped.
-
-    ``report=False`` (a rank that only sends its ``RankFacts``): parameters and buffers only, the rest as it was."""
-    if not report:
-        mapping = {k: v for k, v in (*names.buffers.items(), *names.params.items()) if k != v}
-        rename = lambda text: mapping.get(text, text)  # noqa: E731
-        return replace(facts, parameters=rename_strings(facts.parameters, rename),  # type: ignore[arg-type]
-                       buffers=rename_strings(facts.buffers, rename))  # type: ignore[arg-type]
+    wherever the facts hold one (parameters, modules, tensors, memory, graph, cuts, gradient health) — mapped."""
     modules: list[ModuleFact] = [replace(m, type=names.types.get(m.name, m.type)) for m in facts.modules
                                  if names.module(m.name) is not None]
     tensors = tuple(t for t in facts.tensors if names.module(t.module) is not None)

@@ -109,7 +109,6 @@ def test_describe_fsdp2_and_collect_in_one_process(world_of_one):
     from torch.distributed.fsdp import fully_shard
 
     from gradprobe.api import probe
-    from gradprobe.facts.distributed import rename_run_facts
     from gradprobe.load.target import LoadedModel
     from gradprobe.run.distributed.collect import RankCollector
     from gradprobe.run.distributed.wrappers import describe
@@ -125,7 +124,7 @@ def test_describe_fsdp2_and_collect_in_one_process(world_of_one):
     x = torch.randn(3, 4)
     with RankCollector(w, 0, "h", compare_values=False) as collector:
         report = probe(model, (x,), loaded=LoadedModel(model))
-    mine = collector.facts(rename_run_facts(report.facts, w.names))
+    mine = collector.facts(report.facts)
     grads = {p.name: p for p in mine.params}
     # against plain PyTorch: the same model unsharded
     torch.manual_seed(0)
@@ -139,3 +138,66 @@ def test_describe_fsdp2_and_collect_in_one_process(world_of_one):
             assert grads[name].local_grad is True
     assert mine.units[1].mixed and mine.units[1].frozen == ("blocks.0.0.weight", "blocks.0.0.bias")
     assert [p.grad for p in model.parameters()] == [None] * 10  # the model is left as found
+
+
+class _FunctionCalls(torch.overrides.TorchFunctionMode):
+    """Every torch function call it sees, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        op = isinstance(func, torch._ops.OpOverload)  # an aten op called from inside a dispatch mode
+        self.seen.append(f"op:{func}" if op else getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_ddp_pre_forward_runs_outside_the_function_modes_and_is_put_back(world_of_one):
+    import contextlib
+
+    from gradprobe.run.distributed.collect import RankCollector
+    from gradprobe.run.distributed.wrappers import describe
+    from gradprobe.run.trackers.base import OpStream
+
+    torch.manual_seed(0)
+    ddp = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
+    x = torch.randn(3, 4)
+    calls = {}
+    for label in ("plain", "collected"):
+        collector = RankCollector(describe(ddp), 0, "h", compare_values=False) if label == "collected" else None
+        with collector or contextlib.nullcontext(), _FunctionCalls() as mode, OpStream([]).install("forward"):
+            ddp(x)
+        calls[label] = mode.seen
+    # DDP's buffer broadcast runs ops from C++: through a dispatch mode they reach the function mode as aten ops
+    assert {"op:aten.cat.default", "op:c10d.broadcast_.default"} <= set(calls["plain"])
+    assert not [n for n in calls["collected"] if n.startswith(("op:aten.", "op:c10d."))]
+    # the model's own calls are still seen, all of them
+    assert [n for n in calls["collected"] if n in ("linear", "batch_norm")] == ["linear", "batch_norm"]
+    assert "_pre_forward" not in ddp.__dict__  # the collector's wrapper is gone again
+
+
+def test_fsdp2_markers_are_free_only_while_gradprobe_alone_would_see_them():
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as group
+    from torch.profiler import record_function
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from gradprobe.run.distributed.collect import _NO_MARKER, _markers_off
+    from gradprobe.run.trackers.base import OpStream
+
+    class Other(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    undo = _markers_off()
+    try:
+        assert group.record_function("FSDP::x") is _NO_MARKER
+        with OpStream([]).install("forward"):
+            assert group.record_function("FSDP::x") is _NO_MARKER
+        with Other():
+            assert isinstance(group.record_function("FSDP::x"), record_function)
+        with torch.profiler.profile():
+            assert isinstance(group.record_function("FSDP::x"), record_function)
+    finally:
+        undo()
+    assert group.record_function is record_function

@@ -33,7 +33,7 @@ from gradprobe.facts.distributed import NO_SHARD, RankBuffer, RankFacts, RankMem
 from gradprobe.facts.run import RunFacts
 from gradprobe.run.distributed.fsdp1_local import hook_forward_views
 from gradprobe.run.distributed.wrappers import Wrapped, element_size, numel
-from gradprobe.run.trackers.base import FunctionModesAside
+from gradprobe.run.trackers.base import FunctionModesAside, OpStream
 from gradprobe.run.trackers.grad_stats import quiet
 from gradprobe.run.trackers.grads import local_tensor
 
@@ -120,6 +120,7 @@ class RankCollector:
         try:
             if self.w.kind == "ddp":
                 self._hook_local_grads()
+                self._ddp_pre_forward_aside()
             elif self.w.kind == "fsdp":
                 self._instrument_fsdp2()
             elif self.w.kind == "fsdp1":
@@ -151,8 +152,30 @@ class RankCollector:
 
             self._undo.append(p.register_hook(hook).remove)
 
+    def _ddp_pre_forward_aside(self) -> None:
+        """DDP's own work before each forward with the torch-function modes set aside.
+
+        ``_pre_forward`` (the reducer's bucket bookkeeping, ~160 ``as_strided`` per ResNet-50 forward) and the
+        buffer broadcast in it (``_sync_buffers``: ~960 views, slices and copies of 159 buffers into and out of
+        a flat one) run ops from C++, so each reaches the graph-cut tracker's ``TorchFunctionMode`` from inside
+        the dispatch mode, with the live-bytes tracker's own storage reads: ~1,600 Python calls per forward
+        against ~300 for the model's own, all DDP's bookkeeping under ``no_grad`` that reads no parameter of
+        the user's forward and cuts nothing.  The dispatch-level trackers still see every op.  Where
+        ``_pre_forward`` also moves or casts the inputs (``device_ids``, ``mixed_precision``) only the buffer
+        broadcast is set aside; with a buffer comm hook (user code) nothing is."""
+        ddp = self.w.model
+        if getattr(ddp, "buffer_hook", None) is not None:
+            return
+        moves_inputs = bool(getattr(ddp, "device_ids", None)) or getattr(ddp, "mixed_precision", None) is not None
+        name = "_sync_buffers" if moves_inputs else "_pre_forward"
+        if name in ddp.__dict__ or not callable(getattr(ddp, name, None)):
+            return
+        setattr(ddp, name, _modes_aside(getattr(ddp, name)))
+        self._undo.append(lambda: _drop_instance_attrs(ddp, (name,)))
+
     def _instrument_fsdp2(self) -> None:
         names = {id(p): n for n, p in self.w.model.named_parameters()}
+        self._undo.append(_markers_off())
         for unit in self.w.units:
             group = unit.group
             if group is None:
@@ -290,7 +313,9 @@ class RankCollector:
 
     def facts(self, run: RunFacts | None, pre_wrap: list[tuple[str, str]] | None = None,
               second_iteration: tuple[bool, str | None] = (False, None), notes: tuple[str, ...] = ()) -> RankFacts:
-        """This rank's ``RankFacts`` from the engine's facts (already under the original names)."""
+        """This rank's ``RankFacts`` from the engine's facts as the run produced them (under the wrapper's names:
+        parameters and buffers are looked up under their original names here, so a rank that reports nothing
+        itself renames nothing)."""
         did_backward = bool(run is not None and run.backward)
         params, local_param_bytes, local_grad_bytes = self._param_facts(run, did_backward)
         return RankFacts(
@@ -302,7 +327,8 @@ class RankCollector:
 
     def _param_facts(self, run: RunFacts | None, did_backward: bool) -> tuple[list[RankParam], int, int]:
         """Every parameter as this rank holds it, with the bytes of its parameters and of its gradients."""
-        engine = {p.name: p for p in run.parameters} if run is not None else {}
+        param = self.w.names.param
+        engine = {param(p.name): p for p in run.parameters} if run is not None else {}
         params: list[RankParam] = []
         local_param_bytes = 0
         local_grad_bytes = 0
@@ -364,7 +390,8 @@ class RankCollector:
         )
 
     def _buffer_facts(self, run: RunFacts | None) -> list[RankBuffer]:
-        changed = {b.name: b.changed for b in run.buffers} if run is not None else {}
+        buffer = self.w.names.buffer
+        changed = {buffer(b.name): b.changed for b in run.buffers} if run is not None else {}
         types = {n: type(m).__name__ for n, m in self.w.inner.named_modules()}
         buffers = []
         for name, _ in self.w.inner.named_buffers():
@@ -445,7 +472,8 @@ def _fqn(fsdp_param: Any, names: dict[int, str]) -> str | None:
 
 
 def _modes_aside(method: Any) -> Any:
-    """``method`` (an FSDP2 unit's ``wait_for_unshard``/``reshard``) with the torch-function modes set aside.
+    """``method`` (an FSDP2 unit's ``wait_for_unshard``/``reshard``, DDP's ``_pre_forward``) with the
+    torch-function modes set aside.
 
     FSDP2's all-gather, copy-out and reshard make ~2,600 torch calls per ResNet-50 forward (property reads,
     views, storage resizes) beside the model's ~400; under the graph-cut tracker's ``TorchFunctionMode`` each
@@ -456,6 +484,47 @@ def _modes_aside(method: Any) -> Any:
         with FunctionModesAside():
             return method(*args, **kwargs)
     return aside
+
+
+def _markers_off() -> Any:
+    """Make FSDP2's ``record_function`` markers free while only gradprobe's trackers would see them; returns
+    the undo.
+
+    Each FSDP2 unit opens ~17 ``record_function`` blocks per forward+backward (``FSDP::pre_forward``,
+    ``FSDP::all_gather``, ...): two profiler ops each (~600 per ResNet-50 run), every one a Python call through
+    the run's dispatch mode (and the graph-cut tracker's function mode) that allocates nothing and changes no
+    fact.  With no profiler recording, a marker is a no-op for torch as well, so it is skipped when the
+    dispatch modes active are gradprobe's op streams alone and none of them records ops one by one (the memory
+    event log numbers every op it sees: there the markers still run).  Any other mode, or a profiler, gets
+    FSDP's own ``record_function``."""
+    try:
+        from torch.distributed.fsdp._fully_shard import _fsdp_param_group as module
+    except ImportError:  # pragma: no cover - an FSDP2 that moved
+        return lambda: None
+    real = module.__dict__.get("record_function")
+    if real is None:  # pragma: no cover
+        return lambda: None
+
+    def record_function(name: str, args: str | None = None) -> Any:
+        if _profiler_enabled() or not _op_streams_only():
+            return real(name, args)
+        return _NO_MARKER
+
+    module.record_function = record_function  # type: ignore[attr-defined]
+    return lambda: setattr(module, "record_function", real)
+
+
+_NO_MARKER = contextlib.nullcontext()
+_profiler_enabled = torch._C._autograd._profiler_enabled
+
+
+def _op_streams_only() -> bool:
+    """Whether every active dispatch mode is a gradprobe ``OpStream`` without a per-op ``before_op``."""
+    for i in range(torch._C._len_torch_dispatch_stack()):
+        mode = torch._C._get_dispatch_stack_at(i)
+        if type(mode) is not OpStream or mode._before is not None:
+            return False
+    return True
 
 
 def _drop_instance_attrs(obj: Any, attrs: tuple[str, ...]) -> None:
