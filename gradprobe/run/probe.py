@@ -26,7 +26,7 @@ from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
 from gradprobe.run.inputs import RunInputs as ExampleInputs
 from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, output_versions, proven_finite, sum_loss
-from gradprobe.run.state import ModelState, check_mode, grad_context
+from gradprobe.run.state import ModelState, check_mode, grad_context, seed_generators
 from gradprobe.run.timing import clock, lap
 from gradprobe.run.trackers.base import BACKWARD, FORWARD
 from gradprobe.run.trackers.events import call_tree, run_event_log
@@ -179,22 +179,13 @@ def capture_state(model: nn.Module, input_tensors: list[torch.Tensor]) -> ModelS
     return ModelState.capture(model, extra=[t for t in input_tensors if t.requires_grad])
 
 
-def _seed(seed: int, device: torch.device) -> None:
-    """torch.manual_seed also seeds every lazy accelerator backend (formatting a stack trace each, ~0.4 ms):
-    a CPU or meta run needs only the CPU generator."""
-    if device.type in ("cpu", "meta"):
-        torch.random.default_generator.manual_seed(seed)
-    else:
-        torch.manual_seed(seed)
-
-
 def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str, state: ModelState,
            guard: ParamWriteGuard, owners: _GraphOwners, input_tensors: list[torch.Tensor],
            before: dict[str, nn.Parameter]) -> _Run:
     """Seed, set the mode, and build the trackers, before anything of the user's runs."""
     if options.seed is not None:
         first = next(iter(before.values()), None)
-        _seed(options.seed, first.device if first is not None else torch.device("cpu"))
+        seed_generators(options.seed, first.device if first is not None else torch.device("cpu"))
     model.train(options.mode == "train")
     device = device_of(model, input_tensors, list(before.values()))
     state_tensors = list({id(p): p for p in before.values()}.values()) + [b for _, _, b, _ in state.buffers

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradprobe.run.state import restore_tensor, table_get
+from gradprobe.run.state import restore_tensor, seed_generators, table_get
 
 
 def set_training(mod: nn.Module, flag: bool) -> None:
@@ -53,7 +53,7 @@ class StartState:
         model.train(False)
         self.eval_flags = [(m, m.training) for m in model.modules()]
         if seed is not None:
-            torch.manual_seed(seed)
+            seed_generators(seed, device)  # the CPU generator only on CPU (issue 16)
         self.cpu_rng = torch.random.get_rng_state()
         self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
