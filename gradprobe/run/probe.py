@@ -30,6 +30,7 @@ from gradprobe.run.state import ModelState, check_mode, grad_context, seed_gener
 from gradprobe.run.timing import clock, lap
 from gradprobe.run.trackers.base import BACKWARD, FORWARD
 from gradprobe.run.trackers.events import call_tree, run_event_log
+from gradprobe.run.trackers.experts import find_fused_experts
 from gradprobe.run.trackers.graph import walk_graph
 from gradprobe.run.trackers.host_values import HostInputs, NoHostValues, input_values
 from gradprobe.run.trackers.meta import explain_meta_failure, meta_failure_message
@@ -39,8 +40,8 @@ from gradprobe.run.trackers.setup import RunTrackers, make_trackers
 from gradprobe.run.trackers.writes import ParamWriteGuard
 from gradprobe.run.trackers.zero_factor import zero_factor_partners
 
-__all__ = ["LossFn", "ProbeOptions", "ProbeResult", "capture_state", "device_of", "param_names", "run_probe",
-           "sum_loss"]
+__all__ = ["LossFn", "ProbeOptions", "ProbeResult", "RunSetup", "capture_state", "device_of", "param_names",
+           "prepare_runs", "run_probe", "sum_loss"]
 
 _SHALLOW_DEPTH = 10_000  # freeing recurses ~205 B of C stack per level: 10k levels fit the main thread's 8 MiB
 
@@ -106,18 +107,54 @@ class _Run:
     input_tensors: list[torch.Tensor] = field(default_factory=list)
 
 
+@dataclass
+class RunSetup:
+    """What a run derives from the model before anything of the user's runs: its state, parameters by name,
+    the module walk, device, canonical names, the tensors that cost no new bytes, the fused experts.
+
+    Runs that each start from exactly the model :func:`prepare_runs` saw (compare-modes' tracked rows: every
+    one restores the state the first captured, registrations included) share one instead of walking the
+    model again per run (issue 16).
+    """
+
+    state: ModelState
+    input_tensors: list[torch.Tensor]
+    before: dict[str, nn.Parameter]  # read only
+    device: torch.device
+    named: list[tuple[str, nn.Module]]  # model.named_modules(remove_duplicate=False)
+    canonical: dict[int, str]  # id(param) -> its first name
+    state_tensors: list[torch.Tensor]  # parameters (once each) and buffers
+    fused: list[Any]  # find_fused_experts(model, named)
+
+
+def prepare_runs(model: nn.Module, inputs: ExampleInputs) -> RunSetup:
+    """The :class:`RunSetup` of ``model`` as it is now, for runs that each start from this state."""
+    input_tensors = [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))]
+    before = named_params(model)
+    state = capture_state(model, input_tensors)
+    named = list(model.named_modules(remove_duplicate=False))
+    return RunSetup(state, input_tensors, before, device_of(model, input_tensors, list(before.values())), named,
+                    {pid: ns[0] for pid, ns in names_by_id(before).items()}, _state_tensors(before, state),
+                    find_fused_experts(model, named))
+
+
+def _state_tensors(before: dict[str, nn.Parameter], state: ModelState) -> list[torch.Tensor]:
+    return list({id(p): p for p in before.values()}.values()) + [b for _, _, b, _ in state.buffers if b is not None]
+
+
 def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str = "", *,
-              state: ModelState | None = None) -> ProbeResult:
+              state: ModelState | None = None, setup: RunSetup | None = None) -> ProbeResult:
     """Run ``model`` once in the requested mode and collect the facts; the model is restored afterwards.
 
     ``state``: the model's state as :func:`capture_state` took it, when the caller knows the model is exactly
     in that state now (compare-modes puts it back before every run): the run restores it and skips capturing
     its own.  Never on the meta device, where buffer facts read the version counters of this run's start.
+    ``setup``: likewise, everything :func:`prepare_runs` derived from the model in that state (``state`` too).
     """
     if options.grads is None:
-        return _run_probe(model, inputs, options, target, state)
+        return _run_probe(model, inputs, options, target, state, setup)
     with gc_paused():
-        return _run_probe(model, inputs, options, target, state)
+        return _run_probe(model, inputs, options, target, state, setup)
 
 
 @contextlib.contextmanager
@@ -141,11 +178,14 @@ def gc_paused() -> Iterator[None]:
 
 
 def _run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str,
-               state: ModelState | None) -> ProbeResult:
+               state: ModelState | None, setup: RunSetup | None) -> ProbeResult:
     t0 = clock()
     check_mode(options.mode, options.grad_mode)
-    input_tensors = [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))]
-    before = named_params(model)
+    if setup is not None:
+        input_tensors, before, state = setup.input_tensors, setup.before, setup.state
+    else:
+        input_tensors = [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))]
+        before = named_params(model)
     if state is None:
         state = capture_state(model, input_tensors)
     guard = ParamWriteGuard(before.values())  # copies a parameter before the run first writes into it
@@ -153,7 +193,7 @@ def _run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, t
     try:
         state.clear_grads()  # backward never accumulates into the user's gradients
         run = _start(model, inputs, options, target or type(model).__name__, state, guard, owners, input_tensors,
-                     before)
+                     before, setup)
         lap("setup", t0)
         return ProbeResult(_run(run))
     except BaseException as exc:
@@ -181,22 +221,25 @@ def capture_state(model: nn.Module, input_tensors: list[torch.Tensor]) -> ModelS
 
 def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str, state: ModelState,
            guard: ParamWriteGuard, owners: _GraphOwners, input_tensors: list[torch.Tensor],
-           before: dict[str, nn.Parameter]) -> _Run:
+           before: dict[str, nn.Parameter], setup: RunSetup | None = None) -> _Run:
     """Seed, set the mode, and build the trackers, before anything of the user's runs."""
     if options.seed is not None:
         first = next(iter(before.values()), None)
         seed_generators(options.seed, first.device if first is not None else torch.device("cpu"))
     model.train(options.mode == "train")
-    device = device_of(model, input_tensors, list(before.values()))
-    state_tensors = list({id(p): p for p in before.values()}.values()) + [b for _, _, b, _ in state.buffers
-                                                                          if b is not None]
-    canonical = {pid: ns[0] for pid, ns in names_by_id(before).items()}
+    if setup is not None:
+        device, named, canonical, state_tensors = setup.device, setup.named, setup.canonical, setup.state_tensors
+    else:
+        device = device_of(model, input_tensors, list(before.values()))
+        named, state_tensors = None, _state_tensors(before, state)
+        canonical = {pid: ns[0] for pid, ns in names_by_id(before).items()}
     trackers = make_trackers(model, device, memory=options.memory, tensors=options.tensors,
                              grad=options.grad_mode == "grad", guard=guard, names=canonical,
                              state_tensors=state_tensors, input_tensors=input_tensors, grads=options.grads,
                              depth=options.tree_depth, events=options.memory_detail,
                              host_inputs=_host_values(inputs, device), cuts=options.cuts,
-                             rows=options.row_facts)
+                             rows=options.row_facts, named=named,
+                             fused=setup.fused if setup is not None else None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return _Run(model, inputs, options, target, state, guard, owners, device, trackers, before,

@@ -148,17 +148,19 @@ def test_a_state_captured_once_gives_each_runs_own_facts() -> None:
     x = model.example_input_array
     found = {k: v.clone() for k, v in model.state_dict().items()}
     shared = probe_module.capture_state(model, [x])
+    setup = probe_module.prepare_runs(model, _Inputs(x))  # the state and every walk of the model, shared too
     options = {"tensors": False, "tree_depth": 1, "cuts": False, "row_facts": True, "seed": None}
     for mode, grad_mode in [("train", "grad"), ("eval", "no_grad"), ("train", "no_grad"), ("eval", "grad")]:
         torch.manual_seed(0)
         own = run_probe(model, _Inputs(x), ProbeOptions(mode=mode, grad_mode=grad_mode, **options)).facts
-        torch.manual_seed(0)
-        reused = run_probe(model, _Inputs(x), ProbeOptions(mode=mode, grad_mode=grad_mode, **options),
-                           state=shared).facts
-        for name in _ROW_FIELDS:
-            assert getattr(reused, name) == getattr(own, name), (mode, grad_mode, name)
-        assert reused.memory == own.memory
-        assert all(torch.equal(v, found[k]) for k, v in model.state_dict().items())
+        for given in ({"state": shared}, {"setup": setup}):
+            torch.manual_seed(0)
+            reused = run_probe(model, _Inputs(x), ProbeOptions(mode=mode, grad_mode=grad_mode, **options),
+                               **given).facts
+            for name in _ROW_FIELDS:
+                assert getattr(reused, name) == getattr(own, name), (mode, grad_mode, name, given)
+            assert reused.memory == own.memory
+            assert all(torch.equal(v, found[k]) for k, v in model.state_dict().items())
 
 
 def test_a_full_reset_puts_back_what_batchnorm_writes_without_a_version_bump() -> None:

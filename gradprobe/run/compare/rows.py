@@ -20,8 +20,8 @@ from gradprobe.run.compare.outputs import NOT_COMPARED, OutputDiff, Snapshot, co
 from gradprobe.run.compare.session import Session
 from gradprobe.run.compare.start import syncer
 from gradprobe.run.flatten import flatten_tensors
-from gradprobe.run.probe import ProbeOptions, capture_state, run_probe, sum_loss
-from gradprobe.run.state import ModelState, grad_context
+from gradprobe.run.probe import ProbeOptions, RunSetup, prepare_runs, run_probe, sum_loss
+from gradprobe.run.state import grad_context
 
 
 @dataclass
@@ -47,7 +47,7 @@ def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: boo
     """
     name = label(mode, grad_mode)
     s.step(f"{name}: tracked run")
-    s.reset(buffers=True)  # exactly the state captured once for every tracked run (_run_state)
+    s.reset(buffers=True)  # exactly the state captured once for every tracked run (_run_setup)
     try:
         with s.nested.watch(name), _early(s, (mode, grad_mode)):
             facts, backward_error = _tracked(s, mode, grad_mode, backward, target, memory_detail)
@@ -123,23 +123,24 @@ def _tracked(s: Session, mode: str, grad_mode: str, backward: bool, target: str,
                            cuts=memory_detail,  # a row reads no cut; the html report shows the run whole
                            row_facts=not memory_detail)  # nor parameter, module or leaf facts
     try:
-        return run_probe(s.model, s.inputs, options, target, state=_run_state(s)).facts, None
+        return run_probe(s.model, s.inputs, options, target, setup=_run_setup(s)).facts, None
     except RunError as exc:
         if not (backward and exc.phase == "backward"):
             raise
         options.backward = False
         s.reset(buffers=True)
-        return run_probe(s.model, s.inputs, options, target, state=_run_state(s)).facts, exc.message
+        return run_probe(s.model, s.inputs, options, target, setup=_run_setup(s)).facts, exc.message
 
 
-def _run_state(s: Session) -> ModelState | None:
-    """The state every tracked run starts from (after :meth:`Session.reset`), captured at the first; None on
-    meta, where each run captures its own (its buffer facts read the version counters of its start)."""
+def _run_setup(s: Session) -> RunSetup | None:
+    """The state every tracked run starts from (after :meth:`Session.reset`) and what the run derives from the
+    model in it (:func:`prepare_runs`), taken at the first; None on meta, where each run captures its own (its
+    buffer facts read the version counters of its start)."""
     if s.on_meta:
         return None
-    if s.run_state is None:
-        s.run_state = capture_state(s.model, [t for _, t in flatten_tensors((s.inputs.args, s.inputs.kwargs))])
-    return s.run_state
+    if s.run_setup is None:
+        s.run_setup = prepare_runs(s.model, s.inputs)
+    return s.run_setup
 
 
 @dataclass

@@ -13,10 +13,11 @@ from gradprobe.run.compare.fastpath import NestedWatch
 from gradprobe.run.compare.inputs import KeptInputs
 from gradprobe.run.compare.outputs import OutputDiff, Snapshot, snapshot
 from gradprobe.run.compare.start import StartState
-from gradprobe.run.state import ModelState, grad_context
+from gradprobe.run.state import grad_context
 
 if TYPE_CHECKING:
     from gradprobe.run.compare.attribution import EarlyInputs
+    from gradprobe.run.probe import RunSetup
 
 Step = Callable[[str], None]  # reports one finished step to the progress display
 
@@ -41,9 +42,9 @@ class Session:
     start: StartState
     step: Step
     nested: NestedWatch  # which rows took nn.TransformerEncoder's nested-tensor fast path
-    # what each tracked run restores, captured once at the first one: every tracked run starts from the same
-    # state (reset), so capturing it again per row would only repeat the work (issue 16)
-    run_state: ModelState | None = None
+    # what each tracked run restores and derives from the model, taken once at the first one: every tracked run
+    # starts from the same state (reset), so capturing it again per row would only repeat the work (issue 16)
+    run_setup: RunSetup | None = None
     # compare_outputs by id() of the two snapshots, for those compared twice (diffs.py); they outlive the dict
     diffs: dict[tuple[int, int], OutputDiff] = field(default_factory=dict)
     early_inputs: EarlyInputs | None = None  # recorded by the eval + no_grad tracked run for the attribution

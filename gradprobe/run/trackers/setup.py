@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -133,7 +134,8 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
                   guard: ParamWriteGuard, names: Mapping[int, str], state_tensors: Sequence[torch.Tensor],
                   input_tensors: Sequence[torch.Tensor], grads: GradThresholds | None = None,
                   depth: int = 8, events: bool = False,
-                  host_inputs: HostInputs | None = None, cuts: bool = True, rows: bool = False) -> RunTrackers:
+                  host_inputs: HostInputs | None = None, cuts: bool = True, rows: bool = False,
+                  named: NamedModules | None = None, fused: list[Any] | None = None) -> RunTrackers:
     """Build the trackers the options ask for.  ``grad``: the forward runs with grad enabled (saved tensors
     and graph cuts exist only then); ``names``: id(parameter) -> canonical name; ``state_tensors``
     (parameters, buffers) cost no new bytes; ``grads`` (thresholds) switches the gradient-health tracker on,
@@ -141,8 +143,10 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     (input, its CPU copy) for each input whose values are known, and the inputs without; ``cuts``: watch every
     torch call of the forward for graph cuts and parameters read (flags flipped by forward are recorded either
     way); ``rows``: only compare-modes' row facts are built (``ProbeOptions.row_facts``): no flags flipped, no
-    module inputs for the per-module memory."""
-    named = list(model.named_modules(remove_duplicate=False))  # one walk for every tracker below (issue 16)
+    module inputs for the per-module memory.  ``named`` (``model.named_modules(remove_duplicate=False)``) and
+    ``fused`` (:func:`find_fused_experts` of it): given when the caller has them for this model already."""
+    if named is None:
+        named = list(model.named_modules(remove_duplicate=False))  # one walk for every tracker below (issue 16)
     recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory and not rows, named=named)
     found = RunTrackers(recorder=recorder, guard=guard)
     if memory:
@@ -154,7 +158,8 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     if device.type == "meta":
         found.kernels = MetaKernels(recorder, host_inputs)
     found.cuts = None if rows else GraphCuts(model, names, cuts=grad and cuts, call_args=memory, named=named)
-    fused = find_fused_experts(model, named)
+    if fused is None:
+        fused = find_fused_experts(model, named)
     found.experts = ExpertTracker(fused) if fused else None
     observers: list[OpObserver] = [o for o in (guard if guard.watching else None, found.live, found.events)
                                    if o is not None]
