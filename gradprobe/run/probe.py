@@ -325,11 +325,19 @@ def loss_and_graph(run: _Run, output: Any) -> tuple[list[tuple[str, torch.Tensor
         loss = make_loss(run.options.loss, output, flat_out, run.inputs)
     run.proven_finite = output_versions(run.options.loss, flat_out)  # proof only once the loss is finite
     run.owners.refs.append(loss)
-    run.after = named_params(run.model)  # a forward may register or replace parameters
-    run.names = names_by_id(run.after)
+    rows = run.options.row_facts
+    if not rows:  # a row reads no parameter; its graph names none
+        run.after = named_params(run.model)  # a forward may register or replace parameters
+        run.names = names_by_id(run.after)
     if loss is None or loss.grad_fn is None or not run.options.graph:
         run.owners.shallow = _no_graph_touched(run, flat_out, loss)
         return flat_out, loss, None
+    if rows:  # the node count (and the depth, for freeing): no names, module calls, saved bytes or call tree
+        t0 = clock()
+        graph = walk_graph([loss.grad_fn], {})
+        lap("graph", t0)
+        run.owners.shallow = graph.depth <= _SHALLOW_DEPTH
+        return flat_out, loss, graph
     saved = run.trackers.saved
     t0 = clock()
     graph = walk_graph([loss.grad_fn], {pid: ns[0] for pid, ns in run.names.items()},

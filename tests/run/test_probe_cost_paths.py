@@ -111,7 +111,7 @@ def test_grad_run_with_graph_off_keeps_the_big_stack(monkeypatch: pytest.MonkeyP
     assert calls and calls[0] > 0
 
 
-_ROW_FIELDS = ("outputs", "graph", "buffers", "backward", "backward_skipped_reason", "loss", "mode", "grad_mode",
+_ROW_FIELDS = ("outputs", "buffers", "backward", "backward_skipped_reason", "loss", "mode", "grad_mode",
                "global_grad_enabled", "notes")
 
 
@@ -129,6 +129,9 @@ def test_row_facts_are_the_full_runs_figures(factory: Any, mode: str, grad_mode:
     rows = _facts(model, x, **options, row_facts=True)
     for name in _ROW_FIELDS:
         assert getattr(rows, name) == getattr(full, name), name
+    assert (rows.graph is None) == (full.graph is None)
+    if full.graph is not None:  # a row reads the node count; its graph names no parameter nor module call
+        assert (rows.graph.nodes, rows.graph.depth) == (full.graph.nodes, full.graph.depth)
     assert full.memory is not None and rows.memory is not None
     for name in ("forward_peak_bytes", "backward_peak_bytes", "saved_for_backward_bytes", "method"):
         assert getattr(rows.memory, name) == getattr(full.memory, name), name
@@ -157,7 +160,7 @@ def test_a_state_captured_once_gives_each_runs_own_facts() -> None:
             torch.manual_seed(0)
             reused = run_probe(model, _Inputs(x), ProbeOptions(mode=mode, grad_mode=grad_mode, **options),
                                **given).facts
-            for name in _ROW_FIELDS:
+            for name in (*_ROW_FIELDS, "graph"):
                 assert getattr(reused, name) == getattr(own, name), (mode, grad_mode, name, given)
             assert reused.memory == own.memory
             assert all(torch.equal(v, found[k]) for k, v in model.state_dict().items())

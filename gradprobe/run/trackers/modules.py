@@ -109,13 +109,16 @@ class ModuleRecorder:
     phases = (FORWARD,)
 
     def __init__(self, model: nn.Module, record_tensors: bool = True, record_inputs: bool = True,
-                 named: NamedModules | None = None) -> None:
-        """``named``: ``model.named_modules(remove_duplicate=False)`` when the caller has walked it already."""
+                 named: NamedModules | None = None, record_timeline: bool = True) -> None:
+        """``named``: ``model.named_modules(remove_duplicate=False)`` when the caller has walked it already;
+        ``record_timeline``: the call timeline and each call's output bytes (off: both stay empty; the call
+        stack, call counts, graph outputs and the failing call are kept)."""
         self.names: dict[int, str] = {}
         for name, mod in named if named is not None else model.named_modules(remove_duplicate=False):
             self.names.setdefault(id(mod), name)
         self.record_tensors = record_tensors
         self.record_inputs = record_inputs
+        self.record_timeline = record_timeline
         self.stack: list[Call] = []
         self.calls: dict[str, int] = {}
         self.tensors: list[TensorFact] = []
@@ -183,7 +186,8 @@ class ModuleRecorder:
         self.calls[name] = call + 1
         key = (name, call)
         self.stack.append(key)
-        self._mark()
+        if self.record_timeline:
+            self._mark()
         if self.record_inputs:
             found = []
             for arg in args:
@@ -209,15 +213,18 @@ class ModuleRecorder:
             while self.stack and self.stack[-1][0] != name:
                 self.stack.pop()
             key = self.stack.pop() if self.stack else (name, self.calls.get(name, 1) - 1)
-        self._mark()
         # one tensor (most calls): flatten_tensors' answer without its walk
         tensors = [("output", output)] if isinstance(output, torch.Tensor) else flatten_tensors(output)
-        nbytes = 0
         graph = False
-        for _, t in tensors:
-            nbytes += t.numel() * t.element_size()
-            graph = graph or t.grad_fn is not None
-        self.output_bytes[key] = nbytes
+        if self.record_timeline:
+            self._mark()
+            nbytes = 0
+            for _, t in tensors:
+                nbytes += t.numel() * t.element_size()
+                graph = graph or t.grad_fn is not None
+            self.output_bytes[key] = nbytes
+        else:
+            graph = any(t.grad_fn is not None for _, t in tensors)
         if tensors:  # kept even with --no-tensors: the findings explain cut-off parameters with it
             self.graph_outputs[name] = self.graph_outputs.get(name, False) or graph
         if self.record_tensors:

@@ -143,16 +143,21 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     (input, its CPU copy) for each input whose values are known, and the inputs without; ``cuts``: watch every
     torch call of the forward for graph cuts and parameters read (flags flipped by forward are recorded either
     way); ``rows``: only compare-modes' row facts are built (``ProbeOptions.row_facts``): no flags flipped, no
-    module inputs for the per-module memory.  ``named`` (``model.named_modules(remove_duplicate=False)``) and
-    ``fused`` (:func:`find_fused_experts` of it): given when the caller has them for this model already."""
+    module inputs for the per-module memory, no call timeline, output bytes or saved bytes per call (but on
+    meta).  ``named`` (``model.named_modules(remove_duplicate=False)``) and ``fused`` (:func:`find_fused_experts`
+    of it): given when the caller has them for this model already."""
     if named is None:
         named = list(model.named_modules(remove_duplicate=False))  # one walk for every tracker below (issue 16)
-    recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory and not rows, named=named)
+    # a row reads no call timeline, output bytes per call nor saved bytes per call; on meta the timeline names
+    # the module of a failing backward, which a row's error quotes
+    per_call = not rows or device.type == "meta"
+    recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory and not rows, named=named,
+                              record_timeline=per_call)
     found = RunTrackers(recorder=recorder, guard=guard)
     if memory:
         found.live = LiveBytesTracker(known=[*state_tensors, *input_tensors])
         if grad:
-            found.saved = SavedTensorTracker(exclude=state_tensors, calls=recorder)
+            found.saved = SavedTensorTracker(exclude=state_tensors, calls=recorder if per_call else None)
         if events:  # the same storages as the live-bytes count: its running sum reaches the same peaks
             found.events = EventLogTracker(recorder, known=[*state_tensors, *input_tensors])
     if device.type == "meta":
