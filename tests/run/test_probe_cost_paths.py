@@ -182,3 +182,39 @@ def test_a_full_reset_puts_back_what_batchnorm_writes_without_a_version_bump() -
     assert not torch.equal(bn.running_mean, start)
     state.reset(buffers=True)
     assert torch.equal(bn.running_mean, start) and bn.num_batches_tracked.item() == 0
+
+
+class _ResetTarget(nn.Module):
+    """A tied weight, a BatchNorm and a plain buffer: what StartState.reset restores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.bn = nn.BatchNorm1d(4)
+        self.register_buffer("count", torch.zeros(3))
+
+
+def test_reset_puts_back_registrations_and_every_tensor_written() -> None:
+    """The checks laid out per table and per version list (issue 16) restore what the per-tensor loop did:
+    a replaced parameter and buffer are registered again, in-place writes are copied back, a tensor nothing wrote
+    is left alone; against the values cloned before, plain torch."""
+    from gradprobe.run.compare.start import StartState
+
+    torch.manual_seed(0)
+    model = _ResetTarget()
+    found = {k: v.clone() for k, v in model.state_dict(keep_vars=True).items()}
+    objects = {k: v for k, v in model.state_dict(keep_vars=True).items()}
+    state = StartState(model, torch.device("cpu"), None)
+    for _ in range(2):  # twice: the versions noted after the first reset are those checked by the second
+        model.a._parameters["bias"] = nn.Parameter(torch.full((4,), 7.0))
+        model._buffers["count"] = torch.full((3,), 5.0)
+        with torch.no_grad():
+            model.a.weight.mul_(3)  # tied: b.weight too
+            model.bn.running_var.add_(1)
+        untouched = model.a.weight is objects["a.weight"] and model.bn.weight._version
+        state.reset()
+        now = model.state_dict(keep_vars=True)
+        assert all(now[k] is objects[k] for k in objects)  # the registrations as found
+        assert [k for k in found if not torch.equal(now[k], found[k])] == []
+        assert model.b.weight is model.a.weight and untouched == model.bn.weight._version

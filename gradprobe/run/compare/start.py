@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,8 @@ class StartState:
 
     def __init__(self, model: nn.Module, device: torch.device, seed: int | None) -> None:
         self.device = device
-        self.tensors: list[list[Any]] = []  # [container dict, key, tensor, copy, version, is a buffer]
+        # [container dict, key, tensor, copy, version, is a buffer, is an inference tensor]
+        self.tensors: list[list[Any]] = []
         seen: set[int] = set()
         for mod in model.modules():
             for store, buffer in ((mod._parameters, False), (mod._buffers, True)):
@@ -45,7 +47,23 @@ class StartState:
                     if id(t) not in seen and t.device.type != "meta":
                         copy = t.detach().clone()
                     seen.add(id(t))
-                    self.tensors.append([store, key, t, copy, t._version, buffer])
+                    self.tensors.append([store, key, t, copy, t._version, buffer, t.is_inference()])
+        # what reset() checks, laid out so that the checks run in C (map/all) rather than a Python loop per
+        # tensor: every tensor's registration by table, then the versions of the tensors with a copy (issue 16)
+        tables: dict[int, tuple[Any, list[str], list[torch.Tensor]]] = {}
+        self._scripted: list[list[Any]] = []  # entries in TorchScript tables (no .get): checked one by one
+        for entry in self.tensors:
+            store = entry[0]
+            if isinstance(store, dict):
+                tables.setdefault(id(store), (store, [], []))[1].append(entry[1])
+                tables[id(store)][2].append(entry[2])
+            else:
+                self._scripted.append(entry)
+        self._tables = list(tables.values())
+        self._copied = [e for e in self.tensors if e[3] is not None]
+        self._copied_tensors = [e[2] for e in self._copied]
+        self._versions = [e[4] for e in self._copied]
+        self._buffers = [e for e in self._copied if e[5]]
         # model.train()/eval() may be overridden (a frozen backbone kept in eval): ask them once, then set
         # the flags they produce directly, which is cheaper than a recursive train() call per run
         model.train(True)
@@ -73,24 +91,36 @@ class StartState:
         statistics without bumping their version counter (torch 2.13 CPU), so after a train-mode run only a
         full copy puts them back.  A train-mode forward does not read them; a tracked run's buffer facts do.
         """
-        moved = []
-        for entry in self.tensors:
-            store, key, t, copy, version = entry[:5]
+        for store, keys, tensors in self._tables:
+            if not all(map(operator.is_, map(store.get, keys), tensors)):
+                for key, t in zip(keys, tensors, strict=True):
+                    if store.get(key) is not t:
+                        store[key] = t
+        for store, key, t, *_ in self._scripted:
             if table_get(store, key) is not t:  # TorchScript's parameter/buffer tables have no .get
                 store[key] = t
-            if copy is not None and (t._version != version or (buffers and entry[5])):
-                moved.append(entry)
+        versions = list(map(_VERSION, self._copied_tensors))
+        if buffers:
+            moved = self._buffers + [e for e, v in zip(self._copied, versions, strict=True) if v != e[4] and not e[5]]
+        elif versions != self._versions:
+            moved = [e for e, v in zip(self._copied, versions, strict=True) if v != e[4]]
+        else:
+            moved = []
         if moved:
             _copy_back(moved)
+            self._versions = [e[4] for e in self._copied]
         torch.random.set_rng_state(self.cpu_rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, self.device)
 
 
+_VERSION = operator.attrgetter("_version")
+
+
 def _copy_back(moved: list[list[Any]]) -> None:
     """Copy each moved tensor's starting value back and note its new version: one fused copy for the usual
     case (a train-mode row moves every BatchNorm statistic, ~8 µs of Python each one by one), else one by one."""
-    fused = [e for e in moved if not e[2].is_inference()] if len(moved) > 1 else []
+    fused = [e for e in moved if not e[6]] if len(moved) > 1 else []
     try:
         if len(fused) > 1:
             with torch.no_grad():
@@ -99,10 +129,9 @@ def _copy_back(moved: list[list[Any]]) -> None:
             fused = []
     except (RuntimeError, NotImplementedError, TypeError):  # a layout or subclass the fused copy refuses
         fused = []
-    done = {id(e) for e in fused}
+    for entry in (moved if not fused else [e for e in moved if e[6]]):
+        restore_tensor(entry[2], entry[3])
     for entry in moved:
-        if id(entry) not in done:
-            restore_tensor(entry[2], entry[3])
         entry[4] = entry[2]._version
 
 
