@@ -168,21 +168,21 @@ def _flip_one(s: Session, mod: nn.Module, call: Call, flags: tuple[bool, bool], 
 
 
 def _replay(s: Session, mod: nn.Module, call: Call, flag: bool, keep: dict[int, Any]) -> Snapshot:
-    """One call of ``mod`` alone with its own flag set to ``flag``, from the starting state, under no_grad.
+    """One call of ``mod`` alone with its own flag set to ``flag``, from the starting state (the caller's reset
+    before the first replay, each replay's own after it), under no_grad.
 
     Each replay gets a fresh copy of what the module received, so a module that changes its inputs or a
     cache it was handed sees them as they were at the recorded call.
     """
     before = mod.training
     try:
-        s.reset(buffers=True)  # a train-mode replay moved BatchNorm statistics without a version bump
         args, kwargs = copy_call(call, keep)[0]
         set_training(mod, flag)
         with torch.no_grad():
             return snapshot(mod(*args, **kwargs))
     finally:
         set_training(mod, before)
-        s.reset(buffers=True)
+        s.reset(buffers=True)  # a train-mode replay moved BatchNorm statistics without a version bump
 
 
 def _effect(s: Session, name: str, mod: nn.Module, call: Call, flags: tuple[bool, bool], diff: OutputDiff,
@@ -292,6 +292,7 @@ def _flip_batch(s: Session, batch: Sequence[tuple[str, nn.Module]], search: _Sea
     except Exception as exc:
         search.failures.append(_failure("capture", None, exc))
         return False
+    s.reset(buffers=True)  # the starting state for the first replay; every replay resets after itself
     for name, mod in batch:
         if name not in calls:
             continue  # not called in forward: cannot matter
