@@ -80,7 +80,10 @@ class LiveBytesTracker:
         return PhasePeaks(self.peaks.get(FORWARD), self.peaks.get(BACKWARD))
 
     def after_op(self, out: Any) -> None:
-        for_each_output(out, self._track)
+        if type(out) is torch.Tensor:  # most ops: one plain tensor, without for_each_output's dispatch
+            self._track(out)
+        else:
+            for_each_output(out, self._track)
 
     def _track(self, t: torch.Tensor) -> None:
         try:
