@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,7 +26,7 @@ from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
 from gradprobe.run.inputs import RunInputs as ExampleInputs
 from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, output_versions, proven_finite, sum_loss
-from gradprobe.run.state import ModelState, check_mode, grad_context, seed_generators
+from gradprobe.run.state import ModelState, apply_training, check_mode, grad_context, seed_generators
 from gradprobe.run.timing import clock, lap
 from gradprobe.run.trackers.base import BACKWARD, FORWARD
 from gradprobe.run.trackers.events import call_tree, run_event_log
@@ -125,17 +125,22 @@ class RunSetup:
     canonical: dict[int, str]  # id(param) -> its first name
     state_tensors: list[torch.Tensor]  # parameters (once each) and buffers
     fused: list[Any]  # find_fused_experts(model, named)
+    # each module's flag after model.train() ("train") and model.eval() ("eval"), asked once: set directly
+    # instead of a recursive train() call per run (None: each run calls model.train())
+    mode_flags: Mapping[str, Sequence[tuple[nn.Module, bool]]] | None = None
 
 
-def prepare_runs(model: nn.Module, inputs: ExampleInputs) -> RunSetup:
-    """The :class:`RunSetup` of ``model`` as it is now, for runs that each start from this state."""
+def prepare_runs(model: nn.Module, inputs: ExampleInputs,
+                 mode_flags: Mapping[str, Sequence[tuple[nn.Module, bool]]] | None = None) -> RunSetup:
+    """The :class:`RunSetup` of ``model`` as it is now, for runs that each start from this state (``mode_flags``:
+    see :attr:`RunSetup.mode_flags`)."""
     input_tensors = [t for _, t in flatten_tensors((inputs.args, inputs.kwargs))]
     before = named_params(model)
     state = capture_state(model, input_tensors)
     named = list(model.named_modules(remove_duplicate=False))
     return RunSetup(state, input_tensors, before, device_of(model, input_tensors, list(before.values())), named,
                     {pid: ns[0] for pid, ns in names_by_id(before).items()}, _state_tensors(before, state),
-                    find_fused_experts(model, named))
+                    find_fused_experts(model, named), mode_flags)
 
 
 def _state_tensors(before: dict[str, nn.Parameter], state: ModelState) -> list[torch.Tensor]:
@@ -226,7 +231,10 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
     if options.seed is not None:
         first = next(iter(before.values()), None)
         seed_generators(options.seed, first.device if first is not None else torch.device("cpu"))
-    model.train(options.mode == "train")
+    if setup is not None and setup.mode_flags is not None:
+        apply_training(setup.mode_flags[options.mode])
+    else:
+        model.train(options.mode == "train")
     if setup is not None:
         device, named, canonical, state_tensors = setup.device, setup.named, setup.canonical, setup.state_tensors
     else:

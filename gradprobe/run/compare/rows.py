@@ -138,8 +138,8 @@ def _run_setup(s: Session) -> RunSetup | None:
     buffer facts read the version counters of its start)."""
     if s.on_meta:
         return None
-    if s.run_setup is None:
-        s.run_setup = prepare_runs(s.model, s.inputs)
+    if s.run_setup is None:  # the flags train() and eval() set, as the timed runs set them
+        s.run_setup = prepare_runs(s.model, s.inputs, {"train": s.start.train_flags, "eval": s.start.eval_flags})
     return s.run_setup
 
 
