@@ -67,6 +67,10 @@ class ProbeOptions:
     # only the facts a compare-modes row reads (outputs, graph node count, memory peaks and saved bytes, buffers
     # changed); parameters, modules, leaves, per-module memory and the non-finite check are left empty (issue 16)
     row_facts: bool = False
+    # the module call stack during the forward (global module hooks, ~0.2 ms a tiny GPT-2 forward): it names the
+    # module a failing forward raised in.  Off (compare-modes' rows, off meta), a failing forward must be run
+    # again with it on for that message (rows.py does); the stack is kept on meta either way (issue 16)
+    module_calls: bool = True
 
 
 @dataclass
@@ -246,7 +250,7 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
                              state_tensors=state_tensors, input_tensors=input_tensors, grads=options.grads,
                              depth=options.tree_depth, events=options.memory_detail,
                              host_inputs=_host_values(inputs, device), cuts=options.cuts,
-                             rows=options.row_facts, named=named,
+                             rows=options.row_facts, named=named, module_calls=options.module_calls,
                              fused=setup.fused if setup is not None else None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -369,6 +369,39 @@ def test_inference_mode_inside_forward_fails_only_with_grad() -> None:
     assert [r["ok"] for r in doc["rows"]] == [False, True, True, False, True, True]
 
 
+class _RefusesEval(nn.Module):
+    """A submodule that raises in eval mode only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            raise ValueError("the inner block refuses eval mode")
+        return x * 2
+
+
+class _NestedEvalRaises(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+        self.blocks = nn.Sequential(nn.ReLU(), _RefusesEval())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.lin(x))
+
+
+def test_a_failing_row_names_the_module_it_raised_in() -> None:
+    """The tracked rows run without the module call stack (issue 16); a forward that raises runs again with it, so
+    the row names the submodule, as in a run that had it from the start.  Plain torch says where it raised."""
+    model = _NestedEvalRaises()
+    with pytest.raises(ValueError, match="refuses eval mode"):
+        model.eval()(x_in())
+    report = compare_modes(model.train(), x_in(), repeat=1)
+    assert [r.ok for r in report.rows] == [True, True, True, False, False, False]
+    for r in report.rows[3:]:
+        assert r.error_phase == "forward" and r.failed_timed_run is None
+        assert (r.error or "").startswith("forward raised in module 'blocks.1' (_RefusesEval): ValueError: the inner "
+                                          "block refuses eval mode"), r.error
+
+
 def test_eval_only_failure_uses_another_reference() -> None:
     model = EvalRaises()
     report = compare_modes(model, x_in(), repeat=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gradprobe.errors import RunError, describe_exception
@@ -121,15 +121,28 @@ def _tracked(s: Session, mode: str, grad_mode: str, backward: bool, target: str,
     options = ProbeOptions(mode=mode, grad_mode=grad_mode, backward=backward, memory=True, tensors=False,
                            graph=True, tree_depth=8 if memory_detail else 1, seed=None, memory_detail=memory_detail,
                            cuts=memory_detail,  # a row reads no cut; the html report shows the run whole
-                           row_facts=not memory_detail)  # nor parameter, module or leaf facts
+                           row_facts=not memory_detail,  # nor parameter, module or leaf facts
+                           module_calls=memory_detail)  # nor the call stack, but to name a failing module
     try:
-        return run_probe(s.model, s.inputs, options, target, setup=_run_setup(s)).facts, None
+        return _probe(s, options, target), None
     except RunError as exc:
         if not (backward and exc.phase == "backward"):
             raise
         options.backward = False
         s.reset(buffers=True)
-        return run_probe(s.model, s.inputs, options, target, setup=_run_setup(s)).facts, exc.message
+        return _probe(s, options, target), exc.message
+
+
+def _probe(s: Session, options: ProbeOptions, target: str) -> RunFacts:
+    """The tracked run; one whose forward raised without the module call stack runs again from the same state
+    with it, so that its error names the module it raised in (``ProbeOptions.module_calls``)."""
+    try:
+        return run_probe(s.model, s.inputs, options, target, setup=_run_setup(s)).facts
+    except RunError as exc:
+        if options.module_calls or exc.phase != "forward":
+            raise
+    s.reset(buffers=True)
+    return run_probe(s.model, s.inputs, replace(options, module_calls=True), target, setup=_run_setup(s)).facts
 
 
 def _run_setup(s: Session) -> RunSetup | None:

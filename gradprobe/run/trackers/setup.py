@@ -135,7 +135,8 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
                   input_tensors: Sequence[torch.Tensor], grads: GradThresholds | None = None,
                   depth: int = 8, events: bool = False,
                   host_inputs: HostInputs | None = None, cuts: bool = True, rows: bool = False,
-                  named: NamedModules | None = None, fused: list[Any] | None = None) -> RunTrackers:
+                  named: NamedModules | None = None, fused: list[Any] | None = None,
+                  module_calls: bool = True) -> RunTrackers:
     """Build the trackers the options ask for.  ``grad``: the forward runs with grad enabled (saved tensors
     and graph cuts exist only then); ``names``: id(parameter) -> canonical name; ``state_tensors``
     (parameters, buffers) cost no new bytes; ``grads`` (thresholds) switches the gradient-health tracker on,
@@ -145,7 +146,8 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     way); ``rows``: only compare-modes' row facts are built (``ProbeOptions.row_facts``): no flags flipped, no
     module inputs for the per-module memory, no call timeline, output bytes or saved bytes per call (but on
     meta).  ``named`` (``model.named_modules(remove_duplicate=False)``) and ``fused`` (:func:`find_fused_experts`
-    of it): given when the caller has them for this model already."""
+    of it): given when the caller has them for this model already.  ``module_calls``: the module recorder's hooks
+    are installed (off: the recorder only names modules, and sees no call; always on meta)."""
     if named is None:
         named = list(model.named_modules(remove_duplicate=False))  # one walk for every tracker below (issue 16)
     # a row reads no call timeline, output bytes per call nor saved bytes per call; on meta the timeline names
@@ -173,7 +175,9 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
         found.saved.stream = found.stream
     if grads is not None:  # after the recorder (it asks which call made a node); its ops unseen by the stream
         found.grad_health = GradHealthTracker(model, recorder, device, grads, depth)
-    candidates: list[Tracker | None] = [recorder, guard, found.live, found.saved, found.kernels, found.cuts,
-                                        found.events, found.stream, found.grad_health, found.experts]
+    watch_calls = module_calls or device.type == "meta"
+    candidates: list[Tracker | None] = [recorder if watch_calls else None, guard, found.live, found.saved,
+                                        found.kernels, found.cuts, found.events, found.stream, found.grad_health,
+                                        found.experts]
     found.ordered = [t for t in candidates if t is not None]
     return found
