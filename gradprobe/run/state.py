@@ -251,7 +251,10 @@ class ModelState:
         for slot in self.slots:
             if slot.scripted is None:
                 if slot.module.training is not slot.training:
-                    slot.module.training = slot.training
+                    if type(slot.module).__setattr__ is _MODULE_SETATTR:  # what it would do, without its checks
+                        object.__setattr__(slot.module, "training", slot.training)
+                    else:
+                        slot.module.training = slot.training
                 continue
             set_training(slot.module, slot.scripted)  # the flag the compiled code reads
             if slot.shadowed:  # found so: put the instance attribute back as it was
@@ -300,6 +303,9 @@ class ModelState:
             torch.random.set_rng_state(self.rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+_MODULE_SETATTR = nn.Module.__setattr__  # for a bool "training" it checks parameter, module and buffer tables first
 
 
 def _restore_table(table: Any, saved: dict[str, Any]) -> None:
