@@ -113,7 +113,10 @@ class EarlyInputs:
     """
 
     def __init__(self, s: Session) -> None:
-        self.batch = _flippable(s)[0]
+        # the attribution's own look-ups, taken once here and reused by it (the model it runs on is the same:
+        # every run puts the registrations back; issue 16)
+        self.flippable = _flippable(s)
+        self.batch = self.flippable[0]
         self.keep = model_memo(s.model)
         self.calls: dict[str, Call] = {}
         self.done = False
@@ -246,9 +249,10 @@ def _fast_path(enabled: bool) -> Iterator[None]:
 
 
 def _attribute(s: Session, train_out: Snapshot, train_grad_mode: str, train_deterministic: bool) -> Attribution:
+    known = s.early_inputs  # its flippable modules and memo are this model's, also when its recording failed
     search = _Search({id(m): f for m, f in s.start.train_flags}, {id(m): f for m, f in s.start.eval_flags},
-                     model_memo(s.model))
-    first, rest = _flippable(s)
+                     known.keep if known is not None else model_memo(s.model))
+    first, rest = known.flippable if known is not None else _flippable(s)
     if not first and not rest:
         return search.result(skipped="same-flags")
     early = s.early_inputs if s.early_inputs is not None and s.early_inputs.done else None
