@@ -26,7 +26,14 @@ from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
 from gradprobe.run.inputs import RunInputs as ExampleInputs
 from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, output_versions, proven_finite, sum_loss
-from gradprobe.run.state import ModelState, apply_training, check_mode, grad_context, seed_generators
+from gradprobe.run.state import (
+    ModelState,
+    apply_training,
+    check_mode,
+    grad_context,
+    inference_state,
+    seed_generators,
+)
 from gradprobe.run.timing import clock, lap
 from gradprobe.run.trackers.base import BACKWARD, FORWARD
 from gradprobe.run.trackers.events import call_tree, run_event_log
@@ -247,6 +254,10 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
         canonical = {pid: ns[0] for pid, ns in names_by_id(before).items()}
     trackers = make_trackers(model, device, memory=options.memory, tensors=options.tensors,
                              grad=options.grad_mode == "grad", guard=guard, names=canonical,
+                             # a compare-modes no_grad row too: a forward may enable grad inside and save
+                             # tensors (the hooks cost nothing until autograd saves one)
+                             saved=options.grad_mode == "grad"
+                             or (options.row_facts and options.grad_mode == "no_grad"),
                              state_tensors=state_tensors, input_tensors=input_tensors, grads=options.grads,
                              depth=options.tree_depth, events=options.memory_detail,
                              host_inputs=_host_values(inputs, device), cuts=options.cuts,
@@ -322,10 +333,23 @@ def forward(run: _Run) -> Any:
             raise RunError(meta_failure_message(value_op, module), phase="forward") from exc
         raise RunError(
             f"forward raised in {'module ' if where and where[0] else ''}{module}: {describe_exception(exc)}; "
-            f"inputs: {inputs.describe()}", phase="forward", debug_hint=True,
+            f"{_inference_state_note(model, exc)}inputs: {inputs.describe()}", phase="forward", debug_hint=True,
         ) from exc
     run.forward_time = time.perf_counter() - t0
     return output
+
+
+def _inference_state_note(model: nn.Module, exc: BaseException) -> str:
+    """When autograd refused inference tensors: which of the model's own parameters and buffers are ones
+    (checked now, on the model); empty when none is, or the error is another."""
+    if "nference tensor" not in str(exc):
+        return ""
+    names = inference_state(model)
+    if not names:
+        return ""
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (f"the model holds inference tensors (made under torch.inference_mode(); .clone() them outside it to "
+            f"train with them): {shown}; ")
 
 
 def loss_and_graph(run: _Run, output: Any) -> tuple[list[tuple[str, torch.Tensor]], torch.Tensor | None,

@@ -48,6 +48,19 @@ def grad_context(grad_mode: str) -> contextlib.AbstractContextManager[Any]:
     raise UsageError(f"unknown grad mode '{grad_mode}'; use grad, no_grad or inference_mode")
 
 
+def inference_state(model: nn.Module) -> list[str]:
+    """Names of the model's parameters and buffers that are inference tensors (made under
+    ``torch.inference_mode()``): autograd refuses to save them, so a grad forward that uses one fails."""
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return [name for name, t in named if t is not None and t.is_inference()]
+
+
+def version_of(t: torch.Tensor) -> int | None:
+    """``t._version``, or None for an inference tensor, which has no version counter (reading it raises): such a
+    tensor is taken as moved every time, so its value is always copied back."""
+    return None if t.is_inference() else t._version
+
+
 def restore_tensor(dst: torch.Tensor, src: torch.Tensor) -> None:
     """Copy values back; inference tensors can only be written inside inference mode."""
     ctx = torch.inference_mode() if dst.is_inference() else torch.no_grad()
@@ -217,14 +230,14 @@ class ModelState:
                     continue
                 seen.add(id(param))
                 state._keep_grad(param)
-                state.versions[id(param)] = param._version
+                state.versions[id(param)] = version_of(param)
                 if param_values and param.device.type != "meta":
                     state.param_values.append((param, param.detach().clone()))
             for bname, buf in buffers.items():
                 copy = buf.detach().clone() if buf is not None and buf.device.type != "meta" else None
                 state.buffers.append((mod, bname, buf, copy))
                 if buf is not None:
-                    state.versions[id(buf)] = buf._version
+                    state.versions[id(buf)] = version_of(buf)
         for tensor in [t for *_, t in state.leaves] + list(extra):
             if id(tensor) not in seen:
                 seen.add(id(tensor))
@@ -282,9 +295,10 @@ class ModelState:
         """
         self._restore_registrations()
         for param, value in self.param_values:
-            if param._version != self.versions[id(param)]:
+            version = version_of(param)
+            if version is None or version != self.versions[id(param)]:
                 restore_tensor(param, value)
-                self.versions[id(param)] = param._version
+                self.versions[id(param)] = version_of(param)
         restore_tensors(self._buffer_copies())
         self._restore_rng()
 

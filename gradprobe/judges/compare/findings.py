@@ -75,8 +75,9 @@ def judge_compare(c: Comparison) -> list[Finding]:
 def _failed(r: ModeRow) -> Finding:
     error = r.error or "unknown error"
     if r.error_cause == "inference-tensor":
-        hint = ("the model uses torch.inference_mode() (or inference tensors) inside forward; torch.no_grad() "
-                "there also works when grad is on")
+        hint = ("inference tensors reached autograd (torch.inference_mode() inside forward, or a tensor made under "
+                "it: the error names the model's own): use torch.no_grad() inside forward, and .clone() such "
+                "tensors outside inference_mode")
     else:
         hint = f"run 'gradprobe inspect TARGET --mode {r.mode} --grad {r.grad_mode} --debug' for the traceback"
     return Finding("mode-failed", "error", r.label, f"the forward failed under {r.label}: {error}", hint)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradprobe.run.state import restore_tensor, seed_generators, table_get
+from gradprobe.run.state import restore_tensor, seed_generators, table_get, version_of
 
 
 def set_training(mod: nn.Module, flag: bool) -> None:
@@ -47,7 +47,7 @@ class StartState:
                     if id(t) not in seen and t.device.type != "meta":
                         copy = t.detach().clone()
                     seen.add(id(t))
-                    self.tensors.append([store, key, t, copy, t._version, buffer, t.is_inference()])
+                    self.tensors.append([store, key, t, copy, version_of(t), buffer, t.is_inference()])
         # what reset() checks, laid out so that the checks run in C (map/all) rather than a Python loop per
         # tensor: every tensor's registration by table, then the versions of the tensors with a copy (issue 16)
         tables: dict[int, tuple[Any, list[str], list[torch.Tensor]]] = {}
@@ -60,7 +60,10 @@ class StartState:
             else:
                 self._scripted.append(entry)
         self._tables = list(tables.values())
-        self._copied = [e for e in self.tensors if e[3] is not None]
+        # an inference tensor has no version counter: it is copied back before every run (rare: a buffer or
+        # parameter made under torch.inference_mode)
+        self._always = [e for e in self.tensors if e[3] is not None and e[6]]
+        self._copied = [e for e in self.tensors if e[3] is not None and not e[6]]
         self._copied_tensors = [e[2] for e in self._copied]
         self._versions = [e[4] for e in self._copied]
         self._buffers = [e for e in self._copied if e[5]]
@@ -106,6 +109,8 @@ class StartState:
             moved = [e for e, v in zip(self._copied, versions, strict=True) if v != e[4]]
         else:
             moved = []
+        if self._always:
+            moved = moved + self._always
         if moved:
             _copy_back(moved)
             self._versions = [e[4] for e in self._copied]
@@ -132,7 +137,7 @@ def _copy_back(moved: list[list[Any]]) -> None:
     for entry in (moved if not fused else [e for e in moved if e[6]]):
         restore_tensor(entry[2], entry[3])
     for entry in moved:
-        entry[4] = entry[2]._version
+        entry[4] = version_of(entry[2])
 
 
 def syncer(device: torch.device) -> Callable[[], None]:

@@ -136,7 +136,7 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
                   depth: int = 8, events: bool = False,
                   host_inputs: HostInputs | None = None, cuts: bool = True, rows: bool = False,
                   named: NamedModules | None = None, fused: list[Any] | None = None,
-                  module_calls: bool = True) -> RunTrackers:
+                  module_calls: bool = True, saved: bool | None = None) -> RunTrackers:
     """Build the trackers the options ask for.  ``grad``: the forward runs with grad enabled (saved tensors
     and graph cuts exist only then); ``names``: id(parameter) -> canonical name; ``state_tensors``
     (parameters, buffers) cost no new bytes; ``grads`` (thresholds) switches the gradient-health tracker on,
@@ -147,7 +147,8 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     module inputs for the per-module memory, no call timeline, output bytes or saved bytes per call (but on
     meta).  ``named`` (``model.named_modules(remove_duplicate=False)``) and ``fused`` (:func:`find_fused_experts`
     of it): given when the caller has them for this model already.  ``module_calls``: the module recorder's hooks
-    are installed (off: the recorder only names modules, and sees no call; always on meta)."""
+    are installed (off: the recorder only names modules, and sees no call; always on meta).  ``saved``: count
+    saved-for-backward bytes (default: ``grad``); a no_grad forward that enables grad inside saves tensors too."""
     if named is None:
         named = list(model.named_modules(remove_duplicate=False))  # one walk for every tracker below (issue 16)
     # a row reads no call timeline, output bytes per call nor saved bytes per call; on meta the timeline names
@@ -158,7 +159,7 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     found = RunTrackers(recorder=recorder, guard=guard)
     if memory:
         found.live = LiveBytesTracker(known=[*state_tensors, *input_tensors])
-        if grad:
+        if grad if saved is None else saved:
             found.saved = SavedTensorTracker(exclude=state_tensors, calls=recorder if per_call else None)
         if events:  # the same storages as the live-bytes count: its running sum reaches the same peaks
             found.events = EventLogTracker(recorder, known=[*state_tensors, *input_tensors])
