@@ -402,6 +402,28 @@ def test_a_failing_row_names_the_module_it_raised_in() -> None:
                                           "block refuses eval mode"), r.error
 
 
+class _FailsOnce(nn.Module):
+    """Raises on its first forward only: a flaky failure (a data-dependent bug, a race)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(x_in().shape[-1], 2)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            raise ValueError("first call fails")
+        return self.lin(x)
+
+
+def test_a_row_that_failed_once_stays_failed() -> None:
+    """The run again that names the module must not turn a failure into a measured row when it happens to pass."""
+    report = compare_modes(_FailsOnce(), x_in(), repeat=1, modes="train:grad")
+    (row,) = report.rows
+    assert not row.ok and "first call fails" in (row.error or "")
+
+
 def test_eval_only_failure_uses_another_reference() -> None:
     model = EvalRaises()
     report = compare_modes(model, x_in(), repeat=1)

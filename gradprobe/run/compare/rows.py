@@ -136,14 +136,21 @@ def _tracked(s: Session, mode: str, grad_mode: str, backward: bool, target: str,
 def _probe(s: Session, options: ProbeOptions, target: str) -> RunFacts:
     """The tracked run; one whose forward raised without the module call stack runs again from the same state
     with it, so that its error names the module it raised in (``ProbeOptions.module_calls``; on meta the stack is
-    kept and the error names it already)."""
+    kept and the error names it already).  The row fails either way: a forward that raises only sometimes keeps
+    its first error, without the module's name."""
     try:
         return run_probe(s.model, s.inputs, options, target, setup=_run_setup(s)).facts
     except RunError as exc:
         if options.module_calls or exc.phase != "forward" or s.on_meta:
             raise
+        first = exc
     s.reset(buffers=True)
-    return run_probe(s.model, s.inputs, replace(options, module_calls=True), target, setup=_run_setup(s)).facts
+    try:
+        run_probe(s.model, s.inputs, replace(options, module_calls=True), target, setup=_run_setup(s))
+    except RunError as again:
+        if again.phase == "forward":
+            raise again from first
+    raise first
 
 
 def _run_setup(s: Session) -> RunSetup | None:
