@@ -58,7 +58,7 @@ def test_failed_rows_are_errors_with_the_right_hint_and_counted_in_the_verdict()
     assert [(f.severity, f.subject) for f in failed] == [("error", "train:inference_mode"), ("error", "eval:grad")]
     assert failed[0].message == ("the forward failed under train:inference_mode: RuntimeError: Inference tensors "
                                  "cannot be saved for backward")
-    assert "torch.inference_mode() (or inference tensors) inside forward" in failed[0].hint
+    assert "inference tensors reached autograd" in failed[0].hint and "torch.no_grad()" in failed[0].hint
     assert failed[1].hint == "run 'gradprobe inspect TARGET --mode eval --grad grad --debug' for the traceback"
     assert compare_verdict(c)[0] == ("2 of 3 combination(s) failed: train:inference_mode, eval:grad (the errors "
                                      "are in the findings); every other row ran.")
