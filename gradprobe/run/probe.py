@@ -32,6 +32,7 @@ from gradprobe.run.state import (
     check_mode,
     grad_context,
     inference_state,
+    refuses_inference_tensors,
     seed_generators,
 )
 from gradprobe.run.timing import clock, lap
@@ -342,7 +343,7 @@ def forward(run: _Run) -> Any:
 def _inference_state_note(model: nn.Module, exc: BaseException) -> str:
     """When autograd refused inference tensors: which of the model's own parameters and buffers are ones
     (checked now, on the model); empty when none is, or the error is another."""
-    if "nference tensor" not in str(exc):
+    if not refuses_inference_tensors(exc):
         return ""
     names = inference_state(model)
     if not names:

@@ -55,6 +55,16 @@ def inference_state(model: nn.Module) -> list[str]:
     return [name for name, t in named if t is not None and t.is_inference()]
 
 
+def refuses_inference_tensors(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is autograd refusing inference tensors."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "nference tensor" in str(seen):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def version_of(t: torch.Tensor) -> int | None:
     """``t._version``, or None for an inference tensor, which has no version counter (reading it raises): such a
     tensor is taken as moved every time, so its value is always copied back."""

@@ -21,7 +21,7 @@ from gradprobe.run.compare.session import Session
 from gradprobe.run.compare.start import syncer
 from gradprobe.run.flatten import flatten_tensors
 from gradprobe.run.probe import ProbeOptions, RunSetup, prepare_runs, run_probe, sum_loss
-from gradprobe.run.state import grad_context
+from gradprobe.run.state import grad_context, refuses_inference_tensors
 
 
 @dataclass
@@ -90,12 +90,7 @@ def _skip(s: Session, count: int, description: str) -> None:
 
 def error_cause(exc: BaseException) -> str | None:
     """A cause the judges can name: inference tensors used where autograd needs normal ones."""
-    seen = exc
-    while seen is not None:
-        if "nference tensor" in str(seen):
-            return "inference-tensor"
-        seen = seen.__cause__
-    return None
+    return "inference-tensor" if refuses_inference_tensors(exc) else None
 
 
 def _row_from_facts(grad_mode: str, facts: RunFacts) -> dict[str, Any]:

@@ -149,6 +149,8 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     of it): given when the caller has them for this model already.  ``module_calls``: the module recorder's hooks
     are installed (off: the recorder only names modules, and sees no call; always on meta).  ``saved``: count
     saved-for-backward bytes (default: ``grad``); a no_grad forward that enables grad inside saves tensors too."""
+    if saved is None:
+        saved = grad
     if named is None:
         named = list(model.named_modules(remove_duplicate=False))  # one walk for every tracker below (issue 16)
     # a row reads no call timeline, output bytes per call nor saved bytes per call; on meta the timeline names
@@ -159,7 +161,7 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     found = RunTrackers(recorder=recorder, guard=guard)
     if memory:
         found.live = LiveBytesTracker(known=[*state_tensors, *input_tensors])
-        if grad if saved is None else saved:
+        if saved:
             found.saved = SavedTensorTracker(exclude=state_tensors, calls=recorder if per_call else None)
         if events:  # the same storages as the live-bytes count: its running sum reaches the same peaks
             found.events = EventLogTracker(recorder, known=[*state_tensors, *input_tensors])
