@@ -201,3 +201,59 @@ def test_fsdp2_markers_are_free_only_while_gradprobe_alone_would_see_them():
     finally:
         undo()
     assert group.record_function is record_function
+
+
+def test_fsdp2_markers_stay_as_they_are_where_the_private_module_is_missing(monkeypatch):
+    import sys
+
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as group
+    from torch.profiler import record_function
+
+    from gradprobe.run.distributed.collect import _markers_off
+
+    monkeypatch.setitem(sys.modules, group.__name__, None)  # importing it now raises ModuleNotFoundError
+    undo = _markers_off()
+    try:
+        assert group.__dict__["record_function"] is record_function  # not patched
+    finally:
+        undo()
+    assert group.__dict__["record_function"] is record_function
+
+
+@pytest.mark.parametrize("what", ["missing", "not torch's"])
+def test_fsdp2_markers_stay_as_they_are_where_record_function_is_not_torchs(monkeypatch, what):
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as group
+
+    from gradprobe.run.distributed.collect import _markers_off
+
+    def someone_elses(name, args=None):
+        return None
+
+    if what == "missing":
+        monkeypatch.delattr(group, "record_function")
+    else:
+        monkeypatch.setattr(group, "record_function", someone_elses)
+    before = dict(group.__dict__)
+    undo = _markers_off()
+    try:
+        assert group.__dict__ == before  # nothing patched, nothing added
+    finally:
+        undo()
+    assert group.__dict__ == before
+
+
+def test_fsdp2_markers_are_put_back_when_the_collected_run_raises(world_of_one):
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group as group
+    from torch.profiler import record_function
+
+    from gradprobe.run.distributed.collect import RankCollector
+    from gradprobe.run.distributed.wrappers import describe
+
+    model = Tower()
+    fully_shard(model)
+    with pytest.raises(ZeroDivisionError):
+        with RankCollector(describe(model), 0, "h", compare_values=False):
+            assert group.record_function is not record_function  # patched inside the block
+            raise ZeroDivisionError
+    assert group.record_function is record_function

@@ -22,6 +22,7 @@ Everything installed is removed on exit; facts come out as ``gradprobe.facts.dis
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -496,24 +497,38 @@ def _markers_off() -> Any:
     fact.  With no profiler recording, a marker is a no-op for torch as well, so it is skipped when the
     dispatch modes active are gradprobe's op streams alone and none of them records ops one by one (the memory
     event log numbers every op it sees: there the markers still run).  Any other mode, or a profiler, gets
-    FSDP's own ``record_function``."""
+    FSDP's own ``record_function``.
+
+    This patches a private torch module (``_FSDP2_MARKERS``).  Where another torch version lacks that module
+    or its ``record_function``, or the name holds anything but torch's own ``record_function`` (moved,
+    already wrapped by someone else), nothing is patched and the markers stay as they are: a cost, never an
+    error.  The undo puts torch's ``record_function`` back only while the name still holds this wrapper."""
     try:
-        from torch.distributed.fsdp._fully_shard import _fsdp_param_group as module
-    except ImportError:  # pragma: no cover - an FSDP2 that moved
-        return lambda: None
+        module = importlib.import_module(_FSDP2_MARKERS)
+    except Exception:  # an FSDP2 that moved or is absent
+        return _nothing
     real = module.__dict__.get("record_function")
-    if real is None:  # pragma: no cover
-        return lambda: None
+    if real is not torch.autograd.profiler.record_function:
+        return _nothing
 
     def record_function(name: str, args: str | None = None) -> Any:
         if _profiler_enabled() or not _op_streams_only():
             return real(name, args)
         return _NO_MARKER
 
-    module.record_function = record_function  # type: ignore[attr-defined]
-    return lambda: setattr(module, "record_function", real)
+    def undo() -> None:
+        if module.__dict__.get("record_function") is record_function:
+            module.record_function = real
+
+    module.record_function = record_function
+    return undo
 
 
+def _nothing() -> None:
+    return None
+
+
+_FSDP2_MARKERS = "torch.distributed.fsdp._fully_shard._fsdp_param_group"
 _NO_MARKER = contextlib.nullcontext()
 _profiler_enabled = torch._C._autograd._profiler_enabled
 
