@@ -8,10 +8,8 @@ builders (:mod:`gradprobe.run.builders`) turn what they saw into :class:`~gradpr
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,6 +22,7 @@ from gradprobe.facts.run import GradState, GraphFact, MemoryFact, RunFacts
 from gradprobe.run import builders
 from gradprobe.run.builders import named_params, names_by_id, param_names
 from gradprobe.run.flatten import describe_leaf_types, flatten_tensors
+from gradprobe.run.gc_pause import gc_paused
 from gradprobe.run.inputs import RunInputs as ExampleInputs
 from gradprobe.run.loss import LossFn, backward_blocker, make_loss, nonfinite, output_versions, proven_finite, sum_loss
 from gradprobe.run.state import (
@@ -172,26 +171,6 @@ def run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, ta
         return _run_probe(model, inputs, options, target, state, setup)
     with gc_paused():
         return _run_probe(model, inputs, options, target, state, setup)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for one ``--grads`` run, back on (if it was) once the run's objects are
-    gone.
-
-    The gradient-health tracker keeps a few Python objects per module call and per hooked tensor until the facts
-    are built.  With the collector on, they outlive one or two young collections, are promoted to the oldest
-    generation, and every few runs that triggers a full collection of the whole process (ResNet-50: ~180 ms
-    each, ~20-35 ms a run on average).  Off during the run, they are freed by reference counting before any
-    collection looks at them.  Reference cycles made meanwhile (by the user's code too) wait for the next
-    collection after the run."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _run_probe(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, target: str,

@@ -15,7 +15,7 @@ turn finite gradients into NaN/Inf (sqrt, pow, div, log, norms, custom ``autogra
 post-hook recording whether they did.  The tracker's own ops run under ``no_grad`` and out of sight of the
 run's dispatch modes, so the memory figures are the model's.
 
-The run pauses the cyclic garbage collector (:func:`gradprobe.run.probe.gc_paused`): the records kept per call
+The run pauses the cyclic garbage collector (:func:`gradprobe.run.gc_pause.gc_paused`): the records kept per call
 and per tensor would otherwise be promoted to the collector's oldest generation and trigger full collections of
 the whole process every few runs.
 
