@@ -55,11 +55,11 @@ def names_by_id(named: Iterable[tuple[str, nn.Parameter]] | Mapping[str, nn.Para
     return names
 
 
-def _owners_and_flags(model: nn.Module, named: NamedModules | None = None) -> tuple[dict[int, str], dict[str, bool]]:
+def _owners_and_flags(named: NamedModules) -> tuple[dict[int, str], dict[str, bool]]:
     """``id(param)`` → the first module owning it directly, and each module's training flag, in one pass."""
     owners: dict[int, str] = {}
     training: dict[str, bool] = {}
-    for mod_name, mod in named if named is not None else model.named_modules(remove_duplicate=False):
+    for mod_name, mod in named:
         training[mod_name] = mod.training
         for param in mod._parameters.values():
             if param is not None:
@@ -72,11 +72,11 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 def param_facts(model: nn.Module, named: Mapping[str, nn.Parameter], names: Mapping[int, list[str]],
-                did_backward: bool, modules: NamedModules | None = None) -> tuple[tuple[ParamFact, ...], int]:
+                did_backward: bool, modules: NamedModules) -> tuple[tuple[ParamFact, ...], int]:
     """One fact per distinct parameter as the model holds them now (``named``: :func:`named_params`), and
-    the bytes of their gradients (``modules``: ``model.named_modules(remove_duplicate=False)``, when walked)."""
+    the bytes of their gradients (``modules``: ``model.named_modules(remove_duplicate=False)``)."""
     params = {id(p): p for p in named.values()}
-    owner_of, training = _owners_and_flags(model, modules)
+    owner_of, training = _owners_and_flags(modules)
     states = iter(grad_states(list(params.values())) if did_backward else ())
     facts = []
     grad_bytes = 0
@@ -167,12 +167,12 @@ def _is_training_dependent(mod: nn.Module) -> bool:
     return isinstance(mod, _TRAINING_DEPENDENT)
 
 
-def module_facts(model: nn.Module, names: Mapping[int, list[str]], calls: ModuleCalls,
-                 modules: NamedModules | None = None) -> tuple[ModuleFact, ...]:
+def module_facts(names: Mapping[int, list[str]], calls: ModuleCalls,
+                 modules: NamedModules) -> tuple[ModuleFact, ...]:
     """Every module: type, training flag, how often it ran, its own parameters, its outputs' graph
-    (``modules``: ``model.named_modules(remove_duplicate=False)``, when walked)."""
+    (``modules``: ``model.named_modules(remove_duplicate=False)``)."""
     facts = []
-    for mod_name, mod in first_names(modules) if modules is not None else model.named_modules():
+    for mod_name, mod in first_names(modules):
         attr = mod.__dict__.get("requires_grad")
         facts.append(ModuleFact(
             name=mod_name, type=type(mod).__name__, training=mod.training, calls=calls.calls.get(mod_name, 0),

@@ -135,7 +135,7 @@ class RunSetup:
     named: list[tuple[str, nn.Module]]  # model.named_modules(remove_duplicate=False)
     canonical: dict[int, str]  # id(param) -> its first name
     state_tensors: list[torch.Tensor]  # parameters (once each) and buffers
-    fused: list[Any]  # find_fused_experts(model, named)
+    fused: list[Any]  # find_fused_experts(named)
     # each module's flag after model.train() ("train") and model.eval() ("eval"), asked once: set directly
     # instead of a recursive train() call per run (None: each run calls model.train())
     mode_flags: Mapping[str, Sequence[tuple[nn.Module, bool]]] | None = None
@@ -151,7 +151,7 @@ def prepare_runs(model: nn.Module, inputs: ExampleInputs,
     named = list(model.named_modules(remove_duplicate=False))
     return RunSetup(state, input_tensors, before, device_of(model, input_tensors, list(before.values())), named,
                     {pid: ns[0] for pid, ns in names_by_id(before).items()}, _state_tensors(before, state),
-                    find_fused_experts(model, named), mode_flags)
+                    find_fused_experts(named), mode_flags)
 
 
 def _state_tensors(before: dict[str, nn.Parameter], state: ModelState) -> list[torch.Tensor]:
@@ -230,7 +230,8 @@ def _start(model: nn.Module, inputs: ExampleInputs, options: ProbeOptions, targe
         device, named, canonical, state_tensors = setup.device, setup.named, setup.canonical, setup.state_tensors
     else:
         device = device_of(model, input_tensors, list(before.values()))
-        named, state_tensors = None, _state_tensors(before, state)
+        named = list(model.named_modules(remove_duplicate=False))  # one walk for every tracker (issue 16)
+        state_tensors = _state_tensors(before, state)
         canonical = {pid: ns[0] for pid, ns in names_by_id(before).items()}
     trackers = make_trackers(model, device, memory=options.memory, tensors=options.tensors,
                              grad=options.grad_mode == "grad", guard=guard, names=canonical,
@@ -476,7 +477,7 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
         target=run.target, torch_version=torch.__version__, device=str(run.device), mode=options.mode,
         grad_mode=options.grad_mode, backward=did_backward, backward_skipped_reason=reason, loss=loss_value,
         parameters=params, buffers=builders.buffer_facts(run.state, calls.names, kernels),
-        modules=builders.module_facts(model, run.names, calls, walk), tensors=calls.tensors,
+        modules=builders.module_facts(run.names, calls, walk), tensors=calls.tensors,
         outputs=tuple(tensor_fact("", 0, path, t) for path, t in flat_out), graph=graph, memory=memory,
         global_grad_enabled=run.state.grad_enabled, forward_time_s=run.forward_time,
         backward_time_s=run.backward_time, skipped=skipped, notes=tuple(run.notes),

@@ -146,7 +146,8 @@ def test_every_tracker_implements_the_protocol() -> None:
     for device in ("cpu", "meta"):
         trackers = make_trackers(model, torch.device(device), memory=True, tensors=True, grad=True, guard=guard,
                                  names={id(p): n for n, p in model.named_parameters()},
-                                 state_tensors=list(model.parameters()), input_tensors=[])
+                                 state_tensors=list(model.parameters()), input_tensors=[],
+                                 named=list(model.named_modules(remove_duplicate=False)))
         assert len(trackers.ordered) == (7 if device == "meta" else 6)
         for tracker in trackers.ordered:
             assert isinstance(tracker, Tracker), type(tracker).__name__

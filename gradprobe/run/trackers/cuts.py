@@ -116,13 +116,13 @@ class CutTracker:
     """Context manager around forward; :meth:`apply` adds what it saw to the run's facts."""
 
     def __init__(self, model: nn.Module, names: Mapping[int, str], *, cuts: bool = True,
-                 call_args: bool = True, named: NamedModules | None = None) -> None:
-        """``named``: ``model.named_modules(remove_duplicate=False)`` when the caller has walked it already."""
+                 call_args: bool = True, named: NamedModules) -> None:
+        """``named``: ``model.named_modules(remove_duplicate=False)``, walked once by the caller."""
         self._names = dict(names)  # id(param) -> canonical name
         self._call_args = call_args
         self._params = {id(p): p for p in model.parameters()}
         # named_modules() order, each module once under its first name
-        self._named = first_names(named if named is not None else list(model.named_modules(remove_duplicate=False)))
+        self._named = first_names(named)
         self._modules = {id(mod): name for name, mod in self._named}
         self._model = model
         self._watch = cuts

@@ -93,11 +93,11 @@ def _declared_count(mod: nn.Module) -> tuple[int, str] | None:
     return None
 
 
-def find_fused_experts(model: nn.Module, named: NamedModules | None = None) -> list[_Experts]:
+def find_fused_experts(named: NamedModules) -> list[_Experts]:
     """Every module whose own parameters carry a leading expert dimension (``named``:
-    ``model.named_modules(remove_duplicate=False)`` when the caller has walked it already)."""
+    ``model.named_modules(remove_duplicate=False)``, walked once by the caller)."""
     found = []
-    for name, mod in first_names(named) if named is not None else model.named_modules():
+    for name, mod in first_names(named):
         if isinstance(mod, torch.jit.ScriptModule):  # compiled: no Python hooks with keyword arguments
             continue
         own = [(k, p) for k, p in mod._parameters.items() if p is not None and p.dim() >= 3]

@@ -108,13 +108,13 @@ class ModuleRecorder:
 
     phases = (FORWARD,)
 
-    def __init__(self, model: nn.Module, record_tensors: bool = True, record_inputs: bool = True,
-                 named: NamedModules | None = None, record_timeline: bool = True) -> None:
-        """``named``: ``model.named_modules(remove_duplicate=False)`` when the caller has walked it already;
+    def __init__(self, named: NamedModules, record_tensors: bool = True, record_inputs: bool = True,
+                 record_timeline: bool = True) -> None:
+        """``named``: ``model.named_modules(remove_duplicate=False)``, walked once by the caller;
         ``record_timeline``: the call timeline and each call's output bytes (off: both stay empty; the call
         stack, call counts, graph outputs and the failing call are kept)."""
         self.names: dict[int, str] = {}
-        for name, mod in named if named is not None else model.named_modules(remove_duplicate=False):
+        for name, mod in named:
             self.names.setdefault(id(mod), name)
         self.record_tensors = record_tensors
         self.record_inputs = record_inputs

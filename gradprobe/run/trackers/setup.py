@@ -85,7 +85,7 @@ class GraphCuts:
     phases = (FORWARD,)
 
     def __init__(self, model: nn.Module, names: Mapping[int, str], *, cuts: bool, call_args: bool = True,
-                 named: NamedModules | None = None) -> None:
+                 named: NamedModules) -> None:
         self._cuts = CutTracker(model, names, cuts=cuts, call_args=call_args, named=named)
 
     @contextlib.contextmanager
@@ -135,7 +135,7 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
                   input_tensors: Sequence[torch.Tensor], grads: GradThresholds | None = None,
                   depth: int = 8, events: bool = False,
                   host_inputs: HostInputs | None = None, cuts: bool = True, rows: bool = False,
-                  named: NamedModules | None = None, fused: list[Any] | None = None,
+                  named: NamedModules, fused: list[Any] | None = None,
                   module_calls: bool = True, saved: bool | None = None) -> RunTrackers:
     """Build the trackers the options ask for.  ``grad``: the forward runs with grad enabled (saved tensors
     and graph cuts exist only then); ``names``: id(parameter) -> canonical name; ``state_tensors``
@@ -145,18 +145,17 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
     torch call of the forward for graph cuts and parameters read (flags flipped by forward are recorded either
     way); ``rows``: only compare-modes' row facts are built (``ProbeOptions.row_facts``): no flags flipped, no
     module inputs for the per-module memory, no call timeline, output bytes or saved bytes per call (but on
-    meta).  ``named`` (``model.named_modules(remove_duplicate=False)``) and ``fused`` (:func:`find_fused_experts`
-    of it): given when the caller has them for this model already.  ``module_calls``: the module recorder's hooks
-    are installed (off: the recorder only names modules, and sees no call; always on meta).  ``saved``: count
-    saved-for-backward bytes (default: ``grad``); a no_grad forward that enables grad inside saves tensors too."""
+    meta).  ``named``: ``model.named_modules(remove_duplicate=False)``, the one walk every tracker shares (issue
+    16); ``fused`` (:func:`find_fused_experts` of it): given when the caller has it already.  ``module_calls``:
+    the module recorder's hooks are installed (off: the recorder only names modules, and sees no call; always on
+    meta).  ``saved``: count saved-for-backward bytes (default: ``grad``); a no_grad forward that enables grad
+    inside saves tensors too."""
     if saved is None:
         saved = grad
-    if named is None:
-        named = list(model.named_modules(remove_duplicate=False))  # one walk for every tracker below (issue 16)
     # a row reads no call timeline, output bytes per call nor saved bytes per call; on meta the timeline names
     # the module of a failing backward, which a row's error quotes
     per_call = not rows or device.type == "meta"
-    recorder = ModuleRecorder(model, record_tensors=tensors, record_inputs=memory and not rows, named=named,
+    recorder = ModuleRecorder(named, record_tensors=tensors, record_inputs=memory and not rows,
                               record_timeline=per_call)
     found = RunTrackers(recorder=recorder, guard=guard)
     if memory:
@@ -169,7 +168,7 @@ def make_trackers(model: nn.Module, device: torch.device, *, memory: bool, tenso
         found.kernels = MetaKernels(recorder, host_inputs)
     found.cuts = None if rows else GraphCuts(model, names, cuts=grad and cuts, call_args=memory, named=named)
     if fused is None:
-        fused = find_fused_experts(model, named)
+        fused = find_fused_experts(named)
     found.experts = ExpertTracker(fused) if fused else None
     observers: list[OpObserver] = [o for o in (guard if guard.watching else None, found.live, found.events)
                                    if o is not None]
