@@ -43,6 +43,15 @@ def acc(name: str) -> GraphTree:
     return GraphTree(f"AccumulateGrad ({name})")
 
 
+def mlp_graph() -> GraphFact:
+    """The walked graph of ``Linear(4, 3) -> ReLU -> Linear(3, 2)``, summed, parameters named ``0.weight`` ..."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    names = {id(p): n for n, p in model.named_parameters()}
+    loss = model(torch.randn(5, 4)).sum()
+    return walk_graph([loss.grad_fn], names)
+
+
 # --- small graphs counted by hand -------------------------------------------------------------
 
 
@@ -69,11 +78,7 @@ def test_lone_root_has_depth_one() -> None:
 
 
 def test_mlp_linear_relu_linear() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    names = {id(p): n for n, p in model.named_parameters()}
-    loss = model(torch.randn(5, 4)).sum()
-    fact = walk_graph([loss.grad_fn], names)
+    fact = mlp_graph()
     tree = display_tree(fact, 20)
     # By hand: SumBackward0, AddmmBackward0 (layer 2), AccumulateGrad(2.bias), ReluBackward0,
     # TBackward0 + AccumulateGrad(2.weight), AddmmBackward0 (layer 0), AccumulateGrad(0.bias),
@@ -170,11 +175,7 @@ def test_custom_function_node_is_named_after_its_class() -> None:
 
 
 def test_depth_limit_counts_cut_children() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    names = {id(p): n for n, p in model.named_parameters()}
-    loss = model(torch.randn(5, 4)).sum()
-    fact = walk_graph([loss.grad_fn], names)
+    fact = mlp_graph()
     tree = display_tree(fact, 3)
     # Level 3 shows Addmm's three children; Relu and T each have one child that is cut.
     assert tree == GraphTree("SumBackward0", children=(GraphTree("AddmmBackward0", children=(
