@@ -97,15 +97,20 @@ def diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
+def compare_json(run_cli: Callable[..., Any], target: str, *args: str) -> dict[str, Any]:
+    """``gradprobe compare-modes TARGET ARGS --format json``, which must exit 0: its JSON document."""
+    res = run_cli("compare-modes", target, *args, "--format", "json")
+    assert res.code == 0, res.err
+    return json.loads(res.out)
+
+
 def rows(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {f"{r['mode']}:{r['grad_mode']}": r for r in doc["rows"]}
 
 
 def test_cli_encoder_with_padding_mask(run_cli: Callable[..., Any], tmp_path: Path) -> None:
     path = write(tmp_path, "enc_model", ENCODER)
-    res = run_cli("compare-modes", f"{path}:Net", "--repeat", "1", "--format", "json", "--strict")
-    assert res.code == 0, res.err
-    doc = json.loads(res.out)
+    doc = compare_json(run_cli, f"{path}:Net", "--repeat", "1", "--strict")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load(path).Net()
@@ -131,9 +136,7 @@ def test_cli_encoder_with_padding_mask(run_cli: Callable[..., Any], tmp_path: Pa
 
 def test_cli_forward_that_changes_its_input(run_cli: Callable[..., Any], tmp_path: Path) -> None:
     path = write(tmp_path, "inplace_model", IN_PLACE)
-    res = run_cli("compare-modes", f"{path}:Net", "--repeat", "3", "--format", "json", "--strict", "--backward")
-    assert res.code == 0, res.err
-    doc = json.loads(res.out)
+    doc = compare_json(run_cli, f"{path}:Net", "--repeat", "3", "--strict", "--backward")
     model = load(path).Net()
     x = model.example_input_array
     for label, row in rows(doc).items():
@@ -147,9 +150,7 @@ def test_cli_forward_that_changes_its_input(run_cli: Callable[..., Any], tmp_pat
 
 def test_cli_scripted_batchnorm(run_cli: Callable[..., Any], tmp_path: Path) -> None:
     path = write(tmp_path, "scripted_model", SCRIPTED)
-    res = run_cli("compare-modes", f"{path}:build", "--repeat", "1", "--format", "json")
-    assert res.code == 0, res.err
-    doc = json.loads(res.out)
+    doc = compare_json(run_cli, f"{path}:build", "--repeat", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load(path).build()
