@@ -36,6 +36,21 @@ def plain_step(model: nn.Module, x: torch.Tensor, mode: str = "train") -> dict[s
     return {n: p.grad for n, p in model.named_parameters()}
 
 
+def plain_step_moved(model: nn.Module, x: torch.Tensor) -> tuple[dict[str, torch.Tensor | None], tuple[str, ...]]:
+    """:func:`plain_step`'s gradients, and the names of the parameters whose values it changed."""
+    values = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = plain_step(model, x)
+    return grads, tuple(n for n, p in model.named_parameters() if not torch.equal(p, values[n]))
+
+
+def probe_leaving_it_as_found(model: nn.Module, x: torch.Tensor, **options: Any) -> Any:
+    """gradprobe's run of ``model``, which must leave the model exactly as it found it; its report."""
+    before = snapshot(model)
+    report = probe(model, x, **options)
+    assert_same_state(before, snapshot(model))
+    return report
+
+
 def grad_state(grad: torch.Tensor | None) -> str:
     if grad is None:
         return "none"
@@ -71,9 +86,7 @@ def test_scripted_batchnorm_runs_in_the_mode_asked_and_keeps_its_own(mode: str) 
     x = torch.randn(5, 4)
     probed.eval()  # the user's model as found: in eval, which compiled code reads from the C++ attribute
     stats_before = probed.bn.running_mean.clone()
-    before = snapshot(probed)
-    report = probe(probed, x, mode=mode)
-    assert_same_state(before, snapshot(probed))
+    report = probe_leaving_it_as_found(probed, x, mode=mode)
     grads = plain_step(plain, x, mode)
     assert_grads_match(report, grads)
     # in train mode BatchNorm updates its statistics (plain PyTorch says so); in eval it does not
@@ -111,16 +124,12 @@ class StepInBackward(nn.Module):
 def test_optimizer_step_in_backward_is_undone_and_attributed_to_backward() -> None:
     plain, probed = twin(StepInBackward)
     x = torch.randn(3, 4)
-    before = snapshot(probed)
-    report = probe(probed, x)
-    assert_same_state(before, snapshot(probed))
-    values = {n: p.detach().clone() for n, p in plain.named_parameters()}
-    grads = plain_step(plain, x)
-    moved = [n for n, p in plain.named_parameters() if not torch.equal(p, values[n])]
-    assert moved == [n for n, _ in plain.named_parameters()]  # control: plain PyTorch really steps every one
+    report = probe_leaving_it_as_found(probed, x)
+    grads, moved = plain_step_moved(plain, x)
+    assert moved == tuple(n for n, _ in plain.named_parameters())  # control: plain PyTorch really steps every one
     assert_grads_match(report, grads)  # .grad as the hook left it: None, as in plain PyTorch
     facts = report.facts
-    assert facts.modified_in_backward == tuple(moved)
+    assert facts.modified_in_backward == moved
     assert facts.modified_parameters == ()
     assert set(facts.param_changes) == {ParamChange(n, "backward", "written") for n in moved}
     # they trained (plain PyTorch moved every one): no grad-none error for a .grad the hook cleared
@@ -152,12 +161,8 @@ class WritesItsWeights(nn.Module):
 def test_forward_writing_its_parameters_is_undone_and_attributed_to_forward(how: str) -> None:
     plain, probed = twin(lambda: WritesItsWeights(how))
     x = torch.randn(2, 4)
-    before = snapshot(probed)
-    report = probe(probed, x)
-    assert_same_state(before, snapshot(probed))
-    values = {n: p.detach().clone() for n, p in plain.named_parameters()}
-    grads = plain_step(plain, x)
-    moved = tuple(n for n, p in plain.named_parameters() if not torch.equal(p, values[n]))
+    report = probe_leaving_it_as_found(probed, x)
+    grads, moved = plain_step_moved(plain, x)
     assert moved == (("fc.bias",) if how == "out" else ("fc.weight",))  # control: the forward really writes
     assert_grads_match(report, grads)  # computed with the written values, as plain PyTorch does
     assert report.facts.modified_parameters == moved and report.facts.modified_in_backward == ()
@@ -190,10 +195,8 @@ class ReplacesParameters(nn.Module):
 def test_parameters_replaced_or_registered_in_forward_are_reported_and_put_back() -> None:
     plain, probed = twin(ReplacesParameters)
     x = torch.randn(2, 4)
-    before = snapshot(probed)
     original = probed.fc.weight
-    report = probe(probed, x)  # used to crash with "unexpected error: KeyError"
-    assert_same_state(before, snapshot(probed))
+    report = probe_leaving_it_as_found(probed, x)  # used to crash with "unexpected error: KeyError"
     assert probed.fc.weight is original and not hasattr(probed, "scale")
     old_plain = plain.fc.weight
     grads = plain_step(plain, x)
