@@ -132,12 +132,15 @@ def _facts(name: str) -> Any:
 
 
 def _same(got: Any, want: Any, where: str) -> None:
-    """Exact equality, except floats (gradient norms, the loss): equal to 1e-6 relative.
+    """Exact equality, except floats (gradient norms, the loss): equal to 1e-5 relative.  The stored floats come
+    from another machine's CPU: float32 kernels that vectorise differently (AVX2, AVX-512) sum in another order,
+    measured up to 1.6e-6 relative on resnet_small's loss and gradient norms; a changed computation (the norm of
+    another tensor, a dropped term) moves a figure far more.
 
     A dataclass field added after the facts were stored is a new fact, not a changed one: keys the store lacks
     are passed over (every stored key must still be there, with the same value)."""
     if isinstance(want, float) and isinstance(got, float):
-        assert got == pytest.approx(want, rel=1e-6, abs=1e-12), where
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-12), where
     elif isinstance(want, dict) and isinstance(got, dict):
         assert set(want) <= set(got), f"{where}: keys gone {sorted(set(want) - set(got))}"
         for key in want:
