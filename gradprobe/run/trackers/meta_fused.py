@@ -7,7 +7,8 @@ runs a different op sequence than the CPU would -- and saves different tensors f
   ``mkldnn_rnn_layer`` per layer and direction (aten/src/ATen/native/mkldnn/RNN.cpp); meta decomposes the
   cell.  :func:`lstm_as_cpu` calls ``mkldnn_rnn_layer`` on meta the way the CPU's ``lstm`` does (it has meta
   kernels, forward and backward), so the saved tensors match.  Other dtypes (bfloat16/float16 use oneDNN only
-  on some CPUs) are marked approximate.
+  on CPUs with the instructions for them) are marked approximate, the reason saying which kernel this machine's
+  CPU takes.
 * ``F.multi_head_attention_forward`` reached on meta while the module could take ``nn.MultiheadAttention``'s
   fused fast path (eval, no grad): the fast path checks ``query.device.type`` against a list without meta.
 * ``F.scaled_dot_product_attention`` is followed by :class:`~gradprobe.run.trackers.meta.MetaAttentionChoice`.
@@ -52,6 +53,19 @@ def _mkldnn_on_cpu(x: torch.Tensor, params: Sequence[torch.Tensor], per: int, la
     """torch's ``use_mkldnn`` for an LSTM, as it would decide for CPU tensors like these."""
     return (torch._C._get_mkldnn_enabled() and torch.backends.mkldnn.is_available() and x.numel() != 0
             and len(params) == per * layers * dirs)  # more params: projections (w_hr), never mkldnn
+
+
+def _onednn_takes(dtype: torch.dtype) -> bool:
+    """Whether this machine's CPU runs a ``dtype`` LSTM through oneDNN, as aten's ``use_mkldnn`` decides: bfloat16
+    and float16 only where the CPU has the instructions (float16 also only without grad, never the case here)."""
+    try:
+        if dtype == torch.bfloat16:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if dtype == torch.float16:
+            return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported()) and not torch.is_grad_enabled()
+    except (AttributeError, RuntimeError):  # a torch without these checks: say the aten layer, the common case
+        return False
+    return False
 
 
 def lstm_as_cpu(input: torch.Tensor, hx: Sequence[torch.Tensor], params: Sequence[torch.Tensor],
@@ -155,9 +169,14 @@ class MetaFusedChoice(TorchFunctionMode):
                            "oneDNN's workspace (saved for backward) is too costly to size here: the CPU's "
                            "mkldnn_rnn_layer ran on meta with an empty workspace")
             return out
-        self._mark(func, args, kwargs, "lstm",
-                   f"on the CPU a {str(x.dtype).removeprefix('torch.')} LSTM runs oneDNN's fused mkldnn_rnn_layer "
-                   f"when the CPU supports that dtype; meta runs the decomposed LSTM cell")
+        dtype = str(x.dtype).removeprefix("torch.")
+        if _onednn_takes(x.dtype):
+            reason = (f"on this machine's CPU a {dtype} LSTM runs oneDNN's fused mkldnn_rnn_layer; meta runs the "
+                      f"decomposed LSTM cell")
+        else:  # this CPU has no oneDNN kernel for the dtype: aten's own layer, as for projections
+            reason = _PRECOMPUTE.format(op="LSTM") + (f" (this machine's CPU has no oneDNN {dtype} LSTM; "
+                                                      f"one that has runs oneDNN's fused mkldnn_rnn_layer)")
+        self._mark(func, args, kwargs, "lstm", reason)
         return func(*args, **kwargs)
 
     def _mark(self, func: Any, args: Any, kwargs: Any, op: str, reason: str) -> None:
