@@ -72,18 +72,25 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 def param_facts(model: nn.Module, named: Mapping[str, nn.Parameter], names: Mapping[int, list[str]],
-                did_backward: bool, modules: NamedModules) -> tuple[tuple[ParamFact, ...], int]:
+                did_backward: bool, modules: NamedModules,
+                now: Mapping[str, nn.Parameter] | None = None) -> tuple[tuple[ParamFact, ...], int]:
     """One fact per distinct parameter as the model holds them now (``named``: :func:`named_params`), and
-    the bytes of their gradients (``modules``: ``model.named_modules(remove_duplicate=False)``)."""
+    the bytes of their gradients (``modules``: ``model.named_modules(remove_duplicate=False)``).
+
+    ``now``: the parameters registered after the backward.  Where another tensor is registered under a
+    parameter's name by then and only that one holds a gradient, the gradient is read from it: FSDP2's root
+    unit keeps its unsharded parameters registered from forward to backward, then registers the sharded ones
+    again and gives them the (reduce-scattered) gradient, leaving the unsharded ones without any."""
     params = {id(p): p for p in named.values()}
     owner_of, training = _owners_and_flags(modules)
-    states = iter(grad_states(list(params.values())) if did_backward else ())
+    holders = [_grad_holder(p, names.get(pid), now) for pid, p in params.items()]
+    states = iter(grad_states(holders) if did_backward else ())
     facts = []
     grad_bytes = 0
-    for pid, param in params.items():
+    for (pid, param), holder in zip(params.items(), holders, strict=True):
         grad, norm = next(states) if did_backward else (None, None)
-        if param.grad is not None:
-            grad_bytes += stored_bytes(param.grad)  # a sparse gradient: its indices and values only
+        if holder.grad is not None:
+            grad_bytes += stored_bytes(holder.grad)  # a sparse gradient: its indices and values only
         owner = owner_of.get(pid, "")
         all_names = names.get(pid) or ["?"]
         facts.append(ParamFact(
@@ -93,6 +100,19 @@ def param_facts(model: nn.Module, named: Mapping[str, nn.Parameter], names: Mapp
             nbytes=_nbytes(param),
         ))
     return tuple(facts), grad_bytes
+
+
+def _grad_holder(param: nn.Parameter, names: list[str] | None,
+                 now: Mapping[str, nn.Parameter] | None) -> nn.Parameter:
+    """The tensor holding ``param``'s gradient after the backward: itself, or the one registered in its place since
+    (see :func:`param_facts`) when only that one has a gradient."""
+    if now is None or param.grad is not None:
+        return param
+    for name in names or ():
+        current = now.get(name)
+        if current is not None and current is not param and current.grad is not None:
+            return current
+    return param
 
 
 def _buffer_changed(current: torch.Tensor, before: torch.Tensor | None, version: int | None) -> bool | None:

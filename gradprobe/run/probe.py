@@ -453,7 +453,11 @@ def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: floa
     calls = trackers.recorder.facts()
     t0 = clock()
     walk = list(model.named_modules(remove_duplicate=False))  # one walk for the parameter and module facts
-    params, grad_bytes = builders.param_facts(model, run.after, run.names, did_backward, walk)
+    # the parameters registered after the backward, looked up only when one that trains got no gradient (FSDP2's
+    # root unit: see builders.param_facts)
+    now = named_params(model) if did_backward and any(
+        p.grad is None and p.requires_grad for p in run.after.values()) else None
+    params, grad_bytes = builders.param_facts(model, run.after, run.names, did_backward, walk, now)
     t0 = lap("grad_states", t0)
     bad = nonfinite(flat_out, run.proven_finite)
     lap("nonfinite", t0)

@@ -30,3 +30,19 @@ def test_freeze_holding_on_every_rank_under_plain_torchrun(torchrun):
     assert r.code == 0, r.err
     assert r.out.count("PASS: the freeze holds") == 1
     assert "every rank checked its own freeze" in r.out
+
+
+def test_freeze_check_through_fsdp2_matches_pytorch(reference):
+    """FSDP2 parameters are DTensors: restoring them after the run (one _foreach_copy_ of every parameter) raised
+    'aten._foreach_copy_.default does not have a sharding strategy registered' on every rank."""
+    r = reference(["dist_models:fsdp2_tower"],
+                  ["freeze-check", "dist_models:fsdp2_tower", "--frozen", "blocks.*.body", "--trainable",
+                   "blocks.*.adapter", "--trainable", "out", "-f", "json"])
+    assert r.code == 0, r.err
+    doc = r.json()
+    assert doc["world_size"] == 2 and doc["passed"] is True, doc.get("violations")
+    for ref in r.ranks:  # plain PyTorch on every rank: what the freeze-check verdict rests on
+        for name, p in ref["params"].items():
+            frozen = ".body." in name
+            assert p["requires_grad"] is not frozen, name
+            assert p["grad"] == ("none" if frozen else "nonzero"), name
