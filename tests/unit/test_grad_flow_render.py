@@ -129,3 +129,26 @@ def test_markdown_section() -> None:
     assert "First NaN/Inf of the forward: 'enc.act' (ReLU), op `aten.log.default`." in md
     assert "### Gradient flow" in inspect_markdown(report)
     assert "Gradient flow" not in inspect_markdown(InspectReport(replace(report.facts, grad_health=None)))
+
+
+def test_parameter_table_keeps_every_column_at_80_columns_with_long_names() -> None:
+    """Names of 40 characters held the name column at 32: the zeros and NaN/Inf columns were cut off the edge."""
+    long = "encoder.layers.0.feed_forward.fc"
+    calls = [call("encoder", out=2.0), call(long, parent=1, out=1e-3),
+             call("encoder.layers.0.feed_forward.act", parent=1, type="ReLU", out=3e-2, inputs_from=(2,),
+                  dead=DeadUnits(16, 2, -1, 32, (0, 5))),
+             call("head", out=5.0)]
+    params = (param(f"{long}.weight", long, (16, 8), 0.5), param(f"{long}.bias", long, (16,), 0.25),
+              param("head.weight", "head", (4, 16), 3.0))
+    grads = (ParamGrad(f"{long}.weight", 128, 2.0, 0.9, 16, 0, 0, zero_rows=2, rows=16),
+             ParamGrad(f"{long}.bias", 16, 1.0, 0.1, 2, 0, 0, zero_rows=2, rows=16),
+             ParamGrad("head.weight", 64, 4.0, 1.5, 0, 1, 2))
+    facts = run_facts(health(calls, parameters=grads), params)
+    text = render(InspectReport(facts, tuple(grad_health_findings(facts))))
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    header = next(x for x in lines if x.startswith("parameter"))
+    assert header.split()[-2:] == ["zeros", "NaN/Inf"], header
+    assert text.count("12.5% (dead units)") == 2  # 16 of 128 and 2 of 16 zeros, each whole
+    head = next(x for x in lines if x.startswith("head.weight"))
+    assert head.split()[-1] == "3"  # 1 NaN + 2 Inf

@@ -137,7 +137,9 @@ def param_table(facts: RunFacts, top: int | None = 40, pattern: str | None = Non
         hidden = len(rows) - top
         rows = sorted(rows, key=_concern)[:top]
     t = light_table()
-    t.add_column("parameter", overflow="fold", ratio=1, min_width=_name_width([p.name for p, _ in rows]))
+    # at least 16 columns, else what the figures leave: the figures never wrap, so a wider floor for long names
+    # pushed the zeros and NaN/Inf columns off an 80-column terminal
+    t.add_column("parameter", overflow="fold", ratio=1, min_width=16)
     t.add_column("‖g‖", justify="right", no_wrap=True)
     t.add_column("max|g|", justify="right", no_wrap=True)
     t.add_column("‖g‖/‖w‖", justify="right", no_wrap=True)
