@@ -26,10 +26,14 @@ class GradprobeError(Exception):
 
     kind = "error"
 
-    def __init__(self, message: str, *, phase: Phase | None = None, debug_hint: bool = False) -> None:
+    def __init__(self, message: str, *, phase: Phase | None = None, debug_hint: bool = False,
+                 module: tuple[str, str] | None = None) -> None:
         self.message = " ".join(message.split())
         self.phase: Phase | None = phase
         self.debug_hint = debug_hint
+        # (qualified name, class name) of the module call a forward raised in, as the run saw the model: a
+        # wrapper (DDP, FSDP) adds its own segments to names and classes, which the distributed run maps back
+        self.module = module
         super().__init__(self.message + (DEBUG_HINT if debug_hint else ""))
 
     def __reduce__(self) -> tuple[object, ...]:  # keep phase and hint through pickling (rank-to-rank errors)

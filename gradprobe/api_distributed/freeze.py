@@ -65,7 +65,7 @@ def freeze_rank(s: DistSession, spec: LoadSpec, options: DistOptions, *, frozen:
                               loss=resolve_loss(loss) if isinstance(loss, str) else loss, seed=spec.seed,
                               target=spec.target, memory_detail=memory_detail)
         except RunError as exc:
-            raise RunError(f"the freeze could not be verified: {exc}") from exc
+            raise RunError(f"the freeze could not be verified: {exc}", module=exc.module) from exc
 
     facts = run_with_collector(s, rm, collector, run)
     s.checkpoint("ran")

@@ -8,9 +8,12 @@ import json
 from typing import Any
 
 from gradprobe.api_distributed.rank import RankModel
+from gradprobe.errors import GradprobeError
+from gradprobe.facts.distributed import NameMap
 from gradprobe.judges.distributed.text import names_text, ranks_text
 from gradprobe.run.distributed.collect import RankCollector
 from gradprobe.run.distributed.session import DistSession, phase
+from gradprobe.run.probe import module_phrase
 
 
 def post_usage(s: DistSession, collector: RankCollector) -> None:
@@ -52,8 +55,27 @@ def run_with_collector(s: DistSession, rm: RankModel, collector: RankCollector, 
         try:
             with collector:
                 return run()
+        except GradprobeError as exc:
+            raise users_names(exc, rm.wrapped.names) from exc
         finally:
             post_usage(s, collector)
+
+
+def users_names(exc: GradprobeError, names: NameMap) -> GradprobeError:
+    """``exc`` naming the module a forward raised in as the user's model does: the run called the wrapper, whose
+    names carry ``module.`` (DDP) or ``_fsdp_wrapped_module.`` (FSDP1) and whose classes are ``FSDPNet`` (FSDP2)."""
+    if exc.module is None:
+        return exc
+    name, kind = exc.module
+    mine = names.module(name)
+    if mine is None:  # the wrapper's own module (DDP, an FSDP1 wrapper): no user's name to give
+        return exc
+    mine_kind = names.types.get(name, kind)
+    before, after = module_phrase(name, kind), module_phrase(mine, mine_kind)
+    if before == after or before not in exc.message:
+        return exc
+    return type(exc)(exc.message.replace(before, after, 1), phase=exc.phase, debug_hint=exc.debug_hint,
+                     module=(mine, mine_kind))
 
 
 def run_second_iteration(s: DistSession, rm: RankModel, collector: RankCollector,

@@ -47,8 +47,8 @@ from gradprobe.run.trackers.setup import RunTrackers, make_trackers
 from gradprobe.run.trackers.writes import ParamWriteGuard
 from gradprobe.run.trackers.zero_factor import zero_factor_partners
 
-__all__ = ["LossFn", "ProbeOptions", "ProbeResult", "RunSetup", "capture_state", "device_of", "param_names",
-           "prepare_runs", "run_probe", "sum_loss"]
+__all__ = ["LossFn", "ProbeOptions", "ProbeResult", "RunSetup", "capture_state", "device_of", "module_phrase",
+           "param_names", "prepare_runs", "run_probe", "sum_loss"]
 
 _SHALLOW_DEPTH = 10_000  # freeing recurses ~205 B of C stack per level: 10k levels fit the main thread's 8 MiB
 
@@ -304,7 +304,8 @@ def forward(run: _Run) -> Any:
                        f"process", phase="forward") from exc
     except Exception as exc:
         where = run.trackers.recorder.failed_in
-        module = _module_label(model, where[0] if where else "")
+        failed = where[0] if where else ""
+        module, kind = _module_label(model, failed), _module_kind(model, failed)
         values = _no_host_values(exc)
         if values is not None:
             raise RunError(f"forward on the meta device failed in module {module}: {values}; {values.fix()}",
@@ -313,8 +314,9 @@ def forward(run: _Run) -> Any:
         if value_op is not None:
             raise RunError(meta_failure_message(value_op, module), phase="forward") from exc
         raise RunError(
-            f"forward raised in {'module ' if where and where[0] else ''}{module}: {describe_exception(exc)}; "
+            f"forward raised in {module_phrase(failed, kind)}: {describe_exception(exc)}; "
             f"{_inference_state_note(model, exc)}inputs: {inputs.describe()}", phase="forward", debug_hint=True,
+            module=(failed, kind),
         ) from exc
     run.forward_time = time.perf_counter() - t0
     return output
@@ -533,7 +535,16 @@ def device_of(model: nn.Module, inputs: list[torch.Tensor], params: list[torch.T
     return torch.device("cpu")
 
 
-def _module_label(model: nn.Module, name: str) -> str:
+def _module_kind(model: nn.Module, name: str) -> str:
     mod = dict(model.named_modules(remove_duplicate=False)).get(name)
-    kind = type(mod).__name__ if mod is not None else "?"
+    return type(mod).__name__ if mod is not None else "?"
+
+
+def _module_label(model: nn.Module, name: str) -> str:
+    kind = _module_kind(model, name)
     return f"'{name}' ({kind})" if name else f"the model itself ({kind})"
+
+
+def module_phrase(name: str, kind: str) -> str:
+    """``module 'enc.fc' (Linear)``, or ``the model itself (Net)`` for the root: where a forward raised."""
+    return f"module '{name}' ({kind})" if name else f"the model itself ({kind})"

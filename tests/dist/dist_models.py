@@ -195,6 +195,23 @@ class ForwardRaises(Net):
         return super().forward(x)
 
 
+class Boom(nn.Module):
+    """Raises on rank 1 only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if rank() == 1:
+            raise RuntimeError("rank 1 cannot run this layer")
+        return x
+
+
+class InnerRaises(Net):
+    """The forward raises inside a submodule ('head.1'), on rank 1 only."""
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__(hidden)
+        self.head = nn.Sequential(nn.Linear(hidden, 4), Boom())
+
+
 class ExtraCollective(Net):
     """Rank 0 all-reduces in its forward, rank 1 does not: rank 0 waits for a collective that never comes."""
 

@@ -97,6 +97,23 @@ def test_forward_raising_on_one_rank():
     assert line.startswith("gradprobe: run error: rank 1: ") and "rank 1 cannot run this forward" in line
 
 
+@pytest.mark.parametrize(("target", "wrap", "where"), [
+    ("InnerRaises", "ddp", "module 'head.1' (Boom)"),  # was 'module.head.1'
+    ("InnerRaises", "fsdp1", "module 'head.1' (Boom)"),  # was '_fsdp_wrapped_module.head.1'
+    ("ForwardRaises", "fsdp", "the model itself (ForwardRaises)"),  # was (FSDPForwardRaises)
+])
+def test_forward_raising_under_a_wrapper_names_the_users_module(target, wrap, where):
+    import dist_models
+
+    name, _, kind = where.partition("'")[2].partition("' (")
+    if name:  # the module exists under that name and class in the plain model
+        assert type(dict(getattr(dist_models, target)().named_modules())[name]).__name__ == kind.rstrip(")")
+    code, err, _, left = run_group("inspect", f"dist_models:{target}", "--wrap", wrap)
+    assert code == 2 and not left
+    line = one_line(err)
+    assert line.startswith("gradprobe: run error: rank 1: forward raised in " + where + ": RuntimeError"), line
+
+
 def test_collective_timeout_stops_every_rank_within_the_timeout():
     code, err, _, left = run_group("inspect", "dist_models:ExtraCollective")
     assert code == 2 and not left
