@@ -117,6 +117,14 @@ def rank_frozen() -> Net:
     return model
 
 
+def bitfit() -> Net:
+    """BitFit: every weight frozen, the biases trained."""
+    model = Net()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.endswith("bias"))
+    return model
+
+
 def ddp_net() -> nn.Module:
     ensure_group()
     return nn.parallel.DistributedDataParallel(Net())

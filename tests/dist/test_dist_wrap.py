@@ -60,6 +60,24 @@ def test_wrap_fsdp1_refused_unit_is_named(nproc):
     assert "Traceback" not in r.err
 
 
+def test_wrap_fsdp1_refused_unit_inside_one_module_is_not_told_to_shard_itself(nproc):
+    """BitFit under FSDP1: 'bn' and 'head' each hold a frozen weight and a trainable bias.  The fix said to make the
+    trainable modules separate FSDP units (--shard GLOB): no unit can separate a module's own parameters."""
+    import dist_models
+
+    flags = {n: p.requires_grad for n, p in dist_models.bitfit().named_parameters()}  # plain PyTorch
+    assert [n for n, f in flags.items() if not f] == ["stem.weight", "bn.weight", "head.weight"]
+    r = nproc("inspect", "dist_models:bitfit", "--wrap", "fsdp1", "--shard", "stem")
+    assert r.code == 2
+    (line,) = r.gradprobe_lines()
+    assert "cannot flatten the root unit (Net): it mixes 2 frozen parameter(s) (bn.weight, head.weight) with 2 " \
+           "trainable one(s) (bn.bias, head.bias)" in line
+    assert "Must flatten tensors with uniform `requires_grad`" in line  # torch's own error, quoted
+    assert "--shard GLOB" not in line and "separate FSDP units" not in line, line
+    assert "'bn' and 'head' each hold frozen and trainable parameters themselves" in line, line
+    assert "--use-orig-params" in line
+
+
 def test_rank_dependent_models_without_a_wrapper(nproc):
     r = nproc("inspect", "dist_models:RankChaos", "-f", "json")
     assert r.code == 0, r.err

@@ -169,6 +169,22 @@ def test_fsdp_mixed_units():
     assert judge_distributed(facts(ps, ps, wrapper=WrapperInfo("fsdp", "target"), extra={0: {"units": (split,)}})) == []
 
 
+def test_fsdp_mixed_unit_inside_one_module_is_not_told_to_split():
+    """BitFit: 'layers.0' holds a frozen weight and a trainable bias itself.  The hint told users to make the trainable
+    modules their own units; no unit can separate a module's own parameters."""
+    unit = UnitFact("layers.0", frozen=("layers.0.weight",), trainable=("layers.0.bias",), frozen_bytes=256,
+                    trainable_bytes=32, all_gather_forward_bytes=288, all_gather_backward_bytes=288,
+                    reduce_scatter_bytes=32, gradient_bytes=32)
+    ps = [param("layers.0.weight", rg=False, grad="none", local=None), param("layers.0.bias")]
+    for wrapper, code in ((WrapperInfo("fsdp", "target"), "fsdp-mixed-unit"),
+                          (WrapperInfo("fsdp1", "target", use_orig_params=True), "fsdp1-frozen-grad-memory")):
+        dist = facts(ps, ps, wrapper=wrapper, extra={0: {"units": (unit,)}, 1: {"units": (unit,)}})
+        (f,) = [x for x in judge_distributed(dist) if x.code == code]
+        assert "own FSDP units" not in f.hint and "--shard" not in f.hint and "fully_shard" not in f.hint, f.hint
+        assert "'layers.0' holds frozen and trainable parameters itself" in f.hint, f.hint
+        assert "as a whole" in f.hint
+
+
 @pytest.mark.parametrize(("states", "expected"), [
     ([("nonzero", 3.0, "Shard(dim=0)"), ("nonzero", 4.0, "Shard(dim=0)")], ("nonzero", 5.0)),
     ([("nonzero", 3.0, "flat[0:4]"), (NO_SHARD, None, "flat[]")], ("nonzero", 3.0)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gradprobe.facts.distributed import DistFacts, RankParam, UnitFact
 from gradprobe.facts.run import Finding, RunFacts
-from gradprobe.judges.distributed.text import names_text, owner, subject
+from gradprobe.judges.distributed.text import names_text, owner, subject, tangled_modules, tangled_text
 from gradprobe.units import human_bytes
 
 
@@ -81,6 +81,11 @@ def mix_text(u: UnitFact) -> str:
 
 
 def split_hint(u: UnitFact, wrapper: str) -> str:
+    tangled = tangled_modules(u.frozen, u.trainable)
+    if tangled:
+        which = f"'{tangled[0]}'" if len(tangled) == 1 and tangled[0] else "each such module"
+        return (f"{tangled_text(tangled)}; freeze or train {which} as a whole, or accept this cost if the split is "
+                f"intended (BitFit trains biases only)")
     call = "fully_shard(model.{m})" if wrapper == "fsdp" else "an FSDP unit for {m} (auto_wrap_policy)"
     for part, names in (("trainable", u.trainable), ("frozen", u.frozen)):
         module = owner(names)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gradprobe.errors import RunError, UsageError, describe_exception
+from gradprobe.judges.distributed.text import tangled_modules, tangled_text
 from gradprobe.units import common_module
 
 WRAP_KINDS = ("ddp", "fsdp", "fsdp1")
@@ -103,11 +104,16 @@ def _names(names: Sequence[str], limit: int = 4) -> str:
 def fsdp1_mixed_message(unit: str, kind: str, frozen: Sequence[str], trainable: Sequence[str], torch_error: str,
                         split: str | None = None) -> str:
     where = f"unit '{unit}'" if unit else "the root unit"
+    said = (f"FSDP1 with use_orig_params=False cannot flatten {where} ({kind}): it mixes {len(frozen)} frozen "
+            f"parameter(s) ({_names(frozen)}) with {len(trainable)} trainable one(s) ({_names(trainable)}); torch "
+            f"says: {torch_error}; fix: ")
+    tangled = tangled_modules(frozen, trainable)
+    if tangled:  # BitFit: a module's own weight frozen, its bias trained
+        return (f"{said}use_orig_params=True (--use-orig-params), which keeps gradient memory for the frozen ones: "
+                f"{tangled_text(tangled)}; or freeze or train each such module as a whole")
     fix = (f"make '{split}' an FSDP unit of its own (with --wrap fsdp1: --shard '{split}')" if split
            else "separate FSDP units for the trainable modules (with --wrap fsdp1: --shard GLOB)")
-    return (f"FSDP1 with use_orig_params=False cannot flatten {where} ({kind}): it mixes {len(frozen)} frozen "
-            f"parameter(s) ({_names(frozen)}) with {len(trainable)} trainable one(s) ({_names(trainable)}); torch "
-            f"says: {torch_error}; fix: {fix} so that each unit is all frozen or all trainable, or "
+    return (f"{said}{fix} so that each unit is all frozen or all trainable, or "
             f"use_orig_params=True (--use-orig-params), which keeps gradient memory for the frozen ones")
 
 
