@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -216,6 +217,8 @@ class ModelState:
     grad_enabled: bool = True
     rng: torch.Tensor | None = None
     cuda_rng: list[torch.Tensor] | None = None
+    # FSDP2 (fully_shard) modules: resharded before the registrations are put back (see _restore_registrations)
+    fsdp2: list[nn.Module] = field(default_factory=list)
 
     @classmethod
     def capture(cls, model: nn.Module, *, param_values: bool = False, rng: bool = True,
@@ -227,8 +230,11 @@ class ModelState:
         state = cls(model=model, grad_enabled=torch.is_grad_enabled())
         seen: set[int] = set()
         slots, leaves = state.slots, state.leaves
+        fsdp2 = fsdp2_class()
         for mod_name, mod in model.named_modules():
             params, buffers = mod._parameters, mod._buffers
+            if fsdp2 is not None and isinstance(mod, fsdp2):
+                state.fsdp2.append(mod)
             if is_scripted(mod):
                 flag = bool(mod._c.getattr("training"))
                 slots.append(_Slots(mod, mod.training, flag, "training" in mod.__dict__, dict(params.items()),
@@ -319,6 +325,12 @@ class ModelState:
         return [(buf, copy) for _, _, buf, copy in self.buffers if buf is not None and copy is not None]
 
     def _restore_registrations(self) -> None:
+        # A forward without backward leaves FSDP2's root unit unsharded (its parameters registered unsharded until
+        # the backward reshards them).  Putting the sharded ones back behind FSDP2's back made its next forward
+        # skip the all-gather and mix DTensor and Tensor: reshard first (local, no collective), which registers
+        # the sharded parameters again itself.
+        for mod in self.fsdp2:
+            mod.reshard()  # type: ignore[operator]
         for mod, _, _, _, params, buffers, modules in self.slots:
             for table, saved in ((mod._parameters, params), (mod._buffers, buffers), (mod._modules, modules)):
                 if saved or table:
@@ -329,6 +341,19 @@ class ModelState:
             torch.random.set_rng_state(self.rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state_all(self.cuda_rng)
+
+
+def fsdp2_class() -> type | None:
+    """FSDP2's ``FSDPModule``, once ``torch.distributed.fsdp`` is imported (no FSDP2 module exists before)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return getattr(fsdp, "FSDPModule", None) if fsdp is not None else None
+
+
+def fsdp2_modules(model: nn.Module) -> list[nn.Module]:
+    """``model``'s FSDP2 (fully_shard) modules: to reshard before putting registrations back (see
+    :meth:`ModelState._restore_registrations`)."""
+    cls = fsdp2_class()
+    return [m for m in model.modules() if isinstance(m, cls)] if cls is not None else []
 
 
 _MODULE_SETATTR = nn.Module.__setattr__  # for a bool "training" it checks parameter, module and buffer tables first

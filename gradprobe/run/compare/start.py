@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradprobe.run.state import restore_tensor, seed_generators, table_get, version_of
+from gradprobe.run.state import fsdp2_modules, restore_tensor, seed_generators, table_get, version_of
 
 
 def set_training(mod: nn.Module, flag: bool) -> None:
@@ -60,6 +60,9 @@ class StartState:
             else:
                 self._scripted.append(entry)
         self._tables = list(tables.values())
+        self._fsdp2 = fsdp2_modules(model)  # resharded before the registrations are checked (a forward without
+        # backward leaves FSDP2's root unit unsharded; putting the sharded parameters back behind its back breaks
+        # its next forward)
         # an inference tensor has no version counter: it is copied back before every run (rare: a buffer or
         # parameter made under torch.inference_mode)
         self._always = [e for e in self.tensors if e[3] is not None and e[6]]
@@ -94,6 +97,8 @@ class StartState:
         statistics without bumping their version counter (torch 2.13 CPU), so after a train-mode run only a
         full copy puts them back.  A train-mode forward does not read them; a tracked run's buffer facts do.
         """
+        for mod in self._fsdp2:
+            mod.reshard()  # type: ignore[operator]
         for store, keys, tensors in self._tables:
             if not all(map(operator.is_, map(store.get, keys), tensors)):
                 for key, t in zip(keys, tensors, strict=True):
