@@ -76,6 +76,9 @@ def test_rank_dependent_branch_is_named_with_its_ranks(reference):
     differs = finding(doc, "dist-grad-differs")
     assert differs["subject"] == "aux"
     assert "on rank 0 but none on rank 1" in differs["message"] and "1/2" in differs["message"]
+    # the model passes find_unused_parameters=True already: the fix must not tell it to (it did)
+    assert doc["distributed"]["wrapper"]["find_unused_parameters"] is True
+    assert "find_unused_parameters=True" not in differs["hint"], differs["hint"]
     assert "ddp-find-unused-cost" not in codes(doc)
 
 

@@ -71,6 +71,24 @@ def test_gradient_used_on_some_ranks_only_names_params_and_ranks():
     assert "scaled by 1/2" in g.message
 
 
+def test_gradient_used_on_some_ranks_only_advice_fits_the_wrapper():
+    """The fix said "or use find_unused_parameters=True with DDP" also to DDP that had it and to FSDP (which has no
+    such option)."""
+    r0 = [param("fc.weight"), param("aux.weight")]
+    r1 = [param("fc.weight"), param("aux.weight", grad="none", local=False)]
+    hints = {}
+    for name, wrapper in (("ddp", WrapperInfo("ddp", "target", find_unused_parameters=False)),
+                          ("ddp-unused", WrapperInfo("ddp", "target", find_unused_parameters=True)),
+                          ("fsdp", WrapperInfo("fsdp", "target")), ("fsdp1", WrapperInfo("fsdp1", "target")),
+                          ("none", None)):
+        (f,) = [x for x in judge_distributed(facts(r0, r1, wrapper=wrapper)) if x.code == "dist-grad-differs"]
+        hints[name] = f.hint
+    assert all("0 * branch_output.sum()" in h for h in hints.values())
+    assert "find_unused_parameters=True" in hints["ddp"] and "find_unused_parameters=True" in hints["none"]
+    for name in ("ddp-unused", "fsdp", "fsdp1"):
+        assert "find_unused_parameters" not in hints[name], (name, hints[name])
+
+
 def test_requires_grad_shape_and_order_differences():
     r0 = [param("a.weight"), param("b.weight"), param("c.weight", shape=(4, 8))]
     r1 = [param("b.weight"), param("a.weight", rg=False, grad="none", local=None), param("c.weight", shape=(5, 8))]

@@ -3,7 +3,7 @@ values, buffers after the forward."""
 
 from __future__ import annotations
 
-from gradprobe.facts.distributed import DistFacts, RankParam
+from gradprobe.facts.distributed import DistFacts, RankParam, WrapperInfo
 from gradprobe.facts.run import Finding
 from gradprobe.judges.distributed.text import names_text, ranks_text, subject
 
@@ -79,6 +79,17 @@ def requires_grad_differs(dist: DistFacts, per: dict[str, list[RankParam | None]
     return out
 
 
+def _find_unused_hint(w: WrapperInfo) -> str:
+    """DDP's find_unused_parameters=True as a way out, only where it is one: not to DDP that already has it, not to
+    FSDP, which has no such option."""
+    if w.kind == "ddp" and not w.find_unused_parameters:
+        return (", or pass find_unused_parameters=True to DistributedDataParallel (no hang, but it averages in "
+                "zeros from the ranks that skip them)")
+    if w.kind == "none":
+        return ", or under DistributedDataParallel pass find_unused_parameters=True (no hang, but zeros averaged in)"
+    return ""
+
+
 def grad_differs(dist: DistFacts, per: dict[str, list[RankParam | None]]) -> list[Finding]:
     groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[str]] = {}
     for name, ranks in per.items():
@@ -112,7 +123,7 @@ def grad_differs(dist: DistFacts, per: dict[str, list[RankParam | None]]) -> lis
             f"{names_text(names)} get{'s' if len(names) == 1 else ''} a gradient on {ranks_text(used)} but none on "
             f"{ranks_text(unused)} (a data-dependent branch or routing decides per rank): {effect}",
             "make every rank's loss depend on them (e.g. add 0 * branch_output.sum() on ranks that skip the "
-            "branch), or use find_unused_parameters=True with DDP"))
+            f"branch){_find_unused_hint(w)}"))
     return out
 
 
