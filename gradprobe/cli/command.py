@@ -28,6 +28,17 @@ def print_error(message: str, kind: str = "error") -> None:
     sys.stderr.flush()
 
 
+def _another_rank() -> bool:
+    """Under a launcher, a rank other than 0.  Options are checked on every rank before the ranks meet (the same
+    command line and settings everywhere): a usage error is then the same on every rank, and rank 0 says it once."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+    except ValueError:
+        return False
+
+
 def guarded(debug: bool, body: Callable[[], int]) -> None:
     """Run a command body; turn every failure into one line and exit code 2."""
     try:
@@ -37,7 +48,8 @@ def guarded(debug: bool, body: Callable[[], int]) -> None:
         raise
     except GradprobeError as exc:
         _traceback(debug)
-        print_error(str(exc), exc.kind)
+        if not (isinstance(exc, UsageError) and _another_rank()):
+            print_error(str(exc), exc.kind)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         _traceback(debug)

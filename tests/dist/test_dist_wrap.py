@@ -119,3 +119,13 @@ def test_wrap_without_torchrun_is_a_world_of_one(nproc, run_cli):
     doc = json.loads(r.out)
     assert doc["world_size"] == 1
     assert "fsdp-mixed-unit" in codes(doc)
+
+
+@pytest.mark.parametrize("args", [("--grads",), ("--top", "-1")])
+def test_usage_error_under_nproc_is_one_line(nproc, args):
+    """Options are checked on every rank before the ranks meet: each rank printed the same usage error."""
+    r = nproc("inspect", "dist_models:net", *args)
+    assert r.code == 2
+    lines = r.gradprobe_lines()
+    assert len(lines) == 1 and lines[0].startswith("gradprobe: usage error: "), r.err
+    assert "Traceback" not in r.err
