@@ -236,6 +236,35 @@ def test_fp16_underflow_counts_and_verdict() -> None:
     assert first.grad_out_subnormal and first.grad_out_subnormal / first.grad_out_numel >= 0.01
 
 
+class Fp16ReluUnderflow(nn.Module):
+    """Fp16Underflow with ReLU between the layers: ReLU zeros half the gradient by design, underflow adds more."""
+
+    def __init__(self, autocast: bool = True) -> None:
+        super().__init__()
+        self.autocast = autocast
+        self.layers = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+        self.example_input_array = torch.randn(8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.float16, enabled=self.autocast):
+            return self.layers(x) * 1e-6
+
+
+def test_fp16_underflow_does_not_count_relu_zeros_as_flushed() -> None:
+    """The exact zeros that rise toward the input were all put down to float16 flushing, but ReLU masks make most
+    of them: plain PyTorch in float32 (nothing can flush) has them too."""
+    model, report, _ = run(Fp16ReluUnderflow)
+    torch.manual_seed(0)
+    plain = Fp16ReluUnderflow(autocast=False)
+    plain.load_state_dict(model.state_dict())
+    ref32 = Reference(plain)
+    first = ref32.grads[("layers.0", 0)][0]
+    assert first.dtype == torch.float32 and float((first == 0).float().mean()) > 0.3  # ReLU's zeros, by design
+    finding = next(f for f in report.findings if f.code == "fp16-underflow")
+    assert "exact zeros rise" in finding.message
+    assert "also those a ReLU or a mask makes by design" in finding.message, finding.message
+
+
 def test_vanishing_sigmoid_mlp_against_hooks() -> None:
     model, report, gh = run(grad_models.deep_sigmoid)
     ref = Reference(model)

@@ -42,8 +42,10 @@ def underflow_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
                      f"{worst_sub:.0%} of their elements) at {shorten(hit)}")
     if len(zero_shares) >= 2 and zero_shares[0][1] > zero_shares[-1][1]:
         (early, early_share), (late, late_share) = zero_shares[0], zero_shares[-1]
+        # every exact zero is counted: a ReLU or a mask makes some by design, which no count here tells apart
         parts.append(f"exact zeros rise from {late_share:.0%} of the gradient at {label(gh, late)} to "
-                     f"{early_share:.0%} at {label(gh, early)}")
+                     f"{early_share:.0%} at {label(gh, early)} (every exact zero counts, also those a ReLU or a mask "
+                     f"makes by design)")
     if flushed:
         parts.append(f"{len(flushed)} float16 gradient(s) are all zeros although the gradient at the model's output "
                      f"is not, at {shorten(flushed)}")
