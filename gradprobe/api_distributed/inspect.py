@@ -8,7 +8,14 @@ from typing import Any
 
 from gradprobe.api_distributed.observe import run_second_iteration, run_with_collector
 from gradprobe.api_distributed.rank import DistOptions, LoadSpec, RankModel, load_rank
-from gradprobe.facts.distributed import DistFacts, DistInspectReport, RankFacts, merge_run_facts, rename_run_facts
+from gradprobe.facts.distributed import (
+    DistFacts,
+    DistInspectReport,
+    RankFacts,
+    merge_run_facts,
+    rename_run_facts,
+    zero_factors_from_shards,
+)
 from gradprobe.facts.run import InspectReport, ParamFact, RunFacts
 from gradprobe.judges.distributed import judge_distributed
 from gradprobe.run.distributed.collect import RankCollector
@@ -104,7 +111,7 @@ def inspect_loaded(s: DistSession, rm: RankModel, target: str, **probe_kwargs: A
         facts = rename_run_facts(report.facts, w.names)  # only rank 0 reports: the others rename nothing
         dist = dist_facts(s, rm, gathered)
         dist = replace(dist, notes=notes(rm, dist))
-        merged = merge_run_facts(synthesized(facts, dist), dist)
+        merged = zero_factors_from_shards(merge_run_facts(synthesized(facts, dist), dist), dist)
         merged = replace(merged, notes=dist.notes + merged.notes, memory=rank0_memory(merged, dist))
         cross = tuple(judge_distributed(dist, merged))
         base = judge_inspect(merged)

@@ -44,6 +44,8 @@ class RankParam:
     local_bytes: int = 0  # parameter bytes held by this rank
     digest: str | None = None  # of the values before the run (None: not compared)
     unit: str | None = None  # FSDP unit (module name) whose all-gather carries it
+    # FSDP2, trainable, after a backward: this rank's shard holds only zeros (an empty shard: True); None: not read
+    values_zero: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,26 @@ def merge_run_facts(facts: RunFacts, dist: DistFacts) -> RunFacts:
         params.append(replace(p, shape=shape, dtype=dtype, grad=state, grad_norm=norm, numel=numel,
                               nbytes=numel * size))
     return replace(facts, parameters=tuple(params))
+
+
+def zero_factors_from_shards(facts: RunFacts, dist: DistFacts) -> RunFacts:
+    """Rank 0's facts with the all-zero parameters the ranks' FSDP2 shards show, where a gradient is exactly zero.
+
+    A single-process run finds a zero factor (LoRA's ``B = 0``) in the autograd graph by reading the parameters'
+    values.  Under FSDP2 no process holds a whole parameter after the backward (each rank keeps its shard, the
+    unsharded values are freed), so the engine finds none.  A parameter whose shard holds only zeros on every
+    rank is all zeros: measured.  Which of them explains a zero gradient is then judged from the model's structure
+    (an all-zero matrix next to the parameter, sharing a dimension with it), and worded as such
+    (``zero_grad_partners`` None: not read off the graph)."""
+    if dist.wrapper.kind != "fsdp" or facts.zero_grad_partners:
+        return facts
+    if not any(p.requires_grad and p.grad is GradState.ZERO for p in facts.parameters):
+        return facts
+    zero = tuple(name for name, ranks in dist.per_param().items()
+                 if ranks and all(r is not None and r.values_zero for r in ranks))
+    if not zero:
+        return facts
+    return replace(facts, zero_grad_partners=None, zero_valued_parameters=zero)
 
 
 def _dtype_size(dtype: str) -> int:

@@ -179,6 +179,46 @@ def fsdp2_tower_split() -> nn.Module:
     return model
 
 
+class LoraBlock(nn.Module):
+    """A frozen linear layer with a LoRA adapter: ``B`` zero-initialised, so ``A``'s first gradient is exactly zero."""
+
+    def __init__(self, width: int, r: int = 4) -> None:
+        super().__init__()
+        self.base = nn.Linear(width, width)
+        self.base.requires_grad_(False)
+        self.lora_A = nn.Linear(width, r, bias=False)
+        self.lora_B = nn.Linear(r, width, bias=False)
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.lora_B(self.lora_A(x))
+
+
+class LoraTower(nn.Module):
+    def __init__(self, width: int = 16, depth: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = nn.ModuleList(LoraBlock(width) for _ in range(depth))
+        self.out = nn.Linear(width, 3)
+        self.example_input_array = torch.randn(4, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = b(x)
+        return self.out(x)
+
+
+def fsdp2_lora() -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    ensure_group()
+    model = LoraTower()
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
 def fsdp1_tower(use_orig_params: bool = True) -> nn.Module:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy

@@ -49,6 +49,29 @@ def test_fsdp2_shards_and_gradients_match_pytorch_and_mixed_units_are_measured(r
     assert "grad-none" not in codes(doc)
 
 
+def test_fsdp2_zero_initialised_lora_factor_is_found_from_the_shards(nproc):
+    """No process holds a whole parameter after an FSDP2 backward; every rank's shards of ``lora_B`` are all zeros,
+    so ``lora_A``'s exactly zero gradient is the first LoRA step's (info), as in one process, not a warning."""
+    from dist_models import LoraTower
+
+    plain = LoraTower()  # plain PyTorch, one process: what the verdict must agree with
+    plain(plain.example_input_array).sum().backward()
+    for block in plain.blocks:
+        assert not bool(block.lora_B.weight.detach().any()) and not bool(block.lora_A.weight.grad.any())
+        assert bool(block.lora_B.weight.grad.any())
+    r = nproc("inspect", "dist_models:fsdp2_lora", "-f", "json")
+    assert r.code == 0, r.err
+    doc = r.json()
+    params = by_name(doc)
+    assert [x["placement"] for x in params["blocks.0.lora_B.weight"]["ranks"]] == ["Shard(dim=0)"] * 2
+    zero = [f for f in doc["findings"] if f["code"] == "grad-zero"]
+    assert sorted(f["subject"] for f in zero) == ["blocks.0.lora_A.weight", "blocks.1.lora_A.weight"]
+    for f in zero:
+        assert f["severity"] == "info", f
+        assert f["subject"].replace("lora_A", "lora_B") in f["message"] and "dead ReLU" not in f["hint"]
+    assert doc["zero_grad_partners"] is None  # judged from the shards and the structure, not read off the graph
+
+
 def test_fsdp1_use_orig_params_shards_empty_on_some_ranks_and_frozen_gradient_bytes(reference):
     r = reference(["dist_models:fsdp1_tower"], ["inspect", "dist_models:fsdp1_tower", "-f", "json"])
     assert r.code == 0, r.err

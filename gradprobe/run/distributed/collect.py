@@ -336,6 +336,7 @@ class RankCollector:
         fsdp2_grads = _sharded_grad_states({n: g for s in self.units.values() for n, g in s.sharded_grads.items()})
         for stats in self.units.values():
             stats.sharded_grads.clear()  # read: the gradients are the model's again to free
+        zero_shards = self._zero_shards() if self.w.kind == "fsdp" and did_backward else {}
         for name, info in self.w.shards.items():
             size = element_size(info.dtype)
             held = numel(info.local_shape) * size
@@ -349,11 +350,35 @@ class RankCollector:
                 name=name, global_shape=info.global_shape, local_shape=info.local_shape, placement=info.placement,
                 dtype=_dtype(info.dtype), requires_grad=info.requires_grad, grad=grad, grad_norm=norm,
                 local_grad=local[0], local_grad_norm=local[1], local_bytes=held,
-                digest=self.value_digests.get(name), unit=info.unit,
+                digest=self.value_digests.get(name), unit=info.unit, values_zero=zero_shards.get(name),
             ))
         if self.w.kind == "fsdp1":
             local_grad_bytes = sum(total for total, _ in self.flat_unit_bytes.values())
         return params, local_param_bytes, local_grad_bytes
+
+    def _zero_shards(self) -> dict[str, bool]:
+        """Original name → whether this rank's shard of a trainable FSDP2 parameter holds only zeros (an empty shard:
+        True): rank 0 finds the all-zero parameters (LoRA's ``B``) from every rank's answer, which no process can
+        read whole after the backward.  One ``_foreach_norm`` over the trainable shards; a zero norm is confirmed
+        element-wise (squares of tiny values underflow)."""
+        param = self.w.names.param
+        shards: list[tuple[str, torch.Tensor]] = []
+        found: dict[str, bool] = {}
+        with quiet():
+            for name, p in self.w.model.named_parameters():
+                t = local_tensor(p)
+                if not p.requires_grad or t is None or t.device.type == "meta" or t.layout != torch.strided \
+                        or not (t.is_floating_point() or t.is_complex()):
+                    continue
+                if t.numel() == 0:
+                    found[param(name)] = True
+                else:
+                    shards.append((param(name), t.detach()))
+            if shards:
+                norms = torch.stack(torch._foreach_norm([t for _, t in shards])).tolist()
+                for (name, t), n in zip(shards, norms, strict=True):
+                    found[name] = n == 0 and not bool(torch.any(t != 0))
+        return found
 
     def _grad_of(self, name: str, info: Any, fact: Any, did_backward: bool,
                  fsdp2_grads: dict[str, tuple[str, float | None, int]]) -> tuple[str | None, float | None, int]:
