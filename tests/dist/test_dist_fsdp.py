@@ -70,6 +70,9 @@ def test_fsdp2_zero_initialised_lora_factor_is_found_from_the_shards(nproc):
         assert f["severity"] == "info", f
         assert f["subject"].replace("lora_A", "lora_B") in f["message"] and "dead ReLU" not in f["hint"]
     assert doc["zero_grad_partners"] is None  # judged from the shards and the structure, not read off the graph
+    assert [x["values_zero"] for x in params["blocks.0.lora_B.weight"]["ranks"]] == [True, True]
+    assert [x["values_zero"] for x in params["blocks.0.lora_A.weight"]["ranks"]] == [False, False]
+    assert [x["values_zero"] for x in params["blocks.0.base.weight"]["ranks"]] == [None, None]  # frozen: not read
 
 
 def test_fsdp1_use_orig_params_shards_empty_on_some_ranks_and_frozen_gradient_bytes(reference):

@@ -20,9 +20,14 @@ from gradprobe.facts.distributed import (
     merged_grad,
     rename_strings,
     wrapper_text_cleaner,
+    zero_factors_from_shards,
 )
+from gradprobe.facts.run import RunFacts
 from gradprobe.judges.distributed import CODES, judge_distributed
 from gradprobe.judges.distributed.text import ranks_text, shard_text
+from gradprobe.judges.inspect import judge_inspect
+from tests.fixtures.facts import param as run_param
+from tests.fixtures.facts import run_facts
 
 
 def param(name: str, *, rg: bool = True, grad: str | None = "nonzero", norm: float | None = 1.0,
@@ -227,3 +232,39 @@ def test_names_and_text_helpers():
     memory = RankMemory(0, 1, 2, 3, 4, 5)
     assert rename_strings(memory, str.upper) == memory  # numbers untouched
     assert rename_strings(("module.a", ["module.b"]), ddp) == ("a", ["b"])
+
+
+# ---- FSDP2: all-zero parameters from the ranks' shards (zero_factors_from_shards)
+
+
+def _lora_run() -> RunFacts:
+    a = replace(run_param("b.lora_A.weight", 8, grad="zero", grad_norm=0.0), shape=(2, 4))
+    b = replace(run_param("b.lora_B.weight", 8, grad="nonzero", grad_norm=1.0), shape=(4, 2))
+    return run_facts([a, b], zero_grad_partners=())
+
+
+def _lora_dist(kind: str, zero_on_rank1: bool) -> DistFacts:
+    def ranks(r: int) -> list[RankParam]:
+        a = replace(param("b.lora_A.weight", grad="zero", norm=0.0, shape=(2, 4), placement="Shard(dim=0)"),
+                    values_zero=False)
+        b = replace(param("b.lora_B.weight", shape=(4, 2), placement="Shard(dim=0)"),
+                    values_zero=True if r == 0 else zero_on_rank1)
+        return [a, b]
+
+    return facts(ranks(0), ranks(1), wrapper=WrapperInfo(kind, "target"))
+
+
+@pytest.mark.parametrize("kind, zero_on_rank1, found", [
+    ("fsdp", True, ("b.lora_B.weight",)),  # every shard all zeros: the parameter is
+    ("fsdp", False, ()),  # one rank's shard holds a nonzero value: not all zeros
+    ("ddp", True, ()),  # a replicated parameter: the engine read it whole already
+])
+def test_zero_factor_from_every_rank_shard(kind: str, zero_on_rank1: bool, found: tuple[str, ...]) -> None:
+    merged = zero_factors_from_shards(_lora_run(), _lora_dist(kind, zero_on_rank1))
+    assert merged.zero_valued_parameters == found
+    (zero,) = [f for f in judge_inspect(merged).findings if f.code == "grad-zero"]
+    if found:
+        assert merged.zero_grad_partners is None  # not read off the graph: judged from the structure
+        assert zero.severity == "info" and "'b.lora_B.weight'" in zero.message
+    else:
+        assert merged.zero_grad_partners == () and zero.severity == "warning"
