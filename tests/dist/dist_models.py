@@ -78,9 +78,9 @@ class DataBranch(Net):
 class Tower(nn.Module):
     """Blocks with a frozen body and a trainable adapter each: FSDP units that mix frozen and trainable."""
 
-    def __init__(self, width: int = 16, depth: int = 2) -> None:
+    def __init__(self, width: int = 16, depth: int = 2, block: type[nn.Module] | None = None) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width) for _ in range(depth))
+        self.blocks = nn.ModuleList((block or Block)(width) for _ in range(depth))
         self.out = nn.Linear(width, 3)
         self.example_input_array = torch.randn(4, width)
 
@@ -155,15 +155,19 @@ def ddp_rank_branch_unused_ok() -> nn.Module:
     return nn.parallel.DistributedDataParallel(RankBranch(), find_unused_parameters=True)
 
 
-def fsdp2_tower() -> nn.Module:
+def _blocks_sharded(model: nn.Module) -> nn.Module:
+    """FSDP2 as a training script applies it: each block a unit, then the root."""
     from torch.distributed.fsdp import fully_shard
 
     ensure_group()
-    model = Tower()
-    for block in model.blocks:
+    for block in model.blocks:  # type: ignore[union-attr]
         fully_shard(block)
     fully_shard(model)
     return model
+
+
+def fsdp2_tower() -> nn.Module:
+    return _blocks_sharded(Tower())
 
 
 def fsdp2_tower_split() -> nn.Module:
@@ -194,29 +198,14 @@ class LoraBlock(nn.Module):
         return self.base(x) + self.lora_B(self.lora_A(x))
 
 
-class LoraTower(nn.Module):
+class LoraTower(Tower):
     def __init__(self, width: int = 16, depth: int = 2) -> None:
-        super().__init__()
         torch.manual_seed(0)
-        self.blocks = nn.ModuleList(LoraBlock(width) for _ in range(depth))
-        self.out = nn.Linear(width, 3)
-        self.example_input_array = torch.randn(4, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for b in self.blocks:
-            x = b(x)
-        return self.out(x)
+        super().__init__(width, depth, block=LoraBlock)
 
 
 def fsdp2_lora() -> nn.Module:
-    from torch.distributed.fsdp import fully_shard
-
-    ensure_group()
-    model = LoraTower()
-    for block in model.blocks:
-        fully_shard(block)
-    fully_shard(model)
-    return model
+    return _blocks_sharded(LoraTower())
 
 
 def fsdp1_tower(use_orig_params: bool = True) -> nn.Module:
