@@ -44,7 +44,7 @@ class RankParam:
     local_bytes: int = 0  # parameter bytes held by this rank
     digest: str | None = None  # of the values before the run (None: not compared)
     unit: str | None = None  # FSDP unit (module name) whose all-gather carries it
-    # FSDP2, trainable, after a backward: this rank's shard holds only zeros (an empty shard: True); None: not read
+    # FSDP, trainable, after a backward: this rank's shard holds only zeros (an empty shard: True); None: not read
     values_zero: bool | None = None
 
 
@@ -262,15 +262,15 @@ def merge_run_facts(facts: RunFacts, dist: DistFacts) -> RunFacts:
 
 
 def zero_factors_from_shards(facts: RunFacts, dist: DistFacts) -> RunFacts:
-    """Rank 0's facts with the all-zero parameters the ranks' FSDP2 shards show, where a gradient is exactly zero.
+    """Rank 0's facts with the all-zero parameters the ranks' FSDP shards show, where a gradient is exactly zero.
 
     A single-process run finds a zero factor (LoRA's ``B = 0``) in the autograd graph by reading the parameters'
-    values.  Under FSDP2 no process holds a whole parameter after the backward (each rank keeps its shard, the
-    unsharded values are freed), so the engine finds none.  A parameter whose shard holds only zeros on every
+    values.  Under FSDP (FSDP2, FSDP1) no process holds a whole parameter after the backward (each rank keeps its
+    shard, the unsharded values are freed), so the engine finds none.  A parameter whose shard holds only zeros on every
     rank is all zeros: measured.  Which of them explains a zero gradient is then judged from the model's structure
     (an all-zero matrix next to the parameter, sharing a dimension with it), and worded as such
     (``zero_grad_partners`` None: not read off the graph)."""
-    if dist.wrapper.kind != "fsdp" or facts.zero_grad_partners:
+    if dist.wrapper.kind not in ("fsdp", "fsdp1") or facts.zero_grad_partners:
         return facts
     if not any(p.requires_grad and p.grad is GradState.ZERO for p in facts.parameters):
         return facts

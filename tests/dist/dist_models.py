@@ -208,6 +208,15 @@ def fsdp2_lora() -> nn.Module:
     return _blocks_sharded(LoraTower())
 
 
+def fsdp1_lora() -> nn.Module:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    ensure_group()
+    return FSDP(LoraTower(), auto_wrap_policy=ModuleWrapPolicy({LoraBlock}), use_orig_params=True,
+                device_id=torch.device("cpu"))
+
+
 def fsdp1_tower(use_orig_params: bool = True) -> nn.Module:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy

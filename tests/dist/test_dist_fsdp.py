@@ -49,8 +49,9 @@ def test_fsdp2_shards_and_gradients_match_pytorch_and_mixed_units_are_measured(r
     assert "grad-none" not in codes(doc)
 
 
-def test_fsdp2_zero_initialised_lora_factor_is_found_from_the_shards(nproc):
-    """No process holds a whole parameter after an FSDP2 backward; every rank's shards of ``lora_B`` are all zeros,
+@pytest.mark.parametrize("factory, placement", [("fsdp2_lora", "Shard(dim=0)"), ("fsdp1_lora", "flat[")])
+def test_fsdp_zero_initialised_lora_factor_is_found_from_the_shards(nproc, factory, placement):
+    """No process holds a whole parameter after an FSDP backward; every rank's shards of ``lora_B`` are all zeros,
     so ``lora_A``'s exactly zero gradient is the first LoRA step's (info), as in one process, not a warning."""
     from dist_models import LoraTower
 
@@ -59,11 +60,11 @@ def test_fsdp2_zero_initialised_lora_factor_is_found_from_the_shards(nproc):
     for block in plain.blocks:
         assert not bool(block.lora_B.weight.detach().any()) and not bool(block.lora_A.weight.grad.any())
         assert bool(block.lora_B.weight.grad.any())
-    r = nproc("inspect", "dist_models:fsdp2_lora", "-f", "json")
+    r = nproc("inspect", f"dist_models:{factory}", "-f", "json")
     assert r.code == 0, r.err
     doc = r.json()
     params = by_name(doc)
-    assert [x["placement"] for x in params["blocks.0.lora_B.weight"]["ranks"]] == ["Shard(dim=0)"] * 2
+    assert all(x["placement"].startswith(placement) for x in params["blocks.0.lora_B.weight"]["ranks"])
     zero = [f for f in doc["findings"] if f["code"] == "grad-zero"]
     assert sorted(f["subject"] for f in zero) == ["blocks.0.lora_A.weight", "blocks.1.lora_A.weight"]
     for f in zero:
@@ -71,7 +72,8 @@ def test_fsdp2_zero_initialised_lora_factor_is_found_from_the_shards(nproc):
         assert f["subject"].replace("lora_A", "lora_B") in f["message"] and "dead ReLU" not in f["hint"]
     assert doc["zero_grad_partners"] is None  # judged from the shards and the structure, not read off the graph
     assert [x["values_zero"] for x in params["blocks.0.lora_B.weight"]["ranks"]] == [True, True]
-    assert [x["values_zero"] for x in params["blocks.0.lora_A.weight"]["ranks"]] == [False, False]
+    # lora_A: random values; an FSDP1 rank may hold none of them (an empty slice counts as zeros)
+    assert any(x["values_zero"] is False for x in params["blocks.0.lora_A.weight"]["ranks"])
     assert [x["values_zero"] for x in params["blocks.0.base.weight"]["ranks"]] == [None, None]  # frozen: not read
 
 

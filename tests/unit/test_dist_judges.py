@@ -234,7 +234,7 @@ def test_names_and_text_helpers():
     assert rename_strings(("module.a", ["module.b"]), ddp) == ("a", ["b"])
 
 
-# ---- FSDP2: all-zero parameters from the ranks' shards (zero_factors_from_shards)
+# ---- FSDP: all-zero parameters from the ranks' shards (zero_factors_from_shards)
 
 
 def _lora_run() -> RunFacts:
@@ -257,6 +257,7 @@ def _lora_dist(kind: str, zero_on_rank1: bool) -> DistFacts:
 @pytest.mark.parametrize("kind, zero_on_rank1, found", [
     ("fsdp", True, ("b.lora_B.weight",)),  # every shard all zeros: the parameter is
     ("fsdp", False, ()),  # one rank's shard holds a nonzero value: not all zeros
+    ("fsdp1", True, ("b.lora_B.weight",)),  # FSDP1: each rank's slice of the flat parameter
     ("ddp", True, ()),  # a replicated parameter: the engine read it whole already
 ])
 def test_zero_factor_from_every_rank_shard(kind: str, zero_on_rank1: bool, found: tuple[str, ...]) -> None:

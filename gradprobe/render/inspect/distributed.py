@@ -56,7 +56,7 @@ def rank_param_json(rank: int, p: RankParam) -> dict[str, Any]:
         "rank": rank, "local_shape": list(p.local_shape), "placement": p.placement, "requires_grad": p.requires_grad,
         "grad": p.grad, "grad_norm": _num(p.grad_norm), "local_grad": p.local_grad,
         "local_grad_norm": _num(p.local_grad_norm), "local_bytes": p.local_bytes, "unit": p.unit,
-        "values_zero": p.values_zero,  # FSDP2, trainable: this rank's shard holds only zeros (null: not read)
+        "values_zero": p.values_zero,  # FSDP, trainable: this rank's shard holds only zeros (null: not read)
     }
 
 

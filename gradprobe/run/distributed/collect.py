@@ -336,7 +336,7 @@ class RankCollector:
         fsdp2_grads = _sharded_grad_states({n: g for s in self.units.values() for n, g in s.sharded_grads.items()})
         for stats in self.units.values():
             stats.sharded_grads.clear()  # read: the gradients are the model's again to free
-        zero_shards = self._zero_shards() if self.w.kind == "fsdp" and did_backward else {}
+        zero_shards = self._zero_shards() if self.w.kind in ("fsdp", "fsdp1") and did_backward else {}
         for name, info in self.w.shards.items():
             size = element_size(info.dtype)
             held = numel(info.local_shape) * size
@@ -357,27 +357,39 @@ class RankCollector:
         return params, local_param_bytes, local_grad_bytes
 
     def _zero_shards(self) -> dict[str, bool]:
-        """Original name → whether this rank's shard of a trainable FSDP2 parameter holds only zeros (an empty shard:
+        """Original name → whether this rank's shard of a trainable FSDP parameter holds only zeros (an empty shard:
         True): rank 0 finds the all-zero parameters (LoRA's ``B``) from every rank's answer, which no process can
-        read whole after the backward.  One ``_foreach_norm`` over the trainable shards; a zero norm is confirmed
+        read whole after the backward.  FSDP2: the DTensor's local shard; FSDP1: the parameter's slice of its flat
+        parameter's local shard.  One ``_foreach_norm`` over the trainable shards; a zero norm is confirmed
         element-wise (squares of tiny values underflow)."""
-        param = self.w.names.param
-        shards: list[tuple[str, torch.Tensor]] = []
         found: dict[str, bool] = {}
+        shards: list[tuple[str, torch.Tensor]] = []
         with quiet():
-            for name, p in self.w.model.named_parameters():
-                t = local_tensor(p)
-                if not p.requires_grad or t is None or t.device.type == "meta" or t.layout != torch.strided \
-                        or not (t.is_floating_point() or t.is_complex()):
+            for name, t in self._trainable_shards():
+                if t.device.type == "meta" or t.layout != torch.strided or not (
+                        t.is_floating_point() or t.is_complex()):
                     continue
                 if t.numel() == 0:
-                    found[param(name)] = True
+                    found[name] = True
                 else:
-                    shards.append((param(name), t.detach()))
+                    shards.append((name, t.detach()))
             if shards:
                 norms = torch.stack(torch._foreach_norm([t for _, t in shards])).tolist()
                 for (name, t), n in zip(shards, norms, strict=True):
                     found[name] = n == 0 and not bool(torch.any(t != 0))
+        return found
+
+    def _trainable_shards(self) -> list[tuple[str, torch.Tensor]]:
+        """(original name, the values this rank holds) of every trainable parameter, after the run."""
+        if self.w.kind == "fsdp1":
+            return [(name, info.flat[0].detach()[info.flat[1]:info.flat[1] + info.flat[2]])
+                    for name, info in self.w.shards.items() if info.requires_grad and info.flat is not None]
+        param = self.w.names.param
+        found = []
+        for name, p in self.w.model.named_parameters():
+            t = local_tensor(p)
+            if p.requires_grad and t is not None:
+                found.append((param(name), t))
         return found
 
     def _grad_of(self, name: str, info: Any, fact: Any, did_backward: bool,
