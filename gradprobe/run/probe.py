@@ -305,7 +305,8 @@ def forward(run: _Run) -> Any:
     except Exception as exc:
         where = run.trackers.recorder.failed_in
         failed = where[0] if where else ""
-        module, kind = _module_label(model, failed), _module_kind(model, failed)
+        kind = _module_kind(model, failed)
+        module = _module_label(failed, kind)
         values = _no_host_values(exc)
         if values is not None:
             raise RunError(f"forward on the meta device failed in module {module}: {values}; {values.fix()}",
@@ -445,7 +446,7 @@ def _backward_module(run: _Run, seq: int | None) -> str:
     call = run.trackers.recorder.timeline().call_of(seq) if seq is not None else None
     if call is None:
         return "an op outside any module"
-    return f"module {_module_label(run.model, call[0])}"
+    return f"module {_module_label(call[0], _module_kind(run.model, call[0]))}"
 
 
 def _facts(run: _Run, flat_out: list[tuple[str, torch.Tensor]], loss_value: float | None, graph: GraphFact | None,
@@ -540,11 +541,11 @@ def _module_kind(model: nn.Module, name: str) -> str:
     return type(mod).__name__ if mod is not None else "?"
 
 
-def _module_label(model: nn.Module, name: str) -> str:
-    kind = _module_kind(model, name)
+def _module_label(name: str, kind: str) -> str:
+    """``'enc.fc' (Linear)``, or ``the model itself (Net)`` for the root."""
     return f"'{name}' ({kind})" if name else f"the model itself ({kind})"
 
 
 def module_phrase(name: str, kind: str) -> str:
     """``module 'enc.fc' (Linear)``, or ``the model itself (Net)`` for the root: where a forward raised."""
-    return f"module '{name}' ({kind})" if name else f"the model itself ({kind})"
+    return f"module {_module_label(name, kind)}" if name else _module_label(name, kind)

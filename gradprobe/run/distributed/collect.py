@@ -37,6 +37,7 @@ from gradprobe.run.distributed.wrappers import Wrapped, element_size, numel
 from gradprobe.run.trackers.base import FunctionModesAside, OpStream
 from gradprobe.run.trackers.grad_stats import quiet
 from gradprobe.run.trackers.grads import local_tensor
+from gradprobe.run.trackers.zero_factor import all_zeros
 
 
 def _dtype(dtype: torch.dtype) -> str:
@@ -360,8 +361,7 @@ class RankCollector:
         """Original name → whether this rank's shard of a trainable FSDP parameter holds only zeros (an empty shard:
         True): rank 0 finds the all-zero parameters (LoRA's ``B``) from every rank's answer, which no process can
         read whole after the backward.  FSDP2: the DTensor's local shard; FSDP1: the parameter's slice of its flat
-        parameter's local shard.  One ``_foreach_norm`` over the trainable shards; a zero norm is confirmed
-        element-wise (squares of tiny values underflow)."""
+        parameter's local shard (:func:`~gradprobe.run.trackers.zero_factor.all_zeros`)."""
         found: dict[str, bool] = {}
         shards: list[tuple[str, torch.Tensor]] = []
         with quiet():
@@ -373,10 +373,8 @@ class RankCollector:
                     found[name] = True
                 else:
                     shards.append((name, t.detach()))
-            if shards:
-                norms = torch.stack(torch._foreach_norm([t for _, t in shards])).tolist()
-                for (name, t), n in zip(shards, norms, strict=True):
-                    found[name] = n == 0 and not bool(torch.any(t != 0))
+            zero = all_zeros([t for _, t in shards])
+        found.update((name, z) for (name, _), z in zip(shards, zero, strict=True))
         return found
 
     def _trainable_shards(self) -> list[tuple[str, torch.Tensor]]:

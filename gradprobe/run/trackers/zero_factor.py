@@ -65,17 +65,23 @@ def _all_zero_ids(params: list[torch.Tensor]) -> set[int]:
 
     Tensor subclasses (a DTensor holds only this rank's shard: a zero shard says nothing of the whole
     parameter) are never candidates, so no verdict rests on part of a parameter."""
-    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
-    for p in params:
-        if p.device.type != "meta" and p.layout == torch.strided and p.numel() and \
-                (p.is_floating_point() or p.is_complex()) and type(p.detach()) is torch.Tensor and _backed(p):
-            groups.setdefault((p.device, p.dtype), []).append(p)
-    found = set()
+    readable = [p for p in params if p.device.type != "meta" and p.layout == torch.strided and p.numel() and
+                (p.is_floating_point() or p.is_complex()) and type(p.detach()) is torch.Tensor and _backed(p)]
+    return {id(p) for p, zero in zip(readable, all_zeros(readable), strict=True) if zero}
+
+
+def all_zeros(tensors: Sequence[torch.Tensor]) -> list[bool]:
+    """Whether each tensor (dense, floating or complex, non-empty, with its values here) holds only zeros: one
+    ``_foreach_norm`` per device and dtype, a zero norm confirmed element-wise (squares of tiny values underflow)."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    found = [False] * len(tensors)
     with torch.no_grad():
-        for group in groups.values():
-            norms = torch.stack(torch._foreach_norm([p.detach() for p in group])).tolist()
-            found.update(id(p) for p, n in zip(group, norms, strict=True)
-                         if n == 0 and not bool(torch.any(p != 0)))  # a zero norm may be underflow: confirm
+        for idx in groups.values():
+            norms = torch.stack(torch._foreach_norm([tensors[i].detach() for i in idx])).tolist()
+            for i, n in zip(idx, norms, strict=True):
+                found[i] = n == 0 and not bool(torch.any(tensors[i] != 0))
     return found
 
 
