@@ -91,6 +91,18 @@ def alternate(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int 
     return times
 
 
+def round_ratios(probed: list[float], plain: list[float]) -> dict[str, float]:
+    """The ratio of each round's two runs (run next to each other), as median, min and max: on a shared machine
+    the spread says how far one ratio of medians can be trusted."""
+    ratios = sorted(a / b for a, b in zip(probed, plain, strict=True))
+    return {"median": round(statistics.median(ratios), 3), "min": round(ratios[0], 3), "max": round(ratios[-1], 3)}
+
+
+def _spread(row: dict[str, Any], key: str) -> str:
+    found = row.get(key)
+    return "-" if not found else f"{found['median']:.2f}x ({found['min']:.2f}-{found['max']:.2f})"
+
+
 # ------------------------------------------------------------------------------------------ overhead
 
 
@@ -149,9 +161,11 @@ def bench_overhead(names: list[str], repeats: int) -> list[dict[str, Any]]:
         fb = statistics.median(times["forward+backward"])
         fwd = statistics.median(times["forward"])
         row["inspect_ratio"] = round(statistics.median(times["inspect run"]) / fb, 3)
+        row["inspect_round_ratios"] = round_ratios(times["inspect run"], times["forward+backward"])
         if "compare-modes" in times:
             row["compare_modes_ratio"] = round(
                 statistics.median(times["compare-modes"]) / statistics.median(times["36 plain forwards"]), 3)
+            row["compare_modes_round_ratios"] = round_ratios(times["compare-modes"], times["36 plain forwards"])
         if "torchinfo.summary" in times:
             row["torchinfo_ratio_vs_forward"] = round(statistics.median(times["torchinfo.summary"]) / fwd, 3)
         rows.append(row)
@@ -555,9 +569,11 @@ OVERHEAD_COLUMNS = [
     ("model", lambda r: r["model"]), ("params", lambda r: f"{r['params']:,}"),
     ("fwd ms", lambda r: r["forward_ms"]), ("fwd+bwd ms", lambda r: r["forward+backward_ms"]),
     ("inspect ms", lambda r: r["inspect run_ms"]), ("inspect / fwd+bwd", lambda r: f"{r['inspect_ratio']:.2f}x"),
+    ("per round: median (min-max)", lambda r: _spread(r, "inspect_round_ratios")),
     ("compare-modes ms", lambda r: r.get("compare-modes_ms")),
     ("compare / its 36 plain fwds",
      lambda r: f"{r['compare_modes_ratio']:.2f}x" if "compare_modes_ratio" in r else "-"),
+    ("per round: median (min-max) ", lambda r: _spread(r, "compare_modes_round_ratios")),
     ("torchinfo ms", lambda r: r.get("torchinfo.summary_ms")),
     ("torchinfo / fwd",
      lambda r: f"{r['torchinfo_ratio_vs_forward']:.2f}x" if "torchinfo_ratio_vs_forward" in r else "-"),
