@@ -157,6 +157,12 @@ class NodeGrad:
     call: int | None  # index in GradHealthFacts.calls of the call whose forward made it
     rank: int  # order among the watched nodes that ran
     nonfinite_out: int  # NaN/Inf elements in what it returned
+    # the forward values the node saved for its formula (``_saved_self``, ``_saved_result``, ...), read before the
+    # backward: NaN/Inf there were made in the forward and hidden from the module's output (torch.where, a mask);
+    # negatives and zeros say which edge of the op's domain it was at. None: nothing saved could be read
+    saved_nonfinite: int | None = None
+    saved_negatives: int | None = None
+    saved_zeros: int | None = None
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,39 @@ def test_backward_nan_node_and_module() -> None:
     assert math.isfinite(calls["magnitude"].grad_out_norm) and math.isnan(calls["magnitude"].grad_in_norm)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("op", ["sqrt", "pow"])
+def test_backward_nan_of_a_branch_torch_where_hides(op: str) -> None:
+    """The torch.where trap: the forward's NaN (sqrt/pow of negatives) is selected away, the backward's is not.
+    The node's saved forward values are counted against plain PyTorch, and the verdict names the trap, not a
+    derivative at 0 (there is no zero)."""
+    model, report, gh = run(lambda: grad_models.where_sqrt_nan(op))
+    assert gh.forward_origin is None
+    node = gh.backward_nodes[0]
+    assert node.kind == ("SqrtBackward0" if op == "sqrt" else "PowBackward0")
+    assert gh.calls[node.call].module == "root"  # type: ignore[index]
+    with torch.no_grad():  # plain PyTorch: the root's input and the branch the where discards
+        h = model.fc1(model.example_input_array)
+    root = h.sqrt() if op == "sqrt" else h.pow(0.5)
+    assert node.saved_zeros == int((h == 0).sum()) == 0
+    if op == "sqrt":  # SqrtBackward0 saves the result: NaN at every negative input
+        assert node.saved_nonfinite == int((~torch.isfinite(root)).sum()) == int((h < 0).sum()) > 0
+    else:  # PowBackward0 saves its input
+        assert node.saved_nonfinite == 0 and node.saved_negatives == int((h < 0).sum()) > 0
+    ref = Reference(model)
+    assert math.isnan(ref.params["fc1.weight"].sum()) and node.nonfinite_out == int((h < 0).sum())
+    finding = next(f for f in report.findings if f.code == "nonfinite-backward")
+    assert finding.subject == "root" and "torch.where" in finding.message
+    assert "NaN-gradient trap" in finding.hint and "at 0" not in finding.hint
+
+
+def test_backward_nan_at_zero_keeps_the_zero_hint() -> None:
+    _, report, gh = run(grad_models.backward_sqrt_nan)
+    node = gh.backward_nodes[0]
+    assert node.saved_nonfinite == 0 and node.saved_zeros == node.nonfinite_out  # one NaN per masked zero
+    finding = next(f for f in report.findings if f.code == "nonfinite-backward")
+    assert "infinite derivative at 0" in finding.hint and "torch.where" not in finding.message
+
+
 def test_fp16_underflow_counts_and_verdict() -> None:
     model, report, gh = run(grad_models.fp16_underflow)
     ref = Reference(model)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from gradprobe.facts.grad_health import DTYPE_MAX, CallGrad, GradHealthFacts, NonfiniteOrigin, ValueStats
+from gradprobe.facts.grad_health import DTYPE_MAX, CallGrad, GradHealthFacts, NodeGrad, NonfiniteOrigin, ValueStats
 from gradprobe.facts.run import Finding, GraphFact, RunFacts
 from gradprobe.judges.grad_health.words import label, sig3
 from gradprobe.units import shorten
@@ -123,10 +123,40 @@ NODE_HINTS = {
 
 
 def node_hint(kind: str) -> str:
-    base = kind.removesuffix("Backward0").removesuffix("Backward1").removesuffix("Backward2")
-    base = base.removesuffix("Backward3").removesuffix("Backward")
+    base = _base_kind(kind)
     return NODE_HINTS.get(base, f"check the backward of {kind} (a custom autograd.Function's backward, "
                                 f"or a formula that divides by its input)")
+
+
+# ops whose forward is NaN outside their domain (negative inputs): a torch.where/mask that hides that NaN from
+# the output does not hide it from the backward
+_DOMAIN = frozenset({"Sqrt", "Rsqrt", "Pow", "Log", "Log2", "Log10", "Acos", "Asin", "Atanh", "Acosh", "Lgamma"})
+
+_WHERE_HINT = ("make the branch that is selected away finite too, not only unselected: compute it on a safe input "
+               "(torch.where(x > 0, x.clamp_min(eps).sqrt(), 0)) — the torch.where NaN-gradient trap: the zero "
+               "gradient of the unselected branch times the op's NaN/infinite derivative is NaN")
+
+
+def _node_saved(node: NodeGrad) -> tuple[str, str | None]:
+    """What the node's saved forward values say (measured before the backward): text for the message and a hint
+    that replaces the kind's generic one, or ("", None) when they say nothing more."""
+    base = _base_kind(node.kind)
+    if node.saved_nonfinite:
+        return (f"; the forward values it saved for its formula already held {node.saved_nonfinite} NaN/Inf: "
+                f"the forward made them there and a later op (torch.where, a mask, indexing) kept them out of "
+                f"every module's output", _WHERE_HINT)
+    if base in _DOMAIN and node.saved_negatives and not node.saved_zeros:
+        return (f"; the forward values it saved had {node.saved_negatives} negative value(s) and no zero: "
+                f"outside {base.lower()}'s domain, so the forward made NaN there that a later op (torch.where, a "
+                f"mask) kept out of every module's output", _WHERE_HINT)
+    if node.saved_zeros:
+        return f"; the forward values it saved had {node.saved_zeros} zero(s)", None
+    return "", None
+
+
+def _base_kind(kind: str) -> str:
+    base = kind.removesuffix("Backward0").removesuffix("Backward1").removesuffix("Backward2")
+    return base.removesuffix("Backward3").removesuffix("Backward")
 
 
 def _backward_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
@@ -139,11 +169,13 @@ def _backward_findings(facts: RunFacts, gh: GradHealthFacts) -> list[Finding]:
     if gh.backward_nodes:
         node = gh.backward_nodes[0]
         subject = gh.calls[node.call].module or "(model)" if node.call is not None else node.kind
+        why, hint = _node_saved(node)
         return [Finding(
             "nonfinite-backward", "error", subject,
-            f"the forward was finite, but in backward {node.kind} (made in {label(gh, node.call)}) received finite "
-            f"gradients and returned {node.nonfinite_out} NaN/Inf value(s): the first such node in backward "
-            f"order{tail}", node_hint(node.kind))]
+            f"{'every module output of the forward' if node.saved_nonfinite else 'the forward'} was finite, but in "
+            f"backward {node.kind} (made in {label(gh, node.call)}) received finite gradients and returned "
+            f"{node.nonfinite_out} NaN/Inf value(s): the first such node in backward order{why}{tail}",
+            hint or node_hint(node.kind))]
     order = sorted((i for i, c in enumerate(gh.calls) if c.backward_rank is not None),
                    key=lambda i: gh.calls[i].backward_rank or 0)
     root_bad = next((i for i in order if gh.calls[i].parent is None and _bad(gh.calls[i].grad_out_norm)), None)

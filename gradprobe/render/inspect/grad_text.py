@@ -86,7 +86,9 @@ def grad_health_json(report: InspectReport) -> dict[str, Any]:
         "parameters": [_param(facts, g, by_name.get(g.name), causes.get(g.name)) for g in gh.parameters],
         "calls": [_call(c, norms) for c in gh.calls],
         "forward_origin": _origin(gh, gh.forward_origin),
-        "backward_nodes": [{"kind": n.kind, "call_index": n.call, "rank": n.rank, "nonfinite_out": n.nonfinite_out}
+        "backward_nodes": [{"kind": n.kind, "call_index": n.call, "rank": n.rank, "nonfinite_out": n.nonfinite_out,
+                            "saved_nonfinite": n.saved_nonfinite, "saved_negatives": n.saved_negatives,
+                            "saved_zeros": n.saved_zeros}
                            for n in gh.backward_nodes],
         "scale": None if profile is None else {
             "blocks": list(profile.blocks), "start_rms": _num(profile.start_rms), "end_rms": _num(profile.end_rms),

@@ -22,6 +22,7 @@ class FactBuilding:
         lazy = Lazy()
         slot_at = [(lazy.add(s.norm), lazy.add(s.zeros), lazy.add(s.subnormal)) for s in self._slots]
         node_at = [(lazy.add(n.bad_in), lazy.add(n.bad_out)) for n in self._nodes]
+        saved_at = [tuple(lazy.add(t) for t in n.saved) if n.saved is not None else None for n in self._nodes]
         dead_at = {i: lazy.add(n) for i, n in dead_counts(self._calls).items()}
         values = lazy.resolve()
         slot_values = [tuple(None if k is None else values[k] for k in at) for at in slot_at]
@@ -34,10 +35,11 @@ class FactBuilding:
         elif self._origin_done:
             origin = NonfiniteOrigin(call=None, note="the model's inputs held NaN/Inf")
         nodes = []
-        for n, (bad_in, bad_out) in zip(self._nodes, node_at, strict=True):
+        for n, (bad_in, bad_out), saved in zip(self._nodes, node_at, saved_at, strict=True):
             if n.rank >= 0 and bad_in is not None and bad_out is not None and values[bad_in] == 0 \
                     and values[bad_out] > 0:
-                nodes.append(NodeGrad(n.kind, n.call, n.rank, int(values[bad_out])))
+                bad, neg, zero = (None, None, None) if saved is None else (int(values[k]) for k in saved)
+                nodes.append(NodeGrad(n.kind, n.call, n.rank, int(values[bad_out]), bad, neg, zero))
         return GradHealthFacts(
             measured=self._measure, backward=self._backward, parameters=params, calls=calls, forward_origin=origin,
             backward_nodes=tuple(sorted(nodes, key=lambda n: n.rank)), watched_kinds=tuple(sorted(WATCHED_KINDS)),

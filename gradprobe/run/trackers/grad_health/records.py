@@ -69,3 +69,4 @@ class NodeRecord:
     rank: int = -1
     bad_in: torch.Tensor | None = None
     bad_out: torch.Tensor | None = None
+    saved: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # NaN/Inf, negatives, zeros (lazy)
