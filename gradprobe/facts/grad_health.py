@@ -147,6 +147,10 @@ class NonfiniteOrigin:
     wide_max_abs: float | None = None  # float64 recomputation: largest |result| (None: not finite or not run)
     wide_finite: bool | None = None
     note: str = ""
+    # softmax/log_softmax: slices along the op's dim whose values are all -Inf (a fully masked attention row),
+    # and the slices there are; None for other ops
+    neg_inf_slices: int | None = None
+    slices: int | None = None
 
 
 @dataclass(frozen=True)

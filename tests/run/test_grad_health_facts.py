@@ -183,6 +183,25 @@ def test_forward_nan_origin_module_op_and_input_figures() -> None:
     assert [k for k in ref.order if ref.nonfinite[k]] == [("log_out", 0), ("", 0)]
 
 
+@pytest.mark.parametrize("log", [True, False])
+def test_forward_nan_from_a_fully_masked_softmax_row(log: bool) -> None:
+    """(log_)softmax over a row that is all -inf: NaN made from Inf inputs, not from finite ones."""
+    model, report, gh = run(lambda: grad_models.masked_attention(log))
+    origin = gh.forward_origin
+    assert origin is not None and origin.op in ("aten._log_softmax.default", "aten._softmax.default")
+    with torch.no_grad():  # plain PyTorch: the scores the softmax saw
+        x = model.example_input_array
+        scores = model.q(x) @ model.k(x).transpose(-1, -2)
+        scores[:, 0, :] = float("-inf")
+    masked = (scores == float("-inf")).all(dim=-1)
+    assert origin.neg_inf_slices == int(masked.sum()) == 2 and origin.slices == masked.numel()
+    assert origin.inputs[0].inf == int(torch.isinf(scores).sum())
+    assert origin.made_nan == int(torch.softmax(scores, -1).isnan().sum())
+    finding = next(f for f in report.findings if f.code == "nonfinite-forward")
+    assert "inputs without NaN (they held 10 Inf)" in finding.message and "were finite" not in finding.message
+    assert "2 of its 10 rows" in finding.message and "fully masked" in finding.message
+
+
 def test_fp16_overflow_origin() -> None:
     model, report, gh = run(grad_models.fp16_overflow)
     origin = gh.forward_origin

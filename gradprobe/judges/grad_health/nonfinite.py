@@ -41,8 +41,14 @@ def _forward_finding(gh: GradHealthFacts, origin: NonfiniteOrigin) -> Finding:
     return Finding(
         "nonfinite-forward", "error", subject,
         f"the first NaN/Inf of the forward was made in {where} by {origin.op}: it turned inputs without "
-        f"NaN/Inf into {made}; {why} (located by running that call again on a copy of its inputs)",
+        f"{_held(origin.inputs)} into {made}; {why} (located by running that call again on a copy of its inputs)",
         hint)
+
+
+def _held(inputs: Sequence[ValueStats]) -> str:
+    """``NaN/Inf``, or ``NaN (they held 10 Inf)`` when the op's inputs held Inf (it made NaN from them)."""
+    inf = sum(s.inf for s in inputs)
+    return f"NaN (they held {inf} Inf)" if inf else "NaN/Inf"
 
 
 def _short_op(op: str) -> str:
@@ -76,6 +82,17 @@ def explain_op(origin: NonfiniteOrigin) -> tuple[str, str]:
         return (f"{op} of values outside its domain: its input had {_stats(first)} values",
                 f"clamp the input before {op.rstrip('_')} (x.clamp_min(eps).{op.rstrip('_')}()), or find what "
                 f"makes it {'<= 0' if op.startswith('r') else 'negative'}")
+    if op in ("_softmax", "softmax", "_log_softmax", "log_softmax") and origin.neg_inf_slices:
+        return (f"{origin.neg_inf_slices} of its {origin.slices} rows along the softmax dim are -Inf in every "
+                f"position (a fully masked row: an attention row whose every key is masked), and softmax of such "
+                f"a row is 0/0",
+                "leave every row at least one unmasked position (e.g. the query itself), fill masked scores "
+                "with a large finite negative (torch.finfo(dtype).min) instead of -inf, or zero the fully "
+                "masked rows' output after the softmax")
+    if origin.made_nan and any(s.inf for s in inputs):
+        held = "; ".join(f"input {i}: {s.inf} of {s.numel} Inf" for i, s in enumerate(inputs) if s.inf)
+        return (f"its inputs held Inf ({held}): NaN from Inf arithmetic (inf - inf, 0 * inf, inf / inf)",
+                f"find where the Inf entering {op} was made (a -inf mask, an overflow) and keep it finite")
     divisor = _divisor(op, inputs, origin.scalars)
     if divisor is not None:
         return (f"division by zero: {divisor}",

@@ -65,7 +65,8 @@ def _origin(gh: GradHealthFacts, o: NonfiniteOrigin | None) -> dict[str, Any] | 
     return {"call_index": o.call, "module": c.module if c else None, "call": c.call if c else None,
             "op": o.op, "inputs": [_stats(s) for s in o.inputs], "scalars": [_num(v) for v in o.scalars],
             "made_nan": o.made_nan, "made_inf": o.made_inf, "dtype": o.dtype or None,
-            "float64_max_abs": _num(o.wide_max_abs), "float64_finite": o.wide_finite, "note": o.note or None}
+            "float64_max_abs": _num(o.wide_max_abs), "float64_finite": o.wide_finite, "note": o.note or None,
+            "neg_inf_slices": o.neg_inf_slices, "slices": o.slices}
 
 
 def grad_health_json(report: InspectReport) -> dict[str, Any]:

@@ -101,8 +101,22 @@ class _FirstNonfinite(TorchDispatchMode):
                 call=None, op=str(func), inputs=tuple(stats if stats is not None else map(value_stats, inputs)),
                 scalars=tuple(scalars), made_nan=made_nan, made_inf=made_inf, dtype=dtype_name(outputs[0].dtype),
                 wide_max_abs=wide_max if wide_max is not None and math.isfinite(wide_max) else None,
-                wide_finite=None if wide_max is None else math.isfinite(wide_max))
+                wide_finite=None if wide_max is None else math.isfinite(wide_max), **_masked_slices(func, args))
         return out
+
+
+_SOFTMAX = frozenset({"_softmax", "_log_softmax", "softmax", "log_softmax"})
+
+
+def _masked_slices(func: Any, args: Any) -> dict[str, int]:
+    """Softmax ops: the slices along their dim that are all -Inf (softmax of such a row is 0/0 = NaN)."""
+    name = str(func).split(".")
+    if len(name) < 2 or name[1] not in _SOFTMAX or len(args) < 2 or not isinstance(args[0], torch.Tensor) \
+            or not isinstance(args[1], int) or args[0].dim() == 0:
+        return {}
+    t = args[0].detach()
+    masked = (t == float("-inf")).all(dim=args[1])
+    return {"neg_inf_slices": int(masked.sum()), "slices": masked.numel()}
 
 
 def _wide(v: Any) -> Any:
