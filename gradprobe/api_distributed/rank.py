@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from gradprobe.errors import GradprobeError, TargetError, UsageError
+from gradprobe.errors import GradprobeError, RunError, TargetError, UsageError
+from gradprobe.judges.distributed.replicas import replicas_mismatch
 from gradprobe.load.inputs import ExampleInputs, make_inputs
 from gradprobe.load.model import LoadedModel, resolve_device
 from gradprobe.load.user_code import load_object, search_paths
@@ -121,8 +122,11 @@ def load_rank(s: DistSession, spec: LoadSpec, options: DistOptions) -> RankModel
             if found != "none":
                 raise UsageError(f"--wrap {options.wrap}: the target is already wrapped ({found}); drop --wrap")
             pre = param_digests(model)
-            model = wrap(model, options.wrap, options.shard, options.use_orig_params, device,
-                         options.reshard_after_forward, options.mixed_precision)
+            try:
+                model = wrap(model, options.wrap, options.shard, options.use_orig_params, device,
+                             options.reshard_after_forward, options.mixed_precision)
+            except RunError as exc:
+                raise _explain_wrap_error(s, model, exc) from exc
             loaded.model = model
         elif options.shard or options.use_orig_params:
             raise UsageError("--shard and --use-orig-params apply to --wrap fsdp/fsdp1")
@@ -134,6 +138,22 @@ def load_rank(s: DistSession, spec: LoadSpec, options: DistOptions) -> RankModel
     with phase(s, "setup"):
         s.make_group()
     return RankModel(wrapped, example, loaded, pre, per_rank)
+
+
+def _explain_wrap_error(s: DistSession, model: torch.nn.Module, exc: RunError) -> RunError:
+    """DDP's construction compares the replicas collectively, so every rank raises its own count ("Rank 0 has 2
+    params, while rank 1 has inconsistent 4 params"); the ranks exchange their parameter lists (on gradprobe's
+    time-limited group) and every rank states the same cause: which parameters are missing, shaped or frozen
+    differently where."""
+    if "across all ranks" not in str(exc) or not str(exc).startswith("--wrap ddp"):
+        return exc
+    mine = [(n, p.requires_grad, tuple(p.shape)) for n, p in model.named_parameters()]
+    cause = replicas_mismatch(s.all_gather(mine))
+    if cause is None:
+        return exc
+    return RunError(f"--wrap ddp: DistributedDataParallel refused the replicas (DDP expects the same model across "
+                    f"all ranks, and compares the parameters that require grad): {cause}; fix: build and freeze the "
+                    f"model the same way on every rank before wrapping (not under `if rank == ...`)")
 
 
 def describe_dist_error(exc: BaseException) -> GradprobeError:

@@ -130,6 +130,31 @@ def test_ddp_rank_dependent_branch_hang_is_stopped_and_explained():
     assert "cause: aux.weight, aux.bias got a gradient on rank 0 but none on rank 1" in line
 
 
+@pytest.mark.parametrize("command", [("inspect",), ("freeze-check", "--trainable", "*")])
+def test_ddp_refusing_a_rank_dependent_freeze_names_the_parameters(command):
+    """--wrap ddp on a model that rank 1 freezes differently: DDP's own error ("Rank 0 has 8 params, while rank 1
+    has inconsistent 6 params", a different line per rank) now names the parameters, the same on every rank."""
+    import os
+
+    import dist_models
+
+    flags = []
+    for r in (0, 1):  # plain PyTorch: each rank's model and its requires_grad flags
+        os.environ["RANK"] = str(r)
+        try:
+            flags.append({n: p.requires_grad for n, p in dist_models.rank_frozen().named_parameters()})
+        finally:
+            del os.environ["RANK"]
+    differ = [n for n in flags[0] if flags[0][n] != flags[1][n]]
+    assert differ and all(flags[0][n] and not flags[1][n] for n in differ)
+    code, err, _, left = run_group(command[0], "dist_models:rank_frozen", *command[1:], "--wrap", "ddp",
+                                   "--shape", "4,8")
+    assert code == 2 and not left
+    line = one_line(err)
+    assert line.startswith("gradprobe: run error: every rank: --wrap ddp: DistributedDataParallel refused"), line
+    assert f"{', '.join(differ)} require grad on rank 0 but not on rank 1: the ranks freeze differently" in line
+
+
 def test_ctrl_c_tears_every_rank_down(tmp_path):
     # rank 1 sleeps a minute in its forward while rank 0 waits inside an all-reduce (C++, deaf to Python signals)
     code, err, seconds, left = run_group("inspect", "dist_models:StuckInCollective", interrupt_when=tmp_path,

@@ -269,3 +269,16 @@ def test_zero_factor_from_every_rank_shard(kind: str, zero_on_rank1: bool, found
         assert zero.severity == "info" and "'b.lora_B.weight'" in zero.message
     else:
         assert merged.zero_grad_partners == () and zero.severity == "warning"
+
+
+def test_replicas_mismatch_names_what_differs_where():
+    from gradprobe.judges.distributed.replicas import replicas_mismatch
+
+    same = [("a.weight", True, (2, 2)), ("b.weight", False, (2,))]
+    assert replicas_mismatch([same, same]) is None
+    frozen_on_1 = [("a.weight", False, (2, 2)), ("b.weight", False, (2,))]
+    assert replicas_mismatch([same, frozen_on_1]) == ("a.weight requires grad on rank 0 but not on rank 1: the ranks "
+                                                      "freeze differently (dist-requires-grad-differs)")
+    text = replicas_mismatch([same, [("a.weight", True, (2, 3))]])
+    assert text == "b.weight do not exist on rank 1: the ranks build different models; a.weight differ in shape " \
+                   "across ranks"

@@ -79,6 +79,33 @@ def requires_grad_differs(dist: DistFacts, per: dict[str, list[RankParam | None]
     return out
 
 
+def replicas_mismatch(per_rank: list[list[tuple[str, bool, tuple[int, ...]]]]) -> str | None:
+    """Why DDP refused the replicas at construction, from every rank's (name, requires_grad, shape) in registration
+    order: parameters missing on some ranks, shapes, then freezes that differ (DDP compares only the parameters
+    that require grad, so a rank-dependent freeze is refused as a different model). None: nothing differs."""
+    found: list[str] = []
+    per = [{name: (rg, shape) for name, rg, shape in params} for params in per_rank]
+    names = list(dict.fromkeys(name for params in per_rank for name, _, _ in params))
+    missing = [n for n in names if any(n not in p for p in per)]
+    if missing:
+        lacking = [r for r, p in enumerate(per) if any(n not in p for n in missing)]
+        found.append(f"{names_text(missing)} do not exist on {ranks_text(lacking)}: the ranks build different "
+                     f"models")
+    shaped = [n for n in names if len({p[n][1] for p in per if n in p}) > 1]
+    if shaped:
+        found.append(f"{names_text(shaped)} differ in shape across ranks")
+    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[str]] = {}
+    for n in names:
+        on = tuple(r for r, p in enumerate(per) if n in p and p[n][0])
+        off = tuple(r for r, p in enumerate(per) if n in p and not p[n][0])
+        if on and off:
+            groups.setdefault((on, off), []).append(n)
+    for (on, off), group in groups.items():
+        found.append(f"{names_text(group)} require{'s' if len(group) == 1 else ''} grad on {ranks_text(on)} but "
+                     f"not on {ranks_text(off)}: the ranks freeze differently (dist-requires-grad-differs)")
+    return "; ".join(found) or None
+
+
 def _find_unused_hint(w: WrapperInfo) -> str:
     """DDP's find_unused_parameters=True as a way out, only where it is one: not to DDP that already has it, not to
     FSDP, which has no such option."""
