@@ -335,6 +335,25 @@ def test_vanishing_sigmoid_mlp_against_hooks() -> None:
     assert not any(f.code == "grad-vanishing" for f in quiet_report.findings)
 
 
+def test_pooling_is_not_vanishing() -> None:
+    """Global average pooling over 32x32 divides the gradient per element by 1024 (it spreads over 1024 positions,
+    and conv weight gradients sum it back): that step is left out of the ratio, the rest is measured as before."""
+    model, report, gh = run(grad_models.pooled_conv_net)
+    ref = Reference(model)
+    rms = {k: ref.norm(k) / math.sqrt(sum(g.numel() for g in ref.grads[k])) for k in ref.grads}  # type: ignore[operator]
+    raw = rms[("conv1", 0)] / rms[("fc", 0)]
+    pool_gain = rms[("conv2", 0)] / rms[("pool", 0)]
+    assert raw < 1e-3 and pool_gain == pytest.approx(1 / 1024, rel=1e-4)  # the old ratio: a vanishing verdict
+    profile = scale_profile(gh)
+    assert profile is not None and [gh.calls[i].module for i, _ in profile.spreading] == ["pool"]
+    assert close(profile.ratio, raw / pool_gain, rel=1e-4) and profile.ratio > 1e-3
+    assert not any(f.code in ("grad-vanishing", "grad-exploding") for f in report.findings)
+    # a real fall around the pooling is still told, and the pooling's share is named as left out
+    _, strict, _ = run(grad_models.pooled_conv_net, grads=GradThresholds(factor=0.5 / profile.ratio))
+    finding = next(f for f in strict.findings if f.code == "grad-vanishing")
+    assert "not counting the 1.02e+03x of 'pool' (AdaptiveAvgPool2d)" in finding.message and finding.subject != "pool"
+
+
 def test_exploding_linear_stack() -> None:
     _, report, gh = run(grad_models.deep_linear_exploding)
     profile = scale_profile(gh)

@@ -20,11 +20,17 @@ class ScaleProfile:
     end_rms: float  # at the output of the last block
     worst: int  # the block with the largest change in the direction of the total
     worst_gain: float  # its input RMS / output RMS
+    # parameter-free calls whose input and output differ in size (pooling, upsampling): (call, gain). Their RMS
+    # gain only spreads the same gradient over more or fewer elements (average pooling over k: 1/k per element),
+    # which the weight gradients upstream sum back up; it is not counted as vanishing or exploding
+    spreading: tuple[tuple[int, float], ...] = ()
 
     @property
     def ratio(self) -> float:
-        """Input of the first block over output of the last: < 1 vanishing, > 1 exploding."""
-        return self.start_rms / self.end_rms
+        """Input of the first block over output of the last, without the spreading calls' gains: < 1 vanishing,
+        > 1 exploding."""
+        spread = math.prod(g for _, g in self.spreading)
+        return self.start_rms / self.end_rms / spread
 
 
 def blocks(gh: GradHealthFacts) -> list[int]:
@@ -63,22 +69,26 @@ def scale_profile(gh: GradHealthFacts) -> ScaleProfile | None:
     if len(found) < 3:
         return None
     gains: list[tuple[int, float]] = []
+    spreading: list[tuple[int, float]] = []
+    owners = {p.name.rpartition(".")[0] for p in gh.parameters}
     previous: float | None = None
     for i in found:
         c = gh.calls[i]
         into = c.grad_in_rms if c.grad_in_rms is not None else previous
         out = c.grad_out_rms
         if into is not None and out is not None and into > 0 and out > 0 and math.isfinite(into * out):
-            gains.append((i, into / out))
+            spreads = (c.grad_in_rms is not None and c.grad_in_numel != c.grad_out_numel
+                       and not any(o == c.module or o.startswith(c.module + ".") for o in owners))
+            (spreading if spreads else gains).append((i, into / out))
         previous = out
     first, last = gh.calls[found[0]], gh.calls[found[-1]]
     start = first.grad_in_rms if first.grad_in_rms else first.grad_out_rms
     end = last.grad_out_rms
     if not start or not end or not gains or not math.isfinite(start) or not math.isfinite(end):
         return None
-    falling = start < end
+    falling = start / end / math.prod(g for _, g in spreading) < 1
     worst, gain = min(gains, key=lambda x: x[1]) if falling else max(gains, key=lambda x: x[1])
-    return ScaleProfile(tuple(found), start, end, worst, gain)
+    return ScaleProfile(tuple(found), start, end, worst, gain, tuple(spreading))
 
 
 def scale_findings(gh: GradHealthFacts) -> list[Finding]:
@@ -97,6 +107,10 @@ def scale_findings(gh: GradHealthFacts) -> list[Finding]:
     where = (f"from {sig3(profile.end_rms)} at the output of {label(gh, profile.blocks[-1])} to "
              f"{sig3(profile.start_rms)} at the {'input' if first.grad_in_rms else 'output'} of "
              f"{label(gh, profile.blocks[0])}")
+    if profile.spreading:
+        where += ", not counting " + ", ".join(
+            f"the {sig3(1 / g if g < 1 else g)}x of {label(gh, i)}, which only spreads the gradient over "
+            f"{'more' if g < 1 else 'fewer'} elements (no parameters)" for i, g in profile.spreading)
     message = (f"the gradient's root-mean-square per element {'falls' if vanishing else 'rises'} by a factor of "
                f"{sig3(1 / ratio if vanishing else ratio)} across {len(profile.blocks)} blocks ({where}; threshold "
                f"{factor:g}, --grad-factor); "

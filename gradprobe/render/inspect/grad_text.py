@@ -93,7 +93,8 @@ def grad_health_json(report: InspectReport) -> dict[str, Any]:
                            for n in gh.backward_nodes],
         "scale": None if profile is None else {
             "blocks": list(profile.blocks), "start_rms": _num(profile.start_rms), "end_rms": _num(profile.end_rms),
-            "ratio": _num(profile.ratio), "largest_step": profile.worst, "largest_step_gain": _num(profile.worst_gain)},
+            "ratio": _num(profile.ratio), "largest_step": profile.worst, "largest_step_gain": _num(profile.worst_gain),
+            "spreading": [{"call_index": i, "gain": _num(g)} for i, g in profile.spreading]},
         "notes": list(gh.notes),
     }}
 
