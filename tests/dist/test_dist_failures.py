@@ -155,6 +155,26 @@ def test_ddp_refusing_a_rank_dependent_freeze_names_the_parameters(command):
     assert f"{', '.join(differ)} require grad on rank 0 but not on rank 1: the ranks freeze differently" in line
 
 
+def test_native_crash_of_a_rank_is_reported_by_the_launcher():
+    """FSDP2 with a layer that runs on rank 1's data only: the ranks' reduce-scatters differ in size and gloo aborts
+    one rank in C++ (SIGABRT: no Python of it runs, and the launcher stops the other at once). gradprobe --nproc
+    used to exit 2 with gloo's text only; the launcher now adds the one line naming the rank and the signal."""
+    code, err, _, left = run_group("inspect", "dist_models:DataBranch", "--wrap", "fsdp", timeout=10)
+    assert code == 2 and not left
+    ours = [line for line in err.splitlines() if line.startswith("gradprobe: ")]
+    assert len(ours) == 1, err
+    assert ours[0].startswith("gradprobe: run error: rank ") and "was ended by SIGABRT (exit code -6)" in ours[0]
+    assert "before any rank could report" in ours[0] and "SIGTERM" not in ours[0]
+
+
+def test_crash_line_only_for_ranks_no_one_reported():
+    from gradprobe.run.distributed.launch import crash_line
+
+    assert crash_line({0: 2, 1: -15}) is None  # rank 0 reported (gradprobe's exit code)
+    assert crash_line({0: -6, 1: -15}).startswith("rank 0 was ended by SIGABRT (exit code -6) before")
+    assert crash_line({1: -15}).startswith("rank 1 was ended by SIGTERM (exit code -15) before")
+
+
 def test_ctrl_c_tears_every_rank_down(tmp_path):
     # rank 1 sleeps a minute in its forward while rank 0 waits inside an all-reduce (C++, deaf to Python signals)
     code, err, seconds, left = run_group("inspect", "dist_models:StuckInCollective", interrupt_when=tmp_path,

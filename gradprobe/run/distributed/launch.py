@@ -58,7 +58,13 @@ def launch(nproc: int, argv: Sequence[str], *, debug: bool = False) -> int:
     try:
         run(args)
     except ChildFailedError as exc:
-        return exit_code({rank: f.exitcode for rank, f in exc.failures.items()})
+        codes = {rank: f.exitcode for rank, f in exc.failures.items()}
+        line = crash_line(codes)
+        if line is not None:
+            from gradprobe.run.distributed.rank_error import default_write_error
+
+            default_write_error("run error", line)
+        return exit_code(codes)
     except SignalException:
         return 2
     except KeyboardInterrupt:
@@ -66,6 +72,33 @@ def launch(nproc: int, argv: Sequence[str], *, debug: bool = False) -> int:
     finally:
         sys.stdout.flush()
     return 0
+
+
+def crash_line(codes: dict[int, int]) -> str | None:
+    """The one line for ranks that a signal ended before any rank reported (a C++ abort or segfault inside a
+    collective kills the process at once: no Python code of it runs, and the launcher then stops the others before
+    they notice); None when a rank exited with gradprobe's own code (it printed the line)."""
+    import signal
+
+    if any(code > 0 for code in codes.values()):
+        return None
+    dead = sorted((rank, code) for rank, code in codes.items() if code < 0)
+    if not dead:
+        return None
+    first = [(rank, code) for rank, code in dead if -code not in (signal.SIGTERM, signal.SIGINT)]
+    dead = first or dead  # SIGTERM: the launcher stopping the other ranks after the first one died
+
+    def name(code: int) -> str:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+
+    who = "; ".join(f"rank {rank} was ended by {name(code)} (exit code {code})" for rank, code in dead)
+    return (f"{who} before any rank could report: a crash in native code (torch, gloo/NCCL, a C++ extension) or a "
+            f"kill from outside; what it printed, if anything, is above. The other ranks were stopped. A collective "
+            f"that differs between ranks (a layer run on some ranks only, a rank-dependent model) makes gloo abort "
+            f"like this ('Is there a distributed collective mismatch'); run with --debug for the launcher's report")
 
 
 def exit_code(codes: dict[int, int]) -> int:
