@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import timedelta
 from typing import Any
 
 from gradprobe.api_distributed.rank import RankModel
-from gradprobe.errors import GradprobeError
+from gradprobe.errors import GradprobeError, RunError
 from gradprobe.facts.distributed import NameMap
 from gradprobe.judges.distributed.text import names_text, ranks_text
 from gradprobe.run.distributed.collect import RankCollector
@@ -35,6 +36,17 @@ def usage_cause(s: DistSession) -> str:
     usage = {r: u for r in range(s.world_size) if (u := usage_of(s, r))}
     if len(usage) < 2:
         return ""
+    found = first_disagreement(usage)
+    if found is None:
+        return ""
+    same, used, unused = found
+    return (f"cause: {names_text(same)} got a gradient on {ranks_text(used)} but none on {ranks_text(unused)}, so "
+            f"the ranks disagree about what to reduce (a data-dependent branch?)")
+
+
+def first_disagreement(usage: dict[int, dict[str, bool]]) -> tuple[list[str], list[int], list[int]] | None:
+    """The parameters (registration order) that got a gradient on some ranks and not on others, grouped with the
+    first such parameter's split: (names, ranks with a gradient, ranks without); None when the ranks agree."""
     names = list(dict.fromkeys(n for u in usage.values() for n in u))  # registration order
     differing = []
     for name in names:
@@ -42,15 +54,38 @@ def usage_cause(s: DistSession) -> str:
         if len(set(flags.values())) > 1:
             differing.append((name, [r for r, f in flags.items() if f], [r for r, f in flags.items() if not f]))
     if not differing:
-        return ""
+        return None
     _, used, unused = differing[0]
-    same = [name for name, u, n in differing if (u, n) == (used, unused)]
-    return (f"cause: {names_text(same)} got a gradient on {ranks_text(used)} but none on {ranks_text(unused)}, so "
-            f"the ranks disagree about what to reduce (a data-dependent branch?)")
+    return [name for name, u, n in differing if (u, n) == (used, unused)], used, unused
+
+
+def agree_before_reduce(s: DistSession, unit: str, held: dict[str, bool], count: dict[str, int]) -> None:
+    """FSDP2 reduce-scatters only the gradients a rank holds, so ranks that disagree about which parameters of a
+    unit got one send reduce-scatters of different sizes: gloo aborts a process in C++ (no report), NCCL can hang
+    or mix data. Before each unit's reduce-scatter the ranks compare, through the store (no collective, bounded
+    by --dist-timeout), and stop there with the parameters named."""
+    n = count[unit] = count.get(unit, 0) + 1
+    key = f"held/{unit or '(root)'}/{n}"
+    try:
+        s.store.set(f"{key}/{s.rank}", json.dumps(held))
+        s.store.wait([f"{key}/{r}" for r in range(s.world_size)], timedelta(seconds=s.timeout_s))
+    except Exception:  # a rank that never reaches this unit's reduce-scatter: the run's own timeout names it
+        return
+    found = first_disagreement({r: dict(json.loads(s.get_text(f"{key}/{r}") or "{}")) for r in range(s.world_size)})
+    if found is None:
+        return
+    same, used, unused = found
+    raise RunError(f"{names_text(same)} got a gradient on {ranks_text(used)} but none on {ranks_text(unused)} "
+                   f"(a data-dependent branch?): FSDP2 reduce-scatters only the gradients each rank holds, so "
+                   f"the ranks' reduce-scatters of unit '{unit or '(root)'}' would differ in size (gloo aborts a "
+                   f"process, NCCL can hang); gradprobe stopped every rank before it")
 
 
 def run_with_collector(s: DistSession, rm: RankModel, collector: RankCollector, run: Any) -> Any:
     s.hint_source = lambda: usage_cause(s)
+    if rm.wrapped.kind == "fsdp" and s.world_size > 1:
+        count: dict[str, int] = {}
+        collector.before_reduce = lambda unit, held: agree_before_reduce(s, unit, held, count)
     with phase(s, "run"):
         try:
             with collector:

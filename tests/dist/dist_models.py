@@ -323,3 +323,13 @@ class RankChaos(nn.Module):
 
 def fsdp1_mixed_no_orig() -> nn.Module:
     return fsdp1_tower(use_orig_params=False)
+
+
+class MismatchedCollective(Net):
+    """An all-reduce whose size differs by rank (4 values on rank 0, 8 on rank 1): gloo aborts a process in C++
+    (SIGABRT, 'Received data size doesn't match expected size'), which then runs no Python to report with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.ones(4 * (1 + rank()))
+        dist.all_reduce(t)
+        return super().forward(x)

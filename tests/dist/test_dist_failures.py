@@ -156,15 +156,39 @@ def test_ddp_refusing_a_rank_dependent_freeze_names_the_parameters(command):
 
 
 def test_native_crash_of_a_rank_is_reported_by_the_launcher():
-    """FSDP2 with a layer that runs on rank 1's data only: the ranks' reduce-scatters differ in size and gloo aborts
-    one rank in C++ (SIGABRT: no Python of it runs, and the launcher stops the other at once). gradprobe --nproc
-    used to exit 2 with gloo's text only; the launcher now adds the one line naming the rank and the signal."""
-    code, err, _, left = run_group("inspect", "dist_models:DataBranch", "--wrap", "fsdp", timeout=10)
+    """An all-reduce whose size differs by rank: gloo aborts one rank in C++ (SIGABRT: no Python of it runs, and
+    the launcher stops the other at once). gradprobe --nproc used to exit 2 with gloo's text only; the launcher
+    now adds the one line naming the rank and the signal."""
+    code, err, _, left = run_group("inspect", "dist_models:MismatchedCollective", timeout=10)
     assert code == 2 and not left
     ours = [line for line in err.splitlines() if line.startswith("gradprobe: ")]
     assert len(ours) == 1, err
     assert ours[0].startswith("gradprobe: run error: rank ") and "was ended by SIGABRT (exit code -6)" in ours[0]
     assert "before any rank could report" in ours[0] and "SIGTERM" not in ours[0]
+
+
+def test_fsdp2_gradient_on_some_ranks_only_is_stopped_before_the_reduce_scatter():
+    """FSDP2 reduce-scatters only the gradients a rank holds: with the aux branch run on rank 1's data only, the
+    ranks' reduce-scatters differ in size and gloo aborted a rank in C++ (no report). The ranks now compare which
+    parameters got a gradient before each unit's reduce-scatter and stop with them named."""
+    import dist_models
+
+    used = {}
+    for r in (0, 1):  # plain PyTorch, no wrapper: which rank's data reaches aux
+        os.environ["RANK"] = str(r)
+        try:
+            model = dist_models.DataBranch()
+            model(model.example_input_array).sum().backward()
+            used[r] = model.aux.weight.grad is not None and model.aux.bias.grad is not None
+        finally:
+            del os.environ["RANK"]
+    assert used == {0: False, 1: True}
+    code, err, _, left = run_group("inspect", "dist_models:DataBranch", "--wrap", "fsdp", timeout=10)
+    assert code == 2 and not left
+    line = one_line(err)  # gradprobe's line only: nothing aborted
+    assert line.startswith("gradprobe: run error: every rank: backward raised")
+    assert "aux.weight, aux.bias got a gradient on rank 1 but none on rank 0" in line
+    assert "reduce-scatters of unit '(root)' would differ" in line and line.count("got a gradient") == 1
 
 
 def test_crash_line_only_for_ranks_no_one_reported():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,9 @@ class RankCollector:
         self.buffer_digests: dict[str, str | None] = {}
         self.value_digests: dict[str, str] = {}
         self.backward_seen = False
+        # FSDP2: called with (unit, {parameter: got a gradient here}) before each unit's reduce-scatter; the
+        # session makes the ranks agree there (FSDP2 reduce-scatters only the gradients a rank holds)
+        self.before_reduce: Callable[[str, dict[str, bool]], None] | None = None
         self._undo: list[Any] = []
 
     # ------------------------------------------------------------------ install / remove
@@ -201,9 +205,10 @@ class RankCollector:
                 return out
 
             def post_backward_wrapper(*args: Any, _orig: Any = post_backward, _group: Any = group,
-                                      _stats: _UnitStats = stats, **kwargs: Any) -> Any:
+                                      _stats: _UnitStats = stats, _unit: str = unit.name, **kwargs: Any) -> Any:
                 self.backward_seen = True
                 unsharded: dict[str, torch.Tensor] = {}
+                held: dict[str, bool] = {}
                 for fp in _group.fsdp_params:
                     name = _fqn(fp, names)
                     if name is None or not hasattr(fp, "_unsharded_param"):
@@ -214,7 +219,9 @@ class RankCollector:
                     if grad is None:
                         if fp.sharded_param.requires_grad:
                             self.local.setdefault(name, (False, None))
+                            held[name] = False
                         continue
+                    held[name] = True
                     nbytes = grad.numel() * grad.element_size()
                     _stats.gradient += nbytes
                     # reduce-scattered in the MixedPrecisionPolicy's reduce_dtype when it differs (FSDP2's rule)
@@ -223,6 +230,8 @@ class RankCollector:
                     unsharded[name] = grad
                 if unsharded:  # the unit's local gradients, before the reduce-scatter frees them: one read
                     self.local.update((n, (True, norm)) for n, norm in _norms(unsharded).items())
+                if held and self.before_reduce is not None:
+                    self.before_reduce(_unit, held)
                 out = _orig(*args, **kwargs)
                 with _disable_current_modes():  # read later, all at once (``_sharded_grad_states``)
                     for fp in _group.fsdp_params:

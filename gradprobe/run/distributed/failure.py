@@ -82,7 +82,9 @@ class FailurePropagation:
             err = RankError(self.rank, "unexpected error", f"{type(error).__name__}: {first} (run with --debug for "
                                                            f"the traceback)", self.phase)
         err = RankError(err.rank, err.kind, clean_collective_error(err.message), err.phase, err.hint)
-        if not err.hint and self.hint_source is not None:
+        if not err.hint and self.hint_source is not None and "got a gradient on" not in err.message:
+            # (a message that already names who got a gradient where, as FSDP2's pre-reduce check does, needs no
+            # second copy of it)
             with contextlib.suppress(Exception):
                 err = RankError(err.rank, err.kind, err.message, err.phase, self.hint_source())
         return err
