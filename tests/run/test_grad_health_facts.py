@@ -202,6 +202,18 @@ def test_forward_nan_from_a_fully_masked_softmax_row(log: bool) -> None:
     assert "2 of its 10 rows" in finding.message and "fully masked" in finding.message
 
 
+def test_forward_nan_written_by_a_nan_fill_value() -> None:
+    """A NaN number argument made the replay skip the op ('gave finite values (its inputs changed ...)')."""
+    model, report, gh = run(grad_models.nan_fill)
+    origin = gh.forward_origin
+    assert origin is not None and origin.op == "aten.masked_fill.Scalar" and origin.note == ""
+    with torch.no_grad():  # plain PyTorch: the entries the fill replaces
+        h = model.fc(model.example_input_array)
+    assert origin.made_nan == int((h > 0.5).sum()) > 0 and origin.inputs[0].nan == 0
+    finding = next(f for f in report.findings if f.code == "nonfinite-forward")
+    assert "its number argument is NaN" in finding.message and "aten.masked_fill.Scalar" in finding.message
+
+
 def test_fp16_overflow_origin() -> None:
     model, report, gh = run(grad_models.fp16_overflow)
     origin = gh.forward_origin

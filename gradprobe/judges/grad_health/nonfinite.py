@@ -66,6 +66,11 @@ def explain_op(origin: NonfiniteOrigin) -> tuple[str, str]:
     op = _short_op(origin.op or "")
     inputs = origin.inputs
     first = inputs[0] if inputs else None
+    if origin.made_nan and any(math.isnan(v) for v in origin.scalars):
+        return (f"its number argument is NaN: the op writes NaN on purpose (a fill value such as "
+                f"{op}(mask, float('nan')))",
+                "fill with a finite value, or make sure every NaN written here is masked out before it reaches "
+                "the loss")
     if origin.wide_finite and origin.dtype in DTYPE_MAX:
         limit = DTYPE_MAX[origin.dtype]
         return (f"overflow in {origin.dtype}: recomputed in float64 the result reaches {sig3(origin.wide_max_abs)}, "

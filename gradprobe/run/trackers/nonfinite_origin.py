@@ -4,7 +4,8 @@ The gradient-health tracker finds the first module call (in the order calls retu
 NaN/Inf although its inputs were finite, and keeps a copy of that call's inputs and autocast state.  After
 the run's phases, :func:`locate` calls the module once more on the copy, under ``no_grad`` with the RNG
 forked, and :class:`_FirstNonfinite` checks every op's output: the first op that made NaN from inputs
-without NaN, or Inf from finite inputs, is the origin.  Its tensor inputs are described as they were
+without NaN (a NaN number argument, such as a fill value, counts as made here), or Inf from finite inputs, is
+the origin.  Its tensor inputs are described as they were
 before the op ran, and the op is recomputed in float64: a finite result there means the op overflowed its
 dtype.  This costs one extra forward of one call, only when a run made NaN/Inf.
 """
@@ -91,7 +92,7 @@ class _FirstNonfinite(TorchDispatchMode):
         if not outputs:
             return out
         made = [nonfinite_count(t) for t in outputs]
-        nan_in = sum(n for n, _ in before) + sum(math.isnan(s) for s in scalars)
+        nan_in = sum(n for n, _ in before)  # a NaN number argument (a fill value) makes this op the origin
         inf_in = sum(i for _, i in before) + sum(math.isinf(s) for s in scalars)
         made_nan = sum(n for n, _ in made) if nan_in == 0 else 0
         made_inf = sum(i for _, i in made) if nan_in == 0 and inf_in == 0 else 0
