@@ -67,7 +67,7 @@ class BackwardRecording:
             if kind in WATCHED_KINDS or isinstance(node, torch.autograd.function.BackwardCFunction):
                 made_in: Call | None = timeline.call_of(node._sequence_nr()) if timeline.seqs else None
                 self._nodes.append(NodeRecord(kind, index_of.get(made_in) if made_in is not None else None,
-                                              saved=saved_counts(node, kind)))
+                                              saved_refs=saved_values(node, kind)))
                 self._node_hooks.append(node.register_hook(partial(self._on_node, len(self._nodes) - 1)))
             stack.extend(child for child, _ in node.next_functions if child is not None and child not in seen)
         seen.clear()  # the graph's owners free it: no reference to a node outlives the walk
@@ -77,18 +77,25 @@ class BackwardRecording:
         record = self._nodes[index]
         record.rank = self._node_rank
         self._node_rank += 1
+        saved, record.saved_refs = record.saved_refs, None  # autograd frees them now: so does the tracker
         with quiet():
             record.bad_in = nonfinite_total(grad_outputs)
             record.bad_out = nonfinite_total(grad_inputs)
+            bad = record.bad_out
+            # the saved values are read only where this node returned NaN/Inf (known at once on the CPU; on an
+            # accelerator the counts stay lazy instead of syncing on every watched node)
+            if saved and bad is not None and (bad.device.type != "cpu" or bool(bad)):
+                record.saved = saved_counts(saved)
 
 
 _SAVED_NAMES: dict[str, tuple[str, ...]] = {}
 
 
-def saved_counts(node: Any, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """NaN/Inf, negatives and zeros of the forward values a watched node saved for its formula, as lazy 0-d
-    tensors, read while the graph is walked (before the backward frees them; no reference is kept). A NaN that
-    the forward made and a later ``torch.where`` or mask kept out of the module's output is only seen here."""
+def saved_values(node: Any, kind: str) -> tuple[torch.Tensor, ...] | None:
+    """The forward values a watched node saved for its formula (``_saved_self``, ``_saved_result``, ...), read
+    while the graph is walked; the tracker holds them only until the node runs, when autograd frees them too. A
+    NaN that the forward made and a later ``torch.where`` or mask kept out of the module's output is only seen
+    here."""
     names = _SAVED_NAMES.get(kind)
     if names is None:
         names = _SAVED_NAMES[kind] = tuple(a for a in dir(node) if a.startswith("_saved_"))
@@ -99,15 +106,20 @@ def saved_counts(node: Any, kind: str) -> tuple[torch.Tensor, torch.Tensor, torc
         except Exception:  # freed, or a saved-tensors hook refuses to unpack: nothing to read
             continue
         if isinstance(v, torch.Tensor) and measurable(v) and v.is_floating_point() and v.numel():
-            values.append(stored_values(v).detach())
-    if not values:
-        return None
-    with quiet():
-        counts = [(torch.isfinite(v).logical_not().sum(), (v < 0).sum(), (v == 0).sum()) for v in values]
-        if len(counts) == 1:
-            return counts[0]
-        bad, neg, zero = (torch.stack([c[k].to(counts[0][k].device) for c in counts]).sum() for k in range(3))
-        return bad, neg, zero
+            values.append(v.detach())
+    return tuple(values) or None
+
+
+def saved_counts(values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """NaN/Inf, negatives and zeros over ``values``, as lazy 0-d tensors."""
+    counts = []
+    for v in values:
+        v = stored_values(v)
+        counts.append((torch.isfinite(v).logical_not().sum(), (v < 0).sum(), (v == 0).sum()))
+    if len(counts) == 1:
+        return counts[0]
+    bad, neg, zero = (torch.stack([c[k].to(counts[0][k].device) for c in counts]).sum() for k in range(3))
+    return bad, neg, zero
 
 
 def nonfinite_total(grads: Sequence[torch.Tensor | None]) -> torch.Tensor | None:

@@ -69,4 +69,5 @@ class NodeRecord:
     rank: int = -1
     bad_in: torch.Tensor | None = None
     bad_out: torch.Tensor | None = None
+    saved_refs: tuple[torch.Tensor, ...] | None = None  # what it saved for its formula, held until it runs
     saved: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # NaN/Inf, negatives, zeros (lazy)

@@ -81,6 +81,8 @@ class GradHealthTracker(ForwardRecording, BackwardRecording, FactBuilding):
             handle.remove()
         self._tensor_hooks.clear()
         self._node_hooks.clear()
+        for node in self._nodes:  # nodes that never ran: their saved values are not the tracker's to keep
+            node.saved_refs = None
 
     # ----------------------------------------------------------------------------------------------- facts
 
