@@ -151,6 +151,9 @@ class NonfiniteOrigin:
     # and the slices there are; None for other ops
     neg_inf_slices: int | None = None
     slices: int | None = None
+    # std/var: values reduced into each result and the correction (N - correction <= 0 divides 0 by 0); None else
+    reduced: int | None = None
+    correction: float | None = None
 
 
 @dataclass(frozen=True)

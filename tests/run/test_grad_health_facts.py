@@ -214,6 +214,31 @@ def test_forward_nan_written_by_a_nan_fill_value() -> None:
     assert "its number argument is NaN" in finding.message and "aten.masked_fill.Scalar" in finding.message
 
 
+def test_forward_nan_of_a_std_over_one_value() -> None:
+    """std with the default correction over one row: 0/0. The verdict said only 'its inputs were finite'."""
+
+    class Standardise(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.example_input_array = torch.randn(1, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x)
+            return (h - h.mean(0)) / h.std(0)
+
+    model, report, gh = run(Standardise)
+    origin = gh.forward_origin
+    assert origin is not None and origin.op == "aten.std.correction"
+    with torch.no_grad():  # plain PyTorch: the std the division used
+        h = model.fc(model.example_input_array)
+        std = h.std(0)
+    assert origin.reduced == h.numel() // std.numel() == 1 and origin.correction == 1.0
+    assert origin.made_nan == int(std.isnan().sum()) == 8
+    finding = next(f for f in report.findings if f.code == "nonfinite-forward")
+    assert "std over 1 value(s) per result with correction 1" in finding.message and "correction=0" in finding.hint
+
+
 def test_fp16_overflow_origin() -> None:
     model, report, gh = run(grad_models.fp16_overflow)
     origin = gh.forward_origin

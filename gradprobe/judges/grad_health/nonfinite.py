@@ -71,6 +71,12 @@ def explain_op(origin: NonfiniteOrigin) -> tuple[str, str]:
                 f"{op}(mask, float('nan')))",
                 "fill with a finite value, or make sure every NaN written here is masked out before it reaches "
                 "the loss")
+    if op in ("std", "var", "std_mean", "var_mean") and origin.reduced is not None and origin.correction is not None \
+            and origin.reduced <= origin.correction:
+        return (f"{op} over {origin.reduced} value(s) per result with correction {origin.correction:g} divides by "
+                f"{origin.reduced} - {origin.correction:g} <= 0 (0/0)",
+                "reduce over more than one value, or pass correction=0 (the population statistic) where a "
+                "single value can occur")
     if origin.wide_finite and origin.dtype in DTYPE_MAX:
         limit = DTYPE_MAX[origin.dtype]
         return (f"overflow in {origin.dtype}: recomputed in float64 the result reaches {sig3(origin.wide_max_abs)}, "

@@ -66,7 +66,7 @@ def _origin(gh: GradHealthFacts, o: NonfiniteOrigin | None) -> dict[str, Any] | 
             "op": o.op, "inputs": [_stats(s) for s in o.inputs], "scalars": [_num(v) for v in o.scalars],
             "made_nan": o.made_nan, "made_inf": o.made_inf, "dtype": o.dtype or None,
             "float64_max_abs": _num(o.wide_max_abs), "float64_finite": o.wide_finite, "note": o.note or None,
-            "neg_inf_slices": o.neg_inf_slices, "slices": o.slices}
+            "neg_inf_slices": o.neg_inf_slices, "slices": o.slices, "reduced": o.reduced, "correction": o.correction}
 
 
 def grad_health_json(report: InspectReport) -> dict[str, Any]:

@@ -102,7 +102,8 @@ class _FirstNonfinite(TorchDispatchMode):
                 call=None, op=str(func), inputs=tuple(stats if stats is not None else map(value_stats, inputs)),
                 scalars=tuple(scalars), made_nan=made_nan, made_inf=made_inf, dtype=dtype_name(outputs[0].dtype),
                 wide_max_abs=wide_max if wide_max is not None and math.isfinite(wide_max) else None,
-                wide_finite=None if wide_max is None else math.isfinite(wide_max), **_masked_slices(func, args))
+                wide_finite=None if wide_max is None else math.isfinite(wide_max), **_masked_slices(func, args),
+                **_reduced(func, args, kwargs, outputs))
         return out
 
 
@@ -118,6 +119,19 @@ def _masked_slices(func: Any, args: Any) -> dict[str, int]:
     t = args[0].detach()
     masked = (t == float("-inf")).all(dim=args[1])
     return {"neg_inf_slices": int(masked.sum()), "slices": masked.numel()}
+
+
+_SPREAD = frozenset({"std", "var", "std_mean", "var_mean"})
+
+
+def _reduced(func: Any, args: Any, kwargs: dict[str, Any], outputs: list[torch.Tensor]) -> dict[str, Any]:
+    """std/var: how many values each result reduces, and the correction (1 unless given)."""
+    name = str(func).split(".")
+    if len(name) < 2 or name[1] not in _SPREAD or not args or not isinstance(args[0], torch.Tensor) or not outputs:
+        return {}
+    correction = kwargs.get("correction")
+    return {"reduced": args[0].numel() // max(1, outputs[0].numel()),
+            "correction": 1.0 if correction is None else float(correction)}
 
 
 def _wide(v: Any) -> Any:
