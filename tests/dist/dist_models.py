@@ -333,3 +333,17 @@ class MismatchedCollective(Net):
         t = torch.ones(4 * (1 + rank()))
         dist.all_reduce(t)
         return super().forward(x)
+
+
+class StepCounter(nn.Module):
+    """An integer buffer counting the samples each rank saw (its batch size plus its rank): the replicas' counters
+    differ after the forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += x.shape[0] + rank()
+        return self.fc(x)

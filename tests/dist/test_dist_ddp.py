@@ -89,3 +89,16 @@ def test_find_unused_parameters_with_nothing_unused_warns_under_plain_torchrun(t
     assert "ddp-find-unused-cost" in r.out
     assert "Parameters by rank (2 ranks, gloo, wrapper: ddp)" in r.out
     assert "stem.weight" in r.out and "module.stem" not in r.out
+
+
+def test_integer_buffers_that_diverge_are_compared(reference):
+    """An int64 buffer was never compared across ranks (same_as_rank0 None: only floating buffers had digests)."""
+    r = reference(["dist_models:StepCounter", "--wrap", "ddp", "--shape", "6,8"],
+                  ["inspect", "dist_models:StepCounter", "--wrap", "ddp", "--shape", "6,8", "-f", "json"])
+    assert r.code == 0, r.err
+    seen = [ref["buffers"]["seen"] for ref in sorted(r.ranks, key=lambda x: x["rank"])]
+    assert seen[0] != seen[1]  # plain PyTorch: the counters differ after the forward
+    doc = r.json()
+    buffers = {b["name"]: b for b in doc["buffers"]}
+    assert [x["same_as_rank0"] for x in buffers["seen"]["ranks"]] == [True, False]
+    assert finding(doc, "dist-buffers-diverge")["subject"] == "seen"

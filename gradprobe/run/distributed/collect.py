@@ -52,7 +52,8 @@ def _norm(t: torch.Tensor) -> float:
 
 def digest_tensors(tensors: list[torch.Tensor]) -> list[str | None]:
     """A cheap fingerprint of each tensor's values (norm and sum in its own dtype, computed the same way on every
-    rank): equal values give equal digests; different ones almost surely differ.  One ``_foreach_norm`` and one
+    rank; integer and bool tensors: their sum and sum of squares as int64): equal values give equal digests;
+    different ones almost surely differ.  One ``_foreach_norm`` and one
     stacked sum per call, one conversion to Python each, outside every tracker (dispatch and function modes)."""
     with quiet():  # even a method call on a tensor goes through the run's function mode (the cut tracker's)
         return _digests(tensors)
@@ -61,12 +62,20 @@ def digest_tensors(tensors: list[torch.Tensor]) -> list[str | None]:
 def _digests(tensors: list[torch.Tensor]) -> list[str | None]:
     out: list[str | None] = [None] * len(tensors)
     dense: list[int] = []
+    counts: list[int] = []  # integer and bool tensors (a step counter, num_batches_tracked): exact sums
     for i, t in enumerate(tensors):
         t = local_tensor(t)
-        if t is None or t.device.type == "meta" or t.layout != torch.strided or not (
-                t.is_floating_point() or t.is_complex()):
+        if t is None or t.device.type == "meta" or t.layout != torch.strided:
             continue
-        dense.append(i)
+        if t.is_floating_point() or t.is_complex():
+            dense.append(i)
+        elif t.numel():
+            counts.append(i)
+    if counts:
+        exact = [local_tensor(tensors[i]).detach().long() for i in counts]  # type: ignore[union-attr]
+        sums = torch.stack([torch.stack([x.sum(), (x * x).sum()]) for x in exact]).tolist()
+        for i, (total, squares) in zip(counts, sums, strict=True):
+            out[i] = f"int:{total}/{squares}"
     if not dense:
         return out
     locals_ = [local_tensor(tensors[i]).detach() for i in dense]  # type: ignore[union-attr]
@@ -299,7 +308,7 @@ class RankCollector:
 
     def _hook_buffers(self) -> None:
         inner = self.w.inner
-        named = [(n, b) for n, b in inner.named_buffers() if b is not None and b.is_floating_point()]
+        named = [(n, b) for n, b in inner.named_buffers() if b is not None]
         if not named:
             return
         done = [False]
