@@ -87,7 +87,7 @@ def test_no_grad_inside_forward() -> None:
     assert subjects(report, "flag") == backbone  # still require grad
     assert "torch.no_grad()" in messages(report, "flag") and "find_unused_parameters=True" in messages(report, "flag")
     assert subjects(report, "gradient") == stem  # the no_grad region cuts everything upstream
-    assert "'backbone'" in messages(report, "gradient") and "upstream" in messages(report, "gradient")
+    assert "'backbone" in messages(report, "gradient") and "upstream" in messages(report, "gradient")
     assert set(report.ddp_unused) == backbone | stem
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 from fixtures.freeze_patterns import CustomFunctionNone, OneUnusedInModule, RootParamUnused, UsedThroughData
 from torch import nn
 
@@ -49,3 +50,33 @@ def test_the_same_parameter_unlisted_is_a_warning_only() -> None:
     report = gradprobe.freeze_check(OneUnusedInModule(), trainable=["lin", "gate.weight"])
     assert report.passed
     assert {w.subject for w in report.warnings if w.check == "gradient"} == {"gate.spare"}
+
+
+class UpstreamNoGradThenDetach(nn.Module):
+    """``enc`` runs under no_grad *before* ``mid``; ``mid``'s own output is detached: ``mid`` is cut off by its
+    own ``.detach()``, not by ``enc`` (which lies upstream of it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.mid, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.example_input_array = torch.randn(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = self.enc(x)
+        return self.head(self.mid(h).detach())
+
+
+def test_the_cut_named_is_the_one_between_the_parameter_and_the_loss() -> None:
+    model = UpstreamNoGradThenDetach()
+    assert plain_missing(model) == {"enc.weight", "enc.bias", "mid.weight", "mid.bias"}
+    twin = copy.deepcopy(model)  # plain PyTorch: mid's output has a graph, the detach after it cuts it off
+    with torch.no_grad():
+        h = twin.enc(model.example_input_array)
+    assert h.grad_fn is None and twin.mid(h).grad_fn is not None
+    report = gradprobe.freeze_check(model, frozen=["enc"], trainable=["mid", "head"])
+    mid = [v for v in report.violations if v.check == "gradient" and v.subject.startswith("mid.")]
+    assert {v.subject for v in mid} == {"mid.weight", "mid.bias"}
+    for v in mid:
+        assert "cut off from the loss by .detach() in the model's own forward" in v.message, v.message
+        assert "'enc'" not in v.message and "downstream" not in v.message, v.message

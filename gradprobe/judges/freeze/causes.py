@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from gradprobe.facts.run import GradState, ModuleFact, ParamFact, RunFacts
 from gradprobe.judges.freeze.text import ancestors, in_subtree, label, short
+from gradprobe.judges.grad_causes import CauseFinder
 
 _FLOAT_PREFIXES = ("float", "bfloat", "complex", "half", "double")
+# causes ``inspect`` reads off measured facts (the forward's recorded cuts, flags flipped by forward, the graph):
+# where the run recorded one for a parameter, it names the cut between that parameter and the loss; the module-level
+# guess after it (any graphless module, upstream or not) is only for facts without such a record
+_MEASURED = frozenset({"flag-changed", "scripted", "backward-none", "cut", "cut-own", "reentrant"})
 
 
 def effective_grad(run: RunFacts, p: ParamFact) -> GradState | None:
@@ -30,6 +35,7 @@ class Causes:
             if t.dtype.startswith(_FLOAT_PREFIXES):
                 self.outputs.setdefault(t.module, []).append(t.grad_fn is not None)
         self.requiring = [p for p in run.parameters if p.requires_grad]
+        self._finder: CauseFinder | None = None
 
     def called(self, module: str) -> bool:
         mod = self.modules.get(module)
@@ -105,6 +111,11 @@ class Causes:
             return (f"{owner} runs and other parameters it owns receive gradients, so forward does not use this "
                     f"one on the way to the loss (never read, read only through .data, .detach() or under "
                     f"torch.no_grad(), or a custom autograd.Function whose backward returns None for it)")
+        if self._finder is None:
+            self._finder = CauseFinder(self.run)
+        measured = self._finder.of(p)
+        if measured.kind in _MEASURED:
+            return measured.text.replace("{it}", "it")
         root = self.cut_root(p.module)
         regions = [r for r in self.cut_regions() if not in_subtree(p.module, r)]
         if regions:

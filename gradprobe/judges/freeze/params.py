@@ -104,9 +104,10 @@ def trainable_issues(p: ParamFact, grad: GradState | None, causes: Causes, group
                 f"or a parent of {label(p.module)}) froze it", kind=kind,
                 fix="call requires_grad_(True) on it after freezing", groups=groups), True))
     elif grad is GradState.ABSENT:
-        out.append((issue("gradient", p.name, "a gradient", ".grad is None",
-                          f"received no gradient: {causes.no_gradient(p)}; it is cut off from the loss, and "
-                          f"{DDP_NOTE}", kind=kind, groups=groups), True))
+        why = causes.no_gradient(p)
+        tail = DDP_NOTE if why.startswith("cut off from the loss") else f"it is cut off from the loss, and {DDP_NOTE}"
+        out.append((issue("gradient", p.name, "a gradient", ".grad is None", f"received no gradient: {why}; {tail}",
+                          kind=kind, groups=groups), True))
     elif grad is GradState.ZERO:
         out.append((issue("gradient", p.name, "a nonzero gradient", "a gradient that is exactly zero",
                           "received a gradient that is exactly zero: a dead ReLU, a zero mask, a loss that does not "
