@@ -14,7 +14,7 @@ import torch
 from conftest import CliResult
 from torch import nn
 
-from gradprobe.api import probe
+from gradprobe.api import freeze_check, probe
 from tests.fixtures.grad_models import lora_adapter
 
 
@@ -193,3 +193,28 @@ def test_cli_json_names_the_zero_factor(run_cli: Callable[..., CliResult]) -> No
     assert doc["zero_grad_partners"] == [{"parameter": "0.lora_A", "zero_factors": ["0.lora_B"]}]
     (f,) = [f for f in doc["findings"] if f["code"] == "grad-zero"]
     assert f["severity"] == "info" and "'0.lora_B' is all zeros (its usual initialisation in LoRA)" in f["message"]
+
+
+def test_freeze_check_passes_a_lora_first_step_under_strict() -> None:
+    """freeze-check reads the same measured partner: a zero-initialised lora_B that trains explains lora_A's
+    zero gradient, so a correct LoRA freeze has no warning (``--strict`` passes) and a note names the pair."""
+    model = HandLoRA()
+    grads = plain_grads(model, lambda m: m(X8).sum())
+    assert not grads["lora_A.weight"].any() and grads["lora_B.weight"].any()  # type: ignore[union-attr]
+    assert grads["base.weight"] is None
+    report = freeze_check(model, X8, frozen=["base"], trainable=["lora_A", "lora_B", "head"])
+    assert report.passed and not report.violations and not report.warnings, report.warnings
+    (note,) = [n for n in report.notes if "exactly zero" in n]
+    assert "'lora_A.weight' (with 'lora_B.weight')" in note and "1 trainable parameter(s)" in note
+
+
+def test_freeze_check_keeps_the_warning_when_the_zero_partner_cannot_train() -> None:
+    """lora_B frozen at zero: lora_A's gradient stays zero for ever, so the warning stays (no note)."""
+    model = HandLoRA()
+    model.lora_B.requires_grad_(False)
+    grads = plain_grads(model, lambda m: m(X8).sum())
+    assert not grads["lora_A.weight"].any() and grads["lora_B.weight"] is None  # type: ignore[union-attr]
+    report = freeze_check(model, X8, frozen=["base", "lora_B"], trainable=["lora_A", "head"])
+    (w,) = [w for w in report.warnings if w.check == "gradient"]
+    assert w.subject == "lora_A.weight" and w.found == "a gradient that is exactly zero"
+    assert not any("exactly zero" in n for n in report.notes)

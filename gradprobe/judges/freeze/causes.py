@@ -9,6 +9,7 @@ from __future__ import annotations
 from gradprobe.facts.run import GradState, ModuleFact, ParamFact, RunFacts
 from gradprobe.judges.freeze.text import ancestors, in_subtree, label, short
 from gradprobe.judges.grad_causes import CauseFinder
+from gradprobe.judges.gradients import zero_partners
 
 _FLOAT_PREFIXES = ("float", "bfloat", "complex", "half", "double")
 # causes ``inspect`` reads off measured facts (the forward's recorded cuts, flags flipped by forward, the graph):
@@ -78,6 +79,16 @@ class Causes:
             if inside and all(effective_grad(self.run, p) is GradState.ABSENT for p in inside):
                 return name
         return module
+
+    def zero_factors(self, p: ParamFact) -> tuple[list[str], bool]:
+        """The all-zero parameters that make ``p``'s gradient exactly zero (LoRA's ``B`` at the first step), and
+        whether each of them is known and got a nonzero gradient itself, so that ``p`` trains from the next step."""
+        names = zero_partners(self.run, p)
+        by_name = {q.name: q for q in self.run.parameters}
+        known = [by_name[n] for n in names if n in by_name]
+        training = bool(known) and all(q.requires_grad and effective_grad(self.run, q) is GradState.NONZERO
+                                       for q in known)
+        return names, training
 
     def never_called(self, module: str) -> str | None:
         """The outermost module on the path that never ran, if any."""

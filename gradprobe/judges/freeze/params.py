@@ -6,11 +6,11 @@ No torch here.  Each function returns ``(issue, is_violation)`` pairs for one pa
 from __future__ import annotations
 
 from gradprobe.facts.freeze import FreezeIssue
-from gradprobe.facts.run import GradState, ParamFact
-from gradprobe.judges.freeze.causes import Causes
-from gradprobe.judges.freeze.text import DDP_NOTE, issue, label
+from gradprobe.facts.run import GradState, ParamFact, RunFacts
+from gradprobe.judges.freeze.causes import Causes, effective_grad
+from gradprobe.judges.freeze.text import DDP_NOTE, issue, label, short
 from gradprobe.judges.freeze_spec import Classification
-from gradprobe.units import py_path
+from gradprobe.units import py_path, shorten
 
 Verdicts = list[tuple[FreezeIssue, bool]]
 _FORWARD_FIX = "set the flag once, before building the optimizer, not inside forward"
@@ -109,11 +109,33 @@ def trainable_issues(p: ParamFact, grad: GradState | None, causes: Causes, group
         out.append((issue("gradient", p.name, "a gradient", ".grad is None", f"received no gradient: {why}; {tail}",
                           kind=kind, groups=groups), True))
     elif grad is GradState.ZERO:
+        partners, training = causes.zero_factors(p)
+        if partners and training:  # measured: a zero-initialised factor that trains (LoRA's B): see zero_factor_note
+            return out
+        why = (f"{short(partners, 2)} {'is' if len(partners) == 1 else 'are'} all zeros and multiplies it on every "
+               f"path from the loss, and got no nonzero gradient itself, so neither will change in training"
+               if partners else "a dead ReLU, a zero mask, a loss that does not depend on it, or a factor "
+               "initialised to zero (a LoRA adapter's first step)")
         out.append((issue("gradient", p.name, "a nonzero gradient", "a gradient that is exactly zero",
-                          "received a gradient that is exactly zero: a dead ReLU, a zero mask, a loss that does not "
-                          "depend on it, or a factor initialised to zero (a LoRA adapter's first step)",
-                          kind=kind, groups=groups), False))
+                          f"received a gradient that is exactly zero: {why}", kind=kind, groups=groups), False))
     return out
+
+
+def zero_factor_note(run: RunFacts, causes: Causes, trainable: set[str]) -> str | None:
+    """Trainable parameters whose exactly-zero gradient an all-zero factor that trains explains (every
+    ``lora_A`` at a LoRA model's first step): expected, so a note rather than a warning."""
+    pairs = []
+    for p in run.parameters:
+        if p.name in trainable and p.requires_grad and effective_grad(run, p) is GradState.ZERO:
+            partners, training = causes.zero_factors(p)
+            if partners and training:
+                pairs.append(f"'{p.name}' (with '{partners[0]}')")
+    if not pairs:
+        return None
+    return (f"{len(pairs)} trainable parameter(s) got a gradient that is exactly zero because an all-zero factor "
+            f"multiplies each on every path from the loss, and that factor got a nonzero gradient (a zero-initialised "
+            f"adapter such as LoRA's B): {shorten(pairs, 2, quote=False)}; expected on the first step, they get a "
+            f"gradient once the factor has taken an optimizer step")
 
 
 def unlisted_issues(p: ParamFact, grad: GradState | None, causes: Causes) -> Verdicts:

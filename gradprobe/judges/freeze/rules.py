@@ -54,13 +54,16 @@ def judge(spec: FreezeSpec, facts: FreezeFacts) -> Judgement:
     issues.sort(key=lambda vi: order[vi[1].check])
     frozen = {p.name for p in run.parameters if classes[p.name].expected == "frozen"}
     note = optimizer.state_note(opt, frozen) if opt is not None else None
+    trainable = {p.name for p in run.parameters if classes[p.name].expected == "trainable"
+                 and not classes[p.name].conflict}
+    notes = tuple(n for n in (note, params.zero_factor_note(run, causes, trainable)) if n)
     return Judgement(
         parameters=rows,
         violations=tuple(i for v, i in issues if v),
         warnings=tuple(i for v, i in issues if not v),
         ddp_unused=tuple(p.name for p in run.parameters
                          if p.requires_grad and effective_grad(run, p) is GradState.ABSENT),
-        notes=(note,) if note else (),
+        notes=notes,
     )
 
 
