@@ -181,6 +181,9 @@ def publish(report: Any, format_: OutputFormat, output: Path | None, junit: Path
         except OSError as exc:
             raise UsageError(f"--junit: cannot write '{junit}' ({exc.strerror}); choose a writable path") from exc
     github.publish(report, freeze_markdown(report), sys.stderr)
+    if report.passed and strict and report.warnings:  # the report says PASS: say why the exit code is 1 anyway
+        sys.stderr.write(f"gradprobe: exit 1: --strict fails on the {len(report.warnings)} warning(s); the freeze "
+                         f"itself holds (0 violations)\n")
     return 0 if report.passed and not (strict and report.warnings) else 1
 
 

@@ -44,6 +44,10 @@ def test_adamw_over_every_parameter_passes_and_strict_fails_on_the_warnings(run_
     assert strict.code == 1, strict.err  # --strict: the warnings fail
     doc = json.loads(strict.out)
     assert doc["passed"] is True and doc["violations"] == []  # the verdict itself: the freeze holds
+    table = check(run_cli, "adamw_all", "--strict")
+    assert table.code == 1 and table.out.strip().splitlines()[-1].startswith("PASS: the freeze holds")
+    # the report says PASS and the exit code is 1: one line on stderr says why
+    assert f"exit 1: --strict fails on the {len(doc['warnings'])} warning(s)" in table.err, table.err
     assert by_check(doc["warnings"], "optimizer") == frozen
     fixed = check(run_cli, "adamw_trainable", "--strict")
     assert fixed.code == 0, fixed.err  # the fix: no warning left
