@@ -110,3 +110,47 @@ def test_top_limits_rows_and_says_so() -> None:
 def test_filter_limits_rows() -> None:
     text = render(_report(mi.NeverCalled), pattern="aux", sections={"parameters", "tensors"})
     assert "aux.weight" in text and "main.weight" not in text
+
+
+class PackedGRU(torch.nn.Module):
+    """A packed bidirectional GRU: its output holds float and int64 tensors with long names and grad_fns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 8)
+        self.gru = torch.nn.GRU(8, 6, bidirectional=True, batch_first=True)
+        self.head = torch.nn.Linear(12, 3)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(self.emb(ids), lengths, batch_first=True,
+                                                         enforce_sorted=False)
+        out, _ = self.gru(packed)
+        return self.head(torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True)[0].mean(1))
+
+
+def test_tensor_table_fits_80_columns_with_every_column_whole() -> None:
+    """Long output names and grad_fn names must not push the leaf column (and grad_fn) off an 80-column view:
+    every cell as plain PyTorch reports it, uncut."""
+    torch.manual_seed(0)
+    model = PackedGRU()
+    ids, lengths = torch.randint(0, 20, (3, 7)), torch.tensor([7, 3, 5])
+    seen: list[tuple[str, bool]] = []  # plain PyTorch: grad_fn and is_leaf of every tensor a module returns
+
+    def hook(_m: torch.nn.Module, _args: object, out: object) -> None:
+        for t in torch.utils._pytree.tree_leaves(out if not isinstance(out, tuple) else list(out)):
+            if isinstance(t, torch.Tensor):
+                seen.append((type(t.grad_fn).__name__ if t.grad_fn is not None else "None", t.is_leaf))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]  # the model itself: "output"
+    model(ids, lengths)
+    for h in handles:
+        h.remove()
+    assert ("IndexSelectBackward0", False) in seen and ("None", True) in seen  # both leaf values occur
+    text = render(probe(model, (ids, lengths)), width=80, sections={"tensors"})
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if "grad_fn" in line)
+    assert header.split()[-1] == "leaf", header
+    rows = [line.split() for line in lines if line.split()[-1:] in (["yes"], ["no"])]
+    assert sorted(r[-1] == "yes" for r in rows) == sorted(leaf for _, leaf in seen)
+    assert any(r[-2] == "IndexSelectBackward0" for r in rows)

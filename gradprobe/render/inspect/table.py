@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable
 
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
@@ -78,9 +79,23 @@ def _match(name: str, pattern: str | None) -> bool:
     return pattern is None or fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
 
 
-def _name_width(names: list[str]) -> int:
-    """Room for the longest name (16 to 48 columns): names stay on one line while the short columns wrap first."""
-    return max(16, min(48, max((len(n) for n in names), default=0)))
+_NARROW = 80  # the width a table must fit (a pipe, CI logs); a wider terminal gives the name column the rest
+_GRAD_FN = 24  # a grad_fn column this wide keeps the usual node names on one line; longer ones fold
+
+
+def _name_width(names: list[str], others: list[int] | None = None) -> int:
+    """Room for the longest name (16 to 48 columns): names stay on one line while the short columns wrap first.
+
+    ``others``: the widths of every other column.  The name column takes no more than what those columns leave
+    of 80 (each with its 3-character gap): a wider minimum pushes the table past 80 columns, where rich crops the
+    columns at the right (grad_fn names cut short, a ``leaf`` column shown as ``l`` or not at all)."""
+    longest = max((len(n) for n in names), default=0)
+    rest = sum(w + 3 for w in others or [])
+    return max(16, min(48, longest, _NARROW - rest - 1))
+
+
+def _widest(cells: Iterable[str]) -> int:
+    return max((len(c) for c in cells), default=0)
 
 
 def parameters_table(f: RunFacts, top: int | None, pattern: str | None) -> RenderableType:
@@ -169,15 +184,20 @@ def tensors_table(f: RunFacts, top: int | None, pattern: str | None) -> Renderab
     shared += [f"is_inference={inference}"] if inference else []
     title = f"Tensors ({len(f.tensors)}{'; ' + ', '.join(shared) if shared else ''})"
     labels = [_tensor_label(x, repeated) for x in shown]
+    grad_fn = min(_GRAD_FN, _widest(["grad_fn", *(x.grad_fn or "None" for x in shown)]))
+    others = [_widest(["shape", *(shape_text(x.shape) for x in shown)]), grad_fn]
+    others += [_widest(["dtype", *(x.dtype for x in shown)])] if dtype is None else []
+    others += [len(h) for h, uniform in (("req. grad", requires), ("leaf", leaf), ("inference", inference))
+               if uniform is None]
     t = light_table()
     t.add_column("module (call) / output", overflow="fold", ratio=1,
-                 min_width=_name_width([label.plain for label in labels]))
+                 min_width=_name_width([label.plain for label in labels], others))
     t.add_column("shape", no_wrap=True)
     if dtype is None:
         t.add_column("dtype", no_wrap=True)
     if requires is None:
         t.add_column("req. grad", no_wrap=True)
-    t.add_column("grad_fn", overflow="fold")
+    t.add_column("grad_fn", no_wrap=True, overflow="ellipsis", max_width=grad_fn)
     if leaf is None:
         t.add_column("leaf", no_wrap=True)
     if inference is None:
