@@ -154,3 +154,24 @@ def test_tensor_table_fits_80_columns_with_every_column_whole() -> None:
     rows = [line.split() for line in lines if line.split()[-1:] in (["yes"], ["no"])]
     assert sorted(r[-1] == "yes" for r in rows) == sorted(leaf for _, leaf in seen)
     assert any(r[-2] == "IndexSelectBackward0" for r in rows)
+
+
+def test_parameter_table_fits_80_columns_with_the_gradient_norm_whole() -> None:
+    """Long parameter names (a LoRA-wrapped model's) and mixed requires_grad must not crop the grad column's norm:
+    each norm as plain PyTorch computes it appears whole at 80 columns."""
+    torch.manual_seed(0)
+    inner = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model = torch.nn.Module()
+    model.base_model_with_a_rather_long_name = torch.nn.ModuleDict({"adapter_of_the_projection_layer": inner})
+    model.forward = lambda x: inner(x)  # type: ignore[method-assign]
+    inner[0].requires_grad_(False)
+    x = torch.randn(3, 4)
+    twin = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    twin.load_state_dict(inner.state_dict())
+    twin[0].requires_grad_(False)
+    twin(x).sum().backward()  # plain PyTorch
+    norms = {f"{twin[1].weight.grad.norm():.3g}", f"{twin[1].bias.grad.norm():.3g}"}
+    text = render(probe(model, x), width=80, sections={"parameters"})
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for norm in norms:
+        assert f"nonzero ‖{norm}‖" in text, text

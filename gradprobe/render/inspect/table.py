@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from gradprobe.facts.run import GradState, InspectReport, RunFacts, TensorFact
+from gradprobe.facts.run import GradState, InspectReport, ParamFact, RunFacts, TensorFact
 from gradprobe.render.common import findings_table, light_table, titled
 from gradprobe.render.graph.tree import GraphTree, display_tree
 from gradprobe.render.inspect.words import (
@@ -112,8 +112,12 @@ def parameters_table(f: RunFacts, top: int | None, pattern: str | None) -> Rende
     shared += [{"True": "all require grad", "False": "all frozen"}[requires]] if requires else []
     shared += [f"modules in {'train' if training == 'True' else 'eval'} mode"] if training else []
     title = f"Parameters ({len(f.parameters)}{'; ' + ', '.join(shared) if shared else ''})"
+    grads = [_grad_cell(p) for p in shown]
+    others = [_widest(["shape", *(shape_text(p.shape) for p in shown)]), _widest(["grad", *grads])]
+    others += [_widest(["dtype", *(p.dtype for p in shown)])] if dtype is None else []
+    others += [len(h) for h, uniform in (("req. grad", requires), ("module", training)) if uniform is None]
     t = light_table()
-    t.add_column("name", overflow="fold", ratio=1, min_width=_name_width([p.name for p in shown]))
+    t.add_column("name", overflow="fold", ratio=1, min_width=_name_width([p.name for p in shown], others))
     t.add_column("shape", no_wrap=True)
     if dtype is None:
         t.add_column("dtype", no_wrap=True)
@@ -122,13 +126,10 @@ def parameters_table(f: RunFacts, top: int | None, pattern: str | None) -> Rende
     t.add_column("grad", min_width=7)
     if training is None:
         t.add_column("module", no_wrap=True)
-    for p in shown:
+    for p, grad in zip(shown, grads, strict=True):
         name = Text(p.name)
         for alias in p.aliases:
             name.append(f"\n= {alias}", style="dim")
-        grad = "-" if p.grad is None else p.grad.value
-        if p.grad is GradState.NONZERO and p.grad_norm is not None:
-            grad = f"nonzero ‖{p.grad_norm:.3g}‖"
         cells: list[RenderableType] = [name, shape_text(p.shape)]
         if dtype is None:
             cells.append(p.dtype)
@@ -139,6 +140,12 @@ def parameters_table(f: RunFacts, top: int | None, pattern: str | None) -> Rende
             cells.append(Text("train") if p.module_training else Text("eval", style="dim"))
         t.add_row(*cells)
     return titled(title, t, f"{hidden} more rows (--top to change, --format json for all)" if hidden else None)
+
+
+def _grad_cell(p: ParamFact) -> str:
+    if p.grad is GradState.NONZERO and p.grad_norm is not None:
+        return f"nonzero ‖{p.grad_norm:.3g}‖"
+    return "-" if p.grad is None else p.grad.value
 
 
 def buffers_table(f: RunFacts, top: int | None, pattern: str | None) -> RenderableType:
