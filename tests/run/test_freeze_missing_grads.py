@@ -80,3 +80,26 @@ def test_the_cut_named_is_the_one_between_the_parameter_and_the_loss() -> None:
     for v in mid:
         assert "cut off from the loss by .detach() in the model's own forward" in v.message, v.message
         assert "'enc'" not in v.message and "downstream" not in v.message, v.message
+
+
+class EveryOutputDetached(nn.Module):
+    """The only output is detached: no backward can run, and the run recorded where the graph was cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+        self.example_input_array = torch.randn(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x).detach()
+
+
+def test_without_a_backward_the_recorded_cut_is_named() -> None:
+    model = EveryOutputDetached()
+    out = copy.deepcopy(model)(model.example_input_array)  # plain PyTorch: nothing to call backward on
+    assert not out.requires_grad and out.grad_fn is None
+    report = gradprobe.freeze_check(model, trainable=["*"])
+    gradient = [v for v in report.violations if v.check == "gradient"]
+    assert {v.subject for v in gradient} == {"lin.weight", "lin.bias"}
+    for v in gradient:
+        assert "so backward could not run: cut off from the loss by .detach() in the model's own forward" in v.message

@@ -105,9 +105,19 @@ class Causes:
         others = [q for q in self.requiring if q.name != p.name and (p.module == "" or q.module == p.module)]
         return any(effective_grad(self.run, q) not in (GradState.ABSENT, None) for q in others)
 
+    def _measured(self, p: ParamFact) -> str | None:
+        """The cause ``inspect`` reads off the run's recorded cuts (or flags, the graph), when it has one."""
+        if self._finder is None:
+            self._finder = CauseFinder(self.run)
+        cause = self._finder.of(p)
+        return cause.text.replace("{it}", "it") if cause.kind in _MEASURED else None
+
     def no_gradient(self, p: ParamFact) -> str:
         """Why a parameter that requires grad received none: where it is cut off from the loss."""
         if not self.run.backward:
+            measured = self._measured(p)
+            if measured is not None:  # where the graph was cut, as inspect names it
+                return f"no output of the model requires grad, so backward could not run: {measured}"
             return (f"no output of the model requires grad ({self.run.backward_skipped_reason}), so backward "
                     f"could not run")
         idle = self.never_called(p.module)
@@ -122,11 +132,9 @@ class Causes:
             return (f"{owner} runs and other parameters it owns receive gradients, so forward does not use this "
                     f"one on the way to the loss (never read, read only through .data, .detach() or under "
                     f"torch.no_grad(), or a custom autograd.Function whose backward returns None for it)")
-        if self._finder is None:
-            self._finder = CauseFinder(self.run)
-        measured = self._finder.of(p)
-        if measured.kind in _MEASURED:
-            return measured.text.replace("{it}", "it")
+        measured = self._measured(p)
+        if measured is not None:
+            return measured
         root = self.cut_root(p.module)
         regions = [r for r in self.cut_regions() if not in_subtree(p.module, r)]
         if regions:

@@ -105,7 +105,7 @@ def trainable_issues(p: ParamFact, grad: GradState | None, causes: Causes, group
                 fix="call requires_grad_(True) on it after freezing", groups=groups), True))
     elif grad is GradState.ABSENT:
         why = causes.no_gradient(p)
-        tail = DDP_NOTE if why.startswith("cut off from the loss") else f"it is cut off from the loss, and {DDP_NOTE}"
+        tail = DDP_NOTE if "cut off from the loss" in why else f"it is cut off from the loss, and {DDP_NOTE}"
         out.append((issue("gradient", p.name, "a gradient", ".grad is None", f"received no gradient: {why}; {tail}",
                           kind=kind, groups=groups), True))
     elif grad is GradState.ZERO:
