@@ -132,11 +132,13 @@ def _labels(model: nn.Module, input_ids: torch.Tensor | None, batch: int, seq: i
     return None
 
 
-def _forward_params(model: nn.Module) -> set[str]:
+def _forward_params(model: nn.Module, *, ordered: bool = False) -> list[str] | set[str]:
+    """The names ``forward`` takes: a set, or with ``ordered`` a list in signature order."""
     try:
-        return set(inspect.signature(model.forward).parameters)
+        names = list(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
-        return set()
+        names = []
+    return names if ordered else set(names)
 
 
 def hf_inputs(model: nn.Module, folder: str, shapes: list[str] | None, device: torch.device) -> ExampleInputs:
@@ -170,8 +172,11 @@ def hf_inputs(model: nn.Module, folder: str, shapes: list[str] | None, device: t
         kwargs["pixel_values"] = torch.randn(dims)
         notes.append(f"inputs from config.json: pixel_values {'×'.join(map(str, dims))}")
     else:
-        raise InputError(f"cannot make inputs for {type(model).__name__} from '{folder}/config.json' (no vocab_size "
-                         f"or image_size it takes); pass --inputs module:fn returning a dict of keyword inputs")
+        takes = [n for n in _forward_params(model, ordered=True) if n not in ("self", "args", "kwargs")][:3]
+        raise InputError(f"cannot make inputs for {type(model).__name__} from '{folder}/config.json': gradprobe makes "
+                         f"input_ids (from vocab_size) or pixel_values (from image_size), and its forward takes "
+                         f"{', '.join(takes) or 'neither'}{', ...' if takes else ''}; pass --inputs module:fn "
+                         f"returning a dict of keyword inputs")
     labels = _labels(model, kwargs.get("input_ids"), batch, seq)
     if labels is not None:
         kwargs["labels"] = labels

@@ -80,3 +80,23 @@ def test_factory_by_import_path_gets_a_safe_high(tmp_path: Path, run_cli: Callab
     res = run_cli("inspect", "hf_factory.py:build", "--shape", "2,8", "--dtype", "int64", "-f", "json", cwd=tmp_path)
     assert res.code == 0, res.err
     assert any(n.startswith("--high 64:") and "'transformer.wte'" in n for n in json.loads(res.out)["notes"])
+
+
+def test_folder_whose_forward_takes_other_inputs_says_what_it_takes(tmp_path: Path,
+                                                                    run_cli: Callable[..., Any]) -> None:
+    """Whisper has a vocab_size but takes input_features, not input_ids: one line naming what forward takes."""
+    import inspect
+
+    config = transformers.WhisperConfig(vocab_size=100, num_mel_bins=8, encoder_layers=1, decoder_layers=1,
+                                        d_model=16, encoder_attention_heads=2, decoder_attention_heads=2,
+                                        encoder_ffn_dim=32, decoder_ffn_dim=32, max_source_positions=10,
+                                        max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                        decoder_start_token_id=1, architectures=["WhisperForConditionalGeneration"])
+    model = transformers.WhisperForConditionalGeneration(config)
+    model.save_pretrained(tmp_path / "whisper")
+    first = next(iter(inspect.signature(model.forward).parameters))  # plain Python: what forward takes first
+    assert first == "input_features" and "input_ids" not in inspect.signature(model.forward).parameters
+    res = run_cli("inspect", "./whisper", cwd=tmp_path)
+    assert res.code == 2 and res.out == "", res.err
+    assert "Traceback" not in res.err and len(res.err.strip().splitlines()) == 1, res.err
+    assert f"its forward takes {first}" in res.err and "--inputs module:fn" in res.err, res.err
