@@ -113,7 +113,8 @@ def trainable_issues(p: ParamFact, grad: GradState | None, causes: Causes, group
         if partners and training:  # measured: a zero-initialised factor that trains (LoRA's B): see zero_factor_note
             return out
         why = (f"{short(partners, 2)} {'is' if len(partners) == 1 else 'are'} all zeros and multiplies it on every "
-               f"path from the loss, and got no nonzero gradient itself, so neither will change in training"
+               f"path from the loss, and got no nonzero gradient itself, so neither will learn from the loss "
+               f"(weight decay aside)"
                if partners else "a dead ReLU, a zero mask, a loss that does not depend on it, or a factor "
                "initialised to zero (a LoRA adapter's first step)")
         out.append((issue("gradient", p.name, "a nonzero gradient", "a gradient that is exactly zero",
