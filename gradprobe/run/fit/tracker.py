@@ -80,6 +80,12 @@ def _phase_mixin(base: type) -> type:
                         self._backend_seen.add(st.data_ptr())
                         self.backend_bytes.append(st.nbytes())
                     return
+            if self._in_opt and reftype is type(reftype).OPT:
+                # torch files every storage created inside ``optimizer.step()`` as optimizer state, Adam's
+                # intermediates (``exp_avg_sq.sqrt()``, the denominator) included; the state exists before the
+                # step here (step.initial_state), so a new storage is a temporary.  Any state the step itself
+                # creates is filed as state again by torch's post-step hook (_track_optimizer_states)
+                reftype = type(reftype).TEMP
             super()._track(reftype, t)
 
         def set_phase(self, phase: str) -> None:
