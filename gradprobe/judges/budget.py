@@ -25,10 +25,11 @@ def parse_budget(text: str) -> int:
     """``80GiB`` / ``80 GB`` / ``512MiB`` / ``1.5TiB`` / a number of bytes → bytes."""
     match = _SIZE.match(text or "")
     unit = match.group(2).lower() if match else None
-    if match is None or unit not in _UNITS or float(match.group(1)) <= 0:
+    size = int(float(match.group(1)) * _UNITS[unit]) if match is not None and unit in _UNITS else 0
+    if size < 1:  # a fraction of a byte ('0.5') would be a budget of 0 B that every step exceeds
         raise UsageError(f"--budget '{text}' is not a size: use a positive size like 80GiB, 40GB or 512MiB "
-                         f"(GiB = 2**30 bytes, GB = 10**9)")
-    return int(float(match.group(1)) * _UNITS[unit])
+                         f"(GiB = 2**30 bytes, GB = 10**9; a bare number is bytes)")
+    return size
 
 
 def judged_row(rows: tuple[RankFit, ...] | list[RankFit], budget: int) -> RankFit:
