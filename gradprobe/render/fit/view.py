@@ -47,6 +47,15 @@ def _widest(rows: list[list[str]], column: int) -> int:
     return max((len(cells[column]) for cells in rows if column < len(cells)), default=0)
 
 
+def _longest_word(rows: list[list[str]], column: int) -> int:
+    """The longest word of a column: the narrowest it can wrap to without cutting a word."""
+    return max((len(word) for cells in rows if column < len(cells) for word in cells[column].split()), default=0)
+
+
+FIGURE_COLUMNS = ("world size", "local batch", "forward peak", "backward peak", "step peak")
+MIN_MEANING = 24  # narrowest "what it is" column worth showing beside the figures
+
+
 def render_fit(report: FitReport, console: Console) -> None:
     budget = report.verdict.budget if report.verdict else None
     title = _title(report)
@@ -58,9 +67,11 @@ def render_fit(report: FitReport, console: Console) -> None:
     summary = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1, 0, 0) if narrow else (0, 1),
                     min_width=min(len(title), console.width))  # the title is as wide as the table
     for i, h in enumerate(headers):
-        width = max(_widest(body, i), *(len(word) for word in h.split())) if narrow else None
-        summary.add_column(h, justify="right" if "peak" in h or h in ("world size", "local batch") else "left",
-                           width=width)
+        figures = h in FIGURE_COLUMNS  # not "largest at the peak": a category name, in words
+        # figures stay whole on one line; a word column ("unsharded parameters") may wrap between its words
+        width = max(_widest(body, i) if figures else _longest_word(body, i),
+                    *(len(word) for word in h.split())) if narrow else None
+        summary.add_column(h, justify="right" if figures else "left", width=width)
     for cells in body:
         summary.add_row(*cells)
     console.print(summary)
@@ -70,10 +81,19 @@ def render_fit(report: FitReport, console: Console) -> None:
     cats.add_column("category", min_width=_widest(body, 0))
     for i, h in enumerate(header, start=1):
         cats.add_column(h, justify="right", min_width=_widest(body, i))
-    cats.add_column("what it is", overflow="fold", max_width=60)
+    # the description column gets what the figures leave; too little (several world sizes at 80 columns) and
+    # rich cut its words ("this ra", "paramet"): the meanings are then listed under the table instead
+    left = console.width - sum(max(_widest(body, i), len(h)) + 3 for i, h in enumerate(["category", *header]))
+    described = left >= MIN_MEANING
+    if described:
+        cats.add_column("what it is", overflow="fold", max_width=60)
     for cells in body:
-        cats.add_row(*cells)
+        cats.add_row(*(cells if described else cells[:-1]))
     console.print(cats)
+    if not described:
+        for cells in body:
+            if cells[-1]:
+                console.print(Text(f"  {cells[0]}: {cells[-1]}"))
     saved = saved_rows(report.rows[0])
     if saved:
         table = Table(title=f"Saved for backward by module (N={report.rows[0].world_size}, largest first)",
