@@ -125,6 +125,7 @@ class BudgetVerdict:
     dominant_bytes: int
     levers: tuple[Lever, ...] = ()
     chosen: Lever | None = None  # the cheapest lever that fits
+    method: str = ""  # how the judged peak was found: "simulated" (real kernels) | "estimated" (meta)
 
 
 @dataclass(frozen=True)

@@ -46,16 +46,17 @@ def verdict(row: RankFit, budget: int, levers: tuple[Lever, ...] = ()) -> Budget
     chosen = next((lv for lv in ordered if lv.fits), None)
     return BudgetVerdict(budget=budget, world_size=row.world_size, peak=row.peak, fits=row.peak <= budget,
                          dominant=dominant, dominant_bytes=step.get(dominant), levers=tuple(ordered),
-                         chosen=chosen)
+                         chosen=chosen, method=row.method)
 
 
 def verdict_text(v: BudgetVerdict) -> str:
     """One sentence: the verdict, what dominates, and the lever."""
     where = f"at {v.world_size} rank(s)"
+    peak = f"{v.method} peak" if v.method else "peak"  # a figure of one simulated or estimated step, not of a job
     if v.fits:
-        return (f"fits: peak {human_bytes(v.peak)} per rank {where} is within the budget of "
+        return (f"fits: {peak} {human_bytes(v.peak)} per rank {where} is within the budget of "
                 f"{human_bytes(v.budget)} ({human_bytes(v.budget - v.peak)} to spare)")
-    text = (f"does not fit: peak {human_bytes(v.peak)} per rank {where} exceeds the budget of "
+    text = (f"does not fit: {peak} {human_bytes(v.peak)} per rank {where} exceeds the budget of "
             f"{human_bytes(v.budget)} by {human_bytes(v.peak - v.budget)}; the largest category is "
             f"{LABEL.get(v.dominant, v.dominant)} ({human_bytes(v.dominant_bytes)})")
     if v.chosen is not None:
