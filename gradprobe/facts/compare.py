@@ -185,6 +185,8 @@ class Comparison:
     missing_keys: tuple[str, ...] = ()
     unexpected_keys: tuple[str, ...] = ()
     nested_fast_path: NestedFastPath | None = None
+    # each changed buffer's owner: (buffer name, owning module's class name, the owner is a BatchNorm layer)
+    buffer_owners: tuple[tuple[str, str, bool], ...] = ()
 
     @property
     def eval_random(self) -> bool:

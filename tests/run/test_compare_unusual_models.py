@@ -103,3 +103,39 @@ def test_compare_modes_failed_timed_backward_names_the_right_run() -> None:
     [row] = report.comparison.rows
     assert not row.ok
     assert row.error is not None and row.error.startswith("timed run 1 raised"), row.error
+
+
+class _EmaAndBn(nn.Module):
+    """A custom module whose forward updates its own buffers in train mode, beside a BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.bn = nn.BatchNorm1d(4)
+        self.register_buffer("ema", torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.lin(x))
+        if self.training:
+            with torch.no_grad():
+                self.ema.mul_(0.9).add_(0.1 * y.mean(0))
+        return y - self.ema
+
+
+def test_compare_modes_names_the_owners_of_changed_buffers() -> None:
+    """The verdict called every buffer a train no_grad forward changes 'BatchNorm running statistics', an EMA
+    buffer of the user's own module too. The owners now come from the model; checked against plain PyTorch."""
+    torch.manual_seed(0)
+    model, x = _EmaAndBn(), torch.randn(8, 4)
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    probe = _EmaAndBn()
+    probe.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        probe.train()(x)
+    changed = [n for n, b in probe.named_buffers() if not torch.equal(b, before[n])]
+    owners = {type(probe.get_submodule(n.rpartition(".")[0])).__name__ for n in changed}
+    assert owners == {"BatchNorm1d", "_EmaAndBn"}  # what plain PyTorch says changed, and who owns it
+    report = compare_modes(model, x, modes="train:no_grad,eval:no_grad", repeat=1)
+    [line] = [v for v in report.verdict if "corrupts these" in v]
+    assert line.endswith("corrupts these (BatchNorm running statistics; buffers of _EmaAndBn).")
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())

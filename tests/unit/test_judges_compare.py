@@ -75,7 +75,8 @@ def test_buffers_changed_without_grad_in_train_mode() -> None:
     stats = ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked")
     c = comparison(mode_row("train", "grad", buffers_changed=stats),
                    mode_row("train", "no_grad", buffers_changed=stats),
-                   mode_row("train", "inference_mode", buffers_changed=stats[:2]), mode_row("eval", "no_grad"))
+                   mode_row("train", "inference_mode", buffers_changed=stats[:2]), mode_row("eval", "no_grad"),
+                   buffer_owners=tuple((b, "BatchNorm1d", True) for b in stats))
     f = only(judge_compare(c), "train-no-grad-buffers")
     assert (f.severity, f.subject) == ("warning", "bn.running_mean")
     assert f.message.startswith("in train mode the forward changes 3 buffer(s) even under no_grad and "
@@ -83,6 +84,18 @@ def test_buffers_changed_without_grad_in_train_mode() -> None:
     assert ("In train mode the forward changes 3 buffer(s) even under no_grad and inference_mode: bn.running_mean, "
             "bn.running_var, bn.num_batches_tracked. A validation loop without model.eval() corrupts these "
             "(BatchNorm running statistics).") in compare_verdict(c)
+
+
+def test_buffers_changed_name_their_owners_not_always_batchnorm() -> None:
+    """A custom module's buffers (an EMA) are not BatchNorm statistics: the verdict said so for every buffer."""
+    ema = ("norm.ema", "norm.count")
+    c = comparison(mode_row("train", "no_grad", buffers_changed=ema), mode_row("eval", "no_grad"),
+                   buffer_owners=tuple((b, "EmaNorm", False) for b in ema))
+    verdict = " ".join(compare_verdict(c))
+    assert "corrupts these (buffers of EmaNorm)." in verdict
+    assert "BatchNorm" not in verdict
+    unknown = comparison(mode_row("train", "no_grad", buffers_changed=ema), mode_row("eval", "no_grad"))
+    assert "A validation loop without model.eval() corrupts these." in " ".join(compare_verdict(unknown))
 
 
 def test_buffer_sentences_for_train_grad_only_and_for_none() -> None:

@@ -191,6 +191,20 @@ def _eval_random_lines(c: Comparison) -> list[str]:
     return [line + f"; {RANDOM_CAUSE}. model.eval() does not make this forward deterministic."]
 
 
+def _owners(c: Comparison, buffers: list[str]) -> str:
+    """What the changed buffers are, from the modules that own them (never guessed from a buffer's name):
+    BatchNorm running statistics, or the other owners' buffers by class name."""
+    owners = {name: (kind, bn) for name, kind, bn in c.buffer_owners}
+    known = [owners[b] for b in buffers if b in owners]
+    if not known:
+        return ""
+    others = list(dict.fromkeys(kind for kind, bn in known if not bn))
+    if not others:
+        return " (BatchNorm running statistics)"
+    bn = ["BatchNorm running statistics"] if any(bn for _, bn in known) else []
+    return f" ({'; '.join(bn + [f'buffers of {kind}' for kind in others])})"
+
+
 def _buffer_lines(c: Comparison) -> list[str]:
     ran = c.ok_rows()
     if not ran:
@@ -201,7 +215,7 @@ def _buffer_lines(c: Comparison) -> list[str]:
         found = list(dict.fromkeys(b for r in val for b in r.buffers_changed))
         lines.append(f"In train mode the forward changes {len(found)} buffer(s) even under "
                      f"{' and '.join(r.grad_mode for r in val)}: {listed(found)}. A validation loop without "
-                     f"model.eval() corrupts these (BatchNorm running statistics).")
+                     f"model.eval() corrupts these{_owners(c, found)}.")
     evals = [r for r in c.ok_rows("eval") if r.buffers_changed]
     if evals:
         found = list(dict.fromkeys(b for r in evals for b in r.buffers_changed))

@@ -102,10 +102,31 @@ def _compare(s: Session, pairs: Sequence[tuple[str, str]], *, repeat: int, backw
         target=target, torch_version=torch.__version__, device=str(s.device), seed=seed, repeat=repeat,
         backward=backward, rows=tuple(rows), reference=label(*ref_key) if ref_key else None,
         attribution=attribution, grad_mode_diffs=grad_mode_diffs(s, rows, outs),
-        nested_fast_path=s.nested.fact(ref_out),
+        nested_fast_path=s.nested.fact(ref_out), buffer_owners=_buffer_owners(s.model, rows),
         eval_random_max_abs_diff=eval_random.max_abs_diff, eval_random_int_equal=eval_random.ints_equal,
         eval_random_mismatch=eval_random.mismatch, eval_random_error=eval_random_error,
     )
+
+
+def _buffer_owners(model: nn.Module, rows: Sequence[ModeRow]) -> tuple[tuple[str, str, bool], ...]:
+    """Each changed buffer's owning module: its class name, and whether it is a BatchNorm layer."""
+    changed = list(dict.fromkeys(b for r in rows for b in r.buffers_changed))
+    if not changed:
+        return ()
+    modules = dict(model.named_modules(remove_duplicate=False))  # ScriptModules have no get_submodule
+    found = []
+    for name in changed:
+        owner = modules.get(name.rpartition(".")[0])
+        if owner is None:
+            continue
+        kind = type(owner).__name__
+        if isinstance(owner, torch.jit.ScriptModule):  # a scripted module keeps its Python class's name only
+            kind = getattr(owner, "original_name", kind)
+            batchnorm = issubclass(getattr(nn, kind, type(None)), nn.modules.batchnorm._BatchNorm)
+        else:
+            batchnorm = isinstance(owner, nn.modules.batchnorm._BatchNorm)
+        found.append((name, kind, batchnorm))
+    return tuple(found)
 
 
 def _reference(s: Session, pairs: Sequence[tuple[str, str]], rows: list[ModeRow],
