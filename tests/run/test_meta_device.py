@@ -135,6 +135,25 @@ def test_meta_buffers_change_as_on_cpu(mode: str) -> None:
     assert set(expected.values()) == {mode == "train"}
 
 
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])
+def test_meta_batchnorm_statistics_change_without_grad_as_plain_pytorch(grad_mode: str) -> None:
+    """Under inference_mode the dispatch mode sees the undecomposed ``aten.batch_norm`` (not ``native_batch_norm``)
+    and no version counter moves: the meta run reported running_mean/var unchanged (only num_batches_tracked, bumped
+    by Python's add_), while a train forward on the CPU changes all three. Expected from plain PyTorch on the CPU."""
+    def build() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2))
+
+    torch.manual_seed(0)
+    cpu_model, x = build(), torch.randn(2, 3, 6, 6)
+    before = {n: b.clone() for n, b in cpu_model.named_buffers()}
+    with getattr(torch, grad_mode)():
+        cpu_model.train()(x)
+    expected = {n: not torch.equal(b, before[n]) for n, b in cpu_model.named_buffers()}
+    assert set(expected.values()) == {True}
+    meta = probe(_meta(build), x.to("meta"), mode="train", grad_mode=grad_mode).facts
+    assert {b.name: b.changed for b in meta.buffers} == expected
+
+
 def test_meta_findings_and_graph_match_cpu() -> None:
     """Everything that does not depend on values is reported exactly as on CPU."""
     def build() -> nn.Module:

@@ -115,14 +115,25 @@ class MetaKernelFidelity(TorchDispatchMode):
             return self._rnn_layer(args, out)
         if func is _RNN_LAYER_BACKWARD and out[3] is out[4] and out[3].device.type == "meta":
             return (*out[:4], out[4].new_empty(out[4].shape), *out[5:])  # the CPU returns two bias gradients
+        if func in _STAT_WRITERS:  # running_mean, running_var: updated in place by the real kernel in training
+            self._stats_written(func, args, kwargs)
         if func in _NO_TRAINING_BN and isinstance(out, tuple) and out[0].device.type == "meta":
             training = func is _NATIVE_BN and (args[5] if len(args) > 5 else (kwargs or {}).get("training"))
             if not training:
                 return (out[0], out[1].new_empty((0,)), out[2].new_empty((0,)))
-            for stat in args[3:5]:  # running_mean, running_var: updated in place by the real kernel
-                if isinstance(stat, torch.Tensor):
-                    self.written.add(stat.untyped_storage()._cdata)
         return out
+
+    def _stats_written(self, func: Any, args: Any, kwargs: Any) -> None:
+        """Record the running statistics a training BatchNorm op writes.  Which op the mode sees depends on the
+        grad mode: ``native_batch_norm`` with grad or under no_grad, the undecomposed ``batch_norm`` under
+        inference_mode (whose version bump is skipped too)."""
+        at = _STAT_WRITERS[func]
+        training = True if at is None else (args[at] if len(args) > at else (kwargs or {}).get("training"))
+        if not training:
+            return
+        for stat in args[3:5]:
+            if isinstance(stat, torch.Tensor) and stat.device.type == "meta":
+                self.written.add(stat.untyped_storage()._cdata)
 
 
     def _rnn_layer(self, args: Any, out: Any) -> Any:
@@ -139,6 +150,14 @@ _RNN_LAYER = torch.ops.aten.mkldnn_rnn_layer.default
 _RNN_LAYER_BACKWARD = torch.ops.aten.mkldnn_rnn_layer_backward.default
 _NATIVE_BN = torch.ops.aten.native_batch_norm.default
 _NO_TRAINING_BN = (_NATIVE_BN, torch.ops.aten._native_batch_norm_legit_no_training.default)
+# ops that update running_mean/running_var (arguments 3 and 4) in training -> index of their ``training``
+# argument (None: always training); their schemas do not mark the statistics as written
+_STAT_WRITERS: dict[Any, int | None] = {
+    _NATIVE_BN: 5,
+    torch.ops.aten.batch_norm.default: 5,
+    torch.ops.aten._native_batch_norm_legit.default: 5,
+    torch.ops.aten._batch_norm_with_update.default: None,
+}
 
 
 @contextlib.contextmanager
