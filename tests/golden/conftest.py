@@ -94,6 +94,7 @@ def steady_comparison(report: Any) -> Any:
         t = STEADY_TIMES[r.grad_mode] if r.time_s is not None else None
         rows.append(replace(
             r, time_s=t, times_s=(t, t * 1.05) if t is not None and r.times_s else (),
+            cpu_times_s=(t, t * 1.05) if t is not None and r.cpu_times_s else (),
             backward_time_s=0.002 if r.backward_time_s is not None else None,
             max_abs_diff=steady_float(r.max_abs_diff), repeat_max_abs_diff=steady_float(r.repeat_max_abs_diff)))
     attribution = c.attribution

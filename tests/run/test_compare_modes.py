@@ -291,6 +291,7 @@ def test_backward_columns(mlp_report: CompareReport) -> None:
 def test_times(mlp_report: CompareReport) -> None:
     for r in mlp_report.rows:
         assert len(r.times_s) == 3 and all(t > 0 for t in r.times_s)
+        assert len(r.cpu_times_s) == 3 and all(t >= 0 for t in r.cpu_times_s)  # the same runs, CPU time
         assert r.time_s == sorted(r.times_s)[1]  # the median
 
 
@@ -795,8 +796,8 @@ def test_cli_bad_options_exit_2(cli: Callable[..., Any]) -> None:
 
 
 def _without_times(c: Comparison) -> Comparison:
-    return dataclasses.replace(c, rows=tuple(dataclasses.replace(r, time_s=None, times_s=(), backward_time_s=None)
-                                             for r in c.rows))
+    return dataclasses.replace(c, rows=tuple(
+        dataclasses.replace(r, time_s=None, times_s=(), cpu_times_s=(), backward_time_s=None) for r in c.rows))
 
 
 def test_the_attribution_inputs_come_from_the_tracked_eval_run() -> None:

@@ -25,7 +25,7 @@ from gradprobe.render.html.compare import compare_html
 from gradprobe.render.html.freeze import freeze_html
 from gradprobe.render.html.inspect import inspect_html
 
-_TIMES = {"time_s", "times_s", "backward_time_s"}
+_TIMES = {"time_s", "times_s", "cpu_times_s", "backward_time_s"}
 
 
 def timelines(page: str) -> list[str]:

@@ -36,6 +36,7 @@ def row_json(r: ModeRow) -> dict[str, Any]:
         "backward_peak_bytes": r.backward_peak_bytes,
         "backward_error": r.backward_error,
         "times_s": list(r.times_s),
+        "cpu_times_s": list(r.cpu_times_s),
         "int_outputs_equal": r.int_outputs_equal,
         "diff_note": mismatch_text(r.mismatch),
         "repeat_max_abs_diff": _num(r.repeat_max_abs_diff),

@@ -71,6 +71,7 @@ def run_row(s: Session, mode: str, grad_mode: str, *, repeat: int, backward: boo
     return ModeRow(
         mode, grad_mode, ok=True, backward_error=backward_error,
         time_s=statistics.median(timed.forward), times_s=tuple(timed.forward),
+        cpu_times_s=tuple(timed.forward_cpu) if s.device.type == "cpu" else (),
         backward_time_s=statistics.median(timed.backward) if timed.backward else None,
         repeat_max_abs_diff=repeat_diff.max_abs_diff, repeat_int_equal=repeat_diff.ints_equal, **fields,
     ), timed.outputs[0]
@@ -164,6 +165,7 @@ class _Timed:
     """Plain forwards (and backwards) under one combination, every tracker off."""
 
     forward: list[float] = field(default_factory=list)
+    forward_cpu: list[float] = field(default_factory=list)  # process CPU time of the same forwards
     backward: list[float] = field(default_factory=list)
     outputs: list[Snapshot] = field(default_factory=list)  # of the first run
     repeat_diff: OutputDiff = NOT_COMPARED  # the second run's output against the first's
@@ -211,32 +213,38 @@ class _CompareFailed(Exception):
     """gradprobe's own comparison failed (the cause): never the model's failure."""
 
 
-def _timed_call(s: Session, grad_mode: str) -> tuple[Any, float, float]:
-    """The model called under ``grad_mode``, timed: (output, start, end)."""
+def _timed_call(s: Session, grad_mode: str, result: _Timed) -> tuple[Any, float]:
+    """The model called under ``grad_mode``, its wall-clock and process CPU time appended to ``result``:
+    (output, end on the wall clock)."""
     sync = syncer(s.device)
     sync()
+    c0 = time.process_time()
     t0 = time.perf_counter()
     with grad_context(grad_mode):
         out = s.call()
     sync()
-    return out, t0, time.perf_counter()
+    t1 = time.perf_counter()
+    result.forward_cpu.append(time.process_time() - c0)
+    result.forward.append(t1 - t0)
+    return out, t1
 
 
 def _one_other(s: Session, grad_mode: str, result: _Timed, other: OtherRandom) -> bool:
     """One timed run from another RNG state, its output compared at once (uncopied) with the first run's;
     False when its forward raised (noted in ``other``; the caller then runs it again from the usual state)."""
     other.done = True
+    timed = len(result.forward)
     try:
         try:
             s.other_random_state(other.seed)
-            out, t0, t1 = _timed_call(s, grad_mode)
+            out, _ = _timed_call(s, grad_mode, result)
             snap = snapshot(out, copy=False)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
             other.error = describe_exception(exc)
+            del result.forward[timed:], result.forward_cpu[timed:]  # the run is made again from the usual state
             return False
-        result.forward.append(t1 - t0)
         try:
             other.diff = compare_outputs(snap, result.outputs[0])
         except Exception as exc:
@@ -250,8 +258,7 @@ def _one_timed(s: Session, grad_mode: str, backward: bool, result: _Timed, keep:
     """One timed run; the first run's output is kept (copied), the second's returned uncopied for the repeat
     check."""
     s.reset()
-    out, t0, t1 = _timed_call(s, grad_mode)
-    result.forward.append(t1 - t0)
+    out, t1 = _timed_call(s, grad_mode, result)
     sync = syncer(s.device)
     if backward:
         loss = sum_loss(flatten_tensors(out), "sum")  # the engine's default loss, nested/sparse too
