@@ -67,7 +67,7 @@ class BackwardRecording:
             if kind in WATCHED_KINDS or isinstance(node, torch.autograd.function.BackwardCFunction):
                 made_in: Call | None = timeline.call_of(node._sequence_nr()) if timeline.seqs else None
                 self._nodes.append(NodeRecord(kind, index_of.get(made_in) if made_in is not None else None,
-                                              saved_refs=saved_values(node, kind)))
+                                              node=node))
                 self._node_hooks.append(node.register_hook(partial(self._on_node, len(self._nodes) - 1)))
             stack.extend(child for child, _ in node.next_functions if child is not None and child not in seen)
         seen.clear()  # the graph's owners free it: no reference to a node outlives the walk
@@ -77,25 +77,27 @@ class BackwardRecording:
         record = self._nodes[index]
         record.rank = self._node_rank
         self._node_rank += 1
-        saved, record.saved_refs = record.saved_refs, None  # autograd frees them now: so does the tracker
+        node, record.node = record.node, None  # autograd releases its saved values right after this hook
         with quiet():
             record.bad_in = nonfinite_total(grad_outputs)
             record.bad_out = nonfinite_total(grad_inputs)
             bad = record.bad_out
             # the saved values are read only where this node returned NaN/Inf (known at once on the CPU; on an
             # accelerator the counts stay lazy instead of syncing on every watched node)
-            if saved and bad is not None and (bad.device.type != "cpu" or bool(bad)):
-                record.saved = saved_counts(saved)
+            if node is not None and bad is not None and (bad.device.type != "cpu" or bool(bad)):
+                saved = saved_values(node, record.kind)
+                if saved:
+                    record.saved = saved_counts(saved)
 
 
 _SAVED_NAMES: dict[str, tuple[str, ...]] = {}
 
 
 def saved_values(node: Any, kind: str) -> tuple[torch.Tensor, ...] | None:
-    """The forward values a watched node saved for its formula (``_saved_self``, ``_saved_result``, ...), read
-    while the graph is walked; the tracker holds them only until the node runs, when autograd frees them too. A
-    NaN that the forward made and a later ``torch.where`` or mask kept out of the module's output is only seen
-    here."""
+    """The forward values a watched node saved for its formula (``_saved_self``, ``_saved_result``, ...), read in
+    its hook after it ran, before autograd releases them (a checkpointed region's, unpacked once already, are
+    skipped). A NaN that the forward made and a later ``torch.where`` or mask kept out of the module's output is
+    only seen here."""
     names = _SAVED_NAMES.get(kind)
     if names is None:
         names = _SAVED_NAMES[kind] = tuple(a for a in dir(node) if a.startswith("_saved_"))

@@ -69,5 +69,7 @@ class NodeRecord:
     rank: int = -1
     bad_in: torch.Tensor | None = None
     bad_out: torch.Tensor | None = None
-    saved_refs: tuple[torch.Tensor, ...] | None = None  # what it saved for its formula, held until it runs
+    # the node itself until it runs: its saved values are read in its hook, only where it returned NaN/Inf (reading
+    # them at the walk unpacked a checkpointed region's tensors early: a recompute, and a larger backward peak)
+    node: Any = None
     saved: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # NaN/Inf, negatives, zeros (lazy)

@@ -81,8 +81,8 @@ class GradHealthTracker(ForwardRecording, BackwardRecording, FactBuilding):
             handle.remove()
         self._tensor_hooks.clear()
         self._node_hooks.clear()
-        for node in self._nodes:  # nodes that never ran: their saved values are not the tracker's to keep
-            node.saved_refs = None
+        for node in self._nodes:  # nodes that never ran: no reference to the graph outlives the run
+            node.node = None
 
     # ----------------------------------------------------------------------------------------------- facts
 
